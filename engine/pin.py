@@ -1,0 +1,96 @@
+"""Hold (and hand over) a read transaction on the live database, read-only.
+
+While another process's connection holds a read transaction whose read mark is in a slot >= 1,
+SQLite cannot restart or truncate the WAL, and checkpoints cannot copy frames past that mark: the
+frames we have not copied yet cannot disappear.  We keep two read-only connections so a fresh read
+transaction can be opened before the old one ends (a hand-over never leaves a gap).
+
+The connections are opened with SQLITE_OPEN_READONLY and NO_CKPT_ON_CLOSE: the daemon never
+writes to the user's database, never checkpoints it, and leaves no tables or rows behind.
+"""
+
+from __future__ import annotations
+
+import time
+
+import apsw
+
+from .shm import ShmHeader, ShmObserver
+
+
+class PinError(Exception):
+    pass
+
+
+def open_readonly(path: str) -> apsw.Connection:
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    conn.set_busy_timeout(2000)
+    return conn
+
+
+def _same_snapshot(a: ShmHeader, b: ShmHeader) -> bool:
+    """No commit and no WAL reset between two header reads (read marks may move; they don't matter)."""
+    return (a.change, a.max_frame, a.salts) == (b.change, b.max_frame, b.salts)
+
+
+class ReadPin:
+    def __init__(self, db_path: str) -> None:
+        self._conns = [open_readonly(db_path), open_readonly(db_path)]
+        self._active: int | None = None
+        self.snapshot: ShmHeader | None = None
+        self.since = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self._active is not None
+
+    @property
+    def connection(self) -> apsw.Connection:
+        """The connection holding the current read transaction (for PRAGMAs inside the snapshot)."""
+        if self._active is None:
+            raise PinError("no read transaction is held")
+        return self._conns[self._active]
+
+    def acquire(self, shm: ShmObserver) -> ShmHeader | None:
+        """Open a new read transaction, then end the previous one.
+
+        Returns the wal-index header the new transaction sees.  It is read before and after the
+        transaction starts; only when both agree (no commit in between) do we know exactly which
+        snapshot we hold.
+        """
+        idle = 0 if self._active is None else 1 - self._active
+        conn = self._conns[idle]
+        snapshot = None
+        for _ in range(100):
+            before = shm.header()
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            after = shm.header()
+            if before is not None and after is not None and _same_snapshot(before, after):
+                snapshot = after
+                break
+            conn.execute("COMMIT")
+        else:
+            raise PinError("could not open a read transaction with a stable snapshot (100 attempts)")
+        if self._active is not None:
+            self._conns[self._active].execute("COMMIT")
+        self._active = idle
+        self.snapshot = snapshot
+        self.since = time.monotonic()
+        return snapshot
+
+    def release(self) -> None:
+        if self._active is not None:
+            self._conns[self._active].execute("COMMIT")
+            self._active = None
+            self.snapshot = None
+
+    def pragma(self, name: str) -> int:
+        conn = self._conns[self._active if self._active is not None else 0]
+        return int(conn.execute(f"PRAGMA {name}").fetchall()[0][0])
+
+    def close(self) -> None:
+        self.release()
+        for conn in self._conns:
+            conn.close()

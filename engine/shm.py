@@ -1,0 +1,90 @@
+"""Observe SQLite's wal-index (-shm) without taking part in its locking.
+
+Two things are read here: the wal-index header (commit counter ``iChange``, ``mxFrame``, salts,
+``nBackfill``) and whether *another process* holds the checkpoint or write lock bytes.  Both are
+read through one descriptor that is opened once and never closed while SQLite connections of this
+process are open: closing any descriptor of a file drops every POSIX lock the process holds on it,
+SQLite's included.  ``F_GETLK`` only reports other processes' locks, so our own read lock never
+shows up as a checkpointer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from dataclasses import dataclass
+
+WAL_WRITE_LOCK = 120
+WAL_CKPT_LOCK = 121
+WAL_RECOVER_LOCK = 122
+SHM_HEADER_BYTES = 136
+_FLOCK = "hhqqi4x"
+
+
+@dataclass(frozen=True)
+class ShmHeader:
+    change: int  # iChange: incremented by every commit
+    max_frame: int
+    db_pages: int
+    salts: bytes  # raw salt-1/salt-2 bytes, as in the WAL header
+    backfilled: int  # nBackfill
+    read_marks: tuple[int, ...]
+    page_size: int
+
+    @property
+    def salt1(self) -> int:
+        return int.from_bytes(self.salts[:4], "big")
+
+    @property
+    def salt2(self) -> int:
+        return int.from_bytes(self.salts[4:], "big")
+
+
+def parse_shm_header(buf: bytes) -> ShmHeader | None:
+    """Decode a consistent wal-index header; None when the two copies disagree or it is not built."""
+    if len(buf) < SHM_HEADER_BYTES or buf[0:48] != buf[48:96]:
+        return None
+    _version, _unused, change, is_init, _big, sz = struct.unpack_from("=IIIBBH", buf, 0)
+    if not is_init:
+        return None
+    max_frame, n_page = struct.unpack_from("=II", buf, 16)
+    salts = bytes(buf[32:40])
+    backfilled = struct.unpack_from("=I", buf, 96)[0]
+    marks = struct.unpack_from("=5I", buf, 100)
+    page_size = (sz & 0xFF00) | ((sz & 1) << 16)
+    return ShmHeader(change, max_frame, n_page, salts, backfilled, marks, page_size or 65536)
+
+
+class ShmObserver:
+    """Read-only window on ``<db>-shm``; must outlive every SQLite connection of this process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def header(self, attempts: int = 50) -> ShmHeader | None:
+        for _ in range(attempts):
+            hdr = parse_shm_header(os.pread(self.fd, SHM_HEADER_BYTES, 0))
+            if hdr is not None:
+                return hdr
+        return None
+
+    def _held_by_other(self, offset: int) -> bool:
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+        answer = fcntl.fcntl(self.fd, fcntl.F_GETLK, probe)
+        return struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK
+
+    def checkpointer_waiting(self) -> bool:
+        """True while another process holds both the checkpoint and the write lock.
+
+        That is what a FULL/RESTART/TRUNCATE checkpoint looks like while it waits for readers: it
+        holds the write lock so no commit can land, and polls our read lock with its busy handler.
+        """
+        return self._held_by_other(WAL_CKPT_LOCK) and self._held_by_other(WAL_WRITE_LOCK)
+
+    def checkpoint_running(self) -> bool:
+        return self._held_by_other(WAL_CKPT_LOCK)
+
+    def close(self) -> None:
+        os.close(self.fd)

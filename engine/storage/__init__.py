@@ -1,0 +1,50 @@
+"""Replica storage: a tiny interface plus one module per backend."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from .base import (
+    ObjectConflict,
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    put_file_immutable,
+    put_immutable,
+)
+from .local import LocalStorage
+
+__all__ = [
+    "ObjectConflict",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "Storage",
+    "StorageError",
+    "open_storage",
+    "put_file_immutable",
+    "put_immutable",
+]
+
+
+def open_storage(url: str, create: bool = True) -> Storage:
+    """Open a replica by URL: ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
+
+    ``create=False`` is for readers (restore, ls): a missing local replica is then an error instead
+    of an empty directory silently appearing.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"{url}: file URLs must be absolute (file:///path)")
+        return LocalStorage(parsed.path, create=create)
+    if parsed.scheme == "s3":
+        try:
+            from .s3 import S3Storage
+        except ImportError as exc:  # pragma: no cover - depends on the S3 backend being present
+            raise StorageError(f"{url}: S3 support is not available ({exc})") from exc
+        return S3Storage.from_url(url, create=create)
+    if parsed.scheme in ("", None) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return LocalStorage(url, create=create)
+    raise StorageError(f"{url}: unsupported replica URL scheme {parsed.scheme!r} (use file:// or s3://)")

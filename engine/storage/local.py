@@ -1,0 +1,114 @@
+"""The embedded default replica: a directory on a local (or mounted) filesystem.
+
+Objects are written to a temporary file, fsynced, and then *linked* into place: ``link(2)`` fails
+if the name exists, which gives the same create-only guarantee as S3's ``If-None-Match: *`` and
+means a reader never sees a half-written object.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterator
+
+from .base import ObjectInfo, ObjectNotFound, Storage, StorageError
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str, create: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.url = "file://" + self.root
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+        elif not os.path.isdir(self.root):
+            raise StorageError(f"{self.url}: replica directory does not exist")
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid object key {key!r}")
+        return os.path.join(self.root, *key.split("/"))
+
+    def _write_temp(self, final: str, data: bytes | None, source: str | None) -> str:
+        directory = os.path.dirname(final)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if data is not None:
+                    f.write(data)
+                else:
+                    with open(source, "rb") as src:  # type: ignore[arg-type]
+                        while chunk := src.read(1 << 20):
+                            f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        final = self._path(key)
+        tmp = self._write_temp(final, data, None)
+        os.replace(tmp, final)
+        _fsync_dir(os.path.dirname(final))
+
+    def _link_into_place(self, tmp: str, final: str) -> bool:
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(os.path.dirname(final))
+        return True
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        final = self._path(key)
+        if os.path.exists(final):
+            return False
+        return self._link_into_place(self._write_temp(final, data, None), final)
+
+    def put_file_if_absent(self, key: str, path: str) -> bool:
+        final = self._path(key)
+        if os.path.exists(final):
+            return False
+        return self._link_into_place(self._write_temp(final, None, path), final)
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.url}: object {key} not found") from None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Walk only the deepest directory the prefix names, then filter by the remainder.
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self.root, *base_dir.split("/")) if base_dir else self.root
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                if name.startswith(".tmp-"):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}"
+                if key.startswith(prefix):
+                    found.append(ObjectInfo(key, os.path.getsize(os.path.join(dirpath, name))))
+        found.sort(key=lambda o: o.key)
+        yield from found
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass

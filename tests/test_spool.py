@@ -1,0 +1,302 @@
+"""The daemon's local state directory: spool files with torn-tail repair, and the uploaded point."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
+from walrewind.engine.dbhash import PageHashes
+from walrewind.engine.format import TxnRecord
+from walrewind.engine.spool import SpooledTxn, StateDir, atomic_write
+from walrewind.engine.walfile import WalPosition
+
+PAGE = 512
+
+
+def make_items(seed: int, count: int, first_txid: int = 1) -> list[SpooledTxn]:
+    rng = random.Random(seed)
+    items = []
+    for i in range(count):
+        pages = {rng.randrange(1, 50): rng.randbytes(PAGE) for _ in range(rng.randrange(0, 4))}
+        record = TxnRecord(
+            txid=first_txid + i,
+            commit_ts_us=1_705_314_600_000_000 + i,
+            db_pages=rng.randrange(1, 100),
+            flags=rng.randrange(4),
+            db_checksum=rng.getrandbits(64),
+            pages=pages,
+        )
+        choice = rng.randrange(3)
+        if choice == 0:
+            pos = None
+        else:
+            pos = WalPosition(
+                rng.getrandbits(32),
+                rng.getrandbits(32),
+                rng.randrange(1, 10_000),
+                (rng.getrandbits(32), rng.getrandbits(32)) if choice == 2 else None,
+                PAGE,
+                rng.random() < 0.5,
+            )
+        items.append(SpooledTxn(record, pos, record.commit_ts_us + rng.randrange(1000)))
+    return items
+
+
+def same(a: list[SpooledTxn], b: list[SpooledTxn]) -> bool:
+    return [(i.record, i.position, i.through_ts_us) for i in a] == [(i.record, i.position, i.through_ts_us) for i in b]
+
+
+def spool_one_by_one(state: StateDir, items: list[SpooledTxn]) -> tuple[str, list[int]]:
+    """Append each item separately; returns the file and the size after every record."""
+    ends = []
+    for item in items:
+        state.append([item])
+        ends.append(state.pending_bytes())  # the only file in the spool
+    state.seal()
+    (path,) = state.sealed_files()
+    return path, ends
+
+
+# ----------------------------------------------------------------------------- spool round trip
+
+
+def test_append_seal_read_round_trip(tmp_path):
+    state = StateDir(str(tmp_path / "state"))
+    first, second, third = make_items(1, 3, 10), make_items(2, 4, 13), make_items(3, 2, 17)
+    assert state.sealed_files() == []
+    state.append([])  # nothing to do: no file is created
+    assert os.listdir(state.spool_dir) == []
+    state.append(first)
+    state.append(second)
+    # The file being appended to is not offered for upload.
+    assert state.sealed_files() == []
+    assert state.pending_bytes() > 0
+    state.seal()
+    sealed = state.sealed_files()
+    assert sealed == [os.path.join(state.spool_dir, f"{10:016x}.sealed")]
+    assert os.listdir(state.spool_dir) == [f"{10:016x}.sealed"]
+    assert same(StateDir.read_file(sealed[0], PAGE), first + second)
+    state.append(third)
+    assert state.sealed_files() == sealed
+    state.seal()
+    state.seal()  # sealing twice is harmless
+    sealed2 = state.sealed_files()
+    assert sealed2 == sealed + [os.path.join(state.spool_dir, f"{17:016x}.sealed")]
+    assert same(StateDir.read_file(sealed2[1], PAGE), third)
+    assert state.pending_bytes() == sum(os.path.getsize(p) for p in sealed2)
+    state.remove(sealed2[0])
+    assert state.sealed_files() == sealed2[1:]
+
+
+def test_sealed_files_are_in_txid_order(tmp_path):
+    state = StateDir(str(tmp_path))
+    for first in (0x1F, 0x100, 0x2, 0xABC):
+        state.append(make_items(first, 1, first))
+        state.seal()
+    names = [os.path.basename(p) for p in state.sealed_files()]
+    assert names == [f"{t:016x}.sealed" for t in (0x2, 0x1F, 0x100, 0xABC)]
+
+
+def test_reopening_the_state_dir_sees_sealed_files(tmp_path):
+    state = StateDir(str(tmp_path / "s"))
+    items = make_items(4, 5)
+    state.append(items)
+    state.seal()
+    again = StateDir(str(tmp_path / "s"))
+    (path,) = again.sealed_files()
+    assert same(again.read_file(path, PAGE), items)
+
+
+def test_log_left_by_a_previous_run_is_sealed_on_the_next_seal(tmp_path):
+    old = StateDir(str(tmp_path / "s"))
+    items = make_items(5, 3, first_txid=40)
+    old.append(items)  # the previous run died without sealing
+    assert old.sealed_files() == []
+    new = StateDir(str(tmp_path / "s"))
+    assert new.sealed_files() == []
+    new.seal()
+    (path,) = new.sealed_files()
+    assert os.path.basename(path) == f"{40:016x}.sealed"
+    assert same(StateDir.read_file(path, PAGE), items)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1), sizes=st.lists(st.integers(0, 4), min_size=1, max_size=4))
+def test_spool_round_trip_property(seed, sizes):
+    with tempfile.TemporaryDirectory() as d:
+        state = StateDir(d)
+        items = make_items(seed, sum(sizes), first_txid=seed % 1000 + 1)
+        off = 0
+        for n in sizes:
+            state.append(items[off : off + n])
+            off += n
+        state.seal()
+        files = state.sealed_files()
+        if not items:
+            assert files == []
+            return
+        assert len(files) == 1
+        assert same(StateDir.read_file(files[0], PAGE), items)
+        assert os.path.getsize(files[0]) == state.pending_bytes()
+
+
+# ----------------------------------------------------------------------------- torn tails
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1), count=st.integers(1, 5), cut=st.floats(0, 1, exclude_max=True))
+@example(seed=0, count=3, cut=0.999)
+def test_truncated_tail_is_cut_at_the_last_whole_record(seed, count, cut):
+    with tempfile.TemporaryDirectory() as d:
+        state = StateDir(d)
+        items = make_items(seed, count)
+        path, ends = spool_one_by_one(state, items)
+        length = int(cut * ends[-1])
+        with open(path, "r+b") as f:
+            f.truncate(length)
+        whole = sum(1 for e in ends if e <= length)
+        got = StateDir.read_file(path, PAGE)
+        assert same(got, items[:whole])
+        assert os.path.getsize(path) == (ends[whole - 1] if whole else 0)
+        # Repaired: reading again changes nothing.
+        assert same(StateDir.read_file(path, PAGE), items[:whole])
+        assert os.path.getsize(path) == (ends[whole - 1] if whole else 0)
+
+
+@pytest.mark.parametrize("missing", [1, 2, 3, 4, 7, 8, 9, 100])
+def test_last_record_short_by_a_few_bytes(tmp_path, missing):
+    state = StateDir(str(tmp_path))
+    items = make_items(11, 4)
+    path, ends = spool_one_by_one(state, items)
+    with open(path, "r+b") as f:
+        f.truncate(ends[-1] - missing)
+    assert same(StateDir.read_file(path, PAGE), items[:3])
+    assert os.path.getsize(path) == ends[2]
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1), junk=st.binary(min_size=1, max_size=600))
+@example(seed=0, junk=b"\xff" * 8)
+@example(seed=0, junk=b"\x05\x00\x00\x00\x00\x00\x00\x00abcde")
+@example(seed=0, junk=b"\x00")
+def test_junk_after_the_last_record_is_cut_off(seed, junk):
+    with tempfile.TemporaryDirectory() as d:
+        state = StateDir(d)
+        items = make_items(seed, 3)
+        path, ends = spool_one_by_one(state, items)
+        with open(path, "ab") as f:
+            f.write(junk)
+        assert same(StateDir.read_file(path, PAGE), items)
+        assert os.path.getsize(path) == ends[-1]
+
+
+def test_flipped_byte_in_a_middle_record_drops_it_and_everything_after(tmp_path):
+    state = StateDir(str(tmp_path))
+    items = make_items(12, 5)
+    path, ends = spool_one_by_one(state, items)
+    raw = bytearray(Path(path).read_bytes())
+    raw[ends[1] + 20] ^= 0x10  # inside the third record
+    Path(path).write_bytes(raw)
+    assert same(StateDir.read_file(path, PAGE), items[:2])
+    assert os.path.getsize(path) == ends[1]
+
+
+def test_read_without_repair_leaves_the_file_alone(tmp_path):
+    state = StateDir(str(tmp_path))
+    items = make_items(13, 3)
+    path, ends = spool_one_by_one(state, items)
+    with open(path, "ab") as f:
+        f.write(b"torn!")
+    assert same(StateDir.read_file(path, PAGE, repair=False), items)
+    assert os.path.getsize(path) == ends[-1] + 5
+
+
+def test_appending_after_a_repair_continues_cleanly(tmp_path):
+    state = StateDir(str(tmp_path))
+    items = make_items(14, 3, first_txid=1)
+    path, ends = spool_one_by_one(state, items)
+    with open(path, "r+b") as f:
+        f.truncate(ends[-1] - 3)
+    assert same(StateDir.read_file(path, PAGE), items[:2])
+    more = make_items(15, 2, first_txid=3)  # the torn txid 3 is read again into a new file
+    state.append(more)
+    state.seal()
+    first, second = state.sealed_files()
+    assert first == path
+    assert same(StateDir.read_file(first, PAGE), items[:2])
+    assert same(StateDir.read_file(second, PAGE), more)
+
+
+@pytest.mark.parametrize("zeros", [8, 10, 4096])
+def test_zero_filled_tail_is_cut_off(tmp_path, zeros):
+    state = StateDir(str(tmp_path))
+    items = make_items(16, 3)
+    path, ends = spool_one_by_one(state, items)
+    with open(path, "ab") as f:
+        f.write(bytes(zeros))  # what a crash after the size grew but before the data landed leaves
+    assert same(StateDir.read_file(path, PAGE), items)
+    assert os.path.getsize(path) == ends[-1]
+
+
+# ----------------------------------------------------------------------------- the uploaded point
+
+
+def test_state_and_hashes_round_trip(tmp_path):
+    state = StateDir(str(tmp_path / "st"))
+    assert state.load_state() is None
+    with pytest.raises(FileNotFoundError):
+        state.load_hashes()
+    hashes = PageHashes(PAGE)
+    rng = random.Random(21)
+    hashes.apply({p: rng.randbytes(PAGE) for p in range(1, 30)}, 30)
+    pos = WalPosition(1, 2, 33, (4, 5), PAGE, False)
+    doc = {"generation": "0000000000000001-abcdef01", "uploaded_txid": 77, "pos": pos.to_json(), "note": "ü"}
+    state.save_state(doc, hashes)
+    loaded_state = state.load_state()
+    assert {k: v for k, v in loaded_state.items() if k != "hashes"} == doc
+    # the hashes file is named after the point it belongs to, so state and hashes never disagree
+    assert loaded_state["hashes"].startswith("hashes-")
+    assert WalPosition.from_json(state.load_state()["pos"]) == pos
+    loaded = state.load_hashes()
+    assert loaded.page_size == PAGE
+    assert loaded.checksum == hashes.checksum
+    assert list(loaded.hashes) == list(hashes.hashes)
+    # Overwrite with a newer point; no temporary files are left behind.
+    hashes.apply({3: bytes(PAGE)}, 10)
+    doc2 = dict(doc, uploaded_txid=78)
+    state.save_state(doc2, hashes)
+    assert {k: v for k, v in state.load_state().items() if k != "hashes"} == doc2
+    assert state.load_hashes().checksum == hashes.checksum
+    assert state.load_hashes().db_pages == 10
+    assert sorted(os.listdir(state.path)) == [f"hashes-{78:016x}.bin", "spool", "state.json"]
+    # A fresh StateDir object reads the same.
+    again = StateDir(state.path)
+    assert again.load_state() == state.load_state()
+    assert again.load_hashes().to_bytes() == hashes.to_bytes()
+
+
+def test_reset_forgets_everything(tmp_path):
+    state = StateDir(str(tmp_path))
+    state.save_state({"txid": 1}, PageHashes(PAGE))
+    state.append(make_items(30, 2))
+    state.seal()
+    state.reset()
+    assert state.load_state() is None
+    assert state.sealed_files() == []
+    assert state.pending_bytes() == 0
+    state.reset()  # idempotent
+
+
+def test_atomic_write_replaces(tmp_path):
+    target = tmp_path / "f.json"
+    atomic_write(str(target), b"one")
+    atomic_write(str(target), json.dumps({"a": 1}).encode())
+    assert json.loads(target.read_bytes()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["f.json"]
