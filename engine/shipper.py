@@ -27,12 +27,14 @@ import threading
 import time
 import uuid
 
-import apsw
 from dataclasses import dataclass, field
+
+import apsw
 
 from . import layout
 from .dbhash import PageHashes
 from .format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord, encode_segment
+from .capture import SnapshotReader
 from .pin import ReadPin, open_readonly
 from .shm import ShmHeader, ShmObserver
 from .spool import SpooledTxn, StateDir
@@ -51,7 +53,6 @@ READ_BATCH_BYTES = 64 << 20
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
 HEARTBEAT_SECONDS = 60.0
 STATE_VERSION = 1
-CAPTURE_ATTEMPTS = 5
 
 
 def now_us() -> int:
@@ -60,10 +61,6 @@ def now_us() -> int:
 
 class ShipperError(Exception):
     pass
-
-
-class _CheckpointerWaiting(Exception):
-    """Raised inside a full-database scan when an application checkpoint waits for our pin."""
 
 
 @dataclass
@@ -110,7 +107,6 @@ class Shipper:
         # < 3.51.3 WAL-reset bug this can expose in the application's own SQLite.
         self.checkpoint_frames = checkpoint_frames
         self._checkpoint_conn = None
-        self._capture_yields = True
         self.stats = ShipperStats()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -145,6 +141,7 @@ class Shipper:
         self.shm = ShmObserver(self.db_path + "-shm")
         self.db_fd = os.open(self.db_path, os.O_RDONLY)
         self.wal = WalFile(self.db_path + "-wal")
+        self.snapshots = SnapshotReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
 
     def _close(self) -> None:
         for conn in self._checkpoint_conn or []:
@@ -158,64 +155,6 @@ class Shipper:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-
-    # ------------------------------------------------------------------ capture
-    def _capture(self):
-        """Pin a snapshot and describe the database exactly as of it.
-
-        Pages come from WAL frames of the pinned generation up to the snapshot's mxFrame, else
-        from the database file.  Under our read mark no checkpoint can write those file pages
-        with anything newer, so the result is page-exact for the snapshot.
-        """
-        snap = self.pin.acquire(self.shm)
-        assert snap is not None
-        page_size = self.pin.pragma("page_size")
-        db_pages = self.pin.pragma("page_count")
-        overlay: dict[int, bytes] = {}
-        position = WalPosition(snap.salt1, snap.salt2, snap.max_frame, None, page_size)
-        header = self.wal.header()
-        if header is not None and header.salts == snap.salts:
-            start = WalPosition(header.salt1, header.salt2, 0, header.cksum, page_size, header.big_endian)
-            position = start if snap.max_frame == 0 else position
-            result = self.wal.read(None)
-            for txn in result.transactions:
-                if txn.end.frame > snap.max_frame:
-                    break
-                overlay.update(txn.pages)
-                if txn.end.frame == snap.max_frame:
-                    position = txn.end
-
-        def pages():
-            for pgno in range(1, db_pages + 1):
-                if self._capture_yields and pgno % 512 == 0 and self.shm.checkpointer_waiting():
-                    raise _CheckpointerWaiting()
-                data = overlay.get(pgno)
-                if data is None:
-                    data = os.pread(self.db_fd, page_size, (pgno - 1) * page_size)
-                    if len(data) < page_size:
-                        data = data + bytes(page_size - len(data))
-                yield pgno, data
-
-        return snap, position, page_size, db_pages, pages
-
-    def _under_snapshot(self, work):
-        """Run ``work(*capture)`` while pinned, starting over if an app checkpoint needs us to step aside.
-
-        A full scan can take seconds; holding the pin that long would make an application's
-        TRUNCATE checkpoint wait for its busy timeout.  After a few attempts we finish regardless
-        (and log it) rather than never taking the snapshot.
-        """
-        for attempt in range(CAPTURE_ATTEMPTS):
-            self._capture_yields = attempt < CAPTURE_ATTEMPTS - 1
-            try:
-                return work(*self._capture())
-            except _CheckpointerWaiting:
-                self.pin.release()
-                self.stats.yields += 1
-                deadline = time.monotonic() + YIELD_MAX_SECONDS
-                while self.shm.checkpoint_running() and time.monotonic() < deadline:
-                    time.sleep(0.001)
-        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ generations
     def _start_generation(self) -> None:
@@ -257,7 +196,7 @@ class Shipper:
             writer.finish(header)
             return snap, position, page_size, db_pages, ts, generation, hashes
 
-        snap, position, page_size, db_pages, ts, generation, hashes = self._under_snapshot(write_snapshot)
+        snap, position, page_size, db_pages, ts, generation, hashes = self.snapshots.under_snapshot(write_snapshot)
         self.pin.release()
         key = layout.SnapshotKey(generation, base_txid, ts).key
         put_file_immutable(self.storage, key, tmp)
@@ -401,7 +340,7 @@ class Shipper:
             resize = db_pages != expected.db_pages
             return snap, position, db_pages, ts, kept, proven, diff, resize
 
-        snap, position, db_pages, ts, kept, proven, diff, resize = self._under_snapshot(compare)
+        snap, position, db_pages, ts, kept, proven, diff, resize = self.snapshots.under_snapshot(compare)
         self.pin.release()
         self.unverified = []
         items: list[SpooledTxn] = []
@@ -436,6 +375,13 @@ class Shipper:
         """
         before = self.shm.header()
         result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES)
+        if result.generation == "new" and self.unverified and self.verified_pos is not None:
+            # What we read past the last verified commit is gone from the WAL: SQLite never
+            # published it (a writer died between writing its commit frame and updating the
+            # wal-index) and the next writer reused those frames.  Forget it; read again.
+            self.unverified = []
+            self.pos = self.verified_pos
+            result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES)
         ts = now_us()
         if result.transactions:
             self._last_commit_mono = time.monotonic()

@@ -68,14 +68,29 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _port_window(offset: int) -> tuple[int, int]:
+    """Where to look for ``p`` so that ``p`` and ``p + offset`` lie below the kernel's ephemeral
+    range: a port there cannot be taken, between our check and weed's bind, by some process's
+    outgoing connection (weed's own components connect to each other while starting up)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    if low - offset > 11000:
+        return 10000, low - offset
+    return 20000, 65536 - offset
+
+
 def free_port_pairs(count: int, offset: int = _GRPC_OFFSET) -> list[tuple[int, int]]:
     """``count`` free loopback ports ``p`` whose ``p + offset`` is free too."""
     held: list[socket.socket] = []
     pairs: list[tuple[int, int]] = []
     rng = random.Random()
+    low, high = _port_window(offset)
     try:
         for _ in range(200 * count):
-            port = rng.randrange(20000, 65536 - offset)
+            port = rng.randrange(low, high)
             first = _bind(port)
             second = _bind(port + offset) if first is not None else None
             if first is None or second is None:
@@ -92,6 +107,10 @@ def free_port_pairs(count: int, offset: int = _GRPC_OFFSET) -> list[tuple[int, i
             s.close()
 
 
+class SeaweedExited(RuntimeError):
+    """``weed`` exited while starting (e.g. a port was taken between choosing and binding it)."""
+
+
 class SeaweedS3:
     """Handle to a running ``weed mini``: ``endpoint``, ``bucket``, ``url(prefix)``, ``stop()``, ``start()``."""
 
@@ -102,13 +121,20 @@ class SeaweedS3:
         self.log_path = os.path.join(workdir, "weed.log")
         self.bucket = BUCKET
         self.ports: dict[str, int] = {}
+        self.endpoint = ""
+        self.choose_ports()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        os.makedirs(self.data_dir, exist_ok=True)
+
+    def choose_ports(self) -> None:
+        """Pick fresh free ports (only while stopped; start() after stop() keeps the old ones)."""
+        assert getattr(self, "_proc", None) is None
+        self.ports = {}
         for service, (http, grpc) in zip(_SERVICES, free_port_pairs(len(_SERVICES))):
             self.ports[f"{service}.port"] = http
             self.ports[f"{service}.port.grpc"] = grpc
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        os.makedirs(self.data_dir, exist_ok=True)
 
     @property
     def pid(self) -> int | None:
@@ -187,7 +213,7 @@ class SeaweedS3:
             while time.monotonic() < deadline:
                 assert self._proc is not None
                 if self._proc.poll() is not None:
-                    raise RuntimeError(
+                    raise SeaweedExited(
                         f"SeaweedFS exited with status {self._proc.returncode} during start-up\n"
                         + self.log_tail()
                     )
@@ -225,9 +251,21 @@ class SeaweedS3:
                 proc.wait(timeout=10)
             except ProcessLookupError:
                 proc.wait(timeout=10)
+            self._remove_stale_sockets()
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def _remove_stale_sockets(self) -> None:
+        """gRPC unix sockets have no flag and live at /tmp/seaweedfs-<svc>-grpc-<port>.sock; they
+        are often left behind.  The ports are ours, so the files are too (weed is stopped)."""
+        for flag, port in self.ports.items():
+            service = flag.split(".")[0]
+            for name in (f"seaweedfs-{service}-grpc-{port}.sock", f"seaweedfs-{service}-{port}.sock"):
+                try:
+                    os.unlink(os.path.join("/tmp", name))
+                except OSError:
+                    pass
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -248,7 +286,14 @@ def seaweed_s3() -> Iterator[SeaweedS3]:
     workdir = tempfile.mkdtemp(prefix="walrewind-seaweed-")
     server = SeaweedS3(weed, workdir)
     try:
-        server.start()
+        for attempt in range(3):
+            try:
+                server.start()
+                break
+            except SeaweedExited:
+                if attempt == 2:
+                    raise
+                server.choose_ports()
         yield server
     finally:
         server.stop()

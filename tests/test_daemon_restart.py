@@ -117,3 +117,16 @@ def test_downtime_while_app_truncates_is_resynced_visibly(tmp_path):
     out = str(tmp_path / "before.db")
     restore(storage, out, target_us=target)
     assert judge(out, result.page_size, txns, txns[0]["checksum"], target).exact
+
+
+def test_second_daemon_on_same_state_dir_is_refused(tmp_path):
+    db, replica, state = (str(tmp_path / n) for n in ("app.db", "replica", "state"))
+    create_db(db)
+    first = start_daemon(db, replica, state)
+    wait_for(lambda: os.path.isdir(os.path.join(replica, "generations")), what="first snapshot", daemon=first)
+    second = start_daemon(db, replica, state)
+    assert second.wait(60) == 1
+    err = second.stderr.read()
+    assert "in use by another walrewind daemon" in err and f"pid {first.pid}" in err
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(60) == 0, first.stderr.read()

@@ -18,8 +18,8 @@ Query parameters (all optional):
     first (default 5).  Mostly useful to make "is the server there?" checks fail fast.
 
 Credentials come from boto3's normal chain (environment, profile, instance role).  A URL may also
-carry ``ACCESS_KEY:SECRET@`` before the bucket, which is stripped from :attr:`S3Storage.url` so it
-never ends up in messages or logs.  With a custom endpoint and no credentials at all, dummy
+carry ``ACCESS_KEY:SECRET@`` (percent-encoded: secrets often contain ``/``) before the bucket; it is
+stripped from :attr:`S3Storage.url` so it never ends up in messages or logs.  With a custom endpoint and no credentials at all, dummy
 credentials are used so an auth-less server (SeaweedFS, a dev MinIO) works out of the box.
 
 Create-only writes use ``If-None-Match: *``, which AWS S3 and most compatible servers implement;
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Iterator, NoReturn
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import boto3
 from botocore.config import Config
@@ -130,7 +130,7 @@ class S3Storage(Storage):
             credentials: dict[str, str] = {}
             if userinfo:
                 key_id, _, secret = userinfo.partition(":")
-                credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+                credentials = {"aws_access_key_id": unquote(key_id), "aws_secret_access_key": unquote(secret)}
             elif custom_endpoint and session.get_credentials() is None:
                 credentials = {"aws_access_key_id": "walrewind", "aws_secret_access_key": "walrewind"}
         except BotoCoreError as exc:  # e.g. AWS_PROFILE names a profile that does not exist
@@ -269,12 +269,17 @@ class S3Storage(Storage):
                 if _code(exc) in _EXISTS_CODES or _status(exc) in (409, 412):
                     self._abort(full_key, upload_id)
                     return False
+                # A retried complete whose first attempt succeeded finds the upload gone.  False
+                # ("something exists") is safe: put_file_immutable() then compares the content.
+                if _code(exc) == "NoSuchUpload" and self._exists(key):
+                    return False
                 if not (_code(exc) in _UNSUPPORTED_CODES or _status(exc) == 501):
                     raise
-            # The server refuses conditional completes.  Fall back to check-then-complete: another
-            # writer could create the key between the HEAD and the complete and we would overwrite
-            # it.  That window is milliseconds, and put_file_immutable() callers only ever write
-            # identical content to a given key, so the overwrite would not change history.
+            # The server refuses conditional completes, so fall back to check-then-complete.
+            # Small race: a concurrent writer that creates the key between our HEAD and our
+            # complete is overwritten (last complete wins) instead of detected.  Accepted because
+            # the window is one round trip, a replica normally has a single writer, and only
+            # servers without conditional multipart completes take this path.
             if self._exists(key):
                 self._abort(full_key, upload_id)
                 return False
