@@ -6,11 +6,39 @@ names (see layout.py).  Only the chosen objects are downloaded, and each is veri
 
 from __future__ import annotations
 
+import json
+import struct
 from dataclasses import dataclass, field
 
 from . import layout
-from .format import decode_segment, read_snapshot
+from .format import FormatError, decode_segment
 from .storage import Storage, StorageError
+
+HEADER_PROBE = 64 << 10
+_PREFIX = struct.Struct("<4sHI")
+
+
+def object_header(storage: Storage, key: str) -> dict:
+    """The JSON header of a snapshot or segment from one ranged read, without downloading it.
+
+    Not verified (the digest covers the whole object): good for identity and hints, never for
+    restoring.  Raises FormatError when the bytes are not an object header.
+    """
+    head = storage.get_range(key, 0, HEADER_PROBE)
+    if len(head) < _PREFIX.size:
+        raise FormatError(f"{storage.url}/{key}: object is truncated ({len(head)} bytes)")
+    magic, _version, head_len = _PREFIX.unpack_from(head, 0)
+    if magic not in (b"WRSG", b"WRSN"):
+        raise FormatError(f"{storage.url}/{key}: not a walrewind object (bad magic)")
+    if _PREFIX.size + head_len > len(head):
+        head = storage.get_range(key, 0, _PREFIX.size + head_len)
+    try:
+        header = json.loads(head[_PREFIX.size : _PREFIX.size + head_len])
+    except ValueError as exc:
+        raise FormatError(f"{storage.url}/{key}: unreadable header ({exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{storage.url}/{key}: unreadable header")
+    return header
 
 
 @dataclass
@@ -47,6 +75,21 @@ class Generation:
         return max(stamps) if stamps else None
 
     @property
+    def vouched_txid(self) -> int | None:
+        """The newest txid a heartbeat says was uploaded (segments after the last one present
+        must exist up to it, or some are missing)."""
+        return max((h.txid for h in self.heartbeats), default=None)
+
+    def overlaps(self) -> list[tuple[layout.SegmentKey, layout.SegmentKey]]:
+        """Pairs of segments whose txid ranges overlap: two writers appended to one generation
+        (the lease should make that impossible); such history must not be restored blindly."""
+        out = []
+        for prev, seg in zip(self.segments, self.segments[1:]):
+            if seg.first_txid <= prev.last_txid:
+                out.append((prev, seg))
+        return out
+
+    @property
     def transaction_count(self) -> int:
         return sum(s.last_txid - s.first_txid + 1 for s in self.segments)
 
@@ -59,14 +102,17 @@ class Replica:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.generations: list[Generation] = []
+        self.sizes: dict[str, int] = {}  # object sizes from the listing (restores bound prefetching)
         self.refresh()
 
     def refresh(self) -> None:
         gens: dict[str, Generation] = {}
+        sizes: dict[str, int] = {}
         for info in self.storage.list("generations/"):
             parsed = layout.parse_key(info.key)
             if parsed is None:
                 continue
+            sizes[info.key] = info.size
             gen = gens.setdefault(parsed.generation, Generation(parsed.generation))
             if isinstance(parsed, layout.SnapshotKey):
                 gen.snapshots.append(parsed)
@@ -76,9 +122,10 @@ class Replica:
                 gen.heartbeats.append(parsed)
         for gen in gens.values():
             gen.snapshots.sort(key=lambda s: s.txid)
-            gen.segments.sort(key=lambda s: s.first_txid)
+            gen.segments.sort(key=lambda s: (s.first_txid, s.last_txid))
             gen.heartbeats.sort(key=lambda h: h.ts_us)
         self.generations = sorted((g for g in gens.values() if g.restorable), key=lambda g: g.id)
+        self.sizes = sizes
 
     @property
     def empty(self) -> bool:
@@ -98,8 +145,7 @@ class Replica:
         if not self.generations:
             return None
         snap = self.generations[-1].snapshots[0]
-        header, _ = read_snapshot(self.storage.get(snap.key), snap.key)
-        return header.get("db_id")
+        return object_header(self.storage, snap.key).get("db_id")
 
     def load_segment(self, seg: layout.SegmentKey):
         return decode_segment(self.storage.get(seg.key), f"{self.storage.url}/{seg.key}")

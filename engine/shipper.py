@@ -14,7 +14,11 @@ Protocol (see docs/DESIGN.md for the reasoning):
   history was lost (e.g. the daemon was down while the app checkpointed) and we **reconcile**:
   compare every page of the live database with the replica's state and ship the difference as a
   transaction flagged RESYNC.  Nothing is ever skipped silently.
-* **Spool** each read pass (fsync) and **upload** one immutable segment per interval.
+* **Spool** each read pass (fsync) and **upload** one immutable segment per interval.  While the
+  replica is unreachable the spool grows (bounded; a full spool stops reading loudly and the gap is
+  repaired visibly later) and is drained in order when it is back.
+* **Fence**: a lease (engine/lease.py) makes sure only one daemon ships into a replica path, and
+  only one database's history goes there.
 """
 
 from __future__ import annotations
@@ -35,10 +39,14 @@ from . import layout
 from .dbhash import PageHashes
 from .format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord, encode_segment
 from .capture import SnapshotReader
+from .format import FormatError, decode_segment
+from .lease import LEASE_SECONDS, ForeignReplica, Lease, LeaseError, ReplicaScan, scan
 from .pin import ReadPin, open_readonly
 from .shm import ShmHeader, ShmObserver
-from .spool import SpooledTxn, StateDir
-from .storage import Storage, put_file_immutable, put_immutable
+from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpooledTxn, SpoolFull, StateDir
+from .storage import ObjectConflict, Storage, put_file_immutable
+from .timeparse import format_us
+from .waker import Waker
 from .walfile import WalFile, WalPosition
 
 log = logging.getLogger("walrewind.shipper")
@@ -53,6 +61,9 @@ READ_BATCH_BYTES = 64 << 20
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
 HEARTBEAT_SECONDS = 60.0
 STATE_VERSION = 1
+SEAL_MAX_BYTES = 64 << 20  # while a backlog waits, keep appending to one spool file up to this size
+UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
+OVERFLOW_CHECK_SECONDS = 1.0  # how often a full spool looks for room again
 
 
 def now_us() -> int:
@@ -79,6 +90,19 @@ class ShipperStats:
     lag_samples_us: list[int] = field(default_factory=list)
     upload_errors: int = 0
     last_error: str = ""
+    # Backlog: read and spooled, not yet in the replica.  backlog_txns = last_txid - uploaded_txid.
+    backlog_bytes: int = 0
+    replica_unreachable_since_us: int = 0  # 0 while uploads succeed
+    spool_full: bool = False
+    spool_full_since_us: int = 0
+    spool_full_events: int = 0
+    heartbeats: int = 0
+    lease_renewals: int = 0
+    lease_epoch: int = 0
+
+    @property
+    def backlog_txns(self) -> int:
+        return max(0, self.last_txid - self.uploaded_txid)
 
 
 def default_state_dir(db_path: str) -> str:
@@ -96,12 +120,25 @@ class Shipper:
         upload_interval: float = 1.0,
         heartbeat_interval: float = HEARTBEAT_SECONDS,
         checkpoint_frames: int = 0,
+        takeover: bool = False,
+        lease_seconds: float = LEASE_SECONDS,
+        spool_limit_bytes: int = DEFAULT_SPOOL_LIMIT,
+        spool_min_free_bytes: int = DEFAULT_MIN_FREE,
     ) -> None:
         self.db_path = os.path.abspath(db_path)
         self.storage = storage
-        self.state = StateDir(state_dir or default_state_dir(self.db_path))
+        self.state = StateDir(state_dir or default_state_dir(self.db_path), spool_limit_bytes, spool_min_free_bytes)
         self.upload_interval = upload_interval
         self.heartbeat_interval = heartbeat_interval
+        # Fencing (engine/lease.py): ``takeover`` takes the lease from a daemon that still looks
+        # alive (or adopts a replica written for this database from another path/host).
+        self.takeover = takeover
+        if heartbeat_interval * 2 > lease_seconds * 0.75:
+            raise ShipperError(
+                f"lease of {lease_seconds}s is too short for heartbeats every {heartbeat_interval}s "
+                "(it must survive at least one missed heartbeat)"
+            )
+        self.lease = Lease(storage, self.state.path, self.db_path, lease_seconds)
         # Daemon-driven checkpoints: off by default (the application's own checkpoints bound the
         # WAL).  Only for applications that disabled theirs; see docs/DESIGN.md for the SQLite
         # < 3.51.3 WAL-reset bug this can expose in the application's own SQLite.
@@ -109,16 +146,25 @@ class Shipper:
         self._checkpoint_conn = None
         self.stats = ShipperStats()
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._waker = Waker()
+        self._waker_lock = threading.Lock()  # stop() may come from any thread, even after run() ended
+        self._waker_closed = False
         self._upload_lock = threading.Lock()
-        self._observer = None
         self._last_heartbeat_key: str | None = None
+        self._last_heartbeat_ts = 0
         self._last_upload_mono = time.monotonic()
         self._last_commit_mono = time.monotonic()
         self.unverified: list = []  # (WalTransaction, observed time) read but not yet vouched for
         self.verified_pos: WalPosition | None = None
         self.anchor: int | None = None  # SQLite's commit counter at verified_pos
         self.ready = threading.Event()
+        self._fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
+        self._overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
+        self._overflow_check = 0.0
+        self._spooled_through_us = 0  # everything committed before this was spooled (tail thread)
+        self._sealed_through_us = 0  # ... and was in a sealed file at the last seal
+        self._last_beat_mono = time.monotonic()
+        self._backoff = 0.0
 
     # ------------------------------------------------------------------ setup / teardown
     def _open(self) -> None:
@@ -154,14 +200,86 @@ class Shipper:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        with self._waker_lock:
+            if not self._waker_closed:  # never write to a descriptor number that may be reused
+                self._waker.wake()
+
+    def _close_waker(self) -> None:
+        with self._waker_lock:
+            if not self._waker_closed:
+                self._waker_closed = True
+                self._waker.close()
+
+    # ------------------------------------------------------------------ lease and identity
+    def _load_matching_state(self) -> dict | None:
+        """The state directory's saved point, if it is for this database and this replica."""
+        saved = self.state.load_state()
+        if not saved or saved.get("db_path") != self.db_path or saved.get("replica") != self.storage.url:
+            return None
+        if saved.get("version") != STATE_VERSION:
+            raise ShipperError(
+                f"state directory {self.state.path} has format version {saved.get('version')}; this build "
+                f"reads version {STATE_VERSION} (use a matching walrewind or a fresh --state-dir)"
+            )
+        return saved
+
+    def _acquire(self, saved: dict | None) -> ReplicaScan:
+        """Start-up: one LIST of lease/ and of generations/, the identity check, then the lease."""
+        found = scan(self.storage)
+        self.lease.check_free(found, self.takeover)
+        self.db_id = self._identity(saved, found)
+        self.lease.acquire(found, self.db_id)
+        self.stats.lease_epoch = self.lease.epoch or 0
+        return found
+
+    def _identity(self, saved: dict | None, found: ReplicaScan) -> str:
+        """The db_id to ship under; refuses (ForeignReplica) to mix two databases in one path."""
+        from .replica import object_header
+
+        holder = found.holder
+        replica_id = holder.db_id if holder is not None and holder.db_id else None
+        if replica_id is None and found.newest_snapshot is not None:
+            # A replica written before leases existed: the snapshot header names the database.
+            replica_id = object_header(self.storage, found.newest_snapshot.key).get("db_id")
+        where = f" ({holder.db_path} on host {holder.host})" if holder is not None else ""
+        if saved is not None:
+            if replica_id and replica_id != saved["db_id"]:
+                raise ForeignReplica(
+                    f"{self.storage.url} holds the history of another database (db_id {replica_id}{where}), "
+                    f"but the state directory {self.state.path} belongs to database {saved['db_id']}: refusing "
+                    "to mix two databases' histories in one replica path (use another replica path)"
+                )
+            return saved["db_id"]
+        if replica_id is None:
+            return uuid.uuid4().hex
+        if holder is None:
+            log.warning("%s was written by an older walrewind (no lease records); continuing database %s",
+                        self.storage.url, replica_id)
+            return replica_id
+        if (holder.host, holder.db_path) == (self.lease.host, self.db_path):
+            return replica_id  # the same database file; only the daemon's local state is new
+        if self.takeover:
+            log.warning("adopting database identity %s of %s on %s for %s (--takeover)",
+                        replica_id, holder.db_path, holder.host, self.db_path)
+            return replica_id
+        raise ForeignReplica(
+            f"{self.storage.url} holds the history of database {holder.db_path} on host {holder.host} "
+            f"(db_id {replica_id}); refusing to append the history of {self.db_path} on host "
+            f"{self.lease.host} to it. Use another replica path, or pass --takeover if this is the same "
+            "database moved to a new path or host"
+        )
+
+    def _ensure_lease(self) -> None:
+        """Before every upload: still ours?  (No request unless it had to be re-acquired.)"""
+        if self.lease.ensure():
+            self.stats.lease_epoch = self.lease.epoch or 0
 
     # ------------------------------------------------------------------ generations
-    def _start_generation(self) -> None:
+    def _start_generation(self, found: ReplicaScan) -> None:
         """Begin a new history with a base snapshot (first run, or local state lost)."""
         self.state.reset()
-        base_txid = self._replica_max_txid() + 1
-        state_db_id = self._replica_db_id() or uuid.uuid4().hex
+        base_txid = found.max_txid + 1
+        state_db_id = self.db_id
         tmp = os.path.join(self.state.path, "snapshot.tmp")
 
         def write_snapshot(snap, position, page_size, db_pages, pages):
@@ -193,15 +311,18 @@ class Shipper:
             writer.add_pages(b"".join(batch))
             hashes.resize(db_pages)
             header["db_checksum"] = f"{hashes.checksum:016x}"
-            writer.finish(header)
-            return snap, position, page_size, db_pages, ts, generation, hashes
+            return snap, position, page_size, db_pages, ts, generation, hashes, writer, header
 
-        snap, position, page_size, db_pages, ts, generation, hashes = self.snapshots.under_snapshot(write_snapshot)
+        snap, position, page_size, db_pages, ts, generation, hashes, writer, header = self.snapshots.under_snapshot(
+            write_snapshot
+        )
         self.pin.release()
+        self._ensure_lease()  # a big snapshot can take longer than the lease
+        header["lease_epoch"] = self.lease.epoch
+        writer.finish(header)
         key = layout.SnapshotKey(generation, base_txid, ts).key
         put_file_immutable(self.storage, key, tmp)
         os.unlink(tmp)
-        self.db_id = state_db_id
         self.generation = generation
         self.page_size = page_size
         self.pos = position
@@ -215,25 +336,8 @@ class Shipper:
         self._save_state(base_txid, ts, position, snap.change)
         self.stats.last_txid = self.stats.uploaded_txid = base_txid
         self.stats.last_commit_us = self.stats.uploaded_commit_us = ts
+        self._sealed_through_us = self._spooled_through_us = ts
         log.info("new generation %s: snapshot of %d pages at txid %d", generation, db_pages, base_txid)
-
-    def _replica_max_txid(self) -> int:
-        best = 0
-        for info in self.storage.list("generations/"):
-            parsed = layout.parse_key(info.key)
-            if isinstance(parsed, layout.SegmentKey):
-                best = max(best, parsed.last_txid)
-            elif isinstance(parsed, (layout.SnapshotKey, layout.HeartbeatKey)):
-                best = max(best, parsed.txid)
-        return best
-
-    def _replica_db_id(self) -> str | None:
-        from .replica import Replica
-
-        try:
-            return Replica(self.storage).db_id()
-        except Exception:  # an empty replica has no identity yet
-            return None
 
     def _save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None) -> None:
         self.state.save_state(
@@ -251,34 +355,48 @@ class Shipper:
             },
             self.uploaded_hashes,
         )
+        self._uploaded_pos = position
+        self._uploaded_change = change
 
-    def _resume(self) -> bool:
-        """Continue a history from the state directory; False when there is none to continue."""
-        saved = self.state.load_state()
-        if not saved or saved.get("db_path") != self.db_path or saved.get("replica") != self.storage.url:
-            return False
-        if saved.get("version") != STATE_VERSION:
-            raise ShipperError(
-                f"state directory {self.state.path} has format version {saved.get('version')}; this build "
-                f"reads version {STATE_VERSION} (use a matching walrewind or a fresh --state-dir)"
-            )
+    def _resume(self, saved: dict) -> None:
+        """Continue the history of the state directory (which matches this database and replica)."""
         self.db_id = saved["db_id"]
         self.generation = saved["generation"]
         self.page_size = saved["page_size"]
         self.uploaded_hashes = self.state.load_hashes()
-        self.hashes = self.uploaded_hashes.copy()
-        self.pos = WalPosition.from_json(saved["position"]) if saved["position"] else None
-        self.next_txid = saved["uploaded_txid"] + 1
-        self.last_ts = saved["uploaded_ts_us"]
-        self.anchor = saved.get("change")
+        self._uploaded_pos = WalPosition.from_json(saved["position"]) if saved["position"] else None
+        self._uploaded_change = saved.get("change")
         self.stats.uploaded_txid = saved["uploaded_txid"]
         self.stats.uploaded_commit_us = saved["uploaded_ts_us"]
+        self._sealed_through_us = self._spooled_through_us = saved["uploaded_ts_us"]
         # Replay what was read but not uploaded before the previous run ended.
+        self._replay_spool()
+        # Whatever happened while we were down, prove it or repair it before tailing again.  The
+        # saved commit counter only proves continuity if the app kept the database open (the
+        # wal-index survived); otherwise the counts disagree and we resync, never guess.
+        self._reconcile(late=True)
+
+    def _replay_spool(self) -> None:
+        """Rebuild the in-memory state from what is durable: the uploaded point plus the spool.
+
+        Used at start-up and when an append failed (spool full), so the tail continues exactly
+        after the last record that is really on disk.
+        """
+        self.hashes = self.uploaded_hashes.copy()
+        self.pos = self._uploaded_pos
+        self.anchor = self._uploaded_change
+        self.next_txid = self.stats.uploaded_txid + 1
+        self.last_ts = self.stats.uploaded_commit_us
         self.state.seal()
         for path in self.state.sealed_files():
             for item in StateDir.read_file(path, self.page_size):
                 if item.record.txid < self.next_txid:
                     continue
+                if item.record.txid != self.next_txid:
+                    raise ShipperError(
+                        f"spool file {path}: expected txid {self.next_txid}, found {item.record.txid}; "
+                        "the spool is inconsistent (refusing to ship a history with a hole)"
+                    )
                 self.hashes.apply(item.record.pages, item.record.db_pages)
                 if self.hashes.checksum != item.record.db_checksum:
                     raise ShipperError(f"spool file {path}: checksum mismatch at txid {item.record.txid}")
@@ -288,15 +406,59 @@ class Shipper:
                     self.pos = item.position
                 if item.change is not None:
                     self.anchor = item.change
+        self.state.remeasure()
+        self.stats.backlog_bytes = self.state.pending
         self.stats.last_txid = self.next_txid - 1
         self.stats.last_commit_us = self.last_ts
         self.verified_pos = self.pos
         self.unverified = []
-        # Whatever happened while we were down, prove it or repair it before tailing again.  The
-        # saved commit counter only proves continuity if the app kept the database open (the
-        # wal-index survived); otherwise the counts disagree and we resync, never guess.
-        self._reconcile(late=True)
-        return True
+
+    def _spool(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
+        self.state.append(items, allow_over_limit)
+        self.stats.backlog_bytes = self.state.pending
+
+    # ------------------------------------------------------------------ a full spool
+    def _enter_overflow(self, exc: SpoolFull) -> None:
+        """Stop reading; forget what was read but not durably spooled; say so loudly.
+
+        Nothing is lost silently: SQLite's commit counter still vouches for every commit, so
+        when there is room again ``_leave_overflow`` reconciles, and whatever the WAL no longer
+        holds is shipped as a RESYNC (or, if provably complete, as LATE transactions).
+        """
+        self.pin.release()
+        if self._overflow is None:
+            self.stats.spool_full = True
+            self.stats.spool_full_since_us = now_us()
+            self.stats.spool_full_events += 1
+            log.error(
+                "SPOOL FULL: %s. Replication of new transactions is PAUSED (the application is not "
+                "affected; the daemon stops reading its WAL). Nothing is lost silently: when there is "
+                "room again the daemon compares the database with the replica and ships the difference "
+                "as a flagged RESYNC/LATE transaction that restores report. Backlog: %d transactions "
+                "not yet in %s. Free disk space, raise the spool limit, or make the replica reachable.",
+                exc, self.stats.backlog_txns, self.storage.url,
+            )
+        self._overflow = exc
+        self.stats.last_error = f"spool full: {exc}"
+        with self._upload_lock:  # the uploader must not move the uploaded point meanwhile
+            self._replay_spool()
+        self._overflow_check = time.monotonic()
+
+    def _leave_overflow(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._overflow_check < OVERFLOW_CHECK_SECONDS:
+            return
+        self._overflow_check = time.monotonic()
+        if not self.state.has_room():
+            return
+        log.warning("spool has room again; reconciling with the live database")
+        try:
+            self._reconcile(late=True, allow_over_limit=True)
+        except SpoolFull as exc:
+            self._enter_overflow(exc)
+            return
+        log.warning("replication resumed after the spool was full since %s", format_us(self.stats.spool_full_since_us))
+        self._overflow = None
+        self.stats.spool_full = False
 
     # ------------------------------------------------------------------ reading
     def _emit(self, pages: dict[int, bytes], db_pages: int, ts: int, flags: int, position, change) -> SpooledTxn:
@@ -310,7 +472,7 @@ class Shipper:
         self.stats.last_commit_us = ts
         return SpooledTxn(record, position, ts, change)
 
-    def _reconcile(self, late: bool) -> None:
+    def _reconcile(self, late: bool, allow_over_limit: bool = False) -> None:
         """Bring the replica's state to the live database's, proving continuity or marking a resync.
 
         Transactions still readable are kept as individual records only when SQLite's commit
@@ -361,7 +523,7 @@ class Shipper:
             items[-1].position = position
             items[-1].change = snap.change
         self.pos = self.verified_pos = position
-        self.state.append(items)
+        self._spool(items, allow_over_limit)
         self.anchor = snap.change
 
     @staticmethod
@@ -374,6 +536,11 @@ class Shipper:
         Returns how many transactions were read.
         """
         before = self.shm.header()
+        # Commits SQLite had published when ``before`` was read happened before this instant, so
+        # it is a valid (and the earliest safe) commit time for them; later ones get the time
+        # after the read.  A stamp must never precede its commit: a restore to a moment between
+        # would contain a transaction that had not happened yet.
+        published_us = now_us()
         result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES)
         if result.generation == "new" and self.unverified and self.verified_pos is not None:
             # What we read past the last verified commit is gone from the WAL: SQLite never
@@ -386,11 +553,14 @@ class Shipper:
         if result.transactions:
             self._last_commit_mono = time.monotonic()
         for txn in result.transactions:
-            self.unverified.append((txn, ts))
+            end = txn.end
+            early = before is not None and (end.salt1, end.salt2) == (before.salt1, before.salt2) and end.frame <= before.max_frame
+            self.unverified.append((txn, published_us if early else ts))
             self.stats.wal_bytes += txn.frames * (24 + self.page_size)
         if result.position is not None and result.position.cksum is not None:
             if result.transactions or result.generation != "empty":
                 self.pos = result.position
+        checked_us = now_us()
         after = self.shm.header()
         # The header read *after* the WAL usually matches where we stopped; the one read before
         # always names a commit boundary we have read past (unless the WAL was reset meanwhile).
@@ -399,6 +569,10 @@ class Shipper:
         if self.unverified and ts - self.unverified[0][1] > UNVERIFIED_MAX_US:
             log.warning("commits could not be accounted for in time; reconciling")
             self._reconcile(late=False)
+        if not self.unverified and after is not None and self.anchor is not None and after.change == self.anchor:
+            # SQLite had counted no commit we have not spooled when ``after`` was read: everything
+            # committed before checked_us is in the spool (what heartbeats vouch for).
+            self._spooled_through_us = checked_us
         return len(result.transactions)
 
     def _verify(self, hdr: ShmHeader | None) -> bool:
@@ -427,7 +601,7 @@ class Shipper:
                 self._emit(txn.pages, txn.db_pages, seen, 0, txn.end, hdr.change if n == count - 1 else None)
                 for n, (txn, seen) in enumerate(batch)
             ]
-            self.state.append(items)
+            self._spool(items)
             self.verified_pos = batch[-1][0].end
         self.anchor = hdr.change
         return True
@@ -506,9 +680,18 @@ class Shipper:
 
     # ------------------------------------------------------------------ uploading
     def upload_pending(self, final: bool = False) -> int:
-        """Seal the spool file and upload every sealed file as one segment each, in order."""
+        """Upload every sealed spool file as one segment each, in order; returns how many.
+
+        The file being appended to is sealed first, unless a backlog is already waiting (the
+        replica was unreachable): then it keeps growing up to SEAL_MAX_BYTES, so a long outage
+        drains as a few large segments instead of one per interval.  No LIST: the daemon knows
+        what it wrote.
+        """
         with self._upload_lock:
-            self.state.seal()
+            if final or not self.state.sealed_files() or self.state.current_bytes() >= SEAL_MAX_BYTES:
+                through = self._spooled_through_us
+                self.state.seal()
+                self._sealed_through_us = through
             uploaded = 0
             for path in self.state.sealed_files():
                 items = StateDir.read_file(path, self.page_size)
@@ -517,6 +700,12 @@ class Shipper:
                     self.state.remove(path)
                     continue
                 first, last = items[0].record, items[-1].record
+                if first.txid != self.stats.uploaded_txid + 1:
+                    raise ShipperError(
+                        f"spool file {path} starts at txid {first.txid} but the replica ends at "
+                        f"{self.stats.uploaded_txid}; refusing to upload a history with a hole"
+                    )
+                self._ensure_lease()
                 key = layout.SegmentKey(self.generation, first.txid, last.txid, first.commit_ts_us, last.commit_ts_us)
                 blob = encode_segment(
                     {
@@ -526,10 +715,11 @@ class Shipper:
                         "first_txid": first.txid,
                         "last_txid": last.txid,
                         "through_ts_us": max(i.through_ts_us for i in items),
+                        "lease_epoch": self.lease.epoch,
                     },
                     [i.record for i in items],
                 )
-                put_immutable(self.storage, key.key, blob)
+                self._put_segment(key.key, blob)
                 for item in items:
                     self.uploaded_hashes.apply(item.record.pages, item.record.db_pages)
                 position = next((i.position for i in reversed(items) if i.position is not None), None)
@@ -539,6 +729,7 @@ class Shipper:
                 self.stats.uploaded_txid = last.txid
                 self.stats.uploaded_commit_us = last.commit_ts_us
                 self.stats.segments += 1
+                self.stats.backlog_bytes = self.state.pending
                 now = now_us()
                 self.stats.lag_samples_us.extend(now - i.record.commit_ts_us for i in items)
                 del self.stats.lag_samples_us[:-100000]
@@ -546,74 +737,208 @@ class Shipper:
                 uploaded += 1
             return uploaded
 
-    def write_heartbeat(self) -> None:
-        """Record that the replica is complete up to now (restores use it to say how fresh they are).
+    def _put_segment(self, key: str, blob: bytes) -> None:
+        """Create-only upload; an existing object must hold the same history.
 
-        Only the newest heartbeat matters, so the previous one is deleted; the daemon remembers
-        its key instead of listing (no LIST on the sync path).
+        Identical bytes: a retry whose first answer was lost.  Same header and records but another
+        ``lease_epoch``: the same spool file uploaded before a restart or a lease re-acquisition.
+        Anything else is another writer's history under our key: ObjectConflict (never overwrite).
+        """
+        if self.storage.put_if_absent(key, blob):
+            return
+        existing = self.storage.get(key)
+        if existing == blob:
+            return
+        try:
+            old_header, old_records = decode_segment(existing, key)
+            new_header, new_records = decode_segment(blob, key)
+        except FormatError as exc:
+            raise ObjectConflict(f"{self.storage.url}: object {key} already exists and is unreadable ({exc}); refusing to overwrite history") from None
+        old_header.pop("lease_epoch", None)
+        new_header.pop("lease_epoch", None)
+        if old_header == new_header and old_records == new_records:
+            log.info("segment %s was already uploaded (under another lease epoch)", key)
+            return
+        raise ObjectConflict(
+            f"{self.storage.url}: object {key} already exists with a different history "
+            f"(written under lease epoch {decode_segment(existing, key)[0].get('lease_epoch')}); refusing to overwrite it"
+        )
+
+    def write_heartbeat(self) -> None:
+        """Renew the lease and, when the daemon can vouch for it, tell restores how complete the
+        replica is: at most one PUT (plus the DELETE of the previous heartbeat and one GET that
+        checks nobody took the lease over).
+
+        A heartbeat ``<ts>-<txid>`` says: everything committed before ``ts`` is in the replica, the
+        last being ``txid``.  ``ts`` is the time at the last seal up to which SQLite's commit
+        counter matched what was spooled, so it is only written when nothing sealed is waiting and
+        the tail is healthy (not stopped by a full spool, not stuck).  Otherwise the lease is
+        renewed with an empty ``lease/renewals/`` object, which restores ignore.
         """
         with self._upload_lock:
-            key = layout.HeartbeatKey(self.generation, now_us(), self.stats.uploaded_txid).key
-            put_immutable(self.storage, key, b"")
-            if self._last_heartbeat_key:
-                self.storage.delete(self._last_heartbeat_key)
-            self._last_heartbeat_key = key
-            self._last_upload_mono = time.monotonic()
+            self.lease.check_fenced()
+            through = self._sealed_through_us
+            stale_after_us = int(max(10.0, 10 * self.upload_interval) * 1_000_000)
+            healthy = (
+                self._overflow is None
+                and not self.state.sealed_files()
+                and now_us() - through < stale_after_us
+                and through > self._last_heartbeat_ts
+            )
+            if healthy:
+                key = layout.HeartbeatKey(self.generation, through, self.stats.uploaded_txid).key
+                self.storage.put_if_absent(key, b"")
+                if self._last_heartbeat_key and self._last_heartbeat_key != key:
+                    self.storage.delete(self._last_heartbeat_key)
+                self._last_heartbeat_key = key
+                self._last_heartbeat_ts = through
+                self.lease.renewed(through)
+                self.stats.heartbeats += 1
+            else:
+                self.lease.renew()
+                self.stats.lease_renewals += 1
+            self._last_beat_mono = time.monotonic()
 
     def _uploader(self) -> None:
-        while not self._stop.wait(self.upload_interval):
+        while not self._stop.wait(self.upload_interval + self._backoff):
             try:
-                if self.upload_pending() == 0 and time.monotonic() - self._last_upload_mono > self.heartbeat_interval:
+                self.upload_pending()
+                if time.monotonic() - self._last_beat_mono >= self.heartbeat_interval:
                     self.write_heartbeat()
-            except Exception as exc:  # keep spooling; the next interval retries
-                self.stats.upload_errors += 1
+            except (LeaseError, ObjectConflict, ShipperError) as exc:
+                # Someone else writes this replica path (or our spool is inconsistent): uploading
+                # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
+                self._fatal = exc
                 self.stats.last_error = str(exc)
-                log.error("upload failed (will retry): %s", exc)
+                log.error("stopping: %s", exc)
+                self.stop()
+                return
+            except Exception as exc:  # keep spooling; retried with backoff
+                self._upload_failed(exc)
+            else:
+                self._upload_ok()
+
+    def _upload_failed(self, exc: Exception) -> None:
+        self.stats.upload_errors += 1
+        self.stats.last_error = str(exc)
+        self._backoff = min(UPLOAD_BACKOFF_MAX, max(self.upload_interval, self._backoff * 2))
+        if not self.stats.replica_unreachable_since_us:
+            self.stats.replica_unreachable_since_us = now_us()
+            log.error(
+                "upload to %s failed; transactions keep being spooled locally in %s and are uploaded "
+                "in order when it works again: %s", self.storage.url, self.state.spool_dir, exc,
+            )
+        else:
+            log.warning(
+                "replica still unreachable since %s; backlog %d transactions (%d bytes): %s",
+                format_us(self.stats.replica_unreachable_since_us), self.stats.backlog_txns,
+                self.stats.backlog_bytes, exc,
+            )
+
+    def _upload_ok(self) -> None:
+        self._backoff = 0.0
+        if self.stats.replica_unreachable_since_us:
+            log.warning(
+                "replica %s reachable again (unreachable since %s); backlog uploaded through txid %d",
+                self.storage.url, format_us(self.stats.replica_unreachable_since_us), self.stats.uploaded_txid,
+            )
+            self.stats.replica_unreachable_since_us = 0
+
+    def backlog(self) -> dict:
+        """What is read but not yet in the replica (for status displays)."""
+        return {
+            "transactions": self.stats.backlog_txns,
+            "bytes": self.stats.backlog_bytes,
+            "oldest_unuploaded_after": format_us(self.stats.uploaded_commit_us) if self.stats.uploaded_commit_us else None,
+            "replica_unreachable_since": (
+                format_us(self.stats.replica_unreachable_since_us) if self.stats.replica_unreachable_since_us else None
+            ),
+            "spool_full": self.stats.spool_full,
+            "last_error": self.stats.last_error,
+        }
 
     # ------------------------------------------------------------------ main loop
-    def _start_watching(self) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        targets = {self.db_path, self.db_path + "-wal"}
-        wake = self._wake
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):  # noqa: D401 - watchdog callback
-                if event.src_path in targets:
-                    wake.set()
-
-        self._observer = Observer()
-        self._observer.schedule(Handler(), os.path.dirname(self.db_path), recursive=False)
-        self._observer.start()
-
     def run(self) -> None:
         """Replicate until stop() (or SIGTERM/SIGINT via install_signal_handlers)."""
         sys.setswitchinterval(0.0005)  # the tail loop must get the GIL within a fraction of a ms
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self._close_waker()
+            raise
         try:
             self._last_upload_mono = time.monotonic()
-            if not self._resume():
-                self._start_generation()
-            self._start_watching()
+            saved = self._load_matching_state()
+            try:
+                found = self._acquire(saved)
+            except LeaseError as exc:
+                raise ShipperError(str(exc)) from exc
+            if saved is not None and saved["generation"] not in found.generations_with_snapshot:
+                log.warning(
+                    "generation %s of the saved state has no snapshot in %s (replica emptied or pruned?); "
+                    "starting a new generation", saved["generation"], self.storage.url,
+                )
+                saved = None
+            if saved is not None:
+                try:
+                    self._resume(saved)
+                except SpoolFull as exc:
+                    self._enter_overflow(exc)
+            else:
+                try:
+                    self._start_generation(found)
+                except LeaseError as exc:
+                    raise ShipperError(str(exc)) from exc
+            self._last_beat_mono = time.monotonic()
+            if not self._waker.watch(self.db_path):
+                log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
             uploader = threading.Thread(target=self._uploader, name="walrewind-uploader", daemon=True)
             uploader.start()
             self.ready.set()
             while not self._stop.is_set():
-                self._wake.wait(PROBE_INTERVAL if self.pin.active else IDLE_POLL)
-                self._wake.clear()
-                read_now = self.tick()
-                self._manage_pin(read_now)
+                if self._overflow is not None:
+                    self._waker.wait(IDLE_POLL)
+                    self._leave_overflow()
+                    continue
+                self._waker.wait(PROBE_INTERVAL if self.pin.active else IDLE_POLL)
+                try:
+                    read_now = self.tick()
+                    self._manage_pin(read_now)
+                except SpoolFull as exc:
+                    self._enter_overflow(exc)
             # Final sync: everything committed up to now is read, spooled and uploaded.
-            self.tick()
+            if self._fatal is None:
+                try:
+                    if self._overflow is not None:
+                        self._leave_overflow(force=True)
+                    if self._overflow is None:
+                        self.tick()
+                except SpoolFull as exc:
+                    self._enter_overflow(exc)
             self.pin.release()
             uploader.join()
-            self.upload_pending(final=True)
-            self.write_heartbeat()
+            if self._fatal is not None:
+                raise ShipperError(str(self._fatal)) from self._fatal
+            try:
+                self.upload_pending(final=True)
+                self.write_heartbeat()
+                self._upload_ok()
+            except (LeaseError, ShipperError) as exc:
+                raise ShipperError(str(exc)) from exc
+            except Exception as exc:
+                raise ShipperError(
+                    f"final upload to {self.storage.url} failed ({exc}); {self.stats.backlog_txns} transactions "
+                    f"stay in the spool {self.state.spool_dir} and are uploaded when the daemon starts again"
+                ) from exc
+            if self._overflow is not None:
+                raise ShipperError(
+                    f"stopped while the spool was full ({self._overflow}); the next start reconciles "
+                    "with the database and ships any gap as a visible RESYNC"
+                )
+            self.lease.release()
         finally:
-            if self._observer is not None:
-                self._observer.stop()
-                self._observer.join()
+            self._stop.set()  # if the tail loop failed, the uploader must not go on alone
+            self._close_waker()
             self._close()
 
     def install_signal_handlers(self) -> None:

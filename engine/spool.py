@@ -8,10 +8,17 @@
 Every spool record is ``length u32 | crc32 u32 | meta length u16 | meta JSON | transaction``.  A
 kill -9 can leave a torn last record; replay stops at the first record whose CRC fails and
 truncates the file there, so nothing after a tear is ever trusted.
+
+The spool is bounded: an append that would take it past ``limit_bytes``, or leave less than
+``min_free_bytes`` free on its filesystem (the application usually lives on the same disk), or
+that fails with ENOSPC/EDQUOT, writes nothing (a partial write is cut off again) and raises
+:class:`SpoolFull`.  The daemon then stops reading, says so loudly, and repairs the gap with a
+visible LATE/RESYNC transaction once there is room again (docs/DESIGN.md, section 8).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -27,8 +34,20 @@ from .walfile import WalPosition
 _REC = struct.Struct("<II")
 
 
+DEFAULT_SPOOL_LIMIT = 4 << 30  # bytes of spool waiting for upload (hours of a busy database)
+DEFAULT_MIN_FREE = 256 << 20  # never take the spool's filesystem below this much free space
+
+
 class StateLocked(Exception):
     """Another daemon holds this state directory."""
+
+
+class SpoolFull(Exception):
+    """Nothing was appended: the spool is at its limit or the disk is (nearly) full."""
+
+
+class SpoolCorrupted(Exception):
+    """A failed append could not be cut off again; the file must not be appended to."""
 
 _META = struct.Struct("<H")
 
@@ -60,13 +79,19 @@ def atomic_write(path: str, data: bytes) -> None:
 
 
 class StateDir:
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, limit_bytes: int = DEFAULT_SPOOL_LIMIT, min_free_bytes: int = DEFAULT_MIN_FREE
+    ) -> None:
         self.path = os.path.abspath(path)
         self.spool_dir = os.path.join(self.path, "spool")
         os.makedirs(self.spool_dir, exist_ok=True)
+        self.limit_bytes = limit_bytes
+        self.min_free_bytes = min_free_bytes
         self._lock_fd: int | None = None
         self._lock = threading.Lock()
-        self._current: tuple[str, object] | None = None
+        self._current: tuple[str, int] | None = None  # (path, O_APPEND descriptor) being appended to
+        self._current_size = 0
+        self._pending = self.pending_bytes()  # bytes in spool files, kept up to date without listing
 
     def lock(self) -> None:
         """Take the state directory for this process; a second daemon on it is refused.
@@ -120,25 +145,99 @@ class StateDir:
         for name in os.listdir(self.path):
             if name == "state.json" or (name.startswith("hashes") and name.endswith(".bin")):
                 os.unlink(os.path.join(self.path, name))
-        for name in os.listdir(self.spool_dir):
-            os.unlink(os.path.join(self.spool_dir, name))
+        with self._lock:
+            if self._current is not None:
+                os.close(self._current[1])
+                self._current = None
+            for name in os.listdir(self.spool_dir):
+                os.unlink(os.path.join(self.spool_dir, name))
+            self._pending = 0
+            self._current_size = 0
 
     # -- the spool ------------------------------------------------------------------------------
-    def append(self, items: list[SpooledTxn]) -> None:
-        """Append and fsync; called by the tailing thread after each read pass."""
+    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
+        """Append and fsync; called by the tailing thread after each read pass.
+
+        All or nothing: raises SpoolFull (nothing appended) when the limit or the free-space floor
+        would be crossed or the disk is full.  ``allow_over_limit`` lets one write past the size
+        limit (the repair record after an overflow, which would otherwise never fit); the
+        free-space floor still applies.
+        """
         if not items:
             return
         blob = b"".join(self._encode(i) for i in items)
         with self._lock:
+            self._check_room(len(blob), allow_over_limit)
             if self._current is None:
                 name = os.path.join(self.spool_dir, f"{items[0].record.txid:016x}.log")
-                f = open(name, "ab")
-                self._current = (name, f)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self._current = (name, fd)
+                self._current_size = os.fstat(fd).st_size
                 _fsync_dir(self.spool_dir)
-            f = self._current[1]
-            f.write(blob)  # type: ignore[attr-defined]
-            f.flush()  # type: ignore[attr-defined]
-            os.fsync(f.fileno())  # type: ignore[attr-defined]
+            name, fd = self._current
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as exc:
+                self._cut(name, fd, start, exc)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SpoolFull(f"disk full while writing the spool file {name}: {exc.strerror}") from exc
+                raise
+            self._pending += len(blob)
+            self._current_size = start + len(blob)
+
+    def _check_room(self, size: int, allow_over_limit: bool) -> None:
+        if not allow_over_limit and self._pending + size > self.limit_bytes:
+            raise SpoolFull(
+                f"spool {self.spool_dir} is at its limit: {self._pending} bytes wait for upload and "
+                f"{size} more would exceed {self.limit_bytes} bytes"
+            )
+        st = os.statvfs(self.spool_dir)
+        free = st.f_bavail * st.f_frsize
+        if free - size < self.min_free_bytes:
+            raise SpoolFull(
+                f"disk almost full: {free} bytes free on the filesystem of {self.spool_dir}; the spool "
+                f"keeps at least {self.min_free_bytes} bytes free for the application"
+            )
+
+    def has_room(self) -> bool:
+        """Room to resume after SpoolFull, with hysteresis (a quarter of the limit, twice the floor)."""
+        st = os.statvfs(self.spool_dir)
+        free = st.f_bavail * st.f_frsize
+        return self._pending <= self.limit_bytes * 3 // 4 and free >= 2 * self.min_free_bytes
+
+    def remeasure(self) -> None:
+        """Recount the spool from the directory (after replay has cut torn tails off)."""
+        total = self.pending_bytes()
+        with self._lock:
+            self._pending = total
+
+    @property
+    def pending(self) -> int:
+        """Bytes in spool files (sealed and being appended), tracked without listing."""
+        return self._pending
+
+    def current_bytes(self) -> int:
+        """Size of the file being appended to (0 when none)."""
+        with self._lock:
+            return self._current_size if self._current is not None else 0
+
+    def _cut(self, name: str, fd: int, start: int, exc: OSError) -> None:
+        """Undo a failed append, so a later append never follows a torn record (replay would stop
+        at the tear and silently drop everything after it).  Shrinking needs no space."""
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError as cut_exc:
+            os.close(fd)
+            self._current = None
+            raise SpoolCorrupted(
+                f"could not cut off a failed write to {name} ({exc}; then {cut_exc}); the file's torn "
+                "tail will be discarded at the next start, and the daemon repairs the gap there"
+            ) from exc
 
     def seal(self) -> None:
         """Close the file being appended to and mark it ready, so it is uploaded as one segment.
@@ -149,8 +248,9 @@ class StateDir:
         """
         with self._lock:
             if self._current is not None:
-                self._current[1].close()  # type: ignore[attr-defined]
+                os.close(self._current[1])
                 self._current = None
+                self._current_size = 0
             for name in os.listdir(self.spool_dir):
                 if name.endswith(".log"):
                     path = os.path.join(self.spool_dir, name)
@@ -171,7 +271,10 @@ class StateDir:
         return total
 
     def remove(self, path: str) -> None:
+        size = os.path.getsize(path)
         os.unlink(path)
+        with self._lock:
+            self._pending = max(0, self._pending - size)
         _fsync_dir(self.spool_dir)
 
     @staticmethod

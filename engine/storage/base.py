@@ -9,6 +9,7 @@ retried upload can never corrupt history.
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -61,6 +62,25 @@ class Storage(abc.ABC):
         with open(path, "rb") as f:
             return self.put_if_absent(key, f.read())
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes ``start .. start + length - 1`` of the object (fewer at its end); ObjectNotFound.
+
+        Backends override this to avoid downloading the whole object (S3: a ranged GET)."""
+        return self.get(key)[start : start + length]
+
+    def get_to_file(self, key: str, path: str) -> int:
+        """Download the whole object into ``path`` (created or truncated); returns its size.
+
+        Backends override this to download big objects in parallel with bounded memory."""
+        data = self.get(key)
+        with open(path, "wb") as f:
+            f.write(data)
+        return len(data)
+
+    def local_path(self, key: str) -> str | None:
+        """A local file holding the object, when the backend has one (restores read it in place)."""
+        return None
+
     def close(self) -> None:
         """Release connections; the default backend holds none."""
 
@@ -83,10 +103,24 @@ def put_immutable(storage: Storage, key: str, data: bytes) -> bool:
     return False
 
 
+COMPARE_CHUNK = 8 << 20
+
+
 def put_file_immutable(storage: Storage, key: str, path: str) -> bool:
-    """File variant of :func:`put_immutable`."""
+    """File variant of :func:`put_immutable`; the comparison streams (bounded memory)."""
     if storage.put_file_if_absent(key, path):
         return True
+    size = os.path.getsize(path)
+    offset = 0
     with open(path, "rb") as f:
-        data = f.read()
-    return put_immutable(storage, key, data)
+        while True:
+            want = f.read(COMPARE_CHUNK)
+            have = storage.get_range(key, offset, COMPARE_CHUNK)
+            if have != want:
+                raise ObjectConflict(
+                    f"{storage.url}: object {key} already exists with different content "
+                    f"(differs from the {size}-byte local file at or after byte {offset}); refusing to overwrite history"
+                )
+            if not want:
+                return False
+            offset += len(want)

@@ -8,6 +8,7 @@ means a reader never sees a half-written object.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -89,6 +90,23 @@ class LocalStorage(Storage):
                 return f.read()
         except FileNotFoundError:
             raise ObjectNotFound(f"{self.url}: object {key} not found") from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return os.pread(f.fileno(), length, start)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.url}: object {key} not found") from None
+
+    def get_to_file(self, key: str, path: str) -> int:
+        shutil.copyfile(self.local_path(key), path)  # type: ignore[arg-type]
+        return os.path.getsize(path)
+
+    def local_path(self, key: str) -> str | None:
+        path = self._path(key)
+        if not os.path.isfile(path):
+            raise ObjectNotFound(f"{self.url}: object {key} not found")
+        return path
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         # Walk only the deepest directory the prefix names, then filter by the remainder.

@@ -24,25 +24,49 @@ credentials are used so an auth-less server (SeaweedFS, a dev MinIO) works out o
 
 Create-only writes use ``If-None-Match: *``, which AWS S3 and most compatible servers implement;
 that is what lets two writers (or a retried upload) never overwrite an object.
+
+Retries are ours, not botocore's (botocore is configured for a single attempt): every HTTP request
+is repeated with exponential backoff and jitter (``retry.RetryPolicy``) when it failed transiently
+-- 5xx (except 501), 408, 429, throttling codes, connect/read timeouts, connection resets, and
+bodies shorter than their Content-Length -- so that one policy covers whole-object requests,
+multipart parts and ranged GETs alike.  A retried create-only write that finds the object already
+there answers "exists" and ``put_immutable`` compares content, so a lost answer never duplicates
+or overwrites anything.
+
+Large files are uploaded as multipart uploads with parts sent in parallel (bounded: at most
+``upload_workers`` parts in memory); large downloads (``get_to_file``) use parallel ranged GETs
+pinned to the first response's ETag (at most ``download_workers`` ranges in memory).  Every HTTP
+request is counted per operation in :attr:`S3Storage.requests` (request-economy measurements).
 """
 
 from __future__ import annotations
 
+import collections
+import http.client
 import os
-from typing import Any, Iterator, NoReturn
+import re
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 from urllib.parse import parse_qs, unquote, urlparse
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
 )
+from botocore.parsers import ResponseParserError
 
+from . import retry
 from .base import ObjectInfo, ObjectNotFound, Storage, StorageError
 
+T = TypeVar("T")
 MiB = 1 << 20
 _QUERY_PARAMS = {"endpoint", "region", "path_style", "connect_timeout", "read_timeout", "max_attempts"}
 # Codes meaning "an object already exists under this key" for a create-only write.  409 is what AWS
@@ -52,6 +76,23 @@ _EXISTS_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 # Ways a server that does not implement If-None-Match on CompleteMultipartUpload says so.
 _UNSUPPORTED_CODES = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
+# Error codes that mean "try again later" whatever the status (AWS, MinIO, Ceph, SeaweedFS).
+_TRANSIENT_CODES = {
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "SlowDown", "Throttling",
+    "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded", "InternalError",
+    "ServiceUnavailable", "XMinioServerNotInitialized",
+    # The body arrived damaged or short (the server checked botocore's CRC32 / Content-Length).
+    "BadDigest", "IncompleteBody", "XAmzContentChecksumMismatch",
+}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class TruncatedBody(Exception):
+    """A response body ended before the length the server announced (a transient failure)."""
+
+    def __init__(self, got: int, expected: int) -> None:
+        super().__init__(f"response body truncated: got {got} of {expected} bytes")
 
 
 def _code(exc: ClientError) -> str:
@@ -62,6 +103,37 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+def _is_not_found(exc: ClientError) -> bool:
+    return _code(exc) in _NOT_FOUND_CODES or (_status(exc) == 404 and _code(exc) != "NoSuchBucket")
+
+
+def _exists_answer(exc: ClientError) -> bool:
+    return _code(exc) in _EXISTS_CODES or _status(exc) in (409, 412)
+
+
+# Failures below the HTTP layer that may succeed when repeated: timeouts, resets, refused or
+# dropped connections, bodies cut short, a response that cannot be parsed because it was cut.
+_NETWORK_ERRORS = (
+    BotoConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    ResponseParserError,
+    TruncatedBody,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    ConnectionError,  # the builtin: ConnectionResetError, BrokenPipeError, ...
+    TimeoutError,
+)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether repeating the request may succeed (see the module docstring)."""
+    if isinstance(exc, ClientError):
+        status = _status(exc)
+        return status in (408, 429) or (status >= 500 and status != 501) or _code(exc) in _TRANSIENT_CODES
+    return isinstance(exc, _NETWORK_ERRORS)
+
+
 def _flag(value: str, name: str, url: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
@@ -70,15 +142,26 @@ def _flag(value: str, name: str, url: str) -> bool:
     raise StorageError(f"{url}: {name} must be true or false, not {value!r}")
 
 
+def _read_body(resp: dict) -> bytes:
+    body = resp["Body"].read()
+    expected = resp.get("ContentLength")
+    if expected is not None and len(body) != expected:
+        raise TruncatedBody(len(body), expected)
+    return body
+
+
 class S3Storage(Storage):
     """Objects live at ``s3://bucket/<prefix>/<key>``; keys given to and returned by the methods
     are relative to the prefix, exactly like :class:`LocalStorage` keys are relative to its root."""
 
-    # Instance-overridable so tests can exercise the multipart path with small files.
+    # Instance-overridable so tests can exercise the multipart and ranged paths with small files.
     multipart_threshold: int = 64 * MiB
     part_size: int = 16 * MiB
+    upload_workers: int = 4
+    range_chunk: int = 8 * MiB
+    download_workers: int = 8
 
-    def __init__(self, client: Any, bucket: str, prefix: str, url: str) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, url: str, policy: retry.RetryPolicy | None = None) -> None:
         self._client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -86,6 +169,21 @@ class S3Storage(Storage):
         self.endpoint = client.meta.endpoint_url
         # Messages name the location without the query string, which only repeats the endpoint.
         self._where = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.retry = policy or retry.RetryPolicy()
+        self.retry_stats = retry.RetryStats()
+        self.requests: collections.Counter[str] = collections.Counter()
+        self._count_lock = threading.Lock()
+        client.meta.events.register("before-send.s3", self._count_request)
+
+    def _count_request(self, **kwargs: Any) -> None:
+        """botocore hook, once per HTTP request actually sent (every attempt counts)."""
+        operation = str(kwargs.get("event_name", "")).rsplit(".", 1)[-1] or "unknown"
+        with self._count_lock:
+            self.requests[operation] += 1
+
+    def request_counts(self) -> dict[str, int]:
+        with self._count_lock:
+            return dict(self.requests)
 
     @classmethod
     def from_url(cls, url: str, create: bool = True) -> "S3Storage":
@@ -139,8 +237,9 @@ class S3Storage(Storage):
         config = Config(
             region_name=region,
             s3={"addressing_style": addressing},
-            # "standard" retries transient errors (5xx, throttling, connection resets) with backoff.
-            retries={"mode": "standard", "total_max_attempts": max(1, max_attempts)},
+            # One attempt per call: retries (with backoff and jitter) are done by this module, per
+            # request, so multipart parts and ranged GETs are retried individually.
+            retries={"mode": "standard", "total_max_attempts": 1},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=16,
@@ -151,7 +250,7 @@ class S3Storage(Storage):
             client = session.client("s3", endpoint_url=endpoint, config=config, **credentials)
         except (BotoCoreError, ValueError) as exc:  # e.g. a malformed endpoint URL
             raise StorageError(f"{safe_url}: cannot configure S3 client: {exc}") from exc
-        store = cls(client, bucket, parsed.path, safe_url)
+        store = cls(client, bucket, parsed.path, safe_url, retry.RetryPolicy(attempts=max(1, max_attempts)))
         if not create:
             store._check_bucket()
         return store
@@ -166,8 +265,8 @@ class S3Storage(Storage):
     def _key_url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
-    def _fail(self, exc: Exception, action: str, key: str | None = None) -> NoReturn:
-        """Turn a botocore exception into a StorageError that says where and why."""
+    def _fail(self, exc: BaseException, action: str, key: str | None = None) -> NoReturn:
+        """Turn a botocore / network exception into a StorageError that says where and why."""
         where = self._key_url(key) if key is not None else self._where
         if isinstance(exc, ClientError):
             code, status = _code(exc), _status(exc)
@@ -180,62 +279,78 @@ class S3Storage(Storage):
                 reason = f"server answered {status} {code}: {message}"
         elif isinstance(exc, NoCredentialsError):
             reason = "no S3 credentials found (environment, profile or instance role)"
-        elif isinstance(exc, BotoConnectionError):
+        elif isinstance(exc, (BotoConnectionError, ConnectionRefusedError)):
             reason = f"cannot reach endpoint {self.endpoint}: {exc}"
         else:
             reason = f"{type(exc).__name__}: {exc}"
+        if transient(exc) and self.retry.attempts > 1:
+            reason += f" (after {self.retry.attempts} attempts)"
         raise StorageError(f"{where}: {action} failed: {reason}") from exc
 
-    def _check_bucket(self) -> None:
+    def _run(self, action: str, key: str | None, fn: Callable[[], T]) -> T:
+        """One logical request: ``fn`` retried while it fails transiently, then errors translated.
+
+        A missing key becomes ObjectNotFound (never retried); everything else a StorageError
+        naming the key, the action and the server's answer.
+        """
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            return retry.call(fn, self.retry, transient, self.retry_stats)
         except ClientError as exc:
-            if _status(exc) == 404 or _code(exc) in ("NoSuchBucket", "404", "NotFound"):
-                raise StorageError(f"{self._where}: bucket '{self.bucket}' does not exist") from exc
-            self._fail(exc, "checking bucket")
-        except BotoCoreError as exc:
-            self._fail(exc, "checking bucket")
+            if key is not None and _is_not_found(exc):
+                raise ObjectNotFound(f"{self._key_url(key)}: object {key} not found") from None
+            self._fail(exc, action, key)
+        except (BotoCoreError, *_NETWORK_ERRORS) as exc:
+            self._fail(exc, action, key)
+
+    def _check_bucket(self) -> None:
+        def head() -> None:
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if _status(exc) == 404 or _code(exc) in ("NoSuchBucket", "404", "NotFound"):
+                    raise StorageError(f"{self._where}: bucket '{self.bucket}' does not exist") from exc
+                raise
+
+        self._run("checking bucket", None, head)
 
     def _exists(self, key: str) -> bool:
         try:
-            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self._run("checking", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)))
             return True
-        except ClientError as exc:
-            if _status(exc) == 404 or _code(exc) in _NOT_FOUND_CODES:
-                return False
-            self._fail(exc, "checking", key)
-        except BotoCoreError as exc:
-            self._fail(exc, "checking", key)
+        except ObjectNotFound:
+            return False
 
     # -- Storage interface -------------------------------------------------------------------
 
     def put(self, key: str, data: bytes) -> None:
-        try:
-            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-        except (ClientError, BotoCoreError) as exc:
-            self._fail(exc, "put", key)
+        self._run("put", key, lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        # If a first attempt succeeded but its answer was lost, botocore's retry gets 412 and we
-        # return False; put_immutable() then finds identical content, so the retry is harmless.
-        return self._put_conditional(key, data)
+        # If a first attempt succeeded but its answer was lost, the retry gets 412 and we return
+        # False; put_immutable() then finds identical content, so the retry is harmless.
+        return self._put_conditional(key, lambda: data)
 
-    def _put_conditional(self, key: str, body: Any) -> bool:
-        try:
-            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, IfNoneMatch="*")
-            return True
-        except ClientError as exc:
-            if _code(exc) in _EXISTS_CODES or _status(exc) in (409, 412):
-                return False
-            self._fail(exc, "create", key)
-        except BotoCoreError as exc:
-            self._fail(exc, "create", key)
+    def _put_conditional(self, key: str, body: Callable[[], Any]) -> bool:
+        def attempt() -> bool:
+            payload = body()
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=payload, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                if _exists_answer(exc):
+                    return False
+                raise
+            finally:
+                if hasattr(payload, "close"):
+                    payload.close()
+
+        return self._run("create", key, attempt)
 
     def put_file_if_absent(self, key: str, path: str) -> bool:
         size = os.path.getsize(path)
         if size <= self.multipart_threshold:
-            with open(path, "rb") as f:  # a seekable file: botocore streams it and can rewind to retry
-                return self._put_conditional(key, f)
+            # A fresh file object per attempt: botocore streams it, and a retry starts over.
+            return self._put_conditional(key, lambda: open(path, "rb"))
         # Cheap check first so an existing large object is not uploaded again just to be refused.
         if self._exists(key):
             return False
@@ -245,95 +360,181 @@ class S3Storage(Storage):
         full_key = self._key(key)
         # S3 allows at most 10,000 parts; grow the part size for very large files.
         part_size = max(self.part_size, -(-size // 10_000))
+        count = -(-size // part_size)
+        upload_id = self._run(
+            "starting multipart upload of", key,
+            lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full_key)["UploadId"],
+        )
         try:
-            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=full_key)["UploadId"]
-        except (ClientError, BotoCoreError) as exc:
-            self._fail(exc, "starting multipart upload of", key)
-        try:
-            parts = []
-            with open(path, "rb") as f:
-                number = 1
-                while chunk := f.read(part_size):
-                    etag = self._client.upload_part(
-                        Bucket=self.bucket, Key=full_key, UploadId=upload_id, PartNumber=number, Body=chunk
-                    )["ETag"]
-                    parts.append({"PartNumber": number, "ETag": etag})
-                    number += 1
+            fd = os.open(path, os.O_RDONLY)
+            try:
+
+                def upload(number: int) -> dict:
+                    # Read inside the task: at most upload_workers parts are in memory at once.
+                    chunk = os.pread(fd, part_size, (number - 1) * part_size)
+                    etag = self._run(
+                        f"multipart upload (part {number} of {count}) of", key,
+                        lambda: self._client.upload_part(
+                            Bucket=self.bucket, Key=full_key, UploadId=upload_id, PartNumber=number, Body=chunk
+                        )["ETag"],
+                    )
+                    return {"PartNumber": number, "ETag": etag}
+
+                parts = self._parallel(upload, range(1, count + 1), self.upload_workers)
+            finally:
+                os.close(fd)
             complete = dict(
                 Bucket=self.bucket, Key=full_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
-            try:
-                self._client.complete_multipart_upload(**complete, IfNoneMatch="*")
-                return True
-            except ClientError as exc:
-                if _code(exc) in _EXISTS_CODES or _status(exc) in (409, 412):
-                    self._abort(full_key, upload_id)
-                    return False
-                # A retried complete whose first attempt succeeded finds the upload gone.  False
-                # ("something exists") is safe: put_file_immutable() then compares the content.
-                if _code(exc) == "NoSuchUpload" and self._exists(key):
-                    return False
-                if not (_code(exc) in _UNSUPPORTED_CODES or _status(exc) == 501):
+
+            def conditional_complete() -> bool | None:
+                try:
+                    self._client.complete_multipart_upload(**complete, IfNoneMatch="*")
+                    return True
+                except ClientError as exc:
+                    if _exists_answer(exc):
+                        return False
+                    # A retried complete whose first attempt succeeded finds the upload gone.
+                    # False ("something exists") is safe: put_file_immutable() compares content.
+                    if _code(exc) == "NoSuchUpload" and self._exists(key):
+                        return False
+                    if _code(exc) in _UNSUPPORTED_CODES or _status(exc) == 501:
+                        return None
                     raise
+
+            done = self._run("completing multipart upload of", key, conditional_complete)
+            if done is not None:
+                if done is False:
+                    self._abort(full_key, upload_id)
+                return done
             # The server refuses conditional completes, so fall back to check-then-complete.
             # Small race: a concurrent writer that creates the key between our HEAD and our
             # complete is overwritten (last complete wins) instead of detected.  Accepted because
-            # the window is one round trip, a replica normally has a single writer, and only
-            # servers without conditional multipart completes take this path.
+            # the window is one round trip, a replica normally has a single writer (the lease in
+            # engine/lease.py fences daemons), and only servers without conditional multipart
+            # completes take this path.
             if self._exists(key):
                 self._abort(full_key, upload_id)
                 return False
-            self._client.complete_multipart_upload(**complete)
+            self._run("completing multipart upload of", key, lambda: self._client.complete_multipart_upload(**complete))
             return True
-        except BaseException as exc:
+        except BaseException:
             self._abort(full_key, upload_id)
-            if isinstance(exc, (ClientError, BotoCoreError)):
-                self._fail(exc, "multipart upload of", key)
             raise
 
     def _abort(self, full_key: str, upload_id: str) -> None:
         """Best effort: an orphaned upload only costs storage until a lifecycle rule removes it."""
         try:
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
-        except (ClientError, BotoCoreError):
+        except (ClientError, BotoCoreError, *_NETWORK_ERRORS):
             pass
 
+    @staticmethod
+    def _parallel(task: Callable[[Any], T], items, workers: int) -> list[T]:
+        """Run ``task`` over ``items`` on up to ``workers`` threads, results in order; the first
+        failure cancels what has not started and is re-raised."""
+        items = list(items)
+        if len(items) <= 1 or workers <= 1:
+            return [task(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="walrewind-s3") as pool:
+            futures = [pool.submit(task, i) for i in items]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+            if failed is not None:
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                raise failed.exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
+
     def get(self, key: str) -> bytes:
+        return self._run(
+            "get", key, lambda: _read_body(self._client.get_object(Bucket=self.bucket, Key=self._key(key)))
+        )
+
+    def _get_range(self, key: str, start: int, length: int, etag: str | None = None) -> tuple[bytes, int | None, str | None]:
+        """(bytes, total object size, ETag) for one ranged GET; the body is checked for length."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Range": f"bytes={start}-{start + length - 1}"}
+        if etag:
+            kwargs["IfMatch"] = etag
+
+        def attempt() -> tuple[bytes, int | None, str | None]:
+            try:
+                resp = self._client.get_object(**kwargs)
+            except ClientError as exc:
+                if _code(exc) == "InvalidRange" or _status(exc) == 416:
+                    return b"", None, None  # start is at or past the end of the object
+                raise
+            body = _read_body(resp)
+            m = _CONTENT_RANGE.fullmatch(str(resp.get("ContentRange") or ""))
+            if m is None:  # the server ignored Range and sent the whole object
+                return body[start : start + length], len(body), resp.get("ETag")
+            total = int(m.group(3)) if m.group(3) != "*" else None
+            expected = length if total is None else max(0, min(length, total - start))
+            if len(body) != expected:
+                raise TruncatedBody(len(body), expected)
+            return body, total, resp.get("ETag")
+
+        return self._run("get (range) of", key, attempt)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        return self._get_range(key, start, length)[0]
+
+    def get_to_file(self, key: str, path: str) -> int:
+        """Parallel ranged GETs (``range_chunk`` each, ``download_workers`` at a time) into ``path``.
+
+        Every range after the first is conditional on the first response's ETag, so an object
+        replaced mid-download (never by walrewind: objects are immutable) fails instead of mixing.
+        """
+        chunk = self.range_chunk
+        first, total, etag = self._get_range(key, 0, chunk)
+        if total is None:  # empty object (416 on a range) or no size announced
+            first = self.get(key)
+            total = len(first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return response["Body"].read()
-        except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectNotFound(f"{self._key_url(key)}: object {key} not found") from None
-            self._fail(exc, "get", key)
-        except BotoCoreError as exc:
-            self._fail(exc, "get", key)
+            os.pwrite(fd, first, 0)
+            if total > len(first):
+                os.ftruncate(fd, total)
+
+                def fetch(offset: int) -> None:
+                    want = min(chunk, total - offset)
+                    data, _total, _etag = self._get_range(key, offset, want, etag)
+                    if len(data) != want:
+                        raise StorageError(
+                            f"{self._key_url(key)}: get (range) failed: object is shorter than its announced {total} bytes"
+                        )
+                    os.pwrite(fd, data, offset)
+
+                self._parallel(fetch, range(len(first), total, chunk), self.download_workers)
+        finally:
+            os.close(fd)
+        return total
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         # Collected and sorted rather than streamed: S3 promises UTF-8 binary order, but some
         # compatible servers (SeaweedFS) list directory-by-directory, e.g. "a/b" before "a-c".
-        found: list[ObjectInfo] = []
-        try:
+        def attempt() -> list[ObjectInfo]:
+            found: list[ObjectInfo] = []
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.prefix + prefix
             )
             for page in pages:
                 for obj in page.get("Contents", ()):
                     found.append(ObjectInfo(obj["Key"][len(self.prefix):], int(obj["Size"])))
-        except (ClientError, BotoCoreError) as exc:
-            self._fail(exc, f"list of {prefix!r}")
+            return found
+
+        found = self._run(f"list of {prefix!r}", None, attempt)
         found.sort(key=lambda o: o.key)
         yield from found
 
     def delete(self, key: str) -> None:
         try:
-            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _code(exc) in _NOT_FOUND_CODES:
-                return
-            self._fail(exc, "delete", key)
-        except BotoCoreError as exc:
-            self._fail(exc, "delete", key)
+            self._run("delete", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+        except ObjectNotFound:
+            return
 
     def close(self) -> None:
         self._client.close()

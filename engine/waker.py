@@ -1,0 +1,94 @@
+"""Wake the tail loop the instant the database's -wal changes.
+
+Commit timestamps are the moment the daemon *sees* a commit, so every hop between the kernel's
+inotify event and the tail loop is an error in every timestamp.  The loop therefore waits on the
+inotify descriptor itself (through watchdog's ctypes bindings), with no observer or dispatch
+threads in between.  A self-pipe lets stop() interrupt the wait; where inotify is unavailable the
+wait degrades to the caller's polling interval.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, name length
+
+
+class Waker:
+    def __init__(self) -> None:
+        self._pipe_r, self._pipe_w = os.pipe()
+        os.set_blocking(self._pipe_r, False)
+        self._fd: int | None = None
+        self._names: set[bytes] = set()
+
+    def watch(self, db_path: str) -> bool:
+        """Watch the database's directory for changes to the database and its -wal.
+
+        Returns False when inotify is not available (the loop then relies on polling).
+        """
+        try:
+            from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
+        except (ImportError, OSError, AttributeError):
+            return False
+        fd = inotify_init()
+        if fd < 0:
+            return False
+        mask = (
+            InotifyConstants.IN_MODIFY
+            | InotifyConstants.IN_CREATE
+            | InotifyConstants.IN_DELETE
+            | InotifyConstants.IN_MOVED_TO
+            | InotifyConstants.IN_CLOSE_WRITE
+        )
+        directory = os.path.dirname(os.path.abspath(db_path))
+        if inotify_add_watch(fd, directory.encode(), mask) < 0:
+            os.close(fd)
+            return False
+        os.set_blocking(fd, False)
+        base = os.path.basename(db_path).encode()
+        self._names = {base, base + b"-wal"}
+        self._fd = fd
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a relevant change, wake(), or ``timeout`` seconds; True when woken early."""
+        fds = [self._pipe_r] if self._fd is None else [self._fd, self._pipe_r]
+        ready, _, _ = select.select(fds, [], [], timeout)
+        woke = False
+        if self._pipe_r in ready:
+            try:
+                os.read(self._pipe_r, 4096)
+            except BlockingIOError:
+                pass
+            woke = True
+        if self._fd is not None and self._fd in ready:
+            woke = self._drain() or woke
+        return woke
+
+    def _drain(self) -> bool:
+        relevant = False
+        while True:
+            try:
+                buf = os.read(self._fd, 65536)  # type: ignore[arg-type]
+            except BlockingIOError:
+                return relevant
+            off = 0
+            while off + _EVENT.size <= len(buf):
+                _wd, _mask, _cookie, length = _EVENT.unpack_from(buf, off)
+                name = buf[off + _EVENT.size : off + _EVENT.size + length].rstrip(b"\0")
+                relevant = relevant or name in self._names
+                off += _EVENT.size + length
+
+    def wake(self) -> None:
+        try:
+            os.write(self._pipe_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self._fd, self._pipe_r, self._pipe_w):
+            if fd is not None:
+                os.close(fd)
+        self._fd = None
