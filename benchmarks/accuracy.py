@@ -230,6 +230,7 @@ def judge_walrewind_checksums(d: str, txns: list[dict], rep: str, targets) -> li
     verdicts = []
     stamps = observed_stamps(rep, txns)
     by_i = {t["i"]: t for t in txns}
+    sums = {t["i"]: t["checksum"] for t in txns}
     for n, (frac, whole) in enumerate(targets):
         t = absolute(txns, frac, whole)
         remove_db(out)
@@ -237,8 +238,17 @@ def judge_walrewind_checksums(d: str, txns: list[dict], rep: str, targets) -> li
         try:
             res = restore(storage, out, target_us=t)
             v = judge(out, res.page_size, txns, txns[0]["checksum"], t)
-            dtx, dms = distance(txns, v.restored_index, *v.allowed, t)
-            entry.update(exact=v.exact, restored=v.restored_index, allowed=list(v.allowed), dtx=dtx, dms=dms,
+            # Transactions that changed nothing share their predecessor's checksum, so a restored file
+            # can equal several logged states: take the one nearest the allowed range (judge() says
+            # exact when any of them is inside it).
+            got = f"{res.checksum:016x}"
+            matches = [k for k in [0] + [x["i"] for x in txns[1:]] if sums[k] == got]
+            lo, hi = v.allowed
+            k = min(matches, key=lambda m: 0 if lo <= m <= hi else min(abs(m - lo), abs(m - hi))) if matches else None
+            if v.exact and k is not None and not lo <= k <= hi:
+                k = next(m for m in matches if lo <= m <= hi)
+            dtx, dms = distance(txns, k, lo, hi, t)
+            entry.update(exact=v.exact, restored=k, allowed=list(v.allowed), dtx=dtx, dms=dms,
                          txid=res.txid, warnings=res.warnings)
             if v.restored_index is None:
                 ANOMALIES.append(f"walrewind target {t} ({rfc3339(t)}): restored a state the writer never had")

@@ -170,7 +170,7 @@ main = open(os.path.join(root, "cli", "main.py")).read()
 known = set()
 for mod in re.findall(r"from \.(\w+) import", main):
     src = open(os.path.join(root, "cli", mod + ".py")).read()
-    known |= set(re.findall(r'@click\.command\("([\w-]+)"\)', src))
+    known |= set(re.findall(r'@click\.(?:command|group)\(\s*"([\w-]+)"', src))
 if cmd and cmd[0] in known:
     print(f"OK walrewind command '{cmd[0]}' is a CLI subcommand ({', '.join(sorted(known))})")
 else:
