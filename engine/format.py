@@ -181,31 +181,36 @@ class SnapshotWriter:
         return size
 
 
+def iter_snapshot_pages(compressed, page_size: int, page_count: int, name: str) -> Iterator[tuple[int, bytes]]:
+    """Decompress a snapshot payload stream into (pgno, page) pairs, checking the page count."""
+    reader = zstandard.ZstdDecompressor().stream_reader(compressed)
+    pgno = 0
+    buf = b""
+    try:
+        while True:
+            chunk = reader.read(page_size * 256)
+            if not chunk:
+                break
+            buf += chunk
+            whole = len(buf) - len(buf) % page_size
+            for off in range(0, whole, page_size):
+                pgno += 1
+                yield pgno, buf[off : off + page_size]
+            buf = buf[whole:]
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{name}: cannot decompress payload ({exc})") from None
+    if buf:
+        raise FormatError(f"{name}: payload ends inside a page")
+    if pgno != page_count:
+        raise FormatError(f"{name}: holds {pgno} pages, header says {page_count}")
+
+
 def read_snapshot(blob: bytes, name: str = "snapshot") -> tuple[dict, Iterator[tuple[int, bytes]]]:
     """Verify a snapshot object and iterate its pages as (pgno, data) in order."""
     header, payload = _open_envelope(blob, SNAPSHOT_MAGIC, name)
     page_size = header["page_size"]
 
     def pages() -> Iterator[tuple[int, bytes]]:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
-        pgno = 0
-        buf = b""
-        try:
-            while True:
-                chunk = reader.read(page_size * 256)
-                if not chunk:
-                    break
-                buf += chunk
-                whole = len(buf) - len(buf) % page_size
-                for off in range(0, whole, page_size):
-                    pgno += 1
-                    yield pgno, buf[off : off + page_size]
-                buf = buf[whole:]
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"{name}: cannot decompress payload ({exc})") from None
-        if buf:
-            raise FormatError(f"{name}: payload ends inside a page")
-        if pgno != header["page_count"]:
-            raise FormatError(f"{name}: holds {pgno} pages, header says {header['page_count']}")
+        yield from iter_snapshot_pages(io.BytesIO(payload), page_size, header["page_count"], name)
 
     return header, pages()

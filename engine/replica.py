@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .format import FormatError, decode_segment
-from .storage import Storage, StorageError
+from .storage import Storage
 
 HEADER_PROBE = 64 << 10
 _PREFIX = struct.Struct("<4sHI")

@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import apsw
-import zstandard
 
 from . import layout
 from .dbhash import checksum_file
-from .format import FLAG_LATE, FLAG_RESYNC, FORMAT_VERSION, SNAPSHOT_MAGIC, FormatError
+from .format import FLAG_LATE, FLAG_RESYNC, FORMAT_VERSION, SNAPSHOT_MAGIC, FormatError, iter_snapshot_pages
 from .replica import Generation, Replica
 from .storage import Storage, StorageError
 from .timeparse import TimestampError, format_us
@@ -324,26 +323,8 @@ def open_snapshot_file(path: str, name: str) -> tuple[dict, Callable[[], Iterato
 
     def pages() -> Iterator[tuple[int, bytes]]:
         with open(path, "rb") as f:
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(_Payload(f, start, payload_len), 1 << 20))
-            pgno = 0
-            buf = b""
-            try:
-                while True:
-                    chunk = reader.read(page_size * 256)
-                    if not chunk:
-                        break
-                    buf += chunk
-                    whole = len(buf) - len(buf) % page_size
-                    for off in range(0, whole, page_size):
-                        pgno += 1
-                        yield pgno, buf[off : off + page_size]
-                    buf = buf[whole:]
-            except zstandard.ZstdError as exc:
-                raise FormatError(f"{name}: cannot decompress payload ({exc})") from None
-            if buf:
-                raise FormatError(f"{name}: payload ends inside a page")
-            if pgno != header["page_count"]:
-                raise FormatError(f"{name}: holds {pgno} pages, header says {header['page_count']}")
+            stream = io.BufferedReader(_Payload(f, start, payload_len), 1 << 20)
+            yield from iter_snapshot_pages(stream, page_size, header["page_count"], name)
 
     return header, pages
 

@@ -8,12 +8,9 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
 from harness import DaemonThread, assert_no_invented_states, create_db, judge, read_log, run_writer, start_writer
 from walrewind.engine.format import FLAG_RESYNC
 from walrewind.engine.dbhash import checksum_file
-from walrewind.engine.replica import Replica
 from walrewind.engine.restore import restore
 from walrewind.engine.storage import open_storage
 
