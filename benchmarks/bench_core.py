@@ -219,7 +219,6 @@ def restore_walrewind(base: str, src: str, repeats: int) -> dict:
     t0 = time.perf_counter()
     with DaemonLog() as dlog, DaemonThread(db, rep, state, upload_interval=1.0) as sh:
         snap_s = time.perf_counter() - t0
-        base_txid = sh.stats.last_txid
         log(f"  walrewind: base snapshot of {os.path.getsize(db) / 1e6:.0f} MB took {snap_s:.1f}s; later transactions")
         run_writer({"db": db, "log": logp, **LATER}, timeout=3600)
         txns, _ = read_log(logp)
@@ -414,7 +413,7 @@ def report(res: dict, compare: bool) -> None:
         r = res["restore"]
         wr, ls = r["walrewind"], r.get("litestream")
         rows.append([f"restore latest, {r['db_mb']:.0f} MB (MB/s)", wr["latest"]["mb_s"], ls["latest"]["mb_s"] if ls else None])
-        rows.append([f"restore middle point (MB/s)", wr["middle"]["mb_s"], ls["middle"]["mb_s"] if ls else None])
+        rows.append(["restore middle point (MB/s)", wr["middle"]["mb_s"], ls["middle"]["mb_s"] if ls else None])
         rows.append(["restore latest (s)", wr["latest"]["s"], ls["latest"]["s"] if ls else None])
         rows.append(["restore middle point (s)", wr["middle"]["s"], ls["middle"]["s"] if ls else None])
         if ls and "latest+quick_check" in ls:
