@@ -30,6 +30,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from harness import (  # noqa: E402  (tests/ on sys.path first)
+    EXACT_MARGIN_US,
     DaemonThread,
     allowed_range,
     create_db,
@@ -41,7 +42,7 @@ from harness import (  # noqa: E402  (tests/ on sys.path first)
 from walrewind.engine import layout  # noqa: E402
 
 __all__ = [
-    "DaemonThread", "allowed_range", "create_db", "judge", "read_log", "run_writer", "start_writer", "layout",
+    "EXACT_MARGIN_US", "DaemonThread", "allowed_range", "create_db", "judge", "read_log", "run_writer", "start_writer", "layout",
 ]
 
 PY = sys.executable

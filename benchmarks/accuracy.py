@@ -30,6 +30,7 @@ import sys
 import time
 
 from _common import (
+    EXACT_MARGIN_US,
     INSERT_ONLY,
     DaemonLog,
     DaemonThread,
@@ -237,7 +238,7 @@ def judge_walrewind_checksums(d: str, txns: list[dict], rep: str, targets) -> li
         entry = {"target": t, "target_text": rfc3339(t), "whole": whole}
         try:
             res = restore(storage, out, target_us=t)
-            v = judge(out, res.page_size, txns, txns[0]["checksum"], t)
+            v = judge(out, res.page_size, txns, txns[0]["checksum"], t, EXACT_MARGIN_US)
             # Transactions that changed nothing share their predecessor's checksum, so a restored file
             # can equal several logged states: take the one nearest the allowed range (judge() says
             # exact when any of them is inside it).

@@ -28,6 +28,7 @@ import sys
 import time
 
 from _common import (
+    EXACT_MARGIN_US,
     DaemonLog,
     DaemonThread,
     Litestream,
@@ -147,7 +148,7 @@ def verify_walrewind(d: str, db: str, rep: str, txns: list[dict], targets: int, 
         remove_db(out)
         try:
             res = restore(storage, out, target_us=t)
-            v = judge(out, res.page_size, txns, txns[0]["checksum"], t)
+            v = judge(out, res.page_size, txns, txns[0]["checksum"], t, EXACT_MARGIN_US)
             if not v.exact:
                 ANOMALIES.append(f"walrewind {d}: target {t} restored txn {v.restored_index}, allowed {v.allowed}")
         except Exception as exc:

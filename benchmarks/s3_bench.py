@@ -42,7 +42,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from harness import DaemonThread, create_db, judge, read_log, replica_records, start_writer  # noqa: E402
+from harness import EXACT_MARGIN_US, DaemonThread, create_db, judge, read_log, replica_records, start_writer  # noqa: E402
 from seaweed_server import SeaweedExited, SeaweedS3, find_weed  # noqa: E402
 
 from walrewind.engine.format import FLAG_LATE, FLAG_RESYNC  # noqa: E402
@@ -153,7 +153,7 @@ def run_accuracy(server: Server, work: str, seconds: float, targets: int, rate: 
         t = time.monotonic()
         result = restore(storage, out, target_us=target, force=True)
         restore_s.append(time.monotonic() - t)
-        v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
+        v = judge(out, result.page_size, txns, txns[0]["checksum"], target, EXACT_MARGIN_US)
         if v.exact:
             exact += 1
         else:
