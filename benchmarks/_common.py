@@ -42,7 +42,7 @@ from harness import (  # noqa: E402  (tests/ on sys.path first)
 from walrewind.engine import layout  # noqa: E402
 
 __all__ = [
-    "EXACT_MARGIN_US", "DaemonThread", "allowed_range", "create_db", "judge", "read_log", "run_writer", "start_writer", "layout",
+    "EXACT_MARGIN_US", "report_anomalies", "DaemonThread", "allowed_range", "create_db", "judge", "read_log", "run_writer", "start_writer", "layout",
 ]
 
 PY = sys.executable
@@ -397,3 +397,13 @@ class WalSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def report_anomalies(anomalies: list[str], all_clear: str) -> None:
+    """The closing lines every benchmark prints: what went wrong, or what was checked and held."""
+    if anomalies:
+        print("\nANOMALIES:")
+        for x in anomalies:
+            print("  - " + x)
+    else:
+        print(f"\nno anomalies ({all_clear})")

@@ -30,6 +30,7 @@ import sys
 import time
 
 from _common import (
+    report_anomalies,
     EXACT_MARGIN_US,
     INSERT_ONLY,
     DaemonLog,
@@ -392,12 +393,7 @@ def main() -> None:
                              f"{m['stamped_after_T_ms']:.2f} ms after T" for m in e.get("missing", []))
             print(f"  {k}: T={e['target']} ({e['target_text']}) restored {e['restored']} allowed {e['allowed']}"
                   f" {e.get('error') or ''}{miss}")
-    if ANOMALIES:
-        print("\nANOMALIES:")
-        for x in ANOMALIES:
-            print("  - " + x)
-    else:
-        print("\nno anomalies (no resyncs, no upload errors, no restore errors, every restored state existed)")
+    report_anomalies(ANOMALIES, "no resyncs, no upload errors, no restore errors, every restored state existed")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"summaries": summaries, "targets": details, "stamp_delays": delays, "anomalies": ANOMALIES},

@@ -20,6 +20,7 @@ import sys
 import time
 
 from _common import (
+    report_anomalies,
     INSERT_ONLY,
     DaemonLog,
     DaemonThread,
@@ -428,12 +429,7 @@ def report(res: dict, compare: bool) -> None:
             row += [fmt(b), fmt(ratio(a, b), 2) if not isinstance(a, str) and b is not None and a is not None else "-"]
         out.append(row)
     print(table(headers, out))
-    if ANOMALIES:
-        print("\nANOMALIES:")
-        for x in ANOMALIES:
-            print("  - " + x)
-    else:
-        print("\nno anomalies (no resyncs, no upload errors, latest restores equal the live databases)")
+    report_anomalies(ANOMALIES, "no resyncs, no upload errors, latest restores equal the live databases")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import sys
 import time
 
 from _common import (
+    report_anomalies,
     EXACT_MARGIN_US,
     DaemonLog,
     DaemonThread,
@@ -245,12 +246,7 @@ def report(runs: dict, kinds: list[str], wal_growth: bool, duration: float, repe
     for r in runs.get("walrewind", []):
         print(f"walrewind daemon: resyncs={r['resyncs']} yields={r['yields']} releases={r['releases']} "
               f"upload_errors={r['upload_errors']} transactions shipped={r['shipped']}")
-    if ANOMALIES:
-        print("\nANOMALIES:")
-        for x in ANOMALIES:
-            print("  - " + x)
-    else:
-        print("\nno anomalies (no resyncs, no upload errors; walrewind restores after each run were exact)")
+    report_anomalies(ANOMALIES, "no resyncs, no upload errors; walrewind restores after each run were exact")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import apsw
 from . import layout
 from .dbhash import checksum_file
 from .format import FLAG_LATE, FLAG_RESYNC, FORMAT_VERSION, SNAPSHOT_MAGIC, FormatError, iter_snapshot_pages
+from .fsutil import fsync_dir
 from .replica import Generation, Replica
 from .storage import Storage, StorageError
 from .timeparse import TimestampError, format_us
@@ -490,11 +491,7 @@ def restore(
             if os.path.exists(out_path + suffix) and force:
                 os.unlink(out_path + suffix)
         os.replace(tmp, out_path)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(directory)
     except BaseException:
         for path in (tmp, tmp + "-wal", tmp + "-shm", snap_tmp):
             if path and os.path.exists(path):

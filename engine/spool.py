@@ -28,6 +28,7 @@ import zlib
 from dataclasses import dataclass
 
 from .dbhash import PageHashes
+from .fsutil import atomic_write, fsync_dir
 from .format import TxnRecord, decode_txns
 from .walfile import WalPosition
 
@@ -58,24 +59,6 @@ class SpooledTxn:
     position: WalPosition | None
     through_ts_us: int
     change: int | None = None  # SQLite's commit counter after this record, when it was verified
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
 
 
 class StateDir:
@@ -173,7 +156,7 @@ class StateDir:
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 self._current = (name, fd)
                 self._current_size = os.fstat(fd).st_size
-                _fsync_dir(self.spool_dir)
+                fsync_dir(self.spool_dir)
             name, fd = self._current
             start = os.fstat(fd).st_size
             try:
@@ -255,7 +238,7 @@ class StateDir:
                 if name.endswith(".log"):
                     path = os.path.join(self.spool_dir, name)
                     os.replace(path, path[: -len(".log")] + ".sealed")
-            _fsync_dir(self.spool_dir)
+            fsync_dir(self.spool_dir)
 
     def sealed_files(self) -> list[str]:
         names = sorted(n for n in os.listdir(self.spool_dir) if n.endswith(".sealed"))
@@ -275,7 +258,7 @@ class StateDir:
         os.unlink(path)
         with self._lock:
             self._pending = max(0, self._pending - size)
-        _fsync_dir(self.spool_dir)
+        fsync_dir(self.spool_dir)
 
     @staticmethod
     def _encode(item: SpooledTxn) -> bytes:

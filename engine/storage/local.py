@@ -12,15 +12,8 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from ..fsutil import fsync_dir
 from .base import ObjectInfo, ObjectNotFound, Storage, StorageError
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStorage(Storage):
@@ -60,7 +53,7 @@ class LocalStorage(Storage):
         final = self._path(key)
         tmp = self._write_temp(final, data, None)
         os.replace(tmp, final)
-        _fsync_dir(os.path.dirname(final))
+        fsync_dir(os.path.dirname(final))
 
     def _link_into_place(self, tmp: str, final: str) -> bool:
         try:
@@ -69,7 +62,7 @@ class LocalStorage(Storage):
             return False
         finally:
             os.unlink(tmp)
-        _fsync_dir(os.path.dirname(final))
+        fsync_dir(os.path.dirname(final))
         return True
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
