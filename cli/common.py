@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 
+import apsw
 import click
 
 from ..engine.format import FormatError
@@ -21,18 +22,27 @@ USER_ERRORS = (
 )
 
 
-def friendly_errors(func):
-    """Turn expected failures into one clear line on stderr and exit code 1 (no traceback)."""
+def error_handler(expected: tuple[type[BaseException], ...]):
+    """A decorator turning ``expected`` failures into one clear line on stderr and exit code 1."""
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except USER_ERRORS as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except expected as exc:
+                text = str(exc)
+                if isinstance(exc, apsw.Error) and not text.startswith(type(exc).__name__):
+                    text = f"{type(exc).__name__}: {text}"
+                click.echo(f"Error: {text}", err=True)
+                sys.exit(1)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+friendly_errors = error_handler(USER_ERRORS)
 
 
 def emit_json(data) -> None:

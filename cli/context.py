@@ -3,9 +3,7 @@ one error style (expected failures print ``Error: ...`` on stderr and exit 1).""
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -18,7 +16,7 @@ from ..engine.diff import DiffError
 from ..engine.replica import Replica
 from ..engine.storage import StorageError, open_storage
 from ..engine.timeparse import TimestampError, parse_timestamp_us
-from .common import USER_ERRORS
+from .common import USER_ERRORS, error_handler
 
 
 class CommandError(Exception):
@@ -28,21 +26,7 @@ class CommandError(Exception):
 WORKFLOW_ERRORS = USER_ERRORS + (CommandError, ConfigError, InvalidName, DiffError, apsw.Error, PermissionError)
 
 
-def friendly(func):
-    """Like common.friendly_errors, for the workflow's own error types too."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except WORKFLOW_ERRORS as exc:
-            text = str(exc)
-            if isinstance(exc, apsw.Error) and not text.startswith(type(exc).__name__):
-                text = f"{type(exc).__name__}: {text}"
-            click.echo(f"Error: {text}", err=True)
-            sys.exit(1)
-
-    return wrapper
+friendly = error_handler(WORKFLOW_ERRORS)  # common.friendly_errors, plus the workflow's own errors
 
 
 ACCEPTED_FORMS = (
