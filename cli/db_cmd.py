@@ -15,7 +15,9 @@ import click
 from ..engine.catalog import CatalogEntry, NameTaken, current_user, now_us
 from ..engine.config import validate_name
 from ..engine.dbinfo import file_url, journal_mode, open_readonly, page_info, tables
+from ..engine.maintenance import read_status
 from ..engine.restore import restore
+from ..engine.spool import default_state_dir
 from ..engine.status import replication_status
 from ..engine.timeparse import format_us, parse_timestamp_us
 from .common import emit_json, make_progress
@@ -240,7 +242,8 @@ def show_command(name, url_only, as_json):
         )
     else:
         src = db.source
-        info.update(replica=src.replica_display, retention=src.retention)
+        info.update(replica=src.replica_display, retention=src.retention, retention_policy=src.retention_policy().describe())
+        info["maintenance"] = read_status(src.state_dir or default_state_dir(src.path))
         try:
             info["replication"] = replication_status(src.path, open_replica(src))
         except CommandError as exc:
@@ -253,6 +256,20 @@ def show_command(name, url_only, as_json):
     if replica_error:
         click.echo(f"Error: {replica_error}", err=True)
         sys.exit(1)
+
+
+def _print_maintenance(status: dict | None, line) -> None:
+    """The daemon's last snapshot / retention / compaction / drill results (maintenance.json)."""
+    if not status:
+        line("maintenance", "no status yet (the daemon saves it after its first maintenance round)")
+        return
+    for task, state in status.get("tasks", {}).items():
+        if not state.get("enabled"):
+            line(task, "off")
+            continue
+        last = state.get("last")
+        done = f"{last['result']} at {last['at']} ({last['seconds']:.1f} s)" if last else "not run yet"
+        line(task, f"{done}; next {state.get('next_due') or '-'}")
 
 
 def _print_show(info: dict) -> None:
@@ -284,8 +301,8 @@ def _print_show(info: dict) -> None:
             line("reason", info["reason"])
     else:
         line("replica", info["replica"])
-        if info.get("retention"):
-            line("retention", info["retention"])
+        if info.get("retention_policy"):
+            line("retention", info["retention_policy"])
         rep = info["replication"]
         if "error" in rep:
             line("replication", "UNKNOWN (replica unreachable, see below)")
@@ -293,6 +310,10 @@ def _print_show(info: dict) -> None:
             line("restorable", "nothing yet (" + rep["lag_note"] + ")")
         else:
             line("restorable", f"{rep['earliest']} -> {rep['latest']}")
+            if rep.get("exact_from") and rep["exact_from"] != rep["earliest"]:
+                line("exact window", f"exact to the transaction from {rep['exact_from']} to {rep['latest']}")
+            for snap in rep.get("snapshots_beyond_window") or []:
+                line("kept snapshot", f"{snap['time']} (txid {snap['txid']}; restorable to the snapshot only)")
             age = (now_us() - _parse(rep["latest"])) / 1e6
             line("last shipped", f"txid {rep['latest_txid']} at {rep['latest']} ({_ago(age)})")
             line("complete through", rep["complete_through"])
@@ -303,6 +324,7 @@ def _print_show(info: dict) -> None:
                 line("lag", f"0 s ({rep['lag_note']})")
             else:
                 line("lag", f"{rep['lag_seconds']:.1f} s ({rep['lag_note']})")
+        _print_maintenance(info.get("maintenance"), line)
     if info["exists"]:
         click.echo("")
         rows = [[t["name"], t["type"], "-" if t["rows"] is None else str(t["rows"])] for t in info["tables"]]

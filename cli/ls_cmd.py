@@ -24,6 +24,8 @@ def ls_command(replica_url, as_json):
         return
     click.echo(f"replica:          {summary['replica']}")
     click.echo(f"restorable from:  {summary['earliest']}")
+    if summary["exact_from"] and summary["exact_from"] != summary["earliest"]:
+        click.echo(f"exact window:     exact to the transaction from {summary['exact_from']} to {summary['latest']}")
     click.echo(f"latest commit:    {summary['latest']} (txid {summary['latest_txid']})")
     click.echo(f"complete through: {summary['complete_through']}")
     click.echo(f"transactions:     {summary['transactions']}")
@@ -32,3 +34,8 @@ def ls_command(replica_url, as_json):
     for g in summary["generations"]:
         txids = f"{g['first_txid']}-{g['last_txid']}"
         click.echo(f"{g['generation']:<26} {g['start']:<28} {txids:<17} {g['segments']:>8} {len(g['snapshots']):>9}")
+    if summary["snapshots_beyond_window"]:
+        click.echo("")
+        click.echo("snapshots kept beyond the window (restorable to the snapshot, not to the transaction):")
+        for s in summary["snapshots_beyond_window"]:
+            click.echo(f"  {s['time']:<28} txid {s['txid']:<10} generation {s['generation']}")

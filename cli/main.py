@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from .compact_cmd import compact_command
 from .db_cmd import db_group
 from .diff_cmd import diff_command
 from .history_cmd import history_command
 from .ls_cmd import ls_command
+from .prune_cmd import prune_command
 from .replicate_cmd import replicate_command
 from .restore_cmd import restore_command
 from .timeline_cmd import timeline_command
@@ -33,6 +35,7 @@ def cli(ctx, config_file):
                     walrewind db list | db show | db shell | db destroy
                     walrewind timeline app | diff NEW --from-db app --table T | history
     Drills:         walrewind verify app --random 5        (restore, checksum, integrity_check)
+    Retention:      walrewind prune app --dry-run          (what the daemon deletes hourly)
     """
     ctx.ensure_object(dict)
     if config_file is not None:
@@ -48,6 +51,8 @@ cli.add_command(diff_command)
 cli.add_command(timeline_command)
 cli.add_command(verify_command)
 cli.add_command(snapshot_command)
+cli.add_command(prune_command)
+cli.add_command(compact_command)
 
 
 def main() -> None:

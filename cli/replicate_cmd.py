@@ -6,19 +6,16 @@ import logging
 import os
 import signal
 import threading
-import time
 
 import click
 
-from ..engine.config import ConfigError, DatabaseConfig, not_found_message
-from ..engine.retention import prune
+from ..engine.config import ConfigError, DatabaseConfig, not_found_message, parse_duration_or_off
+from ..engine.maintenance import for_database
 from ..engine.shipper import Shipper
 from ..engine.storage import open_storage
 from .common import friendly_errors
 from .context import CommandError, config_option, friendly, get_config
 
-log = logging.getLogger("walrewind.replicate")
-PRUNE_EVERY_SECONDS = 3600.0
 
 
 @click.command("replicate", short_help="Run the daemon (one database, or every database in the config).")
@@ -34,14 +31,30 @@ PRUNE_EVERY_SECONDS = 3600.0
     "only for applications that disabled their own checkpoints (opens one read-write connection).",
 )
 @click.option(
+    "--max-wal-mb", default=None, type=click.IntRange(min=0),
+    help="If a writer outpaces the daemon and the WAL grows past this many MB because the daemon holds it "
+    "back, stop holding it until caught up; commits overwritten meanwhile are shipped as a visible RESYNC. "
+    "0 = hold it however large it grows.  [default: 1024, or the config's max_wal_mb]",
+)
+@click.option(
     "--takeover", is_flag=True,
     help="Take the replica path's lease from another daemon that still looks alive, or continue a replica of "
     "this database moved from another path/host. The displaced daemon stops within a minute.",
 )
+@click.option(
+    "--retention", metavar="DURATION|off", default=None,
+    help="Keep every moment of this period restorable to the transaction (e.g. 24h, 7d, 30d) and delete what no "
+    "point in it needs; 'off' deletes nothing.  [default: 7d, or the config's retention]",
+)
+@click.option(
+    "--verify-interval", metavar="DURATION|off", default=None,
+    help="Run a restore drill (random point + latest, checksum + integrity_check) this often.  [default: off]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every upload.")
 @config_option
 @friendly
-def replicate_command(db_path, replica_url, only, upload_interval, state_dir, checkpoint_frames, takeover, verbose):
+def replicate_command(db_path, replica_url, only, upload_interval, state_dir, checkpoint_frames, max_wal_mb, takeover,
+                      retention, verify_interval, verbose):
     """Continuously replicate DB_PATH (a SQLite/libSQL database in WAL mode) to REPLICA_URL.
 
     REPLICA_URL is a directory (file:///backups/app or a plain path) or s3://bucket/prefix.
@@ -49,7 +62,13 @@ def replicate_command(db_path, replica_url, only, upload_interval, state_dir, ch
 
     Without arguments, replicates every database in the config file ([databases.NAME] with path and
     replica), one daemon thread per database; SIGTERM/Ctrl-C stops all of them with a final sync.
-    Generations entirely older than a database's `retention` are deleted from its replica.
+    Maintenance runs beside each daemon: base snapshots built from the replica (every
+    `snapshot_interval`, default 24h, or when the history since the last one exceeds
+    `snapshot_volume` x the database), the retention policy (`retention`, default 7d, and
+    `keep_daily/weekly/monthly` snapshot tiers) every min(retention/10, 1 h), compaction of
+    segments older than `compact_after` (1h), and restore drills every `verify_interval` (off).
+    `retention = "off"` deletes nothing (compaction is then off too).  Its last results are in
+    maintenance.json in the state directory and in `walrewind db show`.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     if db_path is not None:
@@ -57,7 +76,8 @@ def replicate_command(db_path, replica_url, only, upload_interval, state_dir, ch
             raise click.UsageError("give both DB_PATH and REPLICA_URL, or neither (to replicate every database in the config)")
         if only:
             raise click.UsageError("--db selects databases from the config; it cannot be combined with DB_PATH REPLICA_URL")
-        _replicate_one(db_path, replica_url, upload_interval, state_dir, checkpoint_frames, takeover)
+        db = _overrides(DatabaseConfig("db", db_path, replica_url), retention, verify_interval)
+        _replicate_one(db_path, replica_url, upload_interval, state_dir, checkpoint_frames, max_wal_mb, takeover, db)
         return
     config = get_config(required=False)
     if config is None:
@@ -72,14 +92,31 @@ def replicate_command(db_path, replica_url, only, upload_interval, state_dir, ch
         selected = [config.databases[n] for n in only]
     if not selected:
         raise ConfigError(f"{config.path} names no databases: add [databases.NAME] tables with path and replica")
-    _replicate_many(selected, upload_interval, state_dir, checkpoint_frames, takeover)
+    selected = [_overrides(db, retention, verify_interval) for db in selected]
+    _replicate_many(selected, upload_interval, state_dir, checkpoint_frames, max_wal_mb, takeover)
+
+
+def _overrides(db: DatabaseConfig, retention: str | None, verify_interval: str | None) -> DatabaseConfig:
+    """Apply --retention / --verify-interval (they win over the config file)."""
+    try:
+        if retention is not None:
+            db.retention_us = parse_duration_or_off(retention)
+            db.retention = retention
+        if verify_interval is not None:
+            db.verify_interval_us = parse_duration_or_off(verify_interval)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return db
 
 
 @friendly_errors
-def _replicate_one(db_path, replica_url, upload_interval, state_dir, checkpoint_frames, takeover=False):
-    shipper = Shipper(db_path, open_storage(replica_url), state_dir=state_dir,
+def _replicate_one(db_path, replica_url, upload_interval, state_dir, checkpoint_frames, max_wal_mb, takeover, db):
+    storage = open_storage(replica_url)
+    shipper = Shipper(db_path, storage, state_dir=state_dir,
                       upload_interval=1.0 if upload_interval is None else upload_interval,
-                      checkpoint_frames=checkpoint_frames or 0, takeover=takeover)
+                      checkpoint_frames=checkpoint_frames or 0, takeover=takeover,
+                      max_wal_bytes=(1024 if max_wal_mb is None else max_wal_mb) << 20,
+                      maintenance=for_database(storage, db))
     shipper.install_signal_handlers()
     click.echo(f"replicating {db_path} -> {replica_url} (Ctrl-C to stop)", err=True)
     shipper.run()
@@ -108,17 +145,7 @@ class _Runner:
             self.changed.set()
 
 
-def _prune(db: DatabaseConfig, storage) -> None:
-    try:
-        gone = prune(storage, db.retention_us)
-    except Exception as exc:  # retention is housekeeping: never stop replicating over it
-        log.error("%s: retention prune failed: %s", db.name, exc)
-        return
-    if gone:
-        click.echo(f"{db.name}: removed {len(gone)} generation(s) older than retention {db.retention}", err=True)
-
-
-def _replicate_many(dbs: list[DatabaseConfig], upload_interval, state_dir, checkpoint_frames, takeover=False) -> None:
+def _replicate_many(dbs: list[DatabaseConfig], upload_interval, state_dir, checkpoint_frames, max_wal_mb=None, takeover=False) -> None:
     changed = threading.Event()
     stop = threading.Event()
     runners: list[_Runner] = []
@@ -131,7 +158,9 @@ def _replicate_many(dbs: list[DatabaseConfig], upload_interval, state_dir, check
             state_dir=os.path.join(state_dir, db.name) if state_dir else db.state_dir,
             upload_interval=upload_interval if upload_interval is not None else db.upload_interval,
             checkpoint_frames=checkpoint_frames if checkpoint_frames is not None else db.checkpoint_frames,
+            max_wal_bytes=(max_wal_mb if max_wal_mb is not None else db.max_wal_mb) << 20,
             takeover=takeover,
+            maintenance=for_database(storage, db),
         )
         runners.append(_Runner(db, shipper, changed))
 
@@ -146,7 +175,6 @@ def _replicate_many(dbs: list[DatabaseConfig], upload_interval, state_dir, check
         for r in runners:
             r.thread.start()
         announced: set[str] = set()
-        next_prune: dict[str, float] = {}
         while not stop.is_set():
             changed.wait(0.5)
             changed.clear()
@@ -159,11 +187,6 @@ def _replicate_many(dbs: list[DatabaseConfig], upload_interval, state_dir, check
             failed = [r for r in runners if r.done]
             if failed:
                 break
-            for r in runners:
-                # Prune once the daemon is up (its generation exists), then every hour.
-                if r.db.retention_us and r.shipper.ready.is_set() and time.monotonic() >= next_prune.get(r.db.name, 0.0):
-                    next_prune[r.db.name] = time.monotonic() + PRUNE_EVERY_SECONDS
-                    _prune(r.db, r.shipper.storage)
     finally:
         for r in runners:
             r.shipper.stop()

@@ -4,7 +4,10 @@
     [databases.production-db]
     path = "/var/lib/app/prod.db"
     replica = "s3://backups/prod?endpoint=http://127.0.0.1:8333"
-    retention = "7d"
+    retention = "7d"                       # "off": never delete (lifecycle rules / no delete permission)
+    keep_daily = 7                         # snapshots kept beyond the window (0 disables a tier)
+    keep_weekly = 4
+    keep_monthly = 12
 
 Found at ``--config FILE``, else ``$WALREWIND_CONFIG``, else ``./walrewind.toml``, else
 ``~/.config/walrewind/config.toml`` (``$XDG_CONFIG_HOME`` respected).  ``${NAME}`` in any string
@@ -27,7 +30,19 @@ _ENV_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _DURATION_RE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
 _UNITS_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "w": 604_800_000_000}
 _TOP_KEYS = {"data_dir", "databases"}
-_DB_KEYS = {"path", "replica", "retention", "state_dir", "upload_interval", "checkpoint_frames"}
+_DB_KEYS = {
+    "path", "replica", "retention", "state_dir", "upload_interval", "checkpoint_frames", "max_wal_mb",
+    "keep_daily", "keep_weekly", "keep_monthly",
+    "snapshot_interval", "snapshot_volume", "compact_after", "verify_interval",
+}
+DEFAULT_RETENTION = "7d"
+DEFAULT_TIERS = {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12}
+# For the maintenance scheduler (engine/maintenance.py); validated here so a typo fails at load time.
+DEFAULT_SNAPSHOT_INTERVAL = "24h"
+DEFAULT_SNAPSHOT_VOLUME = 4.0
+DEFAULT_COMPACT_AFTER = "1h"
+DEFAULT_VERIFY_INTERVAL = "off"
+_OFF = "off"
 
 
 class ConfigError(Exception):
@@ -75,11 +90,28 @@ class DatabaseConfig:
     name: str
     path: str
     replica: str
-    retention: str | None = None
-    retention_us: int | None = None
+    # Retention (engine/retention.py): every moment of the last `retention` stays restorable to the
+    # transaction; beyond it, GFS tiers of snapshots.  retention_us None means "off": never delete.
+    retention: str = DEFAULT_RETENTION
+    retention_us: int | None = 7 * 86_400_000_000
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 12
     state_dir: str | None = None
     upload_interval: float = 1.0
     checkpoint_frames: int = 0
+    max_wal_mb: int = 1024  # a daemon that cannot keep up lets the WAL reset past this (0: never)
+    # Maintenance scheduler settings (engine/maintenance.py).
+    snapshot_interval_us: int = 86_400_000_000
+    snapshot_volume: float = DEFAULT_SNAPSHOT_VOLUME  # snapshot when shipped bytes > this x db size; 0 = off
+    compact_after_us: int = 3_600_000_000
+    verify_interval_us: int | None = None  # None = "off"
+
+    def retention_policy(self):
+        """The RetentionPolicy this database's settings describe (engine/retention.py)."""
+        from .retention import RetentionPolicy
+
+        return RetentionPolicy(self.retention_us, self.keep_daily, self.keep_weekly, self.keep_monthly)
 
     @property
     def replica_display(self) -> str:
@@ -213,21 +245,17 @@ def load_config(path: str, environ=None) -> Config:
             if not isinstance(settings.get(required), str) or not settings[required]:
                 raise ConfigError(f"{where}: '{required}' is required (a string)")
         db = DatabaseConfig(name, _resolve_path(base, settings["path"]), _resolve_replica(base, settings["replica"]))
-        if settings.get("retention") is not None:
-            try:
-                db.retention_us = parse_duration_us(settings["retention"])
-            except ValueError as exc:
-                raise ConfigError(f"{where}: retention: {exc}") from None
-            db.retention = str(settings["retention"])
+        _apply_maintenance(db, settings, where)
         if settings.get("state_dir") is not None:
             db.state_dir = _resolve_path(base, str(settings["state_dir"]))
         try:
             db.upload_interval = float(settings.get("upload_interval", 1.0))
             db.checkpoint_frames = int(settings.get("checkpoint_frames", 0))
+            db.max_wal_mb = int(settings.get("max_wal_mb", 1024))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        if db.upload_interval <= 0 or db.checkpoint_frames < 0:
-            raise ConfigError(f"{where}: upload_interval must be > 0 and checkpoint_frames >= 0")
+        if db.upload_interval <= 0 or db.checkpoint_frames < 0 or db.max_wal_mb < 0:
+            raise ConfigError(f"{where}: upload_interval must be > 0, checkpoint_frames and max_wal_mb >= 0")
         for other in config.databases.values():
             if other.path == db.path:
                 raise ConfigError(f"{where}: path {db.path} is already configured as [databases.{other.name}]")
@@ -238,6 +266,46 @@ def load_config(path: str, environ=None) -> Config:
                 )
         config.databases[name] = db
     return config
+
+
+def parse_duration_or_off(value, allow_off: bool = True) -> int | None:
+    """A duration in microseconds, or None for "off" (when allowed)."""
+    if allow_off and isinstance(value, str) and value.strip().lower() == _OFF:
+        return None
+    if not isinstance(value, str):
+        alternatives = "'7d' or 'off'" if allow_off else "'7d'"
+        raise ValueError(f"expected a duration string like {alternatives}, got {value!r}")
+    return parse_duration_us(value)
+
+
+def _apply_maintenance(db: DatabaseConfig, settings: dict, where: str) -> None:
+    """Retention, tiers and scheduler keys, each validated with an error naming file and key."""
+
+    def get(key: str, default):
+        return settings.get(key, default) if settings.get(key) is not None else default
+
+    def duration(key: str, default: str, allow_off: bool) -> int | None:
+        try:
+            return parse_duration_or_off(get(key, default), allow_off)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+
+    db.retention_us = duration("retention", DEFAULT_RETENTION, True)
+    db.retention = str(get("retention", DEFAULT_RETENTION))
+    for key, default in DEFAULT_TIERS.items():
+        value = get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}: {key}: must be a whole number >= 0 (0 disables this tier), got {value!r}")
+        setattr(db, key, value)
+    db.snapshot_interval_us = duration("snapshot_interval", DEFAULT_SNAPSHOT_INTERVAL, False)  # type: ignore[assignment]
+    db.compact_after_us = duration("compact_after", DEFAULT_COMPACT_AFTER, False)  # type: ignore[assignment]
+    db.verify_interval_us = duration("verify_interval", DEFAULT_VERIFY_INTERVAL, True)
+    volume = get("snapshot_volume", DEFAULT_SNAPSHOT_VOLUME)
+    if isinstance(volume, bool) or not isinstance(volume, (int, float)) or volume < 0:
+        raise ConfigError(
+            f"{where}: snapshot_volume: must be a number >= 0 (a multiple of the database size; 0 disables), got {volume!r}"
+        )
+    db.snapshot_volume = float(volume)
 
 
 def load(explicit: str | None = None, environ=None) -> Config | None:

@@ -79,11 +79,26 @@ class PageHashes:
         self.hashes[pgno] = h
 
     def apply(self, pages: dict[int, bytes], db_pages: int) -> int:
-        """Apply one transaction; returns the database checksum after it."""
+        """Apply one transaction; returns the database checksum after it.
+
+        Pages the transaction appends are hashed once, with their content (growing through
+        zero pages first would hash every new page twice: half the daemon's hashing under a
+        growing database).  Only gaps it does not write read back as zero pages.
+        """
+        current = self.db_pages
+        if db_pages > current:
+            for pgno in range(current + 1, db_pages + 1):
+                h = page_hash(pgno, pages.get(pgno, self._zero_page))
+                self.hashes.append(h)
+                self.checksum ^= h
+        else:
+            self.resize(db_pages)
+            current = db_pages
         for pgno, data in pages.items():
-            if pgno <= db_pages:
-                self.set_page(pgno, data)
-        self.resize(db_pages)
+            if pgno <= current:
+                h = page_hash(pgno, data)
+                self.checksum ^= self.hashes[pgno] ^ h
+                self.hashes[pgno] = h
         return self.checksum
 
     def differs(self, pgno: int, data: bytes) -> bool:

@@ -118,6 +118,13 @@ def encode_segment(header: dict, records: list[TxnRecord]) -> bytes:
 
 
 def decode_segment(blob: bytes, name: str = "segment") -> tuple[dict, list[TxnRecord]]:
+    header, _raw, records = decode_segment_raw(blob, name)
+    return header, records
+
+
+def decode_segment_raw(blob: bytes, name: str = "segment") -> tuple[dict, bytes, list[TxnRecord]]:
+    """Like :func:`decode_segment`, also returning the verified decompressed payload, so that
+    compaction can concatenate records bit for bit instead of re-encoding them."""
     header, payload = _open_envelope(blob, SEGMENT_MAGIC, name)
     try:
         raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header["raw_length"])
@@ -128,7 +135,7 @@ def decode_segment(blob: bytes, name: str = "segment") -> tuple[dict, list[TxnRe
     records = list(decode_txns(raw, header["page_size"], name))
     if len(records) != header["txn_count"]:
         raise FormatError(f"{name}: holds {len(records)} transactions, header says {header['txn_count']}")
-    return header, records
+    return header, raw, records
 
 
 class SnapshotWriter:

@@ -1,48 +1,247 @@
-"""Retention: remove whole generations whose every point is older than the retention period.
+"""Retention: keep every moment of the last ``retention`` exact to the transaction, GFS snapshot
+tiers beyond it, and delete the rest in an order no restore in progress can trip over.
 
-A generation is restored from its snapshot plus every segment after it, so nothing inside a
-generation can be dropped without a newer snapshot (the daemon writes one per generation).  What
-*can* go is a generation whose newest point is older than ``now - retention``: none of its states
-is inside the window any more.  The newest generation is always kept, however old, so the latest
-state stays restorable.  The snapshot is deleted first: an interrupted prune leaves a generation
-that is no longer restorable (and is finished on the next run), never one with a hole in it.
+What is kept (``plan_prune``), with ``W = now - retention - grace``:
+
+* **The exact window.**  The generation W falls in (the last one starting at or before W) keeps
+  its *base* (the newest snapshot taken at or before W), every later snapshot, and every segment
+  with ``last_txid > base.txid``; every later generation is kept whole.  Any point in ``[W, now]``
+  is then restored from the base or a later snapshot plus segments that are all still there.  A
+  point between an old generation's last commit and the next generation's start restores the old
+  generation's last state, which is why W's generation keeps its tail even when it ended before W.
+* **Tiers.**  Beyond the window, for each of the last ``keep_daily`` UTC days, ``keep_weekly`` ISO
+  weeks and ``keep_monthly`` months, the newest snapshot of that period (``select_tiers``).  Those
+  points stay restorable *to the snapshot*; their segments go.
+* **The newest generation's latest state**, always (it is inside the window by construction).
+
+**Why deletion is restore-safe.**  A restore plans from one LIST and then downloads.  The window is
+widened by ``grace`` (default 1 h), and tiers are the union of the selection now and ``grace``
+ago, so any restore that planned within the last ``grace`` only needs objects this prune keeps
+(its target was at or after ``plan time - retention >= W``).  Deletion order makes an interrupted
+prune harmless: inside a kept generation, older snapshots go first, then segments oldest-first
+(the base that replaces them already exists), so what is left is always a gap-free suffix; in a
+generation being dropped, the snapshots go first (a generation without one is ignored by readers
+and finished by the next run), then segments, then heartbeats.  Heartbeats other than a
+generation's newest carry no information (only the newest is read) and go once older than W.
+
+``retention = "off"`` (``retention_us=None``) deletes nothing: for buckets under lifecycle rules or
+credentials without delete permission.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import time
+from dataclasses import dataclass, field
+from typing import Iterable, TypeVar
 
 from . import layout
+from .replica import Generation, Replica
 from .storage import Storage
+from .timeparse import format_us
+
+DAY_US = 86_400_000_000
+DEFAULT_GRACE_US = 3_600_000_000
+TIER_LABELS = ("daily", "weekly", "monthly")
+
+_S = TypeVar("_S", bound=layout.SnapshotKey)
 
 
-def expired_generations(storage: Storage, retention_us: int, now_us: int | None = None) -> list[str]:
-    now = now_us if now_us is not None else time.time_ns() // 1000
-    cutoff = now - retention_us
-    newest: dict[str, int] = {}
-    has_snapshot: set[str] = set()
-    for info in storage.list("generations/"):
-        parsed = layout.parse_key(info.key)
-        if parsed is None:
+@dataclass
+class RetentionPolicy:
+    """What a database keeps.  ``retention_us`` None means "off": never delete anything."""
+
+    retention_us: int | None
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 12
+    grace_us: int = DEFAULT_GRACE_US
+
+    def describe(self) -> str:
+        from .config import format_duration_us
+
+        if self.retention_us is None:
+            return "retention off (nothing is ever deleted)"
+        return (
+            f"retention {format_duration_us(self.retention_us)}, keep {self.keep_daily} daily / "
+            f"{self.keep_weekly} weekly / {self.keep_monthly} monthly snapshots"
+        )
+
+
+@dataclass
+class KeptSnapshot:
+    generation: str
+    txid: int
+    ts_us: int
+    tiers: list[str]  # "daily"/"weekly"/"monthly" labels; empty inside the exact window
+    in_window: bool
+
+    def to_json(self) -> dict:
+        return {"generation": self.generation, "txid": self.txid, "time": format_us(self.ts_us),
+                "tiers": self.tiers, "in_window": self.in_window}
+
+
+@dataclass
+class PruneReport:
+    deleted: list[str]  # keys, in deletion order
+    kept_snapshots: list[KeptSnapshot]
+    bytes_deleted: int
+    window_start_us: int | None  # the exact window's start after this prune (None: nothing restorable)
+    dry_run: bool
+    retention_off: bool = False
+    now_us: int = 0
+    policy: RetentionPolicy | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"snapshots": 0, "segments": 0, "heartbeats": 0})
+    bytes_by_kind: dict[str, int] = field(default_factory=lambda: {"snapshots": 0, "segments": 0, "heartbeats": 0})
+    generations_removed: list[str] = field(default_factory=list)
+    latest_us: int | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "retention_off": self.retention_off,
+            "policy": self.policy.describe() if self.policy else None,
+            "now": format_us(self.now_us) if self.now_us else None,
+            "deleted": self.deleted,
+            "deleted_count": len(self.deleted),
+            "counts": self.counts,
+            "bytes_deleted": self.bytes_deleted,
+            "bytes_by_kind": self.bytes_by_kind,
+            "generations_removed": self.generations_removed,
+            "window_start": format_us(self.window_start_us) if self.window_start_us is not None else None,
+            "latest": format_us(self.latest_us) if self.latest_us is not None else None,
+            "kept_snapshots": [k.to_json() for k in self.kept_snapshots],
+        }
+
+
+def _month(ts_us: int) -> int:
+    d = _dt.datetime.fromtimestamp(ts_us / 1e6, tz=_dt.timezone.utc)
+    return d.year * 12 + d.month - 1
+
+
+def _week(ts_us: int) -> int:
+    return (ts_us // DAY_US + 3) // 7  # 1970-01-01 was a Thursday: ISO weeks start 3 days before
+
+
+def select_tiers(
+    snapshots: Iterable[_S], now_us: int, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 12
+) -> dict[_S, list[str]]:
+    """GFS selection: for each of the last N UTC days / ISO weeks / calendar months (the current
+    one included), the newest snapshot taken in it.  Pure (the clock is ``now_us``) so it can be
+    tested over simulated months.  Returns {snapshot: labels} for the selected ones only.
+
+    The newest snapshot of a period that is over never changes, so a snapshot chosen once stays
+    chosen until its period falls out of the tier: runs at different times agree.
+    """
+    periods = (
+        ("daily", keep_daily, lambda ts: ts // DAY_US),
+        ("weekly", keep_weekly, _week),
+        ("monthly", keep_monthly, _month),
+    )
+    snaps = [s for s in snapshots if s.ts_us <= now_us]
+    chosen: dict[_S, list[str]] = {}
+    for label, count, period in periods:
+        if count <= 0:
             continue
-        ts = parsed.last_ts_us if isinstance(parsed, layout.SegmentKey) else parsed.ts_us
-        newest[parsed.generation] = max(newest.get(parsed.generation, 0), ts)
-        if isinstance(parsed, layout.SnapshotKey):
-            has_snapshot.add(parsed.generation)
-    restorable = sorted(g for g in newest if g in has_snapshot)
-    if not restorable:
-        return []
-    keep = restorable[-1]
-    # Leftovers without a snapshot (an interrupted prune) older than the newest generation go too.
-    return sorted(g for g, ts in newest.items() if g < keep and (ts < cutoff or g not in has_snapshot))
+        current = period(now_us)
+        newest: dict[int, _S] = {}
+        for snap in snaps:
+            p = period(snap.ts_us)
+            if current - count < p <= current and (p not in newest or (snap.ts_us, snap.txid) > (newest[p].ts_us, newest[p].txid)):
+                newest[p] = snap
+        for snap in newest.values():
+            chosen.setdefault(snap, []).append(label)
+    return chosen
 
 
-def prune(storage: Storage, retention_us: int, now_us: int | None = None) -> list[str]:
-    """Delete expired generations; returns their ids."""
-    gone = expired_generations(storage, retention_us, now_us)
-    for gen in gone:
-        keys = [i.key for i in storage.list(f"generations/{gen}/")]
-        keys.sort(key=lambda k: (0 if "/snapshots/" in k else 1, k))
-        for key in keys:
+def _kind(key: str) -> str:
+    return "snapshots" if "/snapshots/" in key else "segments" if "/segments/" in key else "heartbeats"
+
+
+def _window_generation(gens: list[Generation], w: int) -> int:
+    """Index of the generation W falls in (the last starting at or before W); 0 if W precedes all."""
+    index = 0
+    for i, g in enumerate(gens):
+        if g.start_us is not None and g.start_us <= w:  # type: ignore[operator]
+            index = i
+    return index
+
+
+def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int) -> PruneReport:
+    """Decide what ``prune`` would delete, from one LIST; nothing is deleted."""
+    replica = Replica(storage)
+    report = PruneReport([], [], 0, None, True, retention_off=policy.retention_us is None, now_us=now_us, policy=policy)
+    gens = replica.generations
+    if gens:
+        report.latest_us = replica.latest()[1]  # type: ignore[index]
+        window = replica.exact_window()
+        report.window_start_us = window[1].ts_us if window else gens[0].start_us
+    if policy.retention_us is None or not gens:
+        return report
+    w = now_us - policy.retention_us - policy.grace_us
+    first = _window_generation(gens, w)
+    base: layout.SnapshotKey | None = None
+    if gens[first].start_us <= w:  # type: ignore[operator]
+        base = max((s for s in gens[first].snapshots if s.ts_us <= w), key=lambda s: s.txid)
+    all_snaps = [s for g in gens for s in g.snapshots]
+    tiers = select_tiers(all_snaps, now_us, policy.keep_daily, policy.keep_weekly, policy.keep_monthly)
+    earlier = select_tiers(
+        [s for s in all_snaps if s.ts_us <= now_us - policy.grace_us], now_us - policy.grace_us,
+        policy.keep_daily, policy.keep_weekly, policy.keep_monthly,
+    )
+    for snap, labels in earlier.items():  # a restore planned up to `grace` ago may be reading it
+        tiers.setdefault(snap, [])
+        tiers[snap] = sorted(set(tiers[snap]) | set(labels), key=TIER_LABELS.index)
+
+    order: list[str] = []
+    for i, gen in enumerate(gens[: first + 1]):
+        in_window = i == first
+        keep_from = base.txid if (in_window and base is not None) else None
+        if in_window and base is None:
+            continue  # W precedes this generation: all of it is inside the window
+        old_snaps = [s for s in gen.snapshots if keep_from is None or s.txid < keep_from]
+        gone_snaps = [s for s in old_snaps if s not in tiers]
+        segments = sorted(gen.segments + gen.superseded, key=lambda s: (s.first_txid, s.last_txid))
+        gone_segs = [s for s in segments if keep_from is None or s.last_txid <= keep_from]
+        newest_beat = gen.heartbeats[-1] if gen.heartbeats else None
+        gone_beats = [
+            h for h in gen.heartbeats if keep_from is None or (h is not newest_beat and h.ts_us < w)
+        ]
+        # Snapshots first, then segments oldest-first, then heartbeats (see the module docstring).
+        order += [s.key for s in gone_snaps] + [s.key for s in gone_segs] + [h.key for h in gone_beats]
+        if keep_from is None and len(gone_snaps) == len(gen.snapshots):
+            report.generations_removed.append(gen.id)
+    # Leftovers of an interrupted prune: generations without a snapshot, older than the newest one.
+    newest_id = gens[-1].id
+    restorable = {g.id for g in gens}
+    leftovers = sorted(k for k in replica.sizes if k.split("/")[1] not in restorable and k.split("/")[1] < newest_id)
+    order = leftovers + order
+    report.generations_removed = sorted(set(report.generations_removed) | {k.split("/")[1] for k in leftovers})
+
+    report.deleted = order
+    for key in order:
+        size = replica.sizes.get(key, 0)
+        report.bytes_deleted += size
+        report.counts[_kind(key)] += 1
+        report.bytes_by_kind[_kind(key)] += size
+    if base is not None:  # otherwise nothing inside the window changes: the replica's own answer stands
+        report.window_start_us = base.ts_us
+    gone = set(order)
+    for i, gen in enumerate(gens):
+        for snap in gen.snapshots:
+            if snap.key in gone:
+                continue
+            older = i < first or (i == first and base is not None and snap.txid < base.txid)
+            report.kept_snapshots.append(KeptSnapshot(gen.id, snap.txid, snap.ts_us, tiers.get(snap, []), not older))
+    return report
+
+
+def prune(storage: Storage, policy: RetentionPolicy, now_us: int | None = None, dry_run: bool = False) -> PruneReport:
+    """Apply ``policy`` now: delete what ``plan_prune`` chose, in its order (unless ``dry_run``)."""
+    now = now_us if now_us is not None else time.time_ns() // 1000
+    report = plan_prune(storage, policy, now)
+    report.dry_run = dry_run
+    if not dry_run:
+        for key in report.deleted:
             storage.delete(key)
-    return gone
+    return report

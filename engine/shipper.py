@@ -23,6 +23,7 @@ Protocol (see docs/DESIGN.md for the reasoning):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -33,19 +34,20 @@ import uuid
 
 from dataclasses import dataclass, field
 
-import apsw
-
 from . import layout
 from .dbhash import PageHashes
-from .format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord, encode_segment
 from .capture import SnapshotReader
-from .format import FormatError, decode_segment
+from .format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord
+from .fsutil import atomic_write
 from .lease import LEASE_SECONDS, ForeignReplica, Lease, LeaseError, ReplicaScan, scan
 from .pin import ReadPin, open_readonly
+from .maintenance import STATUS_FILE, Maintenance
+from .pinpolicy import MAX_WAL_BYTES, PinPolicy
 from .shm import ShmHeader, ShmObserver
-from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpooledTxn, SpoolFull, StateDir
-from .storage import ObjectConflict, Storage, put_file_immutable
+from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpooledTxn, SpoolFull, StateDir, default_state_dir
+from .storage import Storage, put_file_immutable
 from .timeparse import format_us
+from .uploader import ShipperError, Uploader
 from .waker import Waker
 from .walfile import WalFile, WalPosition
 
@@ -54,24 +56,19 @@ log = logging.getLogger("walrewind.shipper")
 MASK = 0xFFFFFFFF
 PROBE_INTERVAL = 0.002  # lock probing while we hold a pin: how fast a checkpointer gets its way
 IDLE_POLL = 0.25  # fallback when inotify is quiet
-RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
-IDLE_RELEASE_SECONDS = 1.0
-YIELD_MAX_SECONDS = 10.0
 READ_BATCH_BYTES = 64 << 20
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
 HEARTBEAT_SECONDS = 60.0
 STATE_VERSION = 1
-SEAL_MAX_BYTES = 64 << 20  # while a backlog waits, keep appending to one spool file up to this size
-UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
 OVERFLOW_CHECK_SECONDS = 1.0  # how often a full spool looks for room again
+FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
+MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class ShipperError(Exception):
-    pass
 
 
 @dataclass
@@ -83,6 +80,7 @@ class ShipperStats:
     yields: int = 0
     releases: int = 0
     daemon_checkpoints: int = 0
+    wal_cap_releases: int = 0  # times we let go of the WAL because we could not keep up (max_wal_bytes)
     last_txid: int = 0
     last_commit_us: int = 0
     uploaded_txid: int = 0
@@ -105,12 +103,6 @@ class ShipperStats:
         return max(0, self.last_txid - self.uploaded_txid)
 
 
-def default_state_dir(db_path: str) -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    safe = os.path.abspath(db_path).strip("/").replace("/", "__")
-    return os.path.join(base, "walrewind", safe)
-
-
 class Shipper:
     def __init__(
         self,
@@ -124,6 +116,8 @@ class Shipper:
         lease_seconds: float = LEASE_SECONDS,
         spool_limit_bytes: int = DEFAULT_SPOOL_LIMIT,
         spool_min_free_bytes: int = DEFAULT_MIN_FREE,
+        max_wal_bytes: int = MAX_WAL_BYTES,
+        maintenance: Maintenance | None = None,
     ) -> None:
         self.db_path = os.path.abspath(db_path)
         self.storage = storage
@@ -139,32 +133,25 @@ class Shipper:
                 "(it must survive at least one missed heartbeat)"
             )
         self.lease = Lease(storage, self.state.path, self.db_path, lease_seconds)
-        # Daemon-driven checkpoints: off by default (the application's own checkpoints bound the
-        # WAL).  Only for applications that disabled theirs; see docs/DESIGN.md for the SQLite
-        # < 3.51.3 WAL-reset bug this can expose in the application's own SQLite.
-        self.checkpoint_frames = checkpoint_frames
-        self._checkpoint_conn = None
+        self.pin_policy = PinPolicy(self, checkpoint_frames, max_wal_bytes)
+        # Snapshots, retention, compaction, drills (engine/maintenance.py) on their own thread once
+        # the daemon is up; its status is saved as maintenance.json in the state directory.
+        self.maintenance = maintenance
         self.stats = ShipperStats()
         self._stop = threading.Event()
         self._waker = Waker()
         self._waker_lock = threading.Lock()  # stop() may come from any thread, even after run() ended
         self._waker_closed = False
-        self._upload_lock = threading.Lock()
-        self._last_heartbeat_key: str | None = None
-        self._last_heartbeat_ts = 0
-        self._last_upload_mono = time.monotonic()
-        self._last_commit_mono = time.monotonic()
+        self.last_commit_mono = time.monotonic()
         self.unverified: list = []  # (WalTransaction, observed time) read but not yet vouched for
         self.verified_pos: WalPosition | None = None
         self.anchor: int | None = None  # SQLite's commit counter at verified_pos
         self.ready = threading.Event()
-        self._fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
-        self._overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
+        self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
+        self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
         self._overflow_check = 0.0
-        self._spooled_through_us = 0  # everything committed before this was spooled (tail thread)
-        self._sealed_through_us = 0  # ... and was in a sealed file at the last seal
-        self._last_beat_mono = time.monotonic()
-        self._backoff = 0.0
+        self.spooled_through_us = 0  # everything committed before this was spooled (tail thread)
+        self.uploader = Uploader(self)
 
     # ------------------------------------------------------------------ setup / teardown
     def _open(self) -> None:
@@ -190,13 +177,19 @@ class Shipper:
         self.snapshots = SnapshotReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
 
     def _close(self) -> None:
-        for conn in self._checkpoint_conn or []:
-            conn.close()
+        self.pin_policy.close()
         self.pin.close()
         self.wal.close()
         self.shm.close()
         os.close(self.db_fd)
         self.state.unlock()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_for_stop(self, timeout: float) -> bool:
+        return self._stop.wait(timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -269,7 +262,7 @@ class Shipper:
             "database moved to a new path or host"
         )
 
-    def _ensure_lease(self) -> None:
+    def ensure_lease(self) -> None:
         """Before every upload: still ours?  (No request unless it had to be re-acquired.)"""
         if self.lease.ensure():
             self.stats.lease_epoch = self.lease.epoch or 0
@@ -317,7 +310,7 @@ class Shipper:
             write_snapshot
         )
         self.pin.release()
-        self._ensure_lease()  # a big snapshot can take longer than the lease
+        self.ensure_lease()  # a big snapshot can take longer than the lease
         header["lease_epoch"] = self.lease.epoch
         writer.finish(header)
         key = layout.SnapshotKey(generation, base_txid, ts).key
@@ -333,13 +326,13 @@ class Shipper:
         self.verified_pos = position
         self.unverified = []
         self.last_ts = ts
-        self._save_state(base_txid, ts, position, snap.change)
+        self.save_state(base_txid, ts, position, snap.change)
         self.stats.last_txid = self.stats.uploaded_txid = base_txid
         self.stats.last_commit_us = self.stats.uploaded_commit_us = ts
-        self._sealed_through_us = self._spooled_through_us = ts
+        self.uploader.sealed_through_us = self.spooled_through_us = ts
         log.info("new generation %s: snapshot of %d pages at txid %d", generation, db_pages, base_txid)
 
-    def _save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None) -> None:
+    def save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None) -> None:
         self.state.save_state(
             {
                 "version": STATE_VERSION,
@@ -368,7 +361,7 @@ class Shipper:
         self._uploaded_change = saved.get("change")
         self.stats.uploaded_txid = saved["uploaded_txid"]
         self.stats.uploaded_commit_us = saved["uploaded_ts_us"]
-        self._sealed_through_us = self._spooled_through_us = saved["uploaded_ts_us"]
+        self.uploader.sealed_through_us = self.spooled_through_us = saved["uploaded_ts_us"]
         # Replay what was read but not uploaded before the previous run ended.
         self._replay_spool()
         # Whatever happened while we were down, prove it or repair it before tailing again.  The
@@ -426,7 +419,7 @@ class Shipper:
         holds is shipped as a RESYNC (or, if provably complete, as LATE transactions).
         """
         self.pin.release()
-        if self._overflow is None:
+        if self.overflow is None:
             self.stats.spool_full = True
             self.stats.spool_full_since_us = now_us()
             self.stats.spool_full_events += 1
@@ -438,9 +431,9 @@ class Shipper:
                 "not yet in %s. Free disk space, raise the spool limit, or make the replica reachable.",
                 exc, self.stats.backlog_txns, self.storage.url,
             )
-        self._overflow = exc
+        self.overflow = exc
         self.stats.last_error = f"spool full: {exc}"
-        with self._upload_lock:  # the uploader must not move the uploaded point meanwhile
+        with self.uploader.lock:  # the uploader must not move the uploaded point meanwhile
             self._replay_spool()
         self._overflow_check = time.monotonic()
 
@@ -457,7 +450,7 @@ class Shipper:
             self._enter_overflow(exc)
             return
         log.warning("replication resumed after the spool was full since %s", format_us(self.stats.spool_full_since_us))
-        self._overflow = None
+        self.overflow = None
         self.stats.spool_full = False
 
     # ------------------------------------------------------------------ reading
@@ -502,8 +495,8 @@ class Shipper:
             resize = db_pages != expected.db_pages
             return snap, position, db_pages, ts, kept, proven, diff, resize
 
+        # The pin stays: it holds exactly the snapshot we are now positioned at.
         snap, position, db_pages, ts, kept, proven, diff, resize = self.snapshots.under_snapshot(compare)
-        self.pin.release()
         self.unverified = []
         items: list[SpooledTxn] = []
         if proven:
@@ -551,7 +544,7 @@ class Shipper:
             result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES)
         ts = now_us()
         if result.transactions:
-            self._last_commit_mono = time.monotonic()
+            self.last_commit_mono = time.monotonic()
         for txn in result.transactions:
             end = txn.end
             early = before is not None and (end.salt1, end.salt2) == (before.salt1, before.salt2) and end.frame <= before.max_frame
@@ -572,7 +565,7 @@ class Shipper:
         if not self.unverified and after is not None and self.anchor is not None and after.change == self.anchor:
             # SQLite had counted no commit we have not spooled when ``after`` was read: everything
             # committed before checked_us is in the spool (what heartbeats vouch for).
-            self._spooled_through_us = checked_us
+            self.spooled_through_us = checked_us
         return len(result.transactions)
 
     def _verify(self, hdr: ShmHeader | None) -> bool:
@@ -606,256 +599,15 @@ class Shipper:
         self.anchor = hdr.change
         return True
 
-    # ------------------------------------------------------------------ pin policy
-    def _caught_up(self, hdr: ShmHeader) -> bool:
-        pos = self.pos
-        return pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
-
-    def _manage_pin(self, read_now: int) -> None:
-        if self.pin.active and self.shm.checkpointer_waiting():
-            self._yield_to_checkpointer()
-            return
-        hdr = self.shm.header()
-        if hdr is None:
-            return
-        caught_up = self._caught_up(hdr)
-        snap = self.pin.snapshot
-        if snap is not None:
-            # Release only when it buys something: the app's checkpoints have caught up with us
-            # and the WAL is as long as SQLite's default autocheckpoint would let it grow (so it
-            # can reset), or nothing has been committed for a while (so we stop probing).  Every
-            # unpinned moment is a moment a checkpoint could race an unread commit.
-            app_caught_up = snap.max_frame > 0 and hdr.salts == snap.salts and hdr.backfilled >= snap.max_frame
-            idle = time.monotonic() - self._last_commit_mono > IDLE_RELEASE_SECONDS
-            if caught_up and ((app_caught_up and hdr.max_frame >= RELEASE_FRAMES) or idle):
-                self.pin.release()
-                self.stats.releases += 1
-            elif read_now:
-                self.pin.acquire(self.shm)
-        elif read_now:
-            self.pin.acquire(self.shm)
-        if self.checkpoint_frames and caught_up and hdr.max_frame - hdr.backfilled >= self.checkpoint_frames:
-            self._daemon_checkpoint()
-
-    def _daemon_checkpoint(self) -> None:
-        """Barrier checkpoint (explicit opt-in only): let the WAL reset even under constant writes.
-
-        A plain PASSIVE checkpoint racing the app's commits rarely ends fully backfilled, so the
-        WAL would never restart.  Instead: hold the write lock with BEGIN IMMEDIATE (no commit can
-        land), read everything, drop our pin, checkpoint PASSIVE on a second connection, ROLLBACK.
-        The app's next write then finds the WAL fully backfilled and restarts it.
-        """
-        if self._checkpoint_conn is None:
-            self._checkpoint_conn = []
-            for _ in range(2):
-                conn = apsw.Connection(self.db_path)
-                conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-                conn.set_busy_timeout(100)
-                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # opens the WAL
-                self._checkpoint_conn.append(conn)
-        barrier, checkpointer = self._checkpoint_conn
-        try:
-            barrier.execute("BEGIN IMMEDIATE")
-        except apsw.BusyError:
-            return  # the app is writing; try again after its commit
-        try:
-            self.tick()
-            self.pin.release()
-            _log_frames, done = checkpointer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # never waits
-            if done > 0:
-                self.stats.daemon_checkpoints += 1
-        finally:
-            barrier.execute("ROLLBACK")
-
-    def _yield_to_checkpointer(self) -> None:
-        """Another process is checkpointing and waiting for readers: copy to the end and step aside."""
-        self.stats.yields += 1
-        self.tick()
-        self.pin.release()
-        deadline = time.monotonic() + YIELD_MAX_SECONDS
-        while self.shm.checkpoint_running() and time.monotonic() < deadline and not self._stop.is_set():
-            time.sleep(0.001)
-            self.tick()
-        self.tick()
-
-    # ------------------------------------------------------------------ uploading
+    # ------------------------------------------------------------------ uploading (engine/uploader.py)
     def upload_pending(self, final: bool = False) -> int:
-        """Upload every sealed spool file as one segment each, in order; returns how many.
-
-        The file being appended to is sealed first, unless a backlog is already waiting (the
-        replica was unreachable): then it keeps growing up to SEAL_MAX_BYTES, so a long outage
-        drains as a few large segments instead of one per interval.  No LIST: the daemon knows
-        what it wrote.
-        """
-        with self._upload_lock:
-            if final or not self.state.sealed_files() or self.state.current_bytes() >= SEAL_MAX_BYTES:
-                through = self._spooled_through_us
-                self.state.seal()
-                self._sealed_through_us = through
-            uploaded = 0
-            for path in self.state.sealed_files():
-                items = StateDir.read_file(path, self.page_size)
-                items = [i for i in items if i.record.txid > self.stats.uploaded_txid]
-                if not items:
-                    self.state.remove(path)
-                    continue
-                first, last = items[0].record, items[-1].record
-                if first.txid != self.stats.uploaded_txid + 1:
-                    raise ShipperError(
-                        f"spool file {path} starts at txid {first.txid} but the replica ends at "
-                        f"{self.stats.uploaded_txid}; refusing to upload a history with a hole"
-                    )
-                self._ensure_lease()
-                key = layout.SegmentKey(self.generation, first.txid, last.txid, first.commit_ts_us, last.commit_ts_us)
-                blob = encode_segment(
-                    {
-                        "db_id": self.db_id,
-                        "generation": self.generation,
-                        "page_size": self.page_size,
-                        "first_txid": first.txid,
-                        "last_txid": last.txid,
-                        "through_ts_us": max(i.through_ts_us for i in items),
-                        "lease_epoch": self.lease.epoch,
-                    },
-                    [i.record for i in items],
-                )
-                self._put_segment(key.key, blob)
-                for item in items:
-                    self.uploaded_hashes.apply(item.record.pages, item.record.db_pages)
-                position = next((i.position for i in reversed(items) if i.position is not None), None)
-                change = next((i.change for i in reversed(items) if i.change is not None), None)
-                self._save_state(last.txid, last.commit_ts_us, position, change)
-                self.state.remove(path)
-                self.stats.uploaded_txid = last.txid
-                self.stats.uploaded_commit_us = last.commit_ts_us
-                self.stats.segments += 1
-                self.stats.backlog_bytes = self.state.pending
-                now = now_us()
-                self.stats.lag_samples_us.extend(now - i.record.commit_ts_us for i in items)
-                del self.stats.lag_samples_us[:-100000]
-                self._last_upload_mono = time.monotonic()
-                uploaded += 1
-            return uploaded
-
-    def _put_segment(self, key: str, blob: bytes) -> None:
-        """Create-only upload; an existing object must hold the same history.
-
-        Identical bytes: a retry whose first answer was lost.  Same header and records but another
-        ``lease_epoch``: the same spool file uploaded before a restart or a lease re-acquisition.
-        Anything else is another writer's history under our key: ObjectConflict (never overwrite).
-        """
-        if self.storage.put_if_absent(key, blob):
-            return
-        existing = self.storage.get(key)
-        if existing == blob:
-            return
-        try:
-            old_header, old_records = decode_segment(existing, key)
-            new_header, new_records = decode_segment(blob, key)
-        except FormatError as exc:
-            raise ObjectConflict(f"{self.storage.url}: object {key} already exists and is unreadable ({exc}); refusing to overwrite history") from None
-        old_header.pop("lease_epoch", None)
-        new_header.pop("lease_epoch", None)
-        if old_header == new_header and old_records == new_records:
-            log.info("segment %s was already uploaded (under another lease epoch)", key)
-            return
-        raise ObjectConflict(
-            f"{self.storage.url}: object {key} already exists with a different history "
-            f"(written under lease epoch {decode_segment(existing, key)[0].get('lease_epoch')}); refusing to overwrite it"
-        )
+        return self.uploader.upload_pending(final)
 
     def write_heartbeat(self) -> None:
-        """Renew the lease and, when the daemon can vouch for it, tell restores how complete the
-        replica is: at most one PUT (plus the DELETE of the previous heartbeat and one GET that
-        checks nobody took the lease over).
-
-        A heartbeat ``<ts>-<txid>`` says: everything committed before ``ts`` is in the replica, the
-        last being ``txid``.  ``ts`` is the time at the last seal up to which SQLite's commit
-        counter matched what was spooled, so it is only written when nothing sealed is waiting and
-        the tail is healthy (not stopped by a full spool, not stuck).  Otherwise the lease is
-        renewed with an empty ``lease/renewals/`` object, which restores ignore.
-        """
-        with self._upload_lock:
-            self.lease.check_fenced()
-            through = self._sealed_through_us
-            stale_after_us = int(max(10.0, 10 * self.upload_interval) * 1_000_000)
-            healthy = (
-                self._overflow is None
-                and not self.state.sealed_files()
-                and now_us() - through < stale_after_us
-                and through > self._last_heartbeat_ts
-            )
-            if healthy:
-                key = layout.HeartbeatKey(self.generation, through, self.stats.uploaded_txid).key
-                self.storage.put_if_absent(key, b"")
-                if self._last_heartbeat_key and self._last_heartbeat_key != key:
-                    self.storage.delete(self._last_heartbeat_key)
-                self._last_heartbeat_key = key
-                self._last_heartbeat_ts = through
-                self.lease.renewed(through)
-                self.stats.heartbeats += 1
-            else:
-                self.lease.renew()
-                self.stats.lease_renewals += 1
-            self._last_beat_mono = time.monotonic()
-
-    def _uploader(self) -> None:
-        while not self._stop.wait(self.upload_interval + self._backoff):
-            try:
-                self.upload_pending()
-                if time.monotonic() - self._last_beat_mono >= self.heartbeat_interval:
-                    self.write_heartbeat()
-            except (LeaseError, ObjectConflict, ShipperError) as exc:
-                # Someone else writes this replica path (or our spool is inconsistent): uploading
-                # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
-                self._fatal = exc
-                self.stats.last_error = str(exc)
-                log.error("stopping: %s", exc)
-                self.stop()
-                return
-            except Exception as exc:  # keep spooling; retried with backoff
-                self._upload_failed(exc)
-            else:
-                self._upload_ok()
-
-    def _upload_failed(self, exc: Exception) -> None:
-        self.stats.upload_errors += 1
-        self.stats.last_error = str(exc)
-        self._backoff = min(UPLOAD_BACKOFF_MAX, max(self.upload_interval, self._backoff * 2))
-        if not self.stats.replica_unreachable_since_us:
-            self.stats.replica_unreachable_since_us = now_us()
-            log.error(
-                "upload to %s failed; transactions keep being spooled locally in %s and are uploaded "
-                "in order when it works again: %s", self.storage.url, self.state.spool_dir, exc,
-            )
-        else:
-            log.warning(
-                "replica still unreachable since %s; backlog %d transactions (%d bytes): %s",
-                format_us(self.stats.replica_unreachable_since_us), self.stats.backlog_txns,
-                self.stats.backlog_bytes, exc,
-            )
-
-    def _upload_ok(self) -> None:
-        self._backoff = 0.0
-        if self.stats.replica_unreachable_since_us:
-            log.warning(
-                "replica %s reachable again (unreachable since %s); backlog uploaded through txid %d",
-                self.storage.url, format_us(self.stats.replica_unreachable_since_us), self.stats.uploaded_txid,
-            )
-            self.stats.replica_unreachable_since_us = 0
+        self.uploader.write_heartbeat()
 
     def backlog(self) -> dict:
-        """What is read but not yet in the replica (for status displays)."""
-        return {
-            "transactions": self.stats.backlog_txns,
-            "bytes": self.stats.backlog_bytes,
-            "oldest_unuploaded_after": format_us(self.stats.uploaded_commit_us) if self.stats.uploaded_commit_us else None,
-            "replica_unreachable_since": (
-                format_us(self.stats.replica_unreachable_since_us) if self.stats.replica_unreachable_since_us else None
-            ),
-            "spool_full": self.stats.spool_full,
-            "last_error": self.stats.last_error,
-        }
+        return self.uploader.backlog()
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -867,7 +619,6 @@ class Shipper:
             self._close_waker()
             raise
         try:
-            self._last_upload_mono = time.monotonic()
             saved = self._load_matching_state()
             try:
                 found = self._acquire(saved)
@@ -889,40 +640,46 @@ class Shipper:
                     self._start_generation(found)
                 except LeaseError as exc:
                     raise ShipperError(str(exc)) from exc
-            self._last_beat_mono = time.monotonic()
+            self.uploader.last_beat_mono = time.monotonic()
             if not self._waker.watch(self.db_path):
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
-            uploader = threading.Thread(target=self._uploader, name="walrewind-uploader", daemon=True)
+            uploader = threading.Thread(target=self.uploader.run, name="walrewind-uploader", daemon=True)
             uploader.start()
+            housekeeper = self._start_maintenance()
             self.ready.set()
             while not self._stop.is_set():
-                if self._overflow is not None:
+                if self.overflow is not None:
                     self._waker.wait(IDLE_POLL)
                     self._leave_overflow()
                     continue
                 self._waker.wait(PROBE_INTERVAL if self.pin.active else IDLE_POLL)
                 try:
+                    self.pin_policy.pin_before_reading()
                     read_now = self.tick()
-                    self._manage_pin(read_now)
+                    self.pin_policy.after_read(read_now)
                 except SpoolFull as exc:
                     self._enter_overflow(exc)
             # Final sync: everything committed up to now is read, spooled and uploaded.
-            if self._fatal is None:
+            if self.fatal is None:
                 try:
-                    if self._overflow is not None:
+                    if self.overflow is not None:
                         self._leave_overflow(force=True)
-                    if self._overflow is None:
-                        self.tick()
+                    if self.overflow is None:
+                        self._final_read()
                 except SpoolFull as exc:
                     self._enter_overflow(exc)
             self.pin.release()
             uploader.join()
-            if self._fatal is not None:
-                raise ShipperError(str(self._fatal)) from self._fatal
+            if housekeeper is not None:
+                housekeeper.join(MAINTENANCE_JOIN_SECONDS)
+                if housekeeper.is_alive():
+                    log.warning("a maintenance task is still running; it is abandoned (its objects are create-only)")
+            if self.fatal is not None:
+                raise ShipperError(str(self.fatal)) from self.fatal
             try:
                 self.upload_pending(final=True)
                 self.write_heartbeat()
-                self._upload_ok()
+                self.uploader.upload_ok()
             except (LeaseError, ShipperError) as exc:
                 raise ShipperError(str(exc)) from exc
             except Exception as exc:
@@ -930,9 +687,9 @@ class Shipper:
                     f"final upload to {self.storage.url} failed ({exc}); {self.stats.backlog_txns} transactions "
                     f"stay in the spool {self.state.spool_dir} and are uploaded when the daemon starts again"
                 ) from exc
-            if self._overflow is not None:
+            if self.overflow is not None:
                 raise ShipperError(
-                    f"stopped while the spool was full ({self._overflow}); the next start reconciles "
+                    f"stopped while the spool was full ({self.overflow}); the next start reconciles "
                     "with the database and ships any gap as a visible RESYNC"
                 )
             self.lease.release()
@@ -940,6 +697,39 @@ class Shipper:
             self._stop.set()  # if the tail loop failed, the uploader must not go on alone
             self._close_waker()
             self._close()
+
+    def _final_read(self) -> None:
+        """Read until caught up: a daemon that was behind has more than one read batch to go.
+
+        Bounded by FINAL_SYNC_SECONDS, for a writer that keeps committing faster than we read;
+        what is left then is read (or reconciled) by the next start.
+        """
+        deadline = time.monotonic() + FINAL_SYNC_SECONDS
+        while self.tick() and time.monotonic() < deadline:
+            pass
+        hdr = self.shm.header()
+        if hdr is not None and not self.pin_policy.caught_up(hdr):
+            log.warning("stopping %.0f s into the final sync while still behind the writer; the next start "
+                        "continues from where this one stopped", FINAL_SYNC_SECONDS)
+
+    def _start_maintenance(self) -> threading.Thread | None:
+        if self.maintenance is None:
+            return None
+        if self.maintenance.workdir is None:
+            # Snapshot builds and drills restore a whole database: the state directory is on the
+            # daemon's own disk, while the system temp directory may be a small tmpfs.
+            self.maintenance.workdir = self.state.path
+        path = os.path.join(self.state.path, STATUS_FILE)
+
+        def save(status: dict) -> None:
+            atomic_write(path, json.dumps(status, indent=1, sort_keys=True).encode())
+
+        thread = threading.Thread(
+            target=self.maintenance.run_forever, args=(self._stop,), kwargs={"on_status": save},
+            name="walrewind-maintenance", daemon=True,
+        )
+        thread.start()
+        return thread
 
     def install_signal_handlers(self) -> None:
         def handler(signum, frame):

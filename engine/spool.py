@@ -39,6 +39,13 @@ DEFAULT_SPOOL_LIMIT = 4 << 30  # bytes of spool waiting for upload (hours of a b
 DEFAULT_MIN_FREE = 256 << 20  # never take the spool's filesystem below this much free space
 
 
+def default_state_dir(db_path: str) -> str:
+    """Where a daemon keeps its spool and state for ``db_path`` when not told otherwise."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    safe = os.path.abspath(db_path).strip("/").replace("/", "__")
+    return os.path.join(base, "walrewind", safe)
+
+
 class StateLocked(Exception):
     """Another daemon holds this state directory."""
 

@@ -73,6 +73,8 @@ def replication_status(db_path: str, replica: Replica, now_us: int | None = None
         complete_through=summary["complete_through"],
         transactions=summary["transactions"],
         generations=len(summary["generations"]),
+        exact_from=summary["exact_from"],  # transaction-exact from here; before it, kept snapshots only
+        snapshots_beyond_window=summary["snapshots_beyond_window"],
     )
     last_write = source_last_write_us(db_path)
     out["source_last_write"] = format_us(last_write) if last_write else None

@@ -33,7 +33,7 @@ from harness import DaemonThread
 from walrewind.cli.main import cli
 from walrewind.engine.config import ConfigError, load_config, parse_duration_us, validate_name, InvalidName
 from walrewind.engine.diff import diff_table, sql_literal
-from walrewind.engine.retention import prune
+from walrewind.engine.retention import RetentionPolicy, prune
 from walrewind.engine.storage import open_storage
 from walrewind.engine.timeparse import format_us
 
@@ -681,7 +681,7 @@ def test_retention_removes_only_whole_expired_generations(tmp_path):
     partly = gen(now - 19 * day, now - 5 * day)  # its last point is inside the window: kept
     leftover = gen(now - 4 * day, now - 4 * day, snapshot=False)  # an interrupted prune: goes
     newest = gen(now - 2 * day, now - 2 * day)
-    assert prune(storage, 7 * day, now) == sorted([old, leftover])
+    assert prune(storage, RetentionPolicy(7 * day, 0, 0, 0), now).generations_removed == sorted([old, leftover])
     remaining = {k.split("/")[1] for k in (i.key for i in storage.list("generations/"))}
     assert remaining == {partly, newest}
-    assert prune(storage, 1, now) == [partly]  # the newest generation is always kept
+    assert prune(storage, RetentionPolicy(1, 0, 0, 0), now).generations_removed == [partly]  # the newest is always kept

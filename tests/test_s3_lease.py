@@ -20,6 +20,7 @@ from walrewind.engine.lease import ForeignReplica, LeaseHeld, LeaseLost, now_us,
 from walrewind.engine.replica import Replica, object_header
 from walrewind.engine.restore import restore
 from walrewind.engine.shipper import Shipper, ShipperError
+from walrewind.engine.uploader import Uploader
 from walrewind.engine.storage import ObjectConflict, open_storage
 
 pytestmark = pytest.mark.s3
@@ -170,7 +171,7 @@ def test_holder_reacquires_after_an_outage_longer_than_its_lease(seaweed_s3, tmp
             proxy.down = False
             wait_for(lambda: shipper.stats.backlog_txns == 0 and shipper.stats.lease_epoch == 2, timeout=30,
                      what="re-acquisition and upload")
-            assert shipper.lease.reacquired == 1 and shipper._fatal is None
+            assert shipper.lease.reacquired == 1 and shipper.fatal is None
     txns, _ = read_log(log)
     direct = seaweed_s3.url(prefix)
     assert_no_invented_states(direct, txns)
@@ -185,12 +186,13 @@ def test_segment_already_uploaded_under_an_older_epoch_is_accepted(seaweed_s3):
     store = open_storage(seaweed_s3.url(f"lease/{uuid.uuid4().hex}"))
     shipper = Shipper.__new__(Shipper)
     shipper.storage = store
+    shipper.uploader = Uploader(shipper)
     header = {"db_id": "ab" * 16, "generation": "0" * 16 + "-00000000", "page_size": 512, "first_txid": 5,
               "last_txid": 5, "through_ts_us": 7}
     record = TxnRecord(5, 7, 1, 0, 123, {1: bytes(512)})
-    shipper._put_segment("seg", encode_segment(dict(header, lease_epoch=1), [record]))
-    shipper._put_segment("seg", encode_segment(dict(header, lease_epoch=1), [record]))  # identical bytes
-    shipper._put_segment("seg", encode_segment(dict(header, lease_epoch=2), [record]))  # same history
+    shipper.uploader.put_segment("seg", encode_segment(dict(header, lease_epoch=1), [record]))
+    shipper.uploader.put_segment("seg", encode_segment(dict(header, lease_epoch=1), [record]))  # identical bytes
+    shipper.uploader.put_segment("seg", encode_segment(dict(header, lease_epoch=2), [record]))  # same history
     other = TxnRecord(5, 7, 1, 0, 124, {1: b"x" * 512})
     with pytest.raises(ObjectConflict, match="different history"):
-        shipper._put_segment("seg", encode_segment(dict(header, lease_epoch=2), [other]))
+        shipper.uploader.put_segment("seg", encode_segment(dict(header, lease_epoch=2), [other]))

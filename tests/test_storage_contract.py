@@ -331,3 +331,16 @@ def test_s3_server_restart_keeps_data_and_outage_is_a_storage_error(seaweed_s3) 
     finally:
         store.close()
         impatient.close()
+
+
+def test_local_delete_removes_empty_directories_only(tmp_path) -> None:
+    """Retention and compaction delete whole generations: no tree of empty directories stays."""
+    store = LocalStorage(str(tmp_path / "rep"))
+    store.put_if_absent("generations/g1/segments/a", b"1")
+    store.put_if_absent("generations/g1/snapshots/b", b"2")
+    store.delete("generations/g1/segments/a")
+    assert not (tmp_path / "rep" / "generations" / "g1" / "segments").exists()
+    assert store.get("generations/g1/snapshots/b") == b"2"
+    store.delete("generations/g1/snapshots/b")
+    assert os.listdir(tmp_path / "rep") == []  # the replica root itself stays
+    assert store.put_if_absent("generations/g1/segments/a", b"3")  # and can be written again

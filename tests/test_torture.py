@@ -7,8 +7,11 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
-from harness import DaemonThread, assert_no_invented_states, create_db, judge, read_log, run_writer, start_writer
+from harness import (
+    DaemonThread, assert_no_invented_states, create_db, judge, read_log, replica_records, run_writer, start_writer,
+)
 from walrewind.engine.format import FLAG_RESYNC
 from walrewind.engine.dbhash import checksum_file
 from walrewind.engine.restore import restore
@@ -135,3 +138,95 @@ def test_writer_killed_mid_transaction(tmp_path):
     out = str(tmp_path / "latest.db")
     result = restore(open_storage(replica, create=False), out)
     assert f"{checksum_file(out, result.page_size):016x}" == txns[-1]["checksum"]
+
+
+def _live_checksum(db: str, tmp_path) -> str:
+    """The live database's checksum, computed by a writer process that commits nothing."""
+    log = str(tmp_path / "final.log")
+    run_writer({"db": db, "log": log, "txns": 0, "checksums": True})
+    return read_log(log)[0][0]["checksum"]
+
+
+def _latest_is_live(replica: str, db: str, tmp_path) -> None:
+    out = str(tmp_path / "latest.db")
+    result = restore(open_storage(replica, create=False), out)
+    assert f"{checksum_file(out, result.page_size):016x}" == _live_checksum(db, tmp_path)
+
+
+FLAT_OUT = {"rate": 0, "duration": 3, "row_bytes": 4000, "big_every": 1, "big_rows": 64}
+
+
+def test_writer_running_flat_out_loses_nothing(tmp_path):
+    """A writer committing 64-page transactions as fast as it can, default autocheckpoint.
+
+    Before the daemon pinned the WAL *before* reading, a read slower than the writer left unread
+    frames unprotected long enough for two WAL resets (benchmarks/repro_resync_under_load.py).
+    (No per-commit checksums: computing them would slow the writer down to an easy pace.)
+    """
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    with DaemonThread(db, replica, str(tmp_path / "state"), upload_interval=1.0) as shipper:
+        base = shipper.stats.last_txid
+        run_writer({"db": db, "log": log, "seed": 101, **FLAT_OUT})
+    txns, _ = read_log(log)
+    assert len(txns) > 200, "the writer should have committed flat out"
+    assert shipper.stats.resyncs == 0
+    assert shipper.stats.last_txid - base == len(txns) - 1, "every commit must get its own txid"
+    _latest_is_live(replica, db, tmp_path)
+
+
+def test_daemon_that_cannot_keep_up_lets_the_wal_reset(tmp_path):
+    """Past max_wal_bytes the daemon stops holding the WAL while behind: the WAL stays bounded,
+    and what the app's checkpoints overwrite unread is repaired as a visible RESYNC."""
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    limit = 2 << 20
+    with DaemonThread(db, replica, str(tmp_path / "state"), upload_interval=1.0, max_wal_bytes=limit) as shipper:
+        fast_read = shipper.wal.read
+
+        def slow_read(pos, max_bytes=None):  # a reader far slower than the writer (a slow disk)
+            time.sleep(0.005)
+            return fast_read(pos, max_bytes=64 << 10 if max_bytes else None)
+
+        shipper.wal.read = slow_read
+        # Updates keep the database small, so the full-database scans that repair what the app's
+        # checkpoints overwrote are short (the WAL cannot reset during a scan).
+        run_writer({"db": db, "log": log, "seed": 102, "big_updates": True, **FLAT_OUT})
+        wal_size = os.path.getsize(db + "-wal")
+        shipper.wal.read = fast_read
+    txns, _ = read_log(log)
+    written = (len(txns) - 1) * 64 * (24 + 4096)
+    assert shipper.stats.wal_cap_releases >= 1, shipper.stats
+    # Bounded by the limit plus what the writer adds during one full-database RESYNC scan; held
+    # throughout, the WAL would have grown by everything the writer wrote.
+    assert wal_size < 32 * limit, f"WAL grew to {wal_size} bytes of {written} written"
+    records = replica_records(replica)
+    txids = [r.txid for r in records]
+    assert txids == list(range(txids[0], txids[0] + len(txids))), "txids must be consecutive"
+    _latest_is_live(replica, db, tmp_path)
+
+
+def test_stop_while_behind_reads_to_the_end(tmp_path, monkeypatch):
+    """SIGTERM's final sync reads every batch still unread, not just one (a daemon behind by more
+    than READ_BATCH_BYTES used to stop with the rest unshipped)."""
+    import walrewind.engine.shipper as shipper_module
+
+    monkeypatch.setattr(shipper_module, "READ_BATCH_BYTES", 256 << 10)
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    with DaemonThread(db, replica, str(tmp_path / "state"), upload_interval=1.0) as shipper:
+        base = shipper.stats.last_txid
+        fast_read = shipper.wal.read
+
+        def slow_read(pos, max_bytes=None):  # ~13 MB/s: falls behind while the writer runs
+            time.sleep(0.02)
+            return fast_read(pos, max_bytes=max_bytes)
+
+        shipper.wal.read = slow_read
+        run_writer({"db": db, "log": log, "seed": 103, "big_updates": True, **dict(FLAT_OUT, duration=1.5)})
+        shipper.wal.read = fast_read
+        read_before_stop = shipper.stats.last_txid - base
+    commits = len(read_log(log)[0]) - 1
+    assert commits - read_before_stop > 5, "the daemon should have been several batches behind at stop"
+    assert shipper.stats.resyncs == 0 and shipper.stats.last_txid - base == commits
+    _latest_is_live(replica, db, tmp_path)

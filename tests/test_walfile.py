@@ -667,7 +667,7 @@ def restarted(tmp_path_factory) -> RealWal:
     return write_wal(tmp_path_factory.mktemp("restart"), RESTART_BODY, page_size=1024)
 
 
-def test_restart_reads_the_old_tail_then_the_new_generation(restarted, scratch):
+def test_restart_reads_the_old_tail_then_the_new_generation(restarted, scratch, monkeypatch):
     ps = restarted.page_size
     before_path = scratch / "before-wal"
     before_path.write_bytes(restarted.extra("before.wal").read_bytes())
@@ -688,6 +688,19 @@ def test_restart_reads_the_old_tail_then_the_new_generation(restarted, scratch):
     assert result.old_tail_transactions == len(old) - k
     assert same_txns(result.transactions, old[k:] + new_only.transactions)
     assert result.position == new_only.transactions[-1].end
+    # In byte-limited batches (a daemon that is behind), the old tail is read to its end before
+    # the new generation, whatever the batch size.
+    wal = WalFile(str(restarted.wal))
+    try:
+        for chunk in (1, 2 * (FRAME_HEADER_SIZE + ps)):
+            monkeypatch.setattr(walfile, "READ_CHUNK", chunk)
+            pos, got = old[k - 1].end, []
+            while (batch := wal.read(pos, max_bytes=1)).transactions:
+                got.extend(batch.transactions)
+                pos = batch.position
+            assert same_txns(got, old[k:] + new_only.transactions), chunk
+    finally:
+        wal.close()
     # Replaying the old generation from its starting file, then the new one, gives the final image.
     base = restarted.extra("before.db").read_bytes()
     assert apply(base, old, ps) == restarted.image(15)

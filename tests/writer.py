@@ -11,6 +11,8 @@ Usage: python writer.py '<json config>'.  Config keys (all optional but ``db``):
   truncate_every  seconds between wal_checkpoint(TRUNCATE) calls made by the app itself
   big_every, rollback_every, vacuum_every, shrink_every   every N transactions, do that instead
   row_bytes       payload size of each inserted row (default 200)
+  big_updates     big transactions rewrite big_rows existing rows instead of inserting (the database
+                  stays small while the WAL grows as fast as with inserts)
   die_at          after this many commits, begin a transaction, write, and SIGKILL itself
   id_base         offset for row keys, so concurrent writers do not collide
   stop_file       stop cleanly as soon as this file exists
@@ -131,7 +133,12 @@ def run(cfg: dict) -> None:
             ex("BEGIN IMMEDIATE")
             if every("big_every", i):
                 kind = "big"
-                insert(cfg.get("big_rows", 3000))
+                rows = cfg.get("big_rows", 3000)
+                if cfg.get("big_updates") and next_id[0] - id_base > rows:
+                    for _ in range(rows):
+                        ex("UPDATE t SET v = ? WHERE id = ?", (rng.randbytes(row_bytes), rng.randrange(id_base + 1, next_id[0])))
+                else:
+                    insert(rows)
             elif every("shrink_every", i):
                 kind = "shrink"
                 ex("DELETE FROM t WHERE id % 10 != 0")

@@ -32,8 +32,14 @@ class LocalStorage(Storage):
 
     def _write_temp(self, final: str, data: bytes | None, source: str | None) -> str:
         directory = os.path.dirname(final)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        for attempt in range(3):
+            os.makedirs(directory, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+                break
+            except FileNotFoundError:  # a delete() removed the directory as it became empty
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as f:
                 if data is not None:
@@ -119,7 +125,17 @@ class LocalStorage(Storage):
         yield from found
 
     def delete(self, key: str) -> None:
+        """Remove the object, and its directories once empty (retention and compaction would
+        otherwise leave a directory tree of empty generations behind)."""
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
+        directory = os.path.dirname(path)
+        while directory != self.root and directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)  # fails while anything (an object, a temp file) is inside
+            except OSError:
+                return
+            directory = os.path.dirname(directory)

@@ -1,0 +1,184 @@
+"""When the daemon holds a read transaction on the live database, and when it lets go.
+
+A read transaction (engine/pin.py) keeps SQLite from restarting the WAL over frames we have not
+read, but it also keeps the WAL from resetting at all and makes an application's blocking
+checkpoints wait.  The policy:
+
+* **pin before reading**: whenever SQLite has published frames we have not read, pin first (tens
+  of microseconds), then read; never read unprotected.
+* **hand over** after each read: a new read transaction at the current end, then the old one ends.
+* **release** only when it buys something: we have read everything, and the app's checkpoints
+  have backfilled all our pin allowed (so the WAL can reset), or nothing was committed for a
+  while (so we stop probing locks every 2 ms).
+* **yield** within milliseconds to an application checkpoint that waits for readers (it holds
+  the write lock meanwhile, so nothing can be committed while we finish reading).
+* **let go** when a writer faster than our read keeps us behind and the WAL passes
+  ``max_wal_bytes``: the WAL stays bounded, and commits it overwrites before we read them are
+  detected by SQLite's commit counter and shipped as a visible RESYNC.
+* **daemon checkpoints** (opt-in ``checkpoint_frames``) for applications that disabled theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import apsw
+
+from .pin import ReadPin
+from .shm import ShmHeader, ShmObserver
+
+if TYPE_CHECKING:
+    from .shipper import Shipper
+
+log = logging.getLogger("walrewind.shipper")
+
+RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
+IDLE_RELEASE_SECONDS = 1.0
+YIELD_MAX_SECONDS = 10.0
+MAX_WAL_BYTES = 1 << 30  # past this, a daemon that cannot keep up stops holding the WAL back
+
+
+class PinPolicy:
+    def __init__(self, shipper: "Shipper", checkpoint_frames: int = 0, max_wal_bytes: int = MAX_WAL_BYTES) -> None:
+        self.shipper = shipper
+        # Daemon-driven checkpoints: off by default (the application's own checkpoints bound the
+        # WAL).  Only for applications that disabled theirs; see docs/DESIGN.md for the SQLite
+        # < 3.51.3 WAL-reset bug this can expose in the application's own SQLite.
+        self.checkpoint_frames = checkpoint_frames
+        self.max_wal_bytes = max_wal_bytes  # 0: never let go
+        self._checkpoint_conn: list[apsw.Connection] | None = None
+        self._let_go = False
+
+    @property
+    def pin(self) -> ReadPin:
+        return self.shipper.pin
+
+    @property
+    def shm(self) -> ShmObserver:
+        return self.shipper.shm
+
+    @property
+    def stats(self):
+        return self.shipper.stats
+
+    def close(self) -> None:
+        for conn in self._checkpoint_conn or []:
+            conn.close()
+
+    def caught_up(self, hdr: ShmHeader) -> bool:
+        pos = self.shipper.pos
+        return pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
+
+    def pin_before_reading(self) -> None:
+        """Unpinned: pin first, then read (``after_read`` releases again if nothing happened).
+
+        Reading unpinned leaves what it has not reached yet unprotected for as long as the read
+        takes; a writer faster than our read can fill the WAL, checkpoint and restart it
+        meanwhile, and the new generation overwrites the old one's tail before we get there.
+        Deciding from the wal-index first is no better: a commit can land between that look and
+        the read.  A read transaction costs tens of microseconds.
+        """
+        if not self.pin.active and not self._let_go:
+            self.pin.acquire(self.shm)
+
+    def after_read(self, read_now: int) -> None:
+        if self.pin.active and self.shm.checkpointer_waiting():
+            self.yield_to_checkpointer()
+            return
+        hdr = self.shm.header()
+        if hdr is None:
+            return
+        caught_up = self.caught_up(hdr)
+        snap = self.pin.snapshot
+        if self._let_go:
+            if not caught_up:
+                self.pin.release()  # a reconcile pins its snapshot and keeps it: not while letting go
+                return
+            log.info("caught up with the WAL again; holding it until read, as usual")
+            self._let_go = False
+        elif snap is not None and not caught_up and self._wal_too_big(hdr, snap):
+            return
+        if snap is not None:
+            # Release only when it buys something: the app's checkpoints have caught up with us
+            # and the WAL is as long as SQLite's default autocheckpoint would let it grow (so it
+            # can reset), or nothing has been committed for a while (so we stop probing).  Every
+            # unpinned moment is a moment a checkpoint could race an unread commit.
+            app_caught_up = snap.max_frame > 0 and hdr.salts == snap.salts and hdr.backfilled >= snap.max_frame
+            idle = time.monotonic() - self.shipper.last_commit_mono > IDLE_RELEASE_SECONDS
+            resettable = app_caught_up and hdr.max_frame >= RELEASE_FRAMES
+            if caught_up and (resettable or idle):
+                self.pin.release()
+                self.stats.releases += resettable  # idle releases recur at every poll: not counted
+            elif read_now and caught_up:
+                # Hand over only once everything is read.  Behind, a new read transaction could land
+                # in slot 0 (when the app's checkpoints have backfilled the whole WAL), which lets the
+                # next writer restart the WAL over frames we have not read; the pin we hold (slot >= 1,
+                # or slot 0 taken while caught up) already keeps every unread frame in place.
+                self.pin.acquire(self.shm)
+        elif read_now:
+            self.pin.acquire(self.shm)
+        if self.checkpoint_frames and caught_up and hdr.max_frame - hdr.backfilled >= self.checkpoint_frames:
+            self._daemon_checkpoint()
+
+    def _wal_too_big(self, hdr: ShmHeader, snap: ShmHeader) -> bool:
+        """Let go of the WAL when we are behind and it has grown past max_wal_bytes (see __init__).
+
+        Whether the app's checkpoints have already backfilled up to our pin does not matter: we
+        hand the pin over after every read, so they rarely have at the moment we look, and if the
+        app does not checkpoint at all, letting go costs nothing.
+        """
+        wal_bytes = hdr.max_frame * (24 + self.shipper.page_size)
+        if not self.max_wal_bytes or wal_bytes <= self.max_wal_bytes:
+            return False
+        log.warning(
+            "the WAL reached %.0f MB while we were behind the writer (limit %.0f MB): letting it reset; "
+            "commits it overwrites before we read them will be shipped as a RESYNC",
+            wal_bytes / 1e6, self.max_wal_bytes / 1e6,
+        )
+        self.pin.release()
+        self._let_go = True
+        self.stats.wal_cap_releases += 1
+        return True
+
+    def _daemon_checkpoint(self) -> None:
+        """Barrier checkpoint (explicit opt-in only): let the WAL reset even under constant writes.
+
+        A plain PASSIVE checkpoint racing the app's commits rarely ends fully backfilled, so the
+        WAL would never restart.  Instead: hold the write lock with BEGIN IMMEDIATE (no commit can
+        land), read everything, drop our pin, checkpoint PASSIVE on a second connection, ROLLBACK.
+        The app's next write then finds the WAL fully backfilled and restarts it.
+        """
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = []
+            for _ in range(2):
+                conn = apsw.Connection(self.shipper.db_path)
+                conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+                conn.set_busy_timeout(100)
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # opens the WAL
+                self._checkpoint_conn.append(conn)
+        barrier, checkpointer = self._checkpoint_conn
+        try:
+            barrier.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            return  # the app is writing; try again after its commit
+        try:
+            self.shipper.tick()
+            self.pin.release()
+            _log_frames, done = checkpointer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # never waits
+            if done > 0:
+                self.stats.daemon_checkpoints += 1
+        finally:
+            barrier.execute("ROLLBACK")
+
+    def yield_to_checkpointer(self) -> None:
+        """Another process is checkpointing and waiting for readers: copy to the end and step aside."""
+        self.stats.yields += 1
+        self.shipper.tick()
+        self.pin.release()
+        deadline = time.monotonic() + YIELD_MAX_SECONDS
+        while self.shm.checkpoint_running() and time.monotonic() < deadline and not self.shipper.stopping:
+            time.sleep(0.001)
+            self.shipper.tick()
+        self.shipper.tick()

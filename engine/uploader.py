@@ -1,0 +1,230 @@
+"""Uploading, for one daemon: spool files become immutable segments, heartbeats vouch for them.
+
+The tail thread only appends to the spool; this thread seals it every ``upload_interval``,
+uploads each sealed file as one create-only segment in txid order, then advances the saved
+"uploaded" point.  A replica that is unreachable only grows the spool (retried with backoff);
+another writer in our replica path (a lost lease, a conflicting object) stops the daemon, because
+uploading more could interleave two histories.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import layout
+from .format import FormatError, decode_segment, encode_segment
+from .lease import LeaseError
+from .spool import StateDir
+from .storage import ObjectConflict
+from .timeparse import format_us
+
+if TYPE_CHECKING:
+    from .shipper import Shipper
+
+log = logging.getLogger("walrewind.shipper")
+
+SEAL_MAX_BYTES = 64 << 20  # while a backlog waits, keep appending to one spool file up to this size
+UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
+
+
+class ShipperError(Exception):
+    pass
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Uploader:
+    """The daemon's upload thread; shares the tail's state through ``shipper``."""
+
+    def __init__(self, shipper: "Shipper") -> None:
+        self.shipper = shipper
+        self.lock = threading.Lock()  # the tail takes it to rewind the spool (a full spool)
+        self.sealed_through_us = 0  # everything committed before this was in a sealed file at the last seal
+        self.last_beat_mono = time.monotonic()
+        self._last_heartbeat_key: str | None = None
+        self._last_heartbeat_ts = 0
+        self._last_upload_mono = time.monotonic()
+        self._backoff = 0.0
+
+    def upload_pending(self, final: bool = False) -> int:
+        """Upload every sealed spool file as one segment each, in order; returns how many.
+
+        The file being appended to is sealed first, unless a backlog is already waiting (the
+        replica was unreachable): then it keeps growing up to SEAL_MAX_BYTES, so a long outage
+        drains as a few large segments instead of one per interval.  No LIST: the daemon knows
+        what it wrote.
+        """
+        with self.lock:
+            if final or not self.shipper.state.sealed_files() or self.shipper.state.current_bytes() >= SEAL_MAX_BYTES:
+                through = self.shipper.spooled_through_us
+                self.shipper.state.seal()
+                self.sealed_through_us = through
+            uploaded = 0
+            for path in self.shipper.state.sealed_files():
+                items = StateDir.read_file(path, self.shipper.page_size)
+                items = [i for i in items if i.record.txid > self.shipper.stats.uploaded_txid]
+                if not items:
+                    self.shipper.state.remove(path)
+                    continue
+                first, last = items[0].record, items[-1].record
+                if first.txid != self.shipper.stats.uploaded_txid + 1:
+                    raise ShipperError(
+                        f"spool file {path} starts at txid {first.txid} but the replica ends at "
+                        f"{self.shipper.stats.uploaded_txid}; refusing to upload a history with a hole"
+                    )
+                self.shipper.ensure_lease()
+                key = layout.SegmentKey(self.shipper.generation, first.txid, last.txid, first.commit_ts_us, last.commit_ts_us)
+                blob = encode_segment(
+                    {
+                        "db_id": self.shipper.db_id,
+                        "generation": self.shipper.generation,
+                        "page_size": self.shipper.page_size,
+                        "first_txid": first.txid,
+                        "last_txid": last.txid,
+                        "through_ts_us": max(i.through_ts_us for i in items),
+                        "lease_epoch": self.shipper.lease.epoch,
+                    },
+                    [i.record for i in items],
+                )
+                self.put_segment(key.key, blob)
+                for item in items:
+                    self.shipper.uploaded_hashes.apply(item.record.pages, item.record.db_pages)
+                position = next((i.position for i in reversed(items) if i.position is not None), None)
+                change = next((i.change for i in reversed(items) if i.change is not None), None)
+                self.shipper.save_state(last.txid, last.commit_ts_us, position, change)
+                self.shipper.state.remove(path)
+                self.shipper.stats.uploaded_txid = last.txid
+                self.shipper.stats.uploaded_commit_us = last.commit_ts_us
+                self.shipper.stats.segments += 1
+                self.shipper.stats.backlog_bytes = self.shipper.state.pending
+                now = now_us()
+                self.shipper.stats.lag_samples_us.extend(now - i.record.commit_ts_us for i in items)
+                del self.shipper.stats.lag_samples_us[:-100000]
+                self._last_upload_mono = time.monotonic()
+                uploaded += 1
+            return uploaded
+
+    def put_segment(self, key: str, blob: bytes) -> None:
+        """Create-only upload; an existing object must hold the same history.
+
+        Identical bytes: a retry whose first answer was lost.  Same header and records but another
+        ``lease_epoch``: the same spool file uploaded before a restart or a lease re-acquisition.
+        Anything else is another writer's history under our key: ObjectConflict (never overwrite).
+        """
+        if self.shipper.storage.put_if_absent(key, blob):
+            return
+        existing = self.shipper.storage.get(key)
+        if existing == blob:
+            return
+        try:
+            old_header, old_records = decode_segment(existing, key)
+            new_header, new_records = decode_segment(blob, key)
+        except FormatError as exc:
+            raise ObjectConflict(f"{self.shipper.storage.url}: object {key} already exists and is unreadable ({exc}); refusing to overwrite history") from None
+        old_header.pop("lease_epoch", None)
+        new_header.pop("lease_epoch", None)
+        if old_header == new_header and old_records == new_records:
+            log.info("segment %s was already uploaded (under another lease epoch)", key)
+            return
+        raise ObjectConflict(
+            f"{self.shipper.storage.url}: object {key} already exists with a different history "
+            f"(written under lease epoch {decode_segment(existing, key)[0].get('lease_epoch')}); refusing to overwrite it"
+        )
+
+    def write_heartbeat(self) -> None:
+        """Renew the lease and, when the daemon can vouch for it, tell restores how complete the
+        replica is: at most one PUT (plus the DELETE of the previous heartbeat and one GET that
+        checks nobody took the lease over).
+
+        A heartbeat ``<ts>-<txid>`` says: everything committed before ``ts`` is in the replica, the
+        last being ``txid``.  ``ts`` is the time at the last seal up to which SQLite's commit
+        counter matched what was spooled, so it is only written when nothing sealed is waiting and
+        the tail is healthy (not stopped by a full spool, not stuck).  Otherwise the lease is
+        renewed with an empty ``lease/renewals/`` object, which restores ignore.
+        """
+        with self.lock:
+            self.shipper.lease.check_fenced()
+            through = self.sealed_through_us
+            stale_after_us = int(max(10.0, 10 * self.shipper.upload_interval) * 1_000_000)
+            healthy = (
+                self.shipper.overflow is None
+                and not self.shipper.state.sealed_files()
+                and now_us() - through < stale_after_us
+                and through > self._last_heartbeat_ts
+            )
+            if healthy:
+                key = layout.HeartbeatKey(self.shipper.generation, through, self.shipper.stats.uploaded_txid).key
+                self.shipper.storage.put_if_absent(key, b"")
+                if self._last_heartbeat_key and self._last_heartbeat_key != key:
+                    self.shipper.storage.delete(self._last_heartbeat_key)
+                self._last_heartbeat_key = key
+                self._last_heartbeat_ts = through
+                self.shipper.lease.renewed(through)
+                self.shipper.stats.heartbeats += 1
+            else:
+                self.shipper.lease.renew()
+                self.shipper.stats.lease_renewals += 1
+            self.last_beat_mono = time.monotonic()
+
+    def run(self) -> None:
+        while not self.shipper.wait_for_stop(self.shipper.upload_interval + self._backoff):
+            try:
+                self.upload_pending()
+                if time.monotonic() - self.last_beat_mono >= self.shipper.heartbeat_interval:
+                    self.write_heartbeat()
+            except (LeaseError, ObjectConflict, ShipperError) as exc:
+                # Someone else writes this replica path (or our spool is inconsistent): uploading
+                # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
+                self.shipper.fatal = exc
+                self.shipper.stats.last_error = str(exc)
+                log.error("stopping: %s", exc)
+                self.shipper.stop()
+                return
+            except Exception as exc:  # keep spooling; retried with backoff
+                self._failed(exc)
+            else:
+                self.upload_ok()
+
+    def _failed(self, exc: Exception) -> None:
+        self.shipper.stats.upload_errors += 1
+        self.shipper.stats.last_error = str(exc)
+        self._backoff = min(UPLOAD_BACKOFF_MAX, max(self.shipper.upload_interval, self._backoff * 2))
+        if not self.shipper.stats.replica_unreachable_since_us:
+            self.shipper.stats.replica_unreachable_since_us = now_us()
+            log.error(
+                "upload to %s failed; transactions keep being spooled locally in %s and are uploaded "
+                "in order when it works again: %s", self.shipper.storage.url, self.shipper.state.spool_dir, exc,
+            )
+        else:
+            log.warning(
+                "replica still unreachable since %s; backlog %d transactions (%d bytes): %s",
+                format_us(self.shipper.stats.replica_unreachable_since_us), self.shipper.stats.backlog_txns,
+                self.shipper.stats.backlog_bytes, exc,
+            )
+
+    def upload_ok(self) -> None:
+        self._backoff = 0.0
+        if self.shipper.stats.replica_unreachable_since_us:
+            log.warning(
+                "replica %s reachable again (unreachable since %s); backlog uploaded through txid %d",
+                self.shipper.storage.url, format_us(self.shipper.stats.replica_unreachable_since_us), self.shipper.stats.uploaded_txid,
+            )
+            self.shipper.stats.replica_unreachable_since_us = 0
+
+    def backlog(self) -> dict:
+        """What is read but not yet in the replica (for status displays)."""
+        return {
+            "transactions": self.shipper.stats.backlog_txns,
+            "bytes": self.shipper.stats.backlog_bytes,
+            "oldest_unuploaded_after": format_us(self.shipper.stats.uploaded_commit_us) if self.shipper.stats.uploaded_commit_us else None,
+            "replica_unreachable_since": (
+                format_us(self.shipper.stats.replica_unreachable_since_us) if self.shipper.stats.replica_unreachable_since_us else None
+            ),
+            "spool_full": self.shipper.stats.spool_full,
+            "last_error": self.shipper.stats.last_error,
+        }
