@@ -4,8 +4,9 @@
     python benchmarks/compaction_bench.py                 # 65 min of history at 100 txn/s, 3 runs
     python benchmarks/compaction_bench.py --quick         # 6 min of history (smoke run, ~1 min)
 
-The history is synthetic (tests/synthetic_history.py, seeded): one snapshot, then one segment
-per second of 100 records, each rewriting 1-2 pages of 4 KiB with compressible content, i.e.
+The history is synthetic (tests/synth_history.py build_history, seeded): one snapshot, then one
+segment per second of 100 records, each rewriting 1-3 pages of 4 KiB (b-tree leaves of a real
+database with JSON-ish rows), i.e.
 what the daemon uploads at 100 txn/s with the default 1 s upload interval.  The target is the
 last transaction of the first hour (``--minutes`` - 5 min after the snapshot, so 5 minutes of
 uncompacted history follow it): the restore replays the whole hour from the snapshot.  Compaction
@@ -27,7 +28,7 @@ import sys
 import time
 
 from _common import fmt, log, med, table, workdir
-from synthetic_history import build_history  # tests/ is on sys.path via _common
+from synth_history import build_history  # tests/ is on sys.path via _common
 
 from walrewind.engine.compaction import compact
 from walrewind.engine.replica import Replica

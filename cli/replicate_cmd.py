@@ -98,14 +98,17 @@ def replicate_command(db_path, replica_url, only, upload_interval, state_dir, ch
 
 def _overrides(db: DatabaseConfig, retention: str | None, verify_interval: str | None) -> DatabaseConfig:
     """Apply --retention / --verify-interval (they win over the config file)."""
-    try:
-        if retention is not None:
-            db.retention_us = parse_duration_or_off(retention)
-            db.retention = retention
-        if verify_interval is not None:
-            db.verify_interval_us = parse_duration_or_off(verify_interval)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    for option, value in (("--retention", retention), ("--verify-interval", verify_interval)):
+        if value is None:
+            continue
+        try:
+            parsed = parse_duration_or_off(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+        if option == "--retention":
+            db.retention, db.retention_us = value, parsed
+        else:
+            db.verify_interval_us = parsed
     return db
 
 

@@ -4,8 +4,8 @@ A read transaction (engine/pin.py) keeps SQLite from restarting the WAL over fra
 read, but it also keeps the WAL from resetting at all and makes an application's blocking
 checkpoints wait.  The policy:
 
-* **pin before reading**: whenever SQLite has published frames we have not read, pin first (tens
-  of microseconds), then read; never read unprotected.
+* **pin before reading** (``Shipper._read_pass``): whenever SQLite has published frames we have
+  not read, pin first (tens of microseconds), then read; never read unprotected.
 * **hand over** after each read: a new read transaction at the current end, then the old one ends.
 * **release** only when it buys something: we have read everything, and the app's checkpoints
   have backfilled all our pin allowed (so the WAL can reset), or nothing was committed for a
@@ -71,17 +71,10 @@ class PinPolicy:
         pos = self.shipper.pos
         return pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
 
-    def pin_before_reading(self) -> None:
-        """Unpinned: pin first, then read (``after_read`` releases again if nothing happened).
-
-        Reading unpinned leaves what it has not reached yet unprotected for as long as the read
-        takes; a writer faster than our read can fill the WAL, checkpoint and restart it
-        meanwhile, and the new generation overwrites the old one's tail before we get there.
-        Deciding from the wal-index first is no better: a commit can land between that look and
-        the read.  A read transaction costs tens of microseconds.
-        """
-        if not self.pin.active and not self._let_go:
-            self.pin.acquire(self.shm)
+    @property
+    def letting_go(self) -> bool:
+        """True while we deliberately read without a pin (see ``_wal_too_big``)."""
+        return self._let_go
 
     def after_read(self, read_now: int) -> None:
         if self.pin.active and self.shm.checkpointer_waiting():

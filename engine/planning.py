@@ -200,14 +200,14 @@ def _checked(replica: Replica, plan: RestorePlan) -> RestorePlan:
     return plan
 
 
-def _object_error(storage: Storage, key: str, exc: Exception, last_good: tuple[int, int] | None) -> RestoreError:
+def object_error(storage: Storage, key: str, exc: Exception, last_good: tuple[int, int] | None) -> RestoreError:
     detail = str(exc)
     if key not in detail:
         detail = f"{storage.url}/{key}: {detail}"
     return RestoreError(f"cannot restore: {detail}" + _hint(last_good))
 
 
-def _before_snapshot(replica: Replica, plan: RestorePlan) -> tuple[int, int] | None:
+def point_before_snapshot(replica: Replica, plan: RestorePlan) -> tuple[int, int] | None:
     """The newest point that does not need ``plan.snapshot`` (an older snapshot of the same
     generation, else the end of the previous generation)."""
     gen = plan.generation

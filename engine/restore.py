@@ -26,7 +26,7 @@ from . import layout
 from .dbhash import checksum_file
 from .format import FLAG_LATE, FLAG_RESYNC, FormatError, decode_segment
 from .fsutil import fsync_dir
-from .planning import RestoreError, RestorePlan, _before_snapshot, _object_error, plan_restore, window_text
+from .planning import RestoreError, RestorePlan, point_before_snapshot, object_error, plan_restore, window_text
 from .replica import Replica
 from .snapshotfile import open_snapshot_file
 from .storage import ObjectNotFound, Storage, StorageError
@@ -84,7 +84,7 @@ class _Vanished(Exception):
 def _storage_failure(storage: Storage, key: str, exc: Exception, last_good: tuple[int, int] | None) -> Exception:
     """The error for an object that could not be read: a missing one may mean the replica changed
     under us (restart with a new plan), anything else aborts the restore."""
-    error = _object_error(storage, key, exc, last_good)
+    error = object_error(storage, key, exc, last_good)
     return _Vanished(error) if isinstance(exc, (ObjectNotFound, FileNotFoundError)) else error
 
 
@@ -172,7 +172,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
                 snap_path = snap_tmp
             header, snapshot_pages = open_snapshot_file(snap_path, snap_name)
         except (StorageError, FormatError) as exc:
-            raise _storage_failure(storage, snap_key, exc, _before_snapshot(replica, plan)) from None
+            raise _storage_failure(storage, snap_key, exc, point_before_snapshot(replica, plan)) from None
         page_size = header["page_size"]
         db_id = header.get("db_id")
         final = (header["txid"], header["ts_us"], header["page_count"], int(header["db_checksum"], 16), 0)
@@ -187,7 +187,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
                     if progress and pgno % 4096 == 0:
                         progress("pages", pgno, header["page_count"])
             except (FormatError, FileNotFoundError) as exc:
-                raise _storage_failure(storage, snap_key, exc, _before_snapshot(replica, plan)) from None
+                raise _storage_failure(storage, snap_key, exc, point_before_snapshot(replica, plan)) from None
             if snap_tmp is not None:
                 os.unlink(snap_tmp)
                 snap_tmp = None
@@ -238,7 +238,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
                         done = True
                         break
                     if rec.txid != final[0] + 1:
-                        raise _object_error(
+                        raise object_error(
                             storage,
                             seg.key,
                             FormatError(f"{storage.url}/{seg.key}: history jumps from txid {final[0]} to {rec.txid}"),

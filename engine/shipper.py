@@ -4,17 +4,21 @@ Protocol (see docs/DESIGN.md for the reasoning):
 
 * **Read** committed frames straight from the -wal file as soon as inotify reports a write (or a
   fallback poll fires), and stamp each transaction with the time it was observed.
-* **Pin** a read transaction while there is unread history, so SQLite cannot restart or truncate
-  the WAL under us; **yield** it within milliseconds when another process starts a blocking
-  checkpoint (it holds the checkpoint and write locks, so no commit can land while we finish
-  copying), and **release** it once the application's checkpoints have caught up with us so the
-  WAL can reset.  The application never waits for its busy timeout and the WAL stays bounded.
+* **Pin** a read transaction before every read, so SQLite cannot restart or truncate the WAL
+  under us; **yield** it within milliseconds when another process starts a blocking checkpoint
+  (it holds the checkpoint and write locks, so no commit can land while we finish copying), and
+  **release** it once the application's checkpoints have caught up with us so the WAL can reset
+  (engine/pinpolicy.py).  The application never waits for its busy timeout and the WAL stays
+  bounded.
+* **Maintain** the replica on a side thread (engine/maintenance.py): periodic snapshots built from
+  the replica, retention, compaction, restore drills.
 * **Account** for every commit: SQLite increments the wal-index ``iChange`` counter once per
   commit.  Whenever we are caught up, the commits we read must equal its advance.  If they do not,
   history was lost (e.g. the daemon was down while the app checkpointed) and we **reconcile**:
   compare every page of the live database with the replica's state and ship the difference as a
   transaction flagged RESYNC.  Nothing is ever skipped silently.
-* **Spool** each read pass (fsync) and **upload** one immutable segment per interval.  While the
+* **Spool** each read pass (fsync) and **upload** one immutable segment per interval
+  (engine/uploader.py).  While the
   replica is unreachable the spool grows (bounded; a full spool stops reading loudly and the gap is
   repaired visibly later) and is drained in order when it is back.
 * **Fence**: a lease (engine/lease.py) makes sure only one daemon ships into a replica path, and
@@ -523,6 +527,27 @@ class Shipper:
     def _matches(hdr: ShmHeader, pos: WalPosition) -> bool:
         return (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
 
+    def _read_pass(self) -> int:
+        """One wake-up: read under a pin, or note that SQLite published nothing new.
+
+        Unpinned, the wal-index decides: nothing past our position means nothing to read (and no
+        pin: an idle daemon holds none, and the app's checkpoint after its next commit can then
+        backfill everything, which is what lets the WAL reset).  Anything new: pin *first*, then
+        read.  Reading unpinned left what the read had not reached yet unprotected for as long as
+        the read took: a writer faster than our read could fill the WAL, checkpoint and restart it
+        meanwhile, and the new generation overwrote the old one's unread tail.  (Letting go of a
+        WAL we cannot keep up with reads unpinned on purpose, see engine/pinpolicy.py.)
+        """
+        if not self.pin.active and not self.pin_policy.letting_go:
+            checked_us = now_us()
+            hdr = self.shm.header()
+            if hdr is not None and self.pin_policy.caught_up(hdr) and not self.unverified:
+                if self.anchor is not None and hdr.change == self.anchor:
+                    self.spooled_through_us = checked_us  # as tick() does when it finds nothing
+                return 0
+            self.pin.acquire(self.shm)
+        return self.tick()
+
     def tick(self) -> int:
         """One read pass: read new commits, then spool those SQLite's commit counter vouches for.
 
@@ -654,8 +679,7 @@ class Shipper:
                     continue
                 self._waker.wait(PROBE_INTERVAL if self.pin.active else IDLE_POLL)
                 try:
-                    self.pin_policy.pin_before_reading()
-                    read_now = self.tick()
+                    read_now = self._read_pass()
                     self.pin_policy.after_read(read_now)
                 except SpoolFull as exc:
                     self._enter_overflow(exc)
@@ -705,7 +729,7 @@ class Shipper:
         what is left then is read (or reconciled) by the next start.
         """
         deadline = time.monotonic() + FINAL_SYNC_SECONDS
-        while self.tick() and time.monotonic() < deadline:
+        while self._read_pass() and time.monotonic() < deadline:
             pass
         hdr = self.shm.header()
         if hdr is not None and not self.pin_policy.caught_up(hdr):

@@ -1,7 +1,7 @@
 """Synthetic replica history, written straight with the format encoders (no daemon, no real time).
 
-Used by tests/test_maintenance.py and benchmarks/history_growth.py to get hours of history in
-seconds.  The database is a real SQLite file image (built in memory with the stdlib sqlite3, never
+Used by tests/test_maintenance.py, tests/test_compaction.py, benchmarks/history_growth.py and
+benchmarks/compaction_bench.py to get hours of history in seconds.  The database is a real SQLite file image (built in memory with the stdlib sqlite3, never
 a file, so no second SQLite library opens anything the daemon might): a table of JSON-ish text
 rows with an index.  Transactions are in-place UPDATEs of a counter inside a row's text
 ("v=NNNNNNNN", same length), so every page image stays a valid b-tree page and restores pass
@@ -17,11 +17,12 @@ import random
 import sqlite3
 import tempfile
 import uuid
+from dataclasses import dataclass
 
 from walrewind.engine import layout
 from walrewind.engine.dbhash import PageHashes
 from walrewind.engine.format import SnapshotWriter, TxnRecord, encode_segment
-from walrewind.engine.storage import Storage, put_file_immutable, put_immutable
+from walrewind.engine.storage import Storage, open_storage, put_file_immutable, put_immutable
 
 WORDS = (
     "order shipped pending paid refund customer invoice account alpha beta gamma delta north south "
@@ -84,6 +85,7 @@ class SyntheticHistory:
         self.ts_us = start_us
         self.seconds = 0
         self.segment_bytes = 0
+        self.last_points: list[tuple[int, int, int]] = []  # (txid, commit_ts_us, db_checksum) of the last second
         self.snapshot_bytes = self._write_snapshot(workdir)
 
     # -------------------------------------------------------------------------- database image
@@ -178,6 +180,7 @@ class SyntheticHistory:
             ts = base + j * (1_000_000 // max(n, 1))
             records.append(self._grow(self.txid, ts) if grow and j == 0 else self._update(self.txid, ts))
         self.ts_us = records[-1].commit_ts_us
+        self.last_points = [(r.txid, r.commit_ts_us, r.db_checksum) for r in records]
         key = layout.SegmentKey(self.generation, records[0].txid, records[-1].txid, records[0].commit_ts_us, self.ts_us)
         header = {
             "db_id": self.db_id, "generation": self.generation, "page_size": self.page_size,
@@ -193,3 +196,36 @@ class SyntheticHistory:
                 f.write(blob)
         self.segment_bytes += len(blob)
         return key
+
+
+@dataclass
+class History:
+    replica: str
+    generation: str
+    snapshot_txid: int
+    snapshot_ts_us: int
+    points: list[tuple[int, int, int]]  # (txid, commit_ts_us, db_checksum) of every record, in order
+    segments: int
+
+
+def build_history(
+    replica: str,
+    seconds: int,
+    txn_per_segment: int = 100,
+    start_us: int = 1_700_000_000_000_000,
+    seed: int = 1,
+    pages: int = 256,
+    progress=None,
+) -> History:
+    """One snapshot at ``start_us``, then one segment per simulated second of ``txn_per_segment``
+    records, remembering every record's (txid, time, checksum) so tests can restore each one."""
+    with tempfile.TemporaryDirectory(prefix="walrewind-synth-") as tmp:
+        history = SyntheticHistory(open_storage(replica), start_us, pages=pages, seed=seed, rate=txn_per_segment,
+                                   grow_every_s=0, workdir=tmp)
+    points: list[tuple[int, int, int]] = []
+    for sec in range(seconds):
+        history.second()
+        points.extend(history.last_points)
+        if progress and (sec + 1) % 300 == 0:
+            progress(sec + 1, seconds)
+    return History(replica, history.generation, 1, start_us, points, seconds)

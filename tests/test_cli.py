@@ -168,5 +168,19 @@ def test_replicate_refuses_rollback_journal_db(tmp_path):
     conn.execute("create table x(a)")
     conn.commit()
     conn.close()
-    res = invoke("replicate", db, tmp_path / "rep")
+    res = invoke("replicate", db, tmp_path / "rep", "--state-dir", tmp_path / "state")
     assert res.exit_code == 1 and "journal_mode=WAL" in res.output
+
+
+def test_replicate_rejects_bad_durations_naming_the_option(tmp_path):
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("pragma journal_mode=wal").close()
+    for option in ("--retention", "--verify-interval"):
+        res = invoke("replicate", db, tmp_path / "rep", option, "7days", "--state-dir", tmp_path / "state")
+        assert res.exit_code == 2 and f"'{option}'" in res.output and "invalid duration '7days'" in res.output
+    assert not (tmp_path / "rep").exists(), "nothing is written for a bad option"
+
+
+def test_restore_into_a_missing_directory_says_so(replicated, tmp_path):
+    res = invoke("restore", replicated["replica"], "-o", tmp_path / "no" / "such" / "dir.db")
+    assert res.exit_code == 1 and f"directory {tmp_path / 'no' / 'such'} does not exist" in res.output

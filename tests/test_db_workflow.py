@@ -33,8 +33,6 @@ from harness import DaemonThread
 from walrewind.cli.main import cli
 from walrewind.engine.config import ConfigError, load_config, parse_duration_us, validate_name, InvalidName
 from walrewind.engine.diff import diff_table, sql_literal
-from walrewind.engine.retention import RetentionPolicy, prune
-from walrewind.engine.storage import open_storage
 from walrewind.engine.timeparse import format_us
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -131,6 +129,7 @@ data_dir = "data"
 path = "app.db"
 replica = "${WR_TEST_REPLICAS}/app"
 retention = "7d"
+state_dir = "state-app"
 
 [databases.ledger]
 path = "ledger.db"
@@ -323,6 +322,18 @@ def test_show_list_url_and_lag(world):
     assert rep["latest_txid"] == w.shipper.stats.uploaded_txid and rep["earliest"] <= rep["latest"]
     human = w.cli("db", "show", "app").output
     assert "restorable:" in human and "->" in human and "last shipped:" in human and "lag:" in human
+    assert "maintenance:" in human and "no status yet" in human  # this test daemon runs none
+
+    # What a daemon's maintenance thread saves in its state directory, db show prints.
+    from walrewind.engine.maintenance import STATUS_FILE, Maintenance, MaintenancePolicy
+    from walrewind.engine.storage import open_storage
+
+    m = Maintenance(open_storage(w.replicas + "/app"), MaintenancePolicy(verify_interval_us=None))
+    m.run_due()
+    (w.base / "state-app" / STATUS_FILE).write_text(json.dumps(m.status()))
+    human = w.cli("db", "show", "app").output
+    assert "snapshot:" in human and "drill:" in human and "off" in human
+    assert json.loads(w.cli("db", "show", "app", "--json").stdout)["maintenance"]["tasks"]["drill"]["enabled"] is False
     assert w.cli("db", "show", "app", "--url").stdout.strip() == f"file:{w.base}/app.db?mode=ro"
     assert w.cli("db", "create", "urled", "--from-db", "app").exit_code == 0
     assert w.cli("db", "show", "urled", "--url").stdout.strip() == "file:" + w.data("urled")
@@ -663,25 +674,3 @@ def test_config_paths_env_and_names(tmp_path):
     for bad in ("", ".", "..", "a.b", "a/b", "a\\b", "é", "-dash"):
         with pytest.raises(InvalidName):
             validate_name(bad)
-
-
-def test_retention_removes_only_whole_expired_generations(tmp_path):
-    storage = open_storage(str(tmp_path / "r"))
-    day = 86_400_000_000
-    now = 100 * day
-
-    def gen(start, end, snapshot=True):
-        g = f"{start:016x}-0000abcd"
-        if snapshot:
-            storage.put(f"generations/{g}/snapshots/{1:016x}-{start:016x}.snap", b"s")
-        storage.put(f"generations/{g}/segments/{2:016x}-{3:016x}-{start:016x}-{end:016x}.seg", b"x")
-        return g
-
-    old = gen(now - 30 * day, now - 20 * day)
-    partly = gen(now - 19 * day, now - 5 * day)  # its last point is inside the window: kept
-    leftover = gen(now - 4 * day, now - 4 * day, snapshot=False)  # an interrupted prune: goes
-    newest = gen(now - 2 * day, now - 2 * day)
-    assert prune(storage, RetentionPolicy(7 * day, 0, 0, 0), now).generations_removed == sorted([old, leftover])
-    remaining = {k.split("/")[1] for k in (i.key for i in storage.list("generations/"))}
-    assert remaining == {partly, newest}
-    assert prune(storage, RetentionPolicy(1, 0, 0, 0), now).generations_removed == [partly]  # the newest is always kept
