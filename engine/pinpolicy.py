@@ -4,7 +4,7 @@ A read transaction (engine/pin.py) keeps SQLite from restarting the WAL over fra
 read, but it also keeps the WAL from resetting at all and makes an application's blocking
 checkpoints wait.  The policy:
 
-* **pin before reading** (``Shipper._read_pass``): whenever SQLite has published frames we have
+* **pin before reading** (``Shipper.read_pass``): whenever SQLite has published frames we have
   not read, pin first (tens of microseconds), then read; never read unprotected.
 * **hand over** after each read: a new read transaction at the current end, then the old one ends.
 * **release** only when it buys something: we have read everything, and the app's checkpoints
@@ -91,7 +91,7 @@ class PinPolicy:
                 return
             log.info("caught up with the WAL again; holding it until read, as usual")
             self._let_go = False
-        elif snap is not None and not caught_up and self._wal_too_big(hdr, snap):
+        elif snap is not None and not caught_up and self._wal_too_big(hdr):
             return
         if snap is not None:
             # Release only when it buys something: the app's checkpoints have caught up with us
@@ -115,12 +115,12 @@ class PinPolicy:
         if self.checkpoint_frames and caught_up and hdr.max_frame - hdr.backfilled >= self.checkpoint_frames:
             self._daemon_checkpoint()
 
-    def _wal_too_big(self, hdr: ShmHeader, snap: ShmHeader) -> bool:
+    def _wal_too_big(self, hdr: ShmHeader) -> bool:
         """Let go of the WAL when we are behind and it has grown past max_wal_bytes (see __init__).
 
-        Whether the app's checkpoints have already backfilled up to our pin does not matter: we
-        hand the pin over after every read, so they rarely have at the moment we look, and if the
-        app does not checkpoint at all, letting go costs nothing.
+        Checked once per read batch (up to 64 MB), so the WAL can overshoot by about one batch
+        plus what the writer adds while the app's checkpoint backfills it.  If the app does not
+        checkpoint at all, letting go costs nothing.
         """
         wal_bytes = hdr.max_frame * (24 + self.shipper.page_size)
         if not self.max_wal_bytes or wal_bytes <= self.max_wal_bytes:
@@ -173,5 +173,6 @@ class PinPolicy:
         deadline = time.monotonic() + YIELD_MAX_SECONDS
         while self.shm.checkpoint_running() and time.monotonic() < deadline and not self.shipper.stopping:
             time.sleep(0.001)
-            self.shipper.tick()
-        self.shipper.tick()
+            # While the checkpointer holds the write lock nothing new appears and this neither
+            # pins nor reads; once it lets go, new commits are pinned first, then read.
+            self.shipper.read_pass()

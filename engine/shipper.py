@@ -527,7 +527,7 @@ class Shipper:
     def _matches(hdr: ShmHeader, pos: WalPosition) -> bool:
         return (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
 
-    def _read_pass(self) -> int:
+    def read_pass(self) -> int:
         """One wake-up: read under a pin, or note that SQLite published nothing new.
 
         Unpinned, the wal-index decides: nothing past our position means nothing to read (and no
@@ -679,7 +679,7 @@ class Shipper:
                     continue
                 self._waker.wait(PROBE_INTERVAL if self.pin.active else IDLE_POLL)
                 try:
-                    read_now = self._read_pass()
+                    read_now = self.read_pass()
                     self.pin_policy.after_read(read_now)
                 except SpoolFull as exc:
                     self._enter_overflow(exc)
@@ -729,7 +729,7 @@ class Shipper:
         what is left then is read (or reconciled) by the next start.
         """
         deadline = time.monotonic() + FINAL_SYNC_SECONDS
-        while self._read_pass() and time.monotonic() < deadline:
+        while self.read_pass() and time.monotonic() < deadline:
             pass
         hdr = self.shm.header()
         if hdr is not None and not self.pin_policy.caught_up(hdr):
