@@ -35,6 +35,7 @@ from .context import (
     table,
     unknown_database,
 )
+from .db_shell_cmd import shell_command
 from .restore_cmd import TIMESTAMP_HELP
 from .validation import VALIDATE_HELP, print_validation, run_validation
 
@@ -382,82 +383,6 @@ def list_command(as_json):
     click.echo(table(rows, ["NAME", "TYPE", "SIZE", "SOURCE / REPLICA", "AS OF"], right={2}))
 
 
-# ---------------------------------------------------------------------------------------- shell
-def _make_shell(conn, name: str, readonly: bool):
-    import apsw
-    import apsw.shell
-
-    class Shell(apsw.shell.Shell):
-        errors = 0
-
-        def handle_exception(self):
-            exc = sys.exc_info()[1]
-            if not isinstance(exc, SystemExit):
-                Shell.errors += 1
-            try:
-                return super().handle_exception()
-            finally:
-                if readonly and isinstance(exc, apsw.ReadOnlyError):
-                    self.write(self.stderr, f"({name} is a replicated source database and is opened read-only; "
-                                            f"to experiment, make a copy: walrewind db create COPY --from-db {name})\n")
-
-    shell = Shell(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr, db=conn)
-    shell.prompt = f"{name}{' (read-only)' if readonly else ''}> "
-    shell.moreprompt = " " * (len(shell.prompt) - 5) + "...> "
-    return shell
-
-
-@db_group.command("shell", short_help="SQL shell on a database (read-only for sources).")
-@click.argument("name")
-@click.argument("sql", required=False)
-@config_option
-@friendly
-def shell_command(name, sql):
-    """Open an SQL shell on NAME (apsw's shell; `.help` lists dot commands).
-
-    With SQL (one statement or dot command) run just that; with input on stdin, run it as a script:
-
-    \b
-    walrewind db shell before-delete "SELECT count(*) FROM notes"
-    walrewind db shell before-delete .dump > dump.sql
-    walrewind db shell before-delete < queries.sql
-
-    A replicated (source) database is opened read-only.
-    """
-    import apsw
-
-    config = get_config()
-    cat = catalog(config)
-    db = resolve(config, cat, name)
-    if not os.path.exists(db.path):
-        raise CommandError(f"database {name!r}: {db.path} does not exist")
-    readonly = db.kind == "replicated"
-    if readonly:
-        conn = open_readonly(db.path)
-    else:
-        conn = apsw.Connection(db.path, flags=apsw.SQLITE_OPEN_READWRITE)
-        conn.set_busy_timeout(5000)
-    shell = _make_shell(conn, name, readonly)
-    try:
-        if sql is not None:
-            try:
-                shell.process_complete_line(sql)
-            except Exception:
-                shell.handle_exception()
-        else:
-            if shell.interactive:
-                intro = (f"walrewind db shell: {name} ({db.path}{', read-only' if readonly else ''})\n"
-                         f"SQLite {apsw.sqlite_lib_version()}. Enter \".help\" for dot commands, Ctrl-D to quit.\n")
-            else:
-                intro = ""
-            shell.cmdloop(intro=intro)
-        sys.stdout.flush()
-    finally:
-        shell.db = (None, None)  # closes the connection
-    if shell.errors:
-        sys.exit(1)
-
-
 # -------------------------------------------------------------------------------------- destroy
 def _stdin_is_tty() -> bool:
     try:
@@ -507,3 +432,6 @@ def destroy_command(name, yes, as_json):
         emit_json({"name": name, "destroyed": True, "removed": removed})
     else:
         click.echo(f"Destroyed database {name!r} (removed {', '.join(removed) if removed else 'catalog entry only'})")
+
+
+db_group.add_command(shell_command)
