@@ -30,7 +30,6 @@ memory.  Run one compaction at a time per replica (the maintenance scheduler doe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 import tempfile
@@ -41,7 +40,7 @@ from typing import Callable
 import zstandard
 
 from . import layout
-from .format import FORMAT_VERSION, SEGMENT_MAGIC, ZSTD_LEVEL, FormatError, decode_segment_raw
+from .format import SEGMENT_MAGIC, ZSTD_LEVEL, FormatError, decode_segment_raw, write_envelope_file
 from .replica import Generation, Replica
 from .storage import Storage, StorageError, put_file_immutable
 
@@ -51,7 +50,6 @@ MAX_BYTES = 32 << 20  # compressed size of a merged segment (= the restore prefe
 # this bounds restore memory.  Measured at 100 txn/s: 16 MiB -> ~100 MB peak restore RSS and ~140
 # objects an hour; 64 MiB -> ~240 MB and ~40 objects, and no faster (applying records dominates).
 MAX_RAW_BYTES = 16 << 20
-_PREFIX = struct.Struct("<4sHI")
 _TXN_HEAD = struct.Struct("<QqIIIQ")
 
 Progress = Callable[[str, int, int], None]
@@ -137,20 +135,8 @@ def _assemble(raw_path: str, raw_len: int, header: dict, out_path: str) -> int:
     payload_path = out_path + ".zst"
     with open(raw_path, "rb") as src, open(payload_path, "wb") as dst:
         zstandard.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(src, dst, size=raw_len)
-    payload_len = os.path.getsize(payload_path)
-    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    hasher = hashlib.blake2b(digest_size=32)
-    with open(payload_path, "rb") as src, open(out_path, "wb") as out:
-        for chunk in (_PREFIX.pack(SEGMENT_MAGIC, FORMAT_VERSION, len(head)) + head,):
-            hasher.update(chunk)
-            out.write(chunk)
-        while chunk := src.read(1 << 20):
-            hasher.update(chunk)
-            out.write(chunk)
-        tail = struct.pack("<Q", payload_len)
-        hasher.update(tail)
-        out.write(tail + hasher.digest())
-        size = out.tell()
+    with open(payload_path, "rb") as payload:
+        size = write_envelope_file(out_path, SEGMENT_MAGIC, header, payload, os.path.getsize(payload_path))
     os.unlink(payload_path)
     return size
 

@@ -167,25 +167,31 @@ class SnapshotWriter:
         self._payload.write(self._compressor.flush())
         self.payload_len = self._payload.tell()
         self._payload.seek(0)
-        hasher = hashlib.blake2b(digest_size=32)
-        head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-        with open(self.path, "wb") as out:
-
-            def emit(data: bytes) -> None:
-                hasher.update(data)
-                out.write(data)
-
-            emit(_PREFIX.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, len(head)) + head)
-            while chunk := self._payload.read(1 << 20):
-                emit(chunk)
-            emit(struct.pack("<Q", self.payload_len))
-            out.write(hasher.digest())
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
+        size = write_envelope_file(self.path, SNAPSHOT_MAGIC, header, self._payload, self.payload_len)
         self._payload.close()
         os.unlink(self._payload_path)
         return size
+
+
+def write_envelope_file(path: str, magic: bytes, header: dict, payload, payload_len: int) -> int:
+    """Write an object (section 2 of docs/FORMAT.md) to ``path`` from a payload file object,
+    streaming, and fsync it; the same bytes ``_envelope`` builds in memory.  Returns its size."""
+    hasher = hashlib.blake2b(digest_size=32)
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    with open(path, "wb") as out:
+
+        def emit(data: bytes) -> None:
+            hasher.update(data)
+            out.write(data)
+
+        emit(_PREFIX.pack(magic, FORMAT_VERSION, len(head)) + head)
+        while chunk := payload.read(1 << 20):
+            emit(chunk)
+        emit(struct.pack("<Q", payload_len))
+        out.write(hasher.digest())
+        out.flush()
+        os.fsync(out.fileno())
+        return out.tell()
 
 
 def iter_snapshot_pages(compressed, page_size: int, page_count: int, name: str) -> Iterator[tuple[int, bytes]]:
