@@ -39,7 +39,7 @@ from harness import (  # noqa: E402  (tests/ on sys.path first)
     run_writer,
     start_writer,
 )
-from walrewind.engine import layout  # noqa: E402
+from walrewind.engine.replica import layout  # noqa: E402
 
 __all__ = [
     "EXACT_MARGIN_US", "report_anomalies", "DaemonThread", "allowed_range", "create_db", "judge", "read_log", "run_writer", "start_writer", "layout",

@@ -30,7 +30,6 @@ import sys
 import time
 
 from _common import (
-    report_anomalies,
     EXACT_MARGIN_US,
     INSERT_ONLY,
     DaemonLog,
@@ -47,6 +46,7 @@ from _common import (
     pct,
     read_log,
     remove_db,
+    report_anomalies,
     require_litestream,
     rfc3339,
     run_writer,
@@ -55,8 +55,8 @@ from _common import (
     walrewind_visible_times,
     workdir,
 )
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import restore
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 ANOMALIES: list[str] = []

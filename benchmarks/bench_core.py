@@ -20,7 +20,6 @@ import sys
 import time
 
 from _common import (
-    report_anomalies,
     INSERT_ONLY,
     DaemonLog,
     DaemonThread,
@@ -39,6 +38,7 @@ from _common import (
     ratio,
     read_log,
     remove_db,
+    report_anomalies,
     require_litestream,
     run_writer,
     start_writer,
@@ -47,7 +47,7 @@ from _common import (
     walrewind_visible_times,
     workdir,
 )
-from walrewind.engine.restore import restore
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 ANOMALIES: list[str] = []

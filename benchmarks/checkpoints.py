@@ -28,7 +28,6 @@ import sys
 import time
 
 from _common import (
-    report_anomalies,
     EXACT_MARGIN_US,
     DaemonLog,
     DaemonThread,
@@ -44,13 +43,14 @@ from _common import (
     ratio,
     read_log,
     remove_db,
+    report_anomalies,
     require_litestream,
     run_writer,
     table,
     table_state,
     workdir,
 )
-from walrewind.engine.restore import restore
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 ANOMALIES: list[str] = []

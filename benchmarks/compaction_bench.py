@@ -29,10 +29,9 @@ import time
 
 from _common import fmt, log, med, table, workdir
 from synth_history import build_history  # tests/ is on sys.path via _common
-
-from walrewind.engine.compaction import compact
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import plan_restore, restore
+from walrewind.engine.maintenance.compaction import compact
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import plan_restore, restore
 from walrewind.engine.storage import open_storage
 from walrewind.engine.storage.local import LocalStorage
 

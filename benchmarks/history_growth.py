@@ -35,12 +35,23 @@ import shutil
 import sys
 import time
 
-from _common import fmt, log, med, table, workdir  # (importing _common also puts tests/ on sys.path)
+from _common import (  # (importing _common also puts tests/ on sys.path)
+    fmt,
+    log,
+    med,
+    table,
+    workdir,
+)
 from synth_history import SyntheticHistory
-
-from walrewind.engine.maintenance import DAY_US, HOUR_US, SECOND_US, Maintenance, MaintenancePolicy
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import plan_restore, restore
+from walrewind.engine.maintenance.scheduler import (
+    DAY_US,
+    HOUR_US,
+    SECOND_US,
+    Maintenance,
+    MaintenancePolicy,
+)
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import plan_restore, restore
 from walrewind.engine.storage import open_storage
 
 
@@ -127,7 +138,7 @@ def _run(args, base: str) -> dict:
     keep_us = int(args.keep_hours * HOUR_US)
     prune = None
     if args.keep_hours > 0:
-        from walrewind.engine import retention
+        from walrewind.engine.maintenance import retention
 
         policy = retention.RetentionPolicy(keep_us, keep_daily=0, keep_weekly=0, keep_monthly=0,
                                            grace_us=30 * 60 * SECOND_US)
@@ -179,10 +190,10 @@ def _run(args, base: str) -> dict:
     elapsed = time.monotonic() - gen_started
     peak = max(peak, du(storage.root))
     if args.compaction and "1h_back" in points[f"{seconds / 3600:g}h"]:
-        if importlib.util.find_spec("walrewind.engine.compaction") is None:
+        if importlib.util.find_spec("walrewind.engine.maintenance.compaction") is None:
             log("engine/compaction.py is not there; --compaction skipped")
         else:
-            from walrewind.engine import compaction
+            from walrewind.engine.maintenance import compaction
 
             t = time.monotonic()
             rep = compaction.compact(storage, now_us=h.ts_us, workdir=base)

@@ -20,7 +20,15 @@ import shutil
 import sys
 import time
 
-from _common import DaemonLog, DaemonThread, WalSampler, create_db, read_log, run_writer, workdir
+from _common import (
+    DaemonLog,
+    DaemonThread,
+    WalSampler,
+    create_db,
+    read_log,
+    run_writer,
+    workdir,
+)
 
 WORKLOAD = {"rate": 0, "row_bytes": 4000, "big_every": 1, "big_rows": 64, "seed": 101}
 

@@ -42,11 +42,18 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from harness import EXACT_MARGIN_US, DaemonThread, create_db, judge, read_log, replica_records, start_writer  # noqa: E402
+from harness import (  # noqa: E402
+    EXACT_MARGIN_US,
+    DaemonThread,
+    create_db,
+    judge,
+    read_log,
+    replica_records,
+    start_writer,
+)
 from seaweed_server import SeaweedExited, SeaweedS3, find_weed  # noqa: E402
-
-from walrewind.engine.format import FLAG_LATE, FLAG_RESYNC  # noqa: E402
-from walrewind.engine.restore import restore  # noqa: E402
+from walrewind.engine.replica.format import FLAG_LATE, FLAG_RESYNC  # noqa: E402
+from walrewind.engine.restore.restorer import restore  # noqa: E402
 from walrewind.engine.storage import open_storage  # noqa: E402
 
 MiB = 1 << 20

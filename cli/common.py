@@ -9,17 +9,12 @@ import sys
 import apsw
 import click
 
-from ..engine.format import FormatError
-from ..engine.restore import RestoreError
-from ..engine.pin import PinError
-from ..engine.shipper import ShipperError
-from ..engine.spool import StateLocked
-from ..engine.storage import StorageError
-from ..engine.timeparse import TimestampError
+from ..engine.errors import WalrewindError
 
-USER_ERRORS = (
-    RestoreError, TimestampError, StorageError, FormatError, ShipperError, StateLocked, PinError, FileNotFoundError,
-)
+# Everything walrewind raises on purpose derives from WalrewindError; OSError is the environment
+# saying no (a permission, a full disk).  apsw.Error is what the SQLite files we are pointed at can
+# say.  Anything else is a bug and keeps its traceback.
+USER_ERRORS = (WalrewindError, OSError, apsw.Error)
 
 
 def error_handler(expected: tuple[type[BaseException], ...]):

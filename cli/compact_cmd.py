@@ -6,9 +6,10 @@ import sys
 
 import click
 
-from ..engine.compaction import CompactionError, compact
-from ..engine.config import format_duration_us, parse_duration_us
+from ..engine.errors import CompactionError
+from ..engine.maintenance.compaction import compact
 from ..engine.storage import open_storage
+from ..engine.workspace.config import format_duration_us, parse_duration_us
 from .common import emit_json
 from .context import config_option, friendly
 from .verify_cmd import _replica_url

@@ -7,23 +7,18 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import apsw
 import click
 
-from ..engine.catalog import Catalog, CatalogEntry
-from ..engine.config import Config, ConfigError, DatabaseConfig, InvalidName, load, not_found_message
-from ..engine.diff import DiffError
-from ..engine.replica import Replica
-from ..engine.storage import StorageError, open_storage
-from ..engine.timeparse import TimestampError, parse_timestamp_us
+from ..engine.errors import UsageError, ConfigError, StorageError, TimestampError
+from ..engine.replica.index import Replica
+from ..engine.storage import open_storage
+from ..engine.timeparse import parse_timestamp_us
+from ..engine.workspace.catalog import Catalog, CatalogEntry
+from ..engine.workspace.config import Config, DatabaseConfig, load, not_found_message
 from .common import USER_ERRORS, error_handler
 
 
-class CommandError(Exception):
-    """A request that cannot be carried out; the message says why and what to do instead."""
-
-
-WORKFLOW_ERRORS = USER_ERRORS + (CommandError, ConfigError, InvalidName, DiffError, apsw.Error, PermissionError)
+WORKFLOW_ERRORS = USER_ERRORS
 
 
 friendly = error_handler(WORKFLOW_ERRORS)  # common.friendly_errors, plus the workflow's own errors
@@ -92,13 +87,13 @@ def known_names(config: Config, cat: Catalog) -> list[str]:
     return sorted(set(config.databases) | {e.name for e in cat.entries()})
 
 
-def unknown_database(name: str, config: Config, cat: Catalog, sources_only: bool = False) -> CommandError:
+def unknown_database(name: str, config: Config, cat: Catalog, sources_only: bool = False) -> UsageError:
     if sources_only:
         names, what = sorted(config.databases), "replicated database"
     else:
         names, what = known_names(config, cat), "database"
     known = ", ".join(names) if names else f"none yet (add [databases.NAME] to {config.path})"
-    return CommandError(f"unknown {what} {name!r}; known {what}s: {known}")
+    return UsageError(f"unknown {what} {name!r}; known {what}s: {known}")
 
 
 def resolve(config: Config, cat: Catalog, name: str) -> Resolved:
@@ -116,7 +111,7 @@ def open_replica(db: DatabaseConfig) -> Replica:
     try:
         return Replica(open_storage(db.replica, create=False))
     except StorageError as exc:
-        raise CommandError(f"replica of {db.name!r} ({db.replica_display}) is unreachable: {exc}") from None
+        raise UsageError(f"replica of {db.name!r} ({db.replica_display}) is unreachable: {exc}") from None
 
 
 def normalize_replica_url(url: str) -> str:

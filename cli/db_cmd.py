@@ -12,17 +12,23 @@ import time
 
 import click
 
-from ..engine.catalog import CatalogEntry, NameTaken, current_user, now_us
-from ..engine.config import validate_name
-from ..engine.dbinfo import file_url, journal_mode, open_readonly, page_info, tables
-from ..engine.maintenance import read_status
-from ..engine.restore import restore
-from ..engine.spool import default_state_dir
-from ..engine.status import replication_status
+from ..engine.daemon.spool import default_state_dir
+from ..engine.errors import NameTaken, UsageError
+from ..engine.maintenance.scheduler import read_status
+from ..engine.restore.restorer import restore
+from ..engine.sqlite.dbinfo import (
+    file_url,
+    journal_mode,
+    open_readonly,
+    page_info,
+    tables,
+)
 from ..engine.timeparse import format_us, parse_timestamp_us
+from ..engine.workspace.catalog import CatalogEntry, current_user, now_us
+from ..engine.workspace.config import validate_name
+from ..engine.workspace.status import replication_status
 from .common import emit_json, make_progress
 from .context import (
-    CommandError,
     catalog,
     config_option,
     file_size,
@@ -76,12 +82,12 @@ def create_command(name, from_db, timestamp, txid, reason, validate, as_json):
     """
     if from_db is None:
         if timestamp is not None:
-            raise CommandError("--timestamp cannot be used without specifying --from-db")
+            raise UsageError("--timestamp cannot be used without specifying --from-db")
         if txid is not None:
-            raise CommandError("--txid cannot be used without specifying --from-db")
-        raise CommandError("--from-db SRC is required: walrewind creates a database by restoring a replicated one")
+            raise UsageError("--txid cannot be used without specifying --from-db")
+        raise UsageError("--from-db SRC is required: walrewind creates a database by restoring a replicated one")
     if timestamp is not None and txid is not None:
-        raise CommandError("use either --timestamp or --txid, not both")
+        raise UsageError("use either --timestamp or --txid, not both")
     validate_name(name)
     config = get_config()
     cat = catalog(config, create=True)
@@ -95,18 +101,18 @@ def create_command(name, from_db, timestamp, txid, reason, validate, as_json):
             target_us = parse_target(timestamp)
             record["target_us"] = target_us
         if name in config.databases:
-            raise CommandError(f"database {name!r} already exists (a replicated database in {config.path}); choose another name")
+            raise UsageError(f"database {name!r} already exists (a replicated database in {config.path}); choose another name")
         if cat.get(name) is not None:
-            raise CommandError(
+            raise UsageError(
                 f"database {name!r} already exists (restored copy at {cat.get(name).path}); choose another name "
                 f"or remove it first with: walrewind db destroy {name} --yes"
             )
         out_path = config.restored_path(name)
         if os.path.exists(out_path):
-            raise CommandError(f"database {name!r} already exists: {out_path} is in the way (not in the catalog); move it away first")
+            raise UsageError(f"database {name!r} already exists: {out_path} is in the way (not in the catalog); move it away first")
         if from_db not in config.databases:
             if cat.get(from_db) is not None:
-                raise CommandError(
+                raise UsageError(
                     f"{from_db!r} is a restored copy, not a replicated database; --from-db needs one of: "
                     + (", ".join(sorted(config.databases)) or "none configured")
                 )
@@ -119,7 +125,7 @@ def create_command(name, from_db, timestamp, txid, reason, validate, as_json):
             cat.reserve(CatalogEntry(name, out_path, "creating", now_us(), current_user(), from_db, src.replica_display,
                                      target_us, txid, reason=reason))
         except NameTaken:
-            raise CommandError(f"database {name!r} already exists (being created by another command)") from None
+            raise UsageError(f"database {name!r} already exists (being created by another command)") from None
         reserved = True
         record["output"] = out_path
         result = restore(replica.storage, out_path, target_us=target_us, target_txid=txid,
@@ -247,7 +253,7 @@ def show_command(name, url_only, as_json):
         info["maintenance"] = read_status(src.state_dir or default_state_dir(src.path))
         try:
             info["replication"] = replication_status(src.path, open_replica(src))
-        except CommandError as exc:
+        except UsageError as exc:
             replica_error = str(exc)
             info["replication"] = {"error": replica_error}
     if as_json:
@@ -407,13 +413,13 @@ def destroy_command(name, yes, as_json):
     cat = catalog(config)
     db = resolve(config, cat, name)
     if db.kind == "replicated":
-        raise CommandError(
+        raise UsageError(
             f"{name!r} is a source database under replication ({db.path}, configured in {config.path}); "
             "walrewind never deletes it"
         )
     if not yes:
         if not _stdin_is_tty():
-            raise CommandError(f"refusing to destroy {name!r} without confirmation: pass --yes (stdin is not a terminal)")
+            raise UsageError(f"refusing to destroy {name!r} without confirmation: pass --yes (stdin is not a terminal)")
         size = human_size(file_size(db.path)) if os.path.exists(db.path) else "missing"
         if not click.confirm(f"Destroy database {name!r} ({db.path}, {size})? This cannot be undone", default=False):
             click.echo("Aborted; nothing was removed.", err=True)

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from ..engine.dbinfo import open_readonly
-from .context import CommandError, catalog, config_option, friendly, get_config, resolve
+from ..engine.errors import UsageError
+from ..engine.sqlite.dbinfo import open_readonly
+from .context import catalog, config_option, friendly, get_config, resolve
 
 
 def _make_shell(conn, name: str, readonly: bool):
@@ -58,7 +59,7 @@ def shell_command(name, sql):
     cat = catalog(config)
     db = resolve(config, cat, name)
     if not os.path.exists(db.path):
-        raise CommandError(f"database {name!r}: {db.path} does not exist")
+        raise UsageError(f"database {name!r}: {db.path} does not exist")
     readonly = db.kind == "replicated"
     if readonly:
         conn = open_readonly(db.path)

@@ -7,9 +7,10 @@ import os
 
 import click
 
-from ..engine.diff import diff_table, sql_literal
+from ..engine.errors import UsageError
+from ..engine.workspace.diff import diff_table, sql_literal
 from .common import emit_json
-from .context import CommandError, catalog, config_option, friendly, get_config, resolve, table
+from .context import catalog, config_option, friendly, get_config, resolve, table
 
 
 def _cell(value, width: int = 40) -> str:
@@ -46,9 +47,9 @@ def diff_command(name, from_db, table_name, keys, as_sql, limit, as_json):
     b = resolve(config, cat, from_db)
     for db in (a, b):
         if not os.path.exists(db.path):
-            raise CommandError(f"database {db.name!r}: {db.path} does not exist")
+            raise UsageError(f"database {db.name!r}: {db.path} does not exist")
     if os.path.realpath(a.path) == os.path.realpath(b.path):
-        raise CommandError(f"{name!r} and {from_db!r} are the same file; compare two different databases")
+        raise UsageError(f"{name!r} and {from_db!r} are the same file; compare two different databases")
     key = [k.strip() for spec in keys for k in spec.split(",") if k.strip()] or None
     d = diff_table(a.path, b.path, table_name, key)
     if as_sql:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..engine.replica import Replica
+from ..engine.replica.index import Replica
 from ..engine.storage import open_storage
 from .common import emit_json, friendly_errors
 

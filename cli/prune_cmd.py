@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import click
 
-from ..engine.config import DEFAULT_TIERS, format_duration_us, parse_duration_or_off
-from ..engine.retention import PruneReport, RetentionPolicy, prune
+from ..engine.errors import UsageError
+from ..engine.maintenance.retention import PruneReport, RetentionPolicy, prune
 from ..engine.storage import open_storage
 from ..engine.timeparse import format_us
+from ..engine.workspace.config import (
+    DEFAULT_TIERS,
+    format_duration_us,
+    parse_duration_or_off,
+)
 from .common import emit_json
-from .context import CommandError, config_option, friendly, human_size
+from .context import config_option, friendly, human_size
 from .verify_cmd import _replica_url
 
 
@@ -87,7 +92,7 @@ def prune_command(source, dry_run, retention, keep_daily, keep_weekly, keep_mont
     policy = _policy(db, retention, keep_daily, keep_weekly, keep_monthly, grace)
     storage = open_storage(url, create=False)
     if policy.retention_us is not None and policy.retention_us <= 0:
-        raise CommandError("retention must be a positive duration, or 'off'")
+        raise UsageError("retention must be a positive duration, or 'off'")
     report = prune(storage, policy, dry_run=dry_run)
     if as_json:
         emit_json({"source": source, "replica": storage.url, **report.to_json(),

@@ -9,13 +9,17 @@ import threading
 
 import click
 
-from ..engine.config import ConfigError, DatabaseConfig, not_found_message, parse_duration_or_off
-from ..engine.maintenance import for_database
-from ..engine.shipper import Shipper
+from ..engine.daemon.replicator import Shipper
+from ..engine.errors import ConfigError, UsageError
+from ..engine.maintenance.scheduler import for_database
 from ..engine.storage import open_storage
+from ..engine.workspace.config import (
+    DatabaseConfig,
+    not_found_message,
+    parse_duration_or_off,
+)
 from .common import friendly_errors
-from .context import CommandError, config_option, friendly, get_config
-
+from .context import config_option, friendly, get_config
 
 
 @click.command("replicate", short_help="Run the daemon (one database, or every database in the config).")
@@ -86,7 +90,7 @@ def replicate_command(db_path, replica_url, only, upload_interval, state_dir, ch
     if only:
         unknown = [n for n in only if n not in config.databases]
         if unknown:
-            raise CommandError(
+            raise UsageError(
                 f"unknown database(s) {', '.join(map(repr, unknown))}; known databases: {', '.join(sorted(config.databases)) or 'none'}"
             )
         selected = [config.databases[n] for n in only]
@@ -154,7 +158,7 @@ def _replicate_many(dbs: list[DatabaseConfig], upload_interval, state_dir, check
     runners: list[_Runner] = []
     for db in dbs:
         if not os.path.exists(db.path):
-            raise CommandError(f"database {db.name!r}: {db.path} does not exist")
+            raise UsageError(f"database {db.name!r}: {db.path} does not exist")
         storage = open_storage(db.replica)
         shipper = Shipper(
             db.path, storage,
@@ -204,4 +208,4 @@ def _replicate_many(dbs: list[DatabaseConfig], upload_interval, state_dir, check
         click.echo(f"{r.db.name}: {state}; {s.transactions} transactions shipped, last txid {s.uploaded_txid}", err=True)
     if errors or (failed and not stop.is_set()):
         names = ", ".join(r.db.name for r in (errors or failed))
-        raise CommandError(f"replication stopped because of {names} (see above); the others were stopped with a final sync")
+        raise UsageError(f"replication stopped because of {names} (see above); the others were stopped with a final sync")

@@ -8,8 +8,8 @@ import time
 
 import click
 
-from ..engine.replica import Replica
-from ..engine.restore import plan_restore, restore
+from ..engine.replica.index import Replica
+from ..engine.restore.restorer import plan_restore, restore
 from ..engine.storage import open_storage
 from ..engine.timeparse import format_us
 from .common import emit_json, friendly_errors, make_progress
@@ -73,7 +73,7 @@ class _History:
     """
 
     def __init__(self, replica_url: str, output: str, txid, reason, timestamp) -> None:
-        from ..engine.config import redact_url
+        from ..engine.workspace.config import redact_url
 
         self.started = time.monotonic()
         typed = timestamp if timestamp is not None else (f"txid {txid}" if txid is not None else "latest")
@@ -81,8 +81,8 @@ class _History:
                            reason=reason, target_input=typed)
         self.catalog = None
         try:
-            from ..engine.catalog import Catalog
-            from ..engine.config import load
+            from ..engine.workspace.catalog import Catalog
+            from ..engine.workspace.config import load
 
             config = load(config_path())
             if config is None:

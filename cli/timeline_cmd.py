@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import click
 
-from ..engine.format import FLAG_LATE, FLAG_RESYNC
-from ..engine.replica import Replica
-from ..engine.restore import window_text
-from ..engine.storage import StorageError, open_storage
-from ..engine.timeline import BUCKETS_US, build_timeline, transactions
-from ..engine.timeparse import TimestampError, format_us
+from ..engine.errors import StorageError, TimestampError, UsageError
+from ..engine.replica.format import FLAG_LATE, FLAG_RESYNC
+from ..engine.replica.index import Replica
+from ..engine.restore.restorer import window_text
+from ..engine.storage import open_storage
+from ..engine.timeparse import format_us
+from ..engine.workspace.timeline import BUCKETS_US, build_timeline, transactions
 from .common import emit_json, make_progress
-from .context import CommandError, catalog, config_option, friendly, get_config, open_replica, parse_target, table, unknown_database
+from .context import (
+    catalog,
+    config_option,
+    friendly,
+    get_config,
+    open_replica,
+    parse_target,
+    table,
+    unknown_database,
+)
 
 BAR_WIDTH = 40
 _LABEL_LEN = {"second": 19, "minute": 16, "hour": 13, "day": 10}
@@ -36,10 +46,10 @@ def _open(src: str) -> tuple[str, Replica]:
         try:
             return src, Replica(open_storage(src, create=False))
         except StorageError as exc:
-            raise CommandError(f"replica {src} is unreachable: {exc}") from None
+            raise UsageError(f"replica {src} is unreachable: {exc}") from None
     cat = catalog(config)
     if cat.get(src) is not None:
-        raise CommandError(f"{src!r} is a restored copy and has no replica; timeline needs a replicated database: "
+        raise UsageError(f"{src!r} is a restored copy and has no replica; timeline needs a replicated database: "
                            + (", ".join(sorted(config.databases)) or "none configured"))
     raise unknown_database(src, config, cat, sources_only=True)
 
@@ -68,7 +78,7 @@ def timeline_command(src, by, since, until, as_json):
     name, replica = _open(src)
     progress = make_progress(not as_json)
     if replica.empty:
-        raise CommandError(f"{name}: the replica ({replica.storage.url}) holds no restorable history yet")
+        raise UsageError(f"{name}: the replica ({replica.storage.url}) holds no restorable history yet")
     window = window_text(replica)
     if by == "transaction":
         rows = transactions(replica, since_us, until_us, progress)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..engine.dbinfo import Validation, validate
+from ..engine.sqlite.dbinfo import Validation, validate
 from .context import table
 
 VALIDATE_HELP = (

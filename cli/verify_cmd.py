@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ..engine.snapshotter import build_snapshot
+from ..engine.errors import UsageError
+from ..engine.maintenance.snapshots import build_snapshot
+from ..engine.restore.drills import drill, random_targets
 from ..engine.storage import open_storage
 from ..engine.timeparse import format_us
-from ..engine.verify import drill, random_targets
 from .common import emit_json
-from .context import CommandError, catalog, config_option, friendly, get_config, parse_target
+from .context import catalog, config_option, friendly, get_config, parse_target
 
 
 def _replica_url(source: str) -> tuple[str, str | None, object]:
@@ -20,7 +21,7 @@ def _replica_url(source: str) -> tuple[str, str | None, object]:
     if "://" in source or "/" in source or source.startswith("."):
         return source, None, config
     known = ", ".join(sorted(config.databases)) if config else "none (no config file)"
-    raise CommandError(f"unknown database {source!r}; pass a replica URL or one of: {known}")
+    raise UsageError(f"unknown database {source!r}; pass a replica URL or one of: {known}")
 
 
 @click.command("verify", short_help="Restore drills: prove the replica restores, PASSED/FAILED.")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
+from .errors import TimestampError
+
 ACCEPTED_FORMS = "use ISO 8601, e.g. 2024-01-15T10:30:00Z"
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
@@ -20,8 +22,6 @@ _DATETIME = re.compile(
 )
 
 
-class TimestampError(ValueError):
-    """A user-supplied timestamp is malformed or outside what can be restored."""
 
 
 def parse_timestamp_us(text: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from hypothesis import settings
-
 from seaweed_server import seaweed_s3  # noqa: F401  (session fixture, re-exported for pytest)
 
 # Property tests draw the same examples on every run (all randomness in tests is seeded); set

@@ -16,8 +16,8 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from walrewind.engine.dbhash import checksum_file
-from walrewind.engine.shipper import Shipper
+from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.sqlite.pagehash import checksum_file
 from walrewind.engine.storage import open_storage
 
 WRITER = os.path.join(os.path.dirname(__file__), "writer.py")
@@ -122,7 +122,7 @@ def judge(restored_path: str, page_size: int, txns: list[dict], initial_checksum
 
 def replica_records(replica: str) -> list:
     """Every transaction record in a replica, in txid order."""
-    from walrewind.engine.replica import Replica
+    from walrewind.engine.replica.index import Replica
 
     r = Replica(open_storage(replica, create=False))
     return [rec for g in r.generations for seg in g.segments for rec in r.load_segment(seg)[1]]
@@ -140,7 +140,7 @@ def assert_no_invented_states(replica: str, txns: list[dict]) -> list:
 
 def check_latest_restore(replicated: dict, out: str) -> None:
     """The latest restore of a replicated workload is the writer's final state, quick_check ok."""
-    from walrewind.engine.restore import restore
+    from walrewind.engine.restore.restorer import restore
 
     txns = replicated["txns"]
     result = restore(open_storage(replicated["replica"], create=False), out)
@@ -151,7 +151,7 @@ def check_latest_restore(replicated: dict, out: str) -> None:
 
 def check_restore_at_fraction(replicated: dict, out: str, fraction: float, whole_second: bool) -> None:
     """restore(T) is exact for T at ``fraction`` of the run (optionally rounded to a whole second)."""
-    from walrewind.engine.restore import restore
+    from walrewind.engine.restore.restorer import restore
 
     txns = replicated["txns"]
     first, last = txns[1]["begin"], txns[-1]["end"]

@@ -19,10 +19,15 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 
-from walrewind.engine import layout
-from walrewind.engine.dbhash import PageHashes
-from walrewind.engine.format import SnapshotWriter, TxnRecord, encode_segment
-from walrewind.engine.storage import Storage, open_storage, put_file_immutable, put_immutable
+from walrewind.engine.replica import layout
+from walrewind.engine.replica.format import SnapshotWriter, TxnRecord, encode_segment
+from walrewind.engine.sqlite.pagehash import PageHashes
+from walrewind.engine.storage import (
+    Storage,
+    open_storage,
+    put_file_immutable,
+    put_immutable,
+)
 
 WORDS = (
     "order shipped pending paid refund customer invoice account alpha beta gamma delta north south "

@@ -9,7 +9,6 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
-
 from harness import DaemonThread, create_db, read_log, run_writer
 from walrewind.cli.main import cli
 from walrewind.engine.timeparse import format_us

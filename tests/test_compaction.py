@@ -7,16 +7,23 @@ import os
 import shutil
 
 import pytest
-
-from harness import DaemonThread, create_db, judge, read_log, replica_records, run_writer
+from harness import (
+    DaemonThread,
+    create_db,
+    judge,
+    read_log,
+    replica_records,
+    run_writer,
+)
 from synth_history import build_history
-from walrewind.engine import layout
-from walrewind.engine.compaction import CompactionError, compact, plan_groups
-from walrewind.engine.format import decode_segment, encode_segment
-from walrewind.engine.replica import Replica, normalise_segments
-from walrewind.engine.restore import RESTART_NOTE, RestoreError, plan_restore, restore
-from walrewind.engine.snapshotter import build_snapshot
-from walrewind.engine.storage import ObjectNotFound, open_storage
+from walrewind.engine.errors import CompactionError, ObjectNotFound, RestoreError
+from walrewind.engine.maintenance.compaction import compact, plan_groups
+from walrewind.engine.maintenance.snapshots import build_snapshot
+from walrewind.engine.replica import layout
+from walrewind.engine.replica.format import decode_segment, encode_segment
+from walrewind.engine.replica.index import Replica, normalise_segments
+from walrewind.engine.restore.restorer import RESTART_NOTE, plan_restore, restore
+from walrewind.engine.storage import open_storage
 from walrewind.engine.storage.local import LocalStorage
 
 SECOND = 1_000_000
@@ -164,7 +171,7 @@ def test_normalise_keeps_disagreeing_containment():
     for odd in (same_range, bad_times, bad_end):
         kept, dropped = normalise_segments([odd, outer])
         assert odd in kept and not dropped
-    from walrewind.engine.replica import Generation
+    from walrewind.engine.replica.index import Generation
 
     g = Generation("g", segments=normalise_segments([outer, bad_times, seg("g", 41, 50, 400, 500)])[0])
     assert g.overlaps() == [(outer, bad_times)]
@@ -225,7 +232,6 @@ def test_tampered_source_aborts_and_deletes_nothing(synthetic):
 
 def test_dry_run_changes_nothing_and_cli(synthetic):
     from click.testing import CliRunner
-
     from walrewind.cli.main import cli
 
     before = listing(synthetic.replica)

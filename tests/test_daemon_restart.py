@@ -9,10 +9,11 @@ import sys
 import time
 
 from harness import assert_no_invented_states, create_db, judge, read_log, start_writer
-from walrewind.engine.format import FLAG_LATE, FLAG_RESYNC
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import restore
+from walrewind.engine.replica.format import FLAG_LATE, FLAG_RESYNC
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
+
 
 def start_daemon(db: str, replica: str, state: str) -> subprocess.Popen:
     return subprocess.Popen(

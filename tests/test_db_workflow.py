@@ -28,12 +28,16 @@ import time
 import apsw
 import pytest
 from click.testing import CliRunner
-
 from harness import DaemonThread
 from walrewind.cli.main import cli
-from walrewind.engine.config import ConfigError, load_config, parse_duration_us, validate_name, InvalidName
-from walrewind.engine.diff import diff_table, sql_literal
+from walrewind.engine.errors import ConfigError, InvalidName
 from walrewind.engine.timeparse import format_us
+from walrewind.engine.workspace.config import (
+    load_config,
+    parse_duration_us,
+    validate_name,
+)
+from walrewind.engine.workspace.diff import diff_table, sql_literal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP_WRITER = os.path.join(HERE, "app_writer.py")
@@ -325,7 +329,11 @@ def test_show_list_url_and_lag(world):
     assert "maintenance:" in human and "no status yet" in human  # this test daemon runs none
 
     # What a daemon's maintenance thread saves in its state directory, db show prints.
-    from walrewind.engine.maintenance import STATUS_FILE, Maintenance, MaintenancePolicy
+    from walrewind.engine.maintenance.scheduler import (
+        STATUS_FILE,
+        Maintenance,
+        MaintenancePolicy,
+    )
     from walrewind.engine.storage import open_storage
 
     m = Maintenance(open_storage(w.replicas + "/app"), MaintenancePolicy(verify_interval_us=None))

@@ -14,19 +14,23 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from walrewind.engine import layout
-from walrewind.engine.dbhash import PageHashes, checksum_file, checksum_pages, page_hash
-from walrewind.engine.format import (
+from walrewind.engine.errors import ObjectCorrupt
+from walrewind.engine.replica import layout
+from walrewind.engine.replica.format import (
     FORMAT_VERSION,
     SEGMENT_MAGIC,
     SNAPSHOT_MAGIC,
-    FormatError,
     SnapshotWriter,
     TxnRecord,
     decode_segment,
     encode_segment,
     read_snapshot,
+)
+from walrewind.engine.sqlite.pagehash import (
+    PageHashes,
+    checksum_file,
+    checksum_pages,
+    page_hash,
 )
 
 PAGE = 512
@@ -136,7 +140,7 @@ def test_empty_segment_round_trip():
 def test_any_flipped_bit_in_a_segment_is_caught(position, bit):
     blob = bytearray(SAMPLE_SEGMENT)
     blob[position] ^= 1 << bit
-    with pytest.raises(FormatError) as info:
+    with pytest.raises(ObjectCorrupt) as info:
         decode_segment(bytes(blob), NAME)
     assert str(info.value).startswith(NAME + ":")
 
@@ -148,38 +152,38 @@ def test_any_flipped_bit_in_a_segment_is_caught(position, bit):
 @example(length=10 + 40 - 1)
 @example(length=len(SAMPLE_SEGMENT) - 1)
 def test_any_truncation_of_a_segment_is_caught(length):
-    with pytest.raises(FormatError) as info:
+    with pytest.raises(ObjectCorrupt) as info:
         decode_segment(SAMPLE_SEGMENT[:length], NAME)
     assert NAME in str(info.value)
 
 
 def test_short_object_says_truncated():
-    with pytest.raises(FormatError, match=r"^seg-x: object is truncated \(3 bytes\)$"):
+    with pytest.raises(ObjectCorrupt, match=r"^seg-x: object is truncated \(3 bytes\)$"):
         decode_segment(b"WRS", "seg-x")
 
 
 def test_appended_bytes_are_caught():
-    with pytest.raises(FormatError, match="seg-y: checksum mismatch"):
+    with pytest.raises(ObjectCorrupt, match="seg-y: checksum mismatch"):
         decode_segment(SAMPLE_SEGMENT + b"\x00", "seg-y")
 
 
 def test_wrong_magic_messages():
-    with pytest.raises(FormatError, match=r"^a\.seg: not a walrewind segment \(bad magic\)$"):
+    with pytest.raises(ObjectCorrupt, match=r"^a\.seg: not a walrewind segment \(bad magic\)$"):
         decode_segment(b"XXXX" + SAMPLE_SEGMENT[4:], "a.seg")
     snap = envelope(SNAPSHOT_MAGIC, {"page_size": PAGE, "page_count": 0}, zstd(b""))
-    with pytest.raises(FormatError, match=r"^b\.seg: not a walrewind segment \(bad magic\)$"):
+    with pytest.raises(ObjectCorrupt, match=r"^b\.seg: not a walrewind segment \(bad magic\)$"):
         decode_segment(snap, "b.seg")
-    with pytest.raises(FormatError, match=r"^c\.snap: not a walrewind snapshot \(bad magic\)$"):
+    with pytest.raises(ObjectCorrupt, match=r"^c\.snap: not a walrewind snapshot \(bad magic\)$"):
         read_snapshot(SAMPLE_SEGMENT, "c.snap")
 
 
 @pytest.mark.parametrize("version", [0, 2, 65535])
 def test_unsupported_version_message(version):
     blob = SAMPLE_SEGMENT[:4] + struct.pack("<H", version) + SAMPLE_SEGMENT[6:]
-    with pytest.raises(FormatError, match=rf"^v\.seg: format version {version} is not supported \(this build reads 1\)$"):
+    with pytest.raises(ObjectCorrupt, match=rf"^v\.seg: format version {version} is not supported \(this build reads 1\)$"):
         decode_segment(blob, "v.seg")
     # A well-formed object of another version is refused the same way.
-    with pytest.raises(FormatError, match=f"format version {version} is not supported"):
+    with pytest.raises(ObjectCorrupt, match=f"format version {version} is not supported"):
         decode_segment(envelope(SEGMENT_MAGIC, HEADER, zstd(b""), version=version), "v.seg")
 
 
@@ -202,7 +206,7 @@ def test_digest_valid_but_inconsistent_objects_are_format_errors():
         ),
     }
     for needle, blob in cases.items():
-        with pytest.raises(FormatError) as info:
+        with pytest.raises(ObjectCorrupt) as info:
             decode_segment(blob, "odd.seg")
         assert str(info.value).startswith("odd.seg: "), needle
         assert needle in str(info.value)
@@ -210,7 +214,7 @@ def test_digest_valid_but_inconsistent_objects_are_format_errors():
     head = b"{not json"
     body = struct.pack("<4sHI", SEGMENT_MAGIC, 1, len(head)) + head + zstd(b"") + struct.pack("<Q", len(zstd(b"")))
     blob = body + hashlib.blake2b(body, digest_size=32).digest()
-    with pytest.raises(FormatError, match="^j.seg: unreadable header"):
+    with pytest.raises(ObjectCorrupt, match="^j.seg: unreadable header"):
         decode_segment(blob, "j.seg")
 
 
@@ -267,7 +271,7 @@ SAMPLE_SNAPSHOT = _sample_snapshot()
 def test_any_flipped_bit_in_a_snapshot_is_caught_before_any_page(position, bit):
     blob = bytearray(SAMPLE_SNAPSHOT)
     blob[position] ^= 1 << bit
-    with pytest.raises(FormatError) as info:
+    with pytest.raises(ObjectCorrupt) as info:
         read_snapshot(bytes(blob), "s.snap")  # raised on open, not while iterating
     assert str(info.value).startswith("s.snap:")
 
@@ -275,7 +279,7 @@ def test_any_flipped_bit_in_a_snapshot_is_caught_before_any_page(position, bit):
 @settings(max_examples=60, deadline=None)
 @given(length=st.integers(min_value=0, max_value=len(SAMPLE_SNAPSHOT) - 1))
 def test_any_truncation_of_a_snapshot_is_caught(length):
-    with pytest.raises(FormatError, match="s.snap"):
+    with pytest.raises(ObjectCorrupt, match="s.snap"):
         read_snapshot(SAMPLE_SNAPSHOT[:length], "s.snap")
 
 
@@ -284,7 +288,7 @@ def test_snapshot_with_fewer_or_more_pages_than_its_header(tmp_path):
     for claimed in (19, 21, 0):
         blob = write_snapshot(tmp_path / f"{claimed}.snap", SAMPLE_PAGES, {"page_size": PAGE, "page_count": claimed}, rng)
         header, it = read_snapshot(blob, "n.snap")
-        with pytest.raises(FormatError, match=rf"^n\.snap: holds 20 pages, header says {claimed}$"):
+        with pytest.raises(ObjectCorrupt, match=rf"^n\.snap: holds 20 pages, header says {claimed}$"):
             list(it)
 
 
@@ -293,14 +297,14 @@ def test_snapshot_payload_ending_inside_a_page(tmp_path):
         tmp_path / "p.snap", SAMPLE_PAGES, {"page_size": PAGE, "page_count": 20}, random.Random(6), tail=b"x" * 10
     )
     header, it = read_snapshot(blob, "p.snap")
-    with pytest.raises(FormatError, match=r"^p\.snap: payload ends inside a page$"):
+    with pytest.raises(ObjectCorrupt, match=r"^p\.snap: payload ends inside a page$"):
         list(it)
 
 
 def test_snapshot_with_undecodable_payload():
     blob = envelope(SNAPSHOT_MAGIC, {"page_size": PAGE, "page_count": 1}, b"\x28\xb5\x2f\xfd garbage" * 10)
     header, it = read_snapshot(blob, "z.snap")
-    with pytest.raises(FormatError, match=r"^z\.snap: cannot decompress payload"):
+    with pytest.raises(ObjectCorrupt, match=r"^z\.snap: cannot decompress payload"):
         list(it)
 
 
@@ -495,5 +499,5 @@ def test_key_with_trailing_newline_is_foreign():
     ids=["no-raw_length", "no-page_size", "not-an-object"],
 )
 def test_segment_with_incomplete_header_is_a_format_error(header):
-    with pytest.raises(FormatError):
+    with pytest.raises(ObjectCorrupt):
         decode_segment(envelope(SEGMENT_MAGIC, header, zstd(b"")), "h.seg")

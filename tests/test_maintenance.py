@@ -11,7 +11,7 @@ import threading
 import time
 
 from synth_history import SyntheticHistory
-from walrewind.engine.maintenance import (
+from walrewind.engine.maintenance.scheduler import (
     DAY_US,
     HOUR_US,
     MINUTE_US,
@@ -20,8 +20,8 @@ from walrewind.engine.maintenance import (
     MaintenancePolicy,
     retention_interval_us,
 )
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import plan_restore, restore
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import plan_restore, restore
 from walrewind.engine.storage import open_storage
 from walrewind.engine.storage.counting import CountingStorage
 
@@ -270,8 +270,7 @@ def test_on_a_replica_written_by_the_daemon(tmp_path):
     """The real daemon's replica: a volume snapshot restores the writer's final state exactly, and a
     drill passes (the scheduler runs beside the daemon, reading only the replica)."""
     from harness import DaemonThread, create_db, read_log, run_writer
-
-    from walrewind.engine.status import latest_checksum
+    from walrewind.engine.workspace.status import latest_checksum
 
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
     create_db(db)
@@ -300,8 +299,8 @@ def test_the_daemon_runs_maintenance_and_saves_its_status(tmp_path):
     """Wired into the daemon: a snapshot by volume is built from the replica while it replicates,
     and the result lands in maintenance.json in the state directory (what `db show` prints)."""
     from harness import DaemonThread, create_db, read_log, run_writer
-    from walrewind.engine.dbhash import checksum_file
-    from walrewind.engine.maintenance import read_status
+    from walrewind.engine.maintenance.scheduler import read_status
+    from walrewind.engine.sqlite.pagehash import checksum_file
 
     db, replica, state = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "state")
     create_db(db)

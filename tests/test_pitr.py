@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from harness import (
     DaemonThread,
     assert_no_invented_states,
@@ -15,6 +12,8 @@ from harness import (
     read_log,
     run_writer,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 WORKLOADS = {
     "mixed": {"rate": 150, "txns": 300, "seed": 1},

@@ -12,20 +12,32 @@ import random
 import shutil
 
 import pytest
+import walrewind.engine.daemon.replicator as shipper_mod
 from click.testing import CliRunner
-
-import walrewind.engine.shipper as shipper_mod
-from harness import DaemonThread, create_db, judge, read_log, replica_records, run_writer
+from harness import (
+    DaemonThread,
+    create_db,
+    judge,
+    read_log,
+    replica_records,
+    run_writer,
+)
 from walrewind.cli.main import cli
-from walrewind.engine import layout
-from walrewind.engine.config import ConfigError, load_config
-from walrewind.engine.dbhash import checksum_file
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import plan_restore, restore
-from walrewind.engine.retention import RetentionPolicy, plan_prune, prune, select_tiers
-from walrewind.engine.snapshotter import build_snapshot
+from walrewind.engine.errors import ConfigError, TimestampError
+from walrewind.engine.maintenance.retention import (
+    RetentionPolicy,
+    plan_prune,
+    prune,
+    select_tiers,
+)
+from walrewind.engine.maintenance.snapshots import build_snapshot
+from walrewind.engine.replica import layout
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import plan_restore, restore
+from walrewind.engine.sqlite.pagehash import checksum_file
 from walrewind.engine.storage import open_storage
-from walrewind.engine.timeparse import TimestampError, format_us
+from walrewind.engine.timeparse import format_us
+from walrewind.engine.workspace.config import load_config
 
 DAY = 86_400_000_000
 SECOND = 1_000_000

@@ -14,15 +14,22 @@ import os
 import uuid
 
 import pytest
-
 from faultproxy import FaultProxy
-from harness import DaemonThread, assert_no_invented_states, create_db, judge, read_log, run_writer
+from harness import (
+    DaemonThread,
+    assert_no_invented_states,
+    create_db,
+    judge,
+    read_log,
+    run_writer,
+)
 from test_daemon_restart import wait_for
-from walrewind.engine import layout
-from walrewind.engine.format import FLAG_RESYNC
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import RestoreError, restore
-from walrewind.engine.storage import ObjectConflict, open_storage, put_file_immutable, put_immutable
+from walrewind.engine.errors import ObjectConflict, RestoreError
+from walrewind.engine.replica import layout
+from walrewind.engine.replica.format import FLAG_RESYNC
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import restore
+from walrewind.engine.storage import open_storage, put_file_immutable, put_immutable
 
 pytestmark = pytest.mark.s3
 

@@ -11,25 +11,37 @@ import socket
 import uuid
 
 import pytest
-
 from faultproxy import FaultProxy
-from harness import DaemonThread, assert_no_invented_states, create_db, read_log, run_writer
+from harness import (
+    DaemonThread,
+    assert_no_invented_states,
+    create_db,
+    read_log,
+    run_writer,
+)
 from test_daemon_restart import wait_for
-from walrewind.engine.format import TxnRecord, encode_segment
-from walrewind.engine.lease import ForeignReplica, LeaseHeld, LeaseLost, now_us, scan
-from walrewind.engine.replica import Replica, object_header
-from walrewind.engine.restore import restore
-from walrewind.engine.shipper import Shipper, ShipperError
-from walrewind.engine.uploader import Uploader
-from walrewind.engine.storage import ObjectConflict, open_storage
+from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.daemon.uploader import Uploader
+from walrewind.engine.errors import (
+    DaemonError,
+    ForeignReplica,
+    LeaseHeld,
+    LeaseLost,
+    ObjectConflict,
+)
+from walrewind.engine.replica.format import TxnRecord, encode_segment
+from walrewind.engine.replica.index import Replica, object_header
+from walrewind.engine.replica.lease import now_us, scan
+from walrewind.engine.restore.restorer import restore
+from walrewind.engine.storage import open_storage
 
 pytestmark = pytest.mark.s3
 FAST = {"heartbeat_interval": 0.3, "lease_seconds": 2.0}
 
 
-def start_refused(db: str, url: str, state: str, **kwargs) -> ShipperError:
+def start_refused(db: str, url: str, state: str, **kwargs) -> DaemonError:
     daemon = DaemonThread(db, url, state, **kwargs)
-    with pytest.raises(ShipperError) as err:
+    with pytest.raises(DaemonError) as err:
         daemon.__enter__()
     daemon.thread.join(30)
     return err.value
@@ -75,7 +87,7 @@ def test_takeover_after_expiry_fences_the_partitioned_holder(seaweed_s3, tmp_pat
             daemon = DaemonThread(db, direct, str(tmp_path / "new"), **FAST)
             try:
                 daemon.__enter__()
-            except ShipperError as exc:
+            except DaemonError as exc:
                 assert isinstance(exc.__cause__, LeaseHeld), exc
                 daemon.thread.join(30)
                 return False
@@ -93,7 +105,7 @@ def test_takeover_after_expiry_fences_the_partitioned_holder(seaweed_s3, tmp_pat
         # without uploading another byte.
         proxy.down = False
         wait_for(lambda: not old.thread.is_alive(), timeout=30, what="the old daemon to stop")
-        assert isinstance(old.error, ShipperError) and isinstance(old.error.__cause__, LeaseLost), old.error
+        assert isinstance(old.error, DaemonError) and isinstance(old.error.__cause__, LeaseLost), old.error
         assert "taken over" in str(old.error) and f"pid {os.getpid()}" in str(old.error)
         after = Replica(open_storage(direct))
         assert {s.key for s in after.generations[0].segments} == segments_before

@@ -10,13 +10,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from synth_history import build_history
-from walrewind.engine.compaction import compact
-from walrewind.engine.maintenance import Maintenance, MaintenancePolicy
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import restore
-from walrewind.engine.retention import RetentionPolicy, prune
+from walrewind.engine.maintenance.compaction import compact
+from walrewind.engine.maintenance.retention import RetentionPolicy, prune
+from walrewind.engine.maintenance.scheduler import Maintenance, MaintenancePolicy
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 pytestmark = pytest.mark.s3

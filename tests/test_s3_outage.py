@@ -15,12 +15,18 @@ import time
 import uuid
 
 import pytest
-
-from harness import DaemonThread, create_db, judge, read_log, replica_records, start_writer
+from harness import (
+    DaemonThread,
+    create_db,
+    judge,
+    read_log,
+    replica_records,
+    start_writer,
+)
 from seaweed_server import SeaweedS3, find_weed
 from test_daemon_restart import wait_for
-from walrewind.engine.format import FLAG_LATE, FLAG_RESYNC
-from walrewind.engine.restore import restore
+from walrewind.engine.replica.format import FLAG_LATE, FLAG_RESYNC
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 pytestmark = pytest.mark.s3
@@ -177,8 +183,8 @@ def test_disk_full_cuts_the_failed_write_off(tmp_path, monkeypatch):
     import errno
 
     from test_spool import PAGE, make_items
-    from walrewind.engine import spool
-    from walrewind.engine.spool import SpoolFull, StateDir
+    from walrewind.engine.daemon import spool
+    from walrewind.engine.daemon.spool import SpoolFull, StateDir
 
     state = StateDir(str(tmp_path / "state"))
     state.append(make_items(1, 3, first_txid=1))

@@ -8,9 +8,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from harness import (
     DaemonThread,
     assert_no_invented_states,
@@ -20,9 +17,11 @@ from harness import (
     read_log,
     run_writer,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_torture import _restore_checks
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import restore
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 pytestmark = pytest.mark.s3
@@ -105,7 +104,7 @@ def test_storage_calls_of_the_sync_path_are_counted_and_never_list(tmp_path):
     daemon only creates objects and deletes its previous heartbeat."""
     import threading
 
-    from walrewind.engine.shipper import Shipper
+    from walrewind.engine.daemon.replicator import Shipper
     from walrewind.engine.storage.counting import CountingStorage
 
     db = str(tmp_path / "app.db")

@@ -6,13 +6,19 @@ import random
 import shutil
 
 import pytest
-
-from harness import DaemonThread, create_db, judge, read_log, replica_records, run_writer
-from walrewind.engine.replica import Replica
-from walrewind.engine.restore import plan_restore, restore
-from walrewind.engine.snapshotter import build_snapshot
+from harness import (
+    DaemonThread,
+    create_db,
+    judge,
+    read_log,
+    replica_records,
+    run_writer,
+)
+from walrewind.engine.maintenance.snapshots import build_snapshot
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.drills import drill, random_targets
+from walrewind.engine.restore.restorer import plan_restore, restore
 from walrewind.engine.storage import open_storage
-from walrewind.engine.verify import drill, random_targets
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,6 @@ def test_verify_and_snapshot_commands(replicated, tmp_path):
     import json
 
     from click.testing import CliRunner
-
     from walrewind.cli.main import cli
 
     copy = tmp_path / "replica"

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from walrewind.engine.dbhash import PageHashes
-from walrewind.engine.format import TxnRecord
-from walrewind.engine.spool import SpooledTxn, StateDir, atomic_write
-from walrewind.engine.walfile import WalPosition
+from walrewind.engine.daemon.spool import SpooledTxn, StateDir, atomic_write
+from walrewind.engine.replica.format import TxnRecord
+from walrewind.engine.sqlite.pagehash import PageHashes
+from walrewind.engine.sqlite.walfile import WalPosition
 
 PAGE = 512
 

@@ -14,14 +14,11 @@ from typing import Iterator
 
 import pytest
 from botocore.exceptions import ClientError
-
 from seaweed_server import free_ports
+from walrewind.engine.errors import ObjectConflict, ObjectNotFound, StorageError
 from walrewind.engine.storage import (
-    ObjectConflict,
     ObjectInfo,
-    ObjectNotFound,
     Storage,
-    StorageError,
     open_storage,
     put_file_immutable,
     put_immutable,

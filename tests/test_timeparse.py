@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from walrewind.engine.timeparse import ACCEPTED_FORMS, TimestampError, format_us, parse_timestamp_us
+from walrewind.engine.errors import TimestampError
+from walrewind.engine.timeparse import ACCEPTED_FORMS, format_us, parse_timestamp_us
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PREFIX = "Invalid timestamp format:"

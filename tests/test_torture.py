@@ -10,11 +10,18 @@ import sys
 import time
 
 from harness import (
-    DaemonThread, assert_no_invented_states, create_db, judge, read_log, replica_records, run_writer, start_writer,
+    DaemonThread,
+    assert_no_invented_states,
+    create_db,
+    judge,
+    read_log,
+    replica_records,
+    run_writer,
+    start_writer,
 )
-from walrewind.engine.format import FLAG_RESYNC
-from walrewind.engine.dbhash import checksum_file
-from walrewind.engine.restore import restore
+from walrewind.engine.replica.format import FLAG_RESYNC
+from walrewind.engine.restore.restorer import restore
+from walrewind.engine.sqlite.pagehash import checksum_file
 from walrewind.engine.storage import open_storage
 
 
@@ -210,7 +217,7 @@ def test_daemon_that_cannot_keep_up_lets_the_wal_reset(tmp_path):
 def test_stop_while_behind_reads_to_the_end(tmp_path, monkeypatch):
     """SIGTERM's final sync reads every batch still unread, not just one (a daemon behind by more
     than READ_BATCH_BYTES used to stop with the rest unshipped)."""
-    import walrewind.engine.shipper as shipper_module
+    import walrewind.engine.daemon.replicator as shipper_module
 
     monkeypatch.setattr(shipper_module, "READ_BATCH_BYTES", 256 << 10)
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")

@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from walrewind.engine import walfile
-from walrewind.engine.walfile import (
+from walrewind.engine.sqlite import walfile
+from walrewind.engine.sqlite.walfile import (
     FRAME_HEADER_SIZE,
     MAGIC_BE,
     MAGIC_LE,

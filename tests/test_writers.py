@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from harness import DaemonThread, judge, read_log, run_writer
-from walrewind.engine.restore import restore
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 SUMMARY = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*), total(k), max(id), total(length(v)) from t').fetchall())"

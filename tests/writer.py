@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 
-from walrewind.engine.dbhash import checksum_pages
+from walrewind.engine.sqlite.pagehash import checksum_pages
 
 
 def now_us() -> int:

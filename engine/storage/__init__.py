@@ -5,15 +5,8 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from .base import (
-    ObjectConflict,
-    ObjectInfo,
-    ObjectNotFound,
-    Storage,
-    StorageError,
-    put_file_immutable,
-    put_immutable,
-)
+from ..errors import ObjectConflict, ObjectNotFound, StorageError
+from .base import ObjectInfo, Storage, put_file_immutable, put_immutable
 from .local import LocalStorage
 
 __all__ = [

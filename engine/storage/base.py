@@ -13,17 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-
-class StorageError(Exception):
-    """A replica could not be read or written; the message names the URL or key."""
-
-
-class ObjectNotFound(StorageError):
-    """The key does not exist in the replica."""
-
-
-class ObjectConflict(StorageError):
-    """A create-only write found different content already stored under the key."""
+from ..errors import ObjectConflict, ObjectNotFound, StorageError  # noqa: F401  (part of this interface)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from ..errors import ObjectNotFound, StorageError
 from ..fsutil import fsync_dir
-from .base import ObjectInfo, ObjectNotFound, Storage, StorageError
+from .base import ObjectInfo, Storage
 
 
 class LocalStorage(Storage):

@@ -56,15 +56,18 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
 )
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 from botocore.parsers import ResponseParserError
 
+from ..errors import ObjectNotFound, StorageError, WalrewindError
 from . import retry
-from .base import ObjectInfo, ObjectNotFound, Storage, StorageError
+from .base import ObjectInfo, Storage
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -88,7 +91,7 @@ _TRANSIENT_CODES = {
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-class TruncatedBody(Exception):
+class TruncatedBody(WalrewindError):
     """A response body ended before the length the server announced (a transient failure)."""
 
     def __init__(self, got: int, expected: int) -> None:

@@ -35,25 +35,32 @@ import sys
 import threading
 import time
 import uuid
-
 from dataclasses import dataclass, field
 
-from . import layout
-from .dbhash import PageHashes
-from .capture import SnapshotReader
-from .format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord
-from .fsutil import atomic_write
-from .lease import LEASE_SECONDS, ForeignReplica, Lease, LeaseError, ReplicaScan, scan
-from .pin import ReadPin, open_readonly
-from .maintenance import STATUS_FILE, Maintenance
+from ..errors import DaemonError, ForeignReplica, LeaseError
+from ..fsutil import atomic_write
+from ..maintenance.scheduler import STATUS_FILE, Maintenance
+from ..replica import layout
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord
+from ..replica.lease import LEASE_SECONDS, Lease, ReplicaScan, scan
+from ..sqlite.capture import SnapshotReader
+from ..sqlite.pagehash import PageHashes
+from ..sqlite.pin import ReadPin, open_readonly
+from ..sqlite.shm import ShmHeader, ShmObserver
+from ..sqlite.walfile import WalFile, WalPosition
+from ..storage import Storage, put_file_immutable
+from ..timeparse import format_us
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
-from .shm import ShmHeader, ShmObserver
-from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpooledTxn, SpoolFull, StateDir, default_state_dir
-from .storage import Storage, put_file_immutable
-from .timeparse import format_us
-from .uploader import ShipperError, Uploader
+from .spool import (
+    DEFAULT_MIN_FREE,
+    DEFAULT_SPOOL_LIMIT,
+    SpooledTxn,
+    SpoolFull,
+    StateDir,
+    default_state_dir,
+)
+from .uploader import Uploader
 from .waker import Waker
-from .walfile import WalFile, WalPosition
 
 log = logging.getLogger("walrewind.shipper")
 
@@ -132,7 +139,7 @@ class Shipper:
         # alive (or adopts a replica written for this database from another path/host).
         self.takeover = takeover
         if heartbeat_interval * 2 > lease_seconds * 0.75:
-            raise ShipperError(
+            raise DaemonError(
                 f"lease of {lease_seconds}s is too short for heartbeats every {heartbeat_interval}s "
                 "(it must survive at least one missed heartbeat)"
             )
@@ -160,14 +167,14 @@ class Shipper:
     # ------------------------------------------------------------------ setup / teardown
     def _open(self) -> None:
         if not os.path.exists(self.db_path):
-            raise ShipperError(f"{self.db_path}: database does not exist")
+            raise DaemonError(f"{self.db_path}: database does not exist")
         probe = open_readonly(self.db_path)
         try:
             mode = probe.execute("PRAGMA journal_mode").fetchall()[0][0]
         finally:
             probe.close()
         if mode.lower() != "wal":
-            raise ShipperError(
+            raise DaemonError(
                 f"{self.db_path}: database is in {mode!r} journal mode; walrewind needs WAL "
                 "(run PRAGMA journal_mode=WAL once in your application)"
             )
@@ -214,7 +221,7 @@ class Shipper:
         if not saved or saved.get("db_path") != self.db_path or saved.get("replica") != self.storage.url:
             return None
         if saved.get("version") != STATE_VERSION:
-            raise ShipperError(
+            raise DaemonError(
                 f"state directory {self.state.path} has format version {saved.get('version')}; this build "
                 f"reads version {STATE_VERSION} (use a matching walrewind or a fresh --state-dir)"
             )
@@ -231,7 +238,7 @@ class Shipper:
 
     def _identity(self, saved: dict | None, found: ReplicaScan) -> str:
         """The db_id to ship under; refuses (ForeignReplica) to mix two databases in one path."""
-        from .replica import object_header
+        from ..replica.index import object_header
 
         holder = found.holder
         replica_id = holder.db_id if holder is not None and holder.db_id else None
@@ -390,13 +397,13 @@ class Shipper:
                 if item.record.txid < self.next_txid:
                     continue
                 if item.record.txid != self.next_txid:
-                    raise ShipperError(
+                    raise DaemonError(
                         f"spool file {path}: expected txid {self.next_txid}, found {item.record.txid}; "
                         "the spool is inconsistent (refusing to ship a history with a hole)"
                     )
                 self.hashes.apply(item.record.pages, item.record.db_pages)
                 if self.hashes.checksum != item.record.db_checksum:
-                    raise ShipperError(f"spool file {path}: checksum mismatch at txid {item.record.txid}")
+                    raise DaemonError(f"spool file {path}: checksum mismatch at txid {item.record.txid}")
                 self.next_txid = item.record.txid + 1
                 self.last_ts = item.record.commit_ts_us
                 if item.position is not None:
@@ -648,7 +655,7 @@ class Shipper:
             try:
                 found = self._acquire(saved)
             except LeaseError as exc:
-                raise ShipperError(str(exc)) from exc
+                raise DaemonError(str(exc)) from exc
             if saved is not None and saved["generation"] not in found.generations_with_snapshot:
                 log.warning(
                     "generation %s of the saved state has no snapshot in %s (replica emptied or pruned?); "
@@ -664,7 +671,7 @@ class Shipper:
                 try:
                     self._start_generation(found)
                 except LeaseError as exc:
-                    raise ShipperError(str(exc)) from exc
+                    raise DaemonError(str(exc)) from exc
             self.uploader.last_beat_mono = time.monotonic()
             if not self._waker.watch(self.db_path):
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
@@ -699,20 +706,20 @@ class Shipper:
                 if housekeeper.is_alive():
                     log.warning("a maintenance task is still running; it is abandoned (its objects are create-only)")
             if self.fatal is not None:
-                raise ShipperError(str(self.fatal)) from self.fatal
+                raise DaemonError(str(self.fatal)) from self.fatal
             try:
                 self.upload_pending(final=True)
                 self.write_heartbeat()
                 self.uploader.upload_ok()
-            except (LeaseError, ShipperError) as exc:
-                raise ShipperError(str(exc)) from exc
+            except (LeaseError, DaemonError) as exc:
+                raise DaemonError(str(exc)) from exc
             except Exception as exc:
-                raise ShipperError(
+                raise DaemonError(
                     f"final upload to {self.storage.url} failed ({exc}); {self.stats.backlog_txns} transactions "
                     f"stay in the spool {self.state.spool_dir} and are uploaded when the daemon starts again"
                 ) from exc
             if self.overflow is not None:
-                raise ShipperError(
+                raise DaemonError(
                     f"stopped while the spool was full ({self.overflow}); the next start reconciles "
                     "with the database and ships any gap as a visible RESYNC"
                 )

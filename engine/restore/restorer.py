@@ -22,15 +22,28 @@ from typing import Callable
 
 import apsw
 
-from . import layout
-from .dbhash import checksum_file
-from .format import FLAG_LATE, FLAG_RESYNC, FormatError, decode_segment
-from .fsutil import fsync_dir
-from .planning import RestoreError, RestorePlan, point_before_snapshot, object_error, plan_restore, window_text
-from .replica import Replica
-from .snapshotfile import open_snapshot_file
-from .storage import ObjectNotFound, Storage, StorageError
-from .timeparse import format_us
+from ..errors import (
+    ObjectCorrupt,
+    ObjectNotFound,
+    RestoreError,
+    StorageError,
+    WalrewindError,
+)
+from ..fsutil import fsync_dir
+from ..replica import layout
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, decode_segment
+from ..replica.index import Replica
+from ..replica.snapshotfile import open_snapshot_file
+from ..sqlite.pagehash import checksum_file
+from ..storage import Storage
+from ..timeparse import format_us
+from .planning import (
+    RestorePlan,
+    object_error,
+    plan_restore,
+    point_before_snapshot,
+    window_text,
+)
 
 __all__ = ["RestoreError", "RestorePlan", "RestoreResult", "plan_restore", "restore", "window_text"]
 
@@ -77,7 +90,7 @@ class RestoreResult:
         }
 
 
-class _Vanished(Exception):
+class _Vanished(WalrewindError):
     """An object of the plan was deleted after planning; ``args[0]`` is the error if no restart is left."""
 
 
@@ -171,7 +184,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
                 storage.get_to_file(snap_key, snap_tmp)
                 snap_path = snap_tmp
             header, snapshot_pages = open_snapshot_file(snap_path, snap_name)
-        except (StorageError, FormatError) as exc:
+        except (StorageError, ObjectCorrupt) as exc:
             raise _storage_failure(storage, snap_key, exc, point_before_snapshot(replica, plan)) from None
         page_size = header["page_size"]
         db_id = header.get("db_id")
@@ -186,7 +199,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
                     written += 1
                     if progress and pgno % 4096 == 0:
                         progress("pages", pgno, header["page_count"])
-            except (FormatError, FileNotFoundError) as exc:
+            except (ObjectCorrupt, FileNotFoundError) as exc:
                 raise _storage_failure(storage, snap_key, exc, point_before_snapshot(replica, plan)) from None
             if snap_tmp is not None:
                 os.unlink(snap_tmp)
@@ -203,16 +216,16 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
                     if seg_header.get("generation", plan.generation.id) != plan.generation.id or (
                         db_id and seg_header.get("db_id", db_id) != db_id
                     ):
-                        raise FormatError(
+                        raise ObjectCorrupt(
                             f"{storage.url}/{seg.key}: belongs to generation {seg_header.get('generation')} of "
                             f"database {seg_header.get('db_id')}, not to generation {plan.generation.id} of {db_id}"
                         )
                     if records and (records[0].txid, records[-1].txid) != (seg.first_txid, seg.last_txid):
-                        raise FormatError(
+                        raise ObjectCorrupt(
                             f"{storage.url}/{seg.key}: holds transactions {records[0].txid}..{records[-1].txid}, "
                             "not what its name says"
                         )
-                except (StorageError, FormatError) as exc:
+                except (StorageError, ObjectCorrupt) as exc:
                     raise _storage_failure(storage, seg.key, exc, (final[0], final[1])) from None
                 segments_read += 1
                 if progress:
@@ -241,7 +254,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
                         raise object_error(
                             storage,
                             seg.key,
-                            FormatError(f"{storage.url}/{seg.key}: history jumps from txid {final[0]} to {rec.txid}"),
+                            ObjectCorrupt(f"{storage.url}/{seg.key}: history jumps from txid {final[0]} to {rec.txid}"),
                             (final[0], final[1]),
                         )
                     # docs/FORMAT.md section 5: pages beyond a shrink are gone (they read back as

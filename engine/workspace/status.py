@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import time
 
-from .dbhash import checksum_pages
-from .dbinfo import open_readonly
-from .format import read_snapshot
-from .replica import Replica
-from .timeparse import format_us
+from ..replica.format import read_snapshot
+from ..replica.index import Replica
+from ..sqlite.dbinfo import open_readonly
+from ..sqlite.pagehash import checksum_pages
+from ..timeparse import format_us
 
 MEASURE_LIMIT = 256 << 20
 

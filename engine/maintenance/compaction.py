@@ -39,10 +39,16 @@ from typing import Callable
 
 import zstandard
 
-from . import layout
-from .format import SEGMENT_MAGIC, ZSTD_LEVEL, FormatError, decode_segment_raw, write_envelope_file
-from .replica import Generation, Replica
-from .storage import Storage, StorageError, put_file_immutable
+from ..errors import CompactionError, ObjectCorrupt, StorageError
+from ..replica import layout
+from ..replica.format import (
+    SEGMENT_MAGIC,
+    ZSTD_LEVEL,
+    decode_segment_raw,
+    write_envelope_file,
+)
+from ..replica.index import Generation, Replica
+from ..storage import Storage, put_file_immutable
 
 HOUR_US = 3_600_000_000
 MAX_BYTES = 32 << 20  # compressed size of a merged segment (= the restore prefetch window)
@@ -53,10 +59,6 @@ MAX_RAW_BYTES = 16 << 20
 _TXN_HEAD = struct.Struct("<QqIIIQ")
 
 Progress = Callable[[str, int, int], None]
-
-
-class CompactionError(Exception):
-    """Compaction stopped; the message names the object and says that nothing was deleted."""
 
 
 @dataclass
@@ -171,7 +173,7 @@ class _Compactor:
         name = self._name(seg.key)
         try:
             header, raw, records = decode_segment_raw(self.storage.get(seg.key), name)
-        except (StorageError, FormatError) as exc:
+        except (StorageError, ObjectCorrupt) as exc:
             text = str(exc) if seg.key in str(exc) else f"{name}: {exc}"
             raise CompactionError(f"compaction stopped, nothing was deleted: {text}") from None
         problem = None
@@ -272,7 +274,7 @@ class _Compactor:
         name = self._name(key.key)
         try:
             _h, raw, records = decode_segment_raw(self.storage.get(key.key), name)
-        except (StorageError, FormatError) as exc:
+        except (StorageError, ObjectCorrupt) as exc:
             raise CompactionError(f"compaction stopped, nothing was deleted: merged segment failed to verify: {exc}")
         if hashlib.blake2b(raw, digest_size=32).digest() != digest or len(records) != count:
             raise CompactionError(

@@ -10,9 +10,10 @@ import json
 import struct
 from dataclasses import dataclass, field
 
+from ..errors import ObjectCorrupt
+from ..storage import Storage
 from . import layout
-from .format import FormatError, decode_segment
-from .storage import Storage
+from .format import decode_segment
 
 HEADER_PROBE = 64 << 10
 _PREFIX = struct.Struct("<4sHI")
@@ -22,22 +23,22 @@ def object_header(storage: Storage, key: str) -> dict:
     """The JSON header of a snapshot or segment from one ranged read, without downloading it.
 
     Not verified (the digest covers the whole object): good for identity and hints, never for
-    restoring.  Raises FormatError when the bytes are not an object header.
+    restoring.  Raises ObjectCorrupt when the bytes are not an object header.
     """
     head = storage.get_range(key, 0, HEADER_PROBE)
     if len(head) < _PREFIX.size:
-        raise FormatError(f"{storage.url}/{key}: object is truncated ({len(head)} bytes)")
+        raise ObjectCorrupt(f"{storage.url}/{key}: object is truncated ({len(head)} bytes)")
     magic, _version, head_len = _PREFIX.unpack_from(head, 0)
     if magic not in (b"WRSG", b"WRSN"):
-        raise FormatError(f"{storage.url}/{key}: not a walrewind object (bad magic)")
+        raise ObjectCorrupt(f"{storage.url}/{key}: not a walrewind object (bad magic)")
     if _PREFIX.size + head_len > len(head):
         head = storage.get_range(key, 0, _PREFIX.size + head_len)
     try:
         header = json.loads(head[_PREFIX.size : _PREFIX.size + head_len])
     except ValueError as exc:
-        raise FormatError(f"{storage.url}/{key}: unreadable header ({exc})") from None
+        raise ObjectCorrupt(f"{storage.url}/{key}: unreadable header ({exc})") from None
     if not isinstance(header, dict):
-        raise FormatError(f"{storage.url}/{key}: unreadable header")
+        raise ObjectCorrupt(f"{storage.url}/{key}: unreadable header")
     return header
 
 
@@ -269,7 +270,7 @@ class Replica:
 
     def summary(self) -> dict:
         """Everything `walrewind ls` prints, as plain data."""
-        from .timeparse import format_us
+        from ..timeparse import format_us
 
         gens = []
         for g in self.generations:

@@ -12,11 +12,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from . import layout
-from .format import SnapshotWriter, read_snapshot
-from .replica import Replica
-from .restore import restore
-from .storage import Storage, put_file_immutable
+from ..replica import layout
+from ..replica.format import SnapshotWriter, read_snapshot
+from ..replica.index import Replica
+from ..restore.restorer import restore
+from ..storage import Storage, put_file_immutable
 
 PAGES_PER_CHUNK = 256
 

@@ -12,16 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from . import layout
-from .replica import Generation, Replica
-from .storage import Storage
-from .timeparse import TimestampError, format_us
+from ..errors import RestoreError, TimestampError
+from ..replica import layout
+from ..replica.index import Generation, Replica
+from ..storage import Storage
+from ..timeparse import format_us
 
 FUTURE_SLACK_US = 1_000_000
-
-
-class RestoreError(Exception):
-    """The restore cannot be done as asked; the message says why and what can be done instead."""
 
 
 @dataclass

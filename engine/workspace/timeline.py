@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .format import FLAG_LATE, FLAG_RESYNC
-from .replica import Replica
+from ..replica.format import FLAG_LATE, FLAG_RESYNC
+from ..replica.index import Replica
 
 BUCKETS_US = {
     "second": 1_000_000,

@@ -14,24 +14,19 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from . import layout
-from .format import FormatError, decode_segment, encode_segment
-from .lease import LeaseError
+from ..errors import DaemonError, LeaseError, ObjectConflict, ObjectCorrupt
+from ..replica import layout
+from ..replica.format import decode_segment, encode_segment
+from ..timeparse import format_us
 from .spool import StateDir
-from .storage import ObjectConflict
-from .timeparse import format_us
 
 if TYPE_CHECKING:
-    from .shipper import Shipper
+    from .replicator import Shipper
 
 log = logging.getLogger("walrewind.shipper")
 
 SEAL_MAX_BYTES = 64 << 20  # while a backlog waits, keep appending to one spool file up to this size
 UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
-
-
-class ShipperError(Exception):
-    pass
 
 
 def now_us() -> int:
@@ -73,7 +68,7 @@ class Uploader:
                     continue
                 first, last = items[0].record, items[-1].record
                 if first.txid != self.shipper.stats.uploaded_txid + 1:
-                    raise ShipperError(
+                    raise DaemonError(
                         f"spool file {path} starts at txid {first.txid} but the replica ends at "
                         f"{self.shipper.stats.uploaded_txid}; refusing to upload a history with a hole"
                     )
@@ -124,7 +119,7 @@ class Uploader:
         try:
             old_header, old_records = decode_segment(existing, key)
             new_header, new_records = decode_segment(blob, key)
-        except FormatError as exc:
+        except ObjectCorrupt as exc:
             raise ObjectConflict(f"{self.shipper.storage.url}: object {key} already exists and is unreadable ({exc}); refusing to overwrite history") from None
         old_header.pop("lease_epoch", None)
         new_header.pop("lease_epoch", None)
@@ -177,7 +172,7 @@ class Uploader:
                 self.upload_pending()
                 if time.monotonic() - self.last_beat_mono >= self.shipper.heartbeat_interval:
                     self.write_heartbeat()
-            except (LeaseError, ObjectConflict, ShipperError) as exc:
+            except (LeaseError, ObjectConflict, DaemonError) as exc:
                 # Someone else writes this replica path (or our spool is inconsistent): uploading
                 # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
                 self.shipper.fatal = exc

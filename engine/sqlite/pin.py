@@ -15,10 +15,11 @@ import time
 
 import apsw
 
+from ..errors import DaemonError
 from .shm import ShmHeader, ShmObserver
 
 
-class PinError(Exception):
+class PinError(DaemonError):
     pass
 
 

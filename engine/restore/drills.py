@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import apsw
 
-from .format import FormatError
-from .replica import Replica
-from .restore import RestoreError, restore
-from .storage import Storage, StorageError
-from .timeparse import format_us
+from ..errors import ObjectCorrupt, RestoreError, StorageError
+from ..replica.index import Replica
+from ..storage import Storage
+from ..timeparse import format_us
+from .restorer import restore
 
 
 @dataclass
@@ -58,7 +58,7 @@ def drill(storage: Storage, target_us: int | None = None, workdir: str | None = 
         try:
             result = restore(storage, out, target_us=target_us)
             check = integrity_check(out)
-        except (RestoreError, FormatError, StorageError, apsw.Error) as exc:
+        except (RestoreError, ObjectCorrupt, StorageError, apsw.Error) as exc:
             return DrillResult(target_us, False, None, None, time.monotonic() - started, str(exc))
     passed = check == "ok"
     detail = f"checksum {result.checksum:016x} verified, integrity_check {check}"

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from .pin import ReadPin
-from .shm import ShmHeader, ShmObserver
+from ..sqlite.pin import ReadPin
+from ..sqlite.shm import ShmHeader, ShmObserver
 
 if TYPE_CHECKING:
-    from .shipper import Shipper
+    from .replicator import Shipper
 
 log = logging.getLogger("walrewind.shipper")
 

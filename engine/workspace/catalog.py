@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 
 import apsw
 
+from ..errors import NameTaken
+
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS databases(
@@ -106,10 +108,6 @@ class HistoryEntry:
 
 _ENTRY_COLS = [f.name for f in fields(CatalogEntry)]
 _HISTORY_COLS = [f.name for f in fields(HistoryEntry)]
-
-
-class NameTaken(Exception):
-    pass
 
 
 class Catalog:

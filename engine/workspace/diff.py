@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from .dbinfo import file_url, open_readonly, quote_ident
+from ..errors import UsageError
+from ..sqlite.dbinfo import file_url, open_readonly, quote_ident
 
 
-class DiffError(Exception):
+class DiffError(UsageError):
     """The comparison cannot be made as asked (missing table or key column, ...)."""
 
 

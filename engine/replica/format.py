@@ -22,6 +22,8 @@ from typing import Iterator
 
 import zstandard
 
+from ..errors import ObjectCorrupt
+
 SEGMENT_MAGIC = b"WRSG"
 SNAPSHOT_MAGIC = b"WRSN"
 FORMAT_VERSION = 1
@@ -36,10 +38,6 @@ _REQUIRED_SNAPSHOT = ("page_size", "page_count")
 
 FLAG_RESYNC = 1  # history before this record was not observed; pages are the difference
 FLAG_LATE = 2  # commit time is only bounded: observed after a daemon restart
-
-
-class FormatError(Exception):
-    """An object is corrupt, truncated, or of an unknown version; the message names it."""
 
 
 @dataclass
@@ -64,13 +62,13 @@ def decode_txns(raw: bytes, page_size: int, name: str = "segment") -> Iterator[T
     off = 0
     while off < len(raw):
         if off + TXN.size > len(raw):
-            raise FormatError(f"{name}: truncated transaction header at byte {off}")
+            raise ObjectCorrupt(f"{name}: truncated transaction header at byte {off}")
         txid, ts, db_pages, flags, count, checksum = TXN.unpack_from(view, off)
         off += TXN.size
         pages: dict[int, bytes] = {}
         need = count * (PGNO.size + page_size)
         if off + need > len(raw):
-            raise FormatError(f"{name}: transaction {txid} is truncated")
+            raise ObjectCorrupt(f"{name}: transaction {txid} is truncated")
         for _ in range(count):
             (pgno,) = PGNO.unpack_from(view, off)
             off += PGNO.size
@@ -88,26 +86,26 @@ def _envelope(magic: bytes, header: dict, payload: bytes) -> bytes:
 
 def _open_envelope(blob: bytes, magic: bytes, name: str) -> tuple[dict, memoryview]:
     if len(blob) < _PREFIX.size + _TRAILER.size:
-        raise FormatError(f"{name}: object is truncated ({len(blob)} bytes)")
+        raise ObjectCorrupt(f"{name}: object is truncated ({len(blob)} bytes)")
     got_magic, version, head_len = _PREFIX.unpack_from(blob, 0)
     if got_magic != magic:
-        raise FormatError(f"{name}: not a walrewind {'segment' if magic == SEGMENT_MAGIC else 'snapshot'} (bad magic)")
+        raise ObjectCorrupt(f"{name}: not a walrewind {'segment' if magic == SEGMENT_MAGIC else 'snapshot'} (bad magic)")
     if version != FORMAT_VERSION:
-        raise FormatError(f"{name}: format version {version} is not supported (this build reads {FORMAT_VERSION})")
+        raise ObjectCorrupt(f"{name}: format version {version} is not supported (this build reads {FORMAT_VERSION})")
     digest = blob[-32:]
     if hashlib.blake2b(memoryview(blob)[:-32], digest_size=32).digest() != digest:
-        raise FormatError(f"{name}: checksum mismatch (object is corrupt or truncated)")
+        raise ObjectCorrupt(f"{name}: checksum mismatch (object is corrupt or truncated)")
     (payload_len,) = struct.unpack_from("<Q", blob, len(blob) - _TRAILER.size)
     start = _PREFIX.size + head_len
     if start + payload_len != len(blob) - _TRAILER.size:
-        raise FormatError(f"{name}: payload length does not match the object size")
+        raise ObjectCorrupt(f"{name}: payload length does not match the object size")
     try:
         header = json.loads(bytes(blob[_PREFIX.size : start]))
     except ValueError as exc:
-        raise FormatError(f"{name}: unreadable header ({exc})") from None
+        raise ObjectCorrupt(f"{name}: unreadable header ({exc})") from None
     required = _REQUIRED_SEGMENT if magic == SEGMENT_MAGIC else _REQUIRED_SNAPSHOT
     if not isinstance(header, dict) or any(not isinstance(header.get(k), int) for k in required):
-        raise FormatError(f"{name}: header lacks required fields {', '.join(required)}")
+        raise ObjectCorrupt(f"{name}: header lacks required fields {', '.join(required)}")
     return header, memoryview(blob)[start : start + payload_len]
 
 
@@ -129,12 +127,12 @@ def decode_segment_raw(blob: bytes, name: str = "segment") -> tuple[dict, bytes,
     try:
         raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header["raw_length"])
     except zstandard.ZstdError as exc:
-        raise FormatError(f"{name}: cannot decompress payload ({exc})") from None
+        raise ObjectCorrupt(f"{name}: cannot decompress payload ({exc})") from None
     if len(raw) != header["raw_length"]:
-        raise FormatError(f"{name}: payload decompressed to {len(raw)} bytes, header says {header['raw_length']}")
+        raise ObjectCorrupt(f"{name}: payload decompressed to {len(raw)} bytes, header says {header['raw_length']}")
     records = list(decode_txns(raw, header["page_size"], name))
     if len(records) != header["txn_count"]:
-        raise FormatError(f"{name}: holds {len(records)} transactions, header says {header['txn_count']}")
+        raise ObjectCorrupt(f"{name}: holds {len(records)} transactions, header says {header['txn_count']}")
     return header, raw, records
 
 
@@ -211,11 +209,11 @@ def iter_snapshot_pages(compressed, page_size: int, page_count: int, name: str) 
                 yield pgno, buf[off : off + page_size]
             buf = buf[whole:]
     except zstandard.ZstdError as exc:
-        raise FormatError(f"{name}: cannot decompress payload ({exc})") from None
+        raise ObjectCorrupt(f"{name}: cannot decompress payload ({exc})") from None
     if buf:
-        raise FormatError(f"{name}: payload ends inside a page")
+        raise ObjectCorrupt(f"{name}: payload ends inside a page")
     if pgno != page_count:
-        raise FormatError(f"{name}: holds {pgno} pages, header says {page_count}")
+        raise ObjectCorrupt(f"{name}: holds {pgno} pages, header says {page_count}")
 
 
 def read_snapshot(blob: bytes, name: str = "snapshot") -> tuple[dict, Iterator[tuple[int, bytes]]]:

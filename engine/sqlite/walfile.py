@@ -27,10 +27,6 @@ MASK = 0xFFFFFFFF
 READ_CHUNK = 8 << 20
 
 
-class WalFormatError(Exception):
-    """The file is not a WAL file we understand."""
-
-
 @dataclass(frozen=True)
 class WalHeader:
     magic: int

@@ -46,11 +46,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .replica import Replica
-from .snapshotter import build_snapshot
-from .storage import Storage
-from .timeparse import format_us
-from .verify import drill
+from ..replica.index import Replica
+from ..restore.drills import drill
+from ..storage import Storage
+from ..timeparse import format_us
+from .snapshots import build_snapshot
 
 SECOND_US = 1_000_000
 MINUTE_US = 60 * SECOND_US

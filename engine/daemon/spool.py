@@ -27,10 +27,11 @@ import threading
 import zlib
 from dataclasses import dataclass
 
-from .dbhash import PageHashes
-from .fsutil import atomic_write, fsync_dir
-from .format import TxnRecord, decode_txns
-from .walfile import WalPosition
+from ..errors import DaemonError, StateLocked
+from ..fsutil import atomic_write, fsync_dir
+from ..replica.format import TxnRecord, decode_txns
+from ..sqlite.pagehash import PageHashes
+from ..sqlite.walfile import WalPosition
 
 _REC = struct.Struct("<II")
 
@@ -46,15 +47,11 @@ def default_state_dir(db_path: str) -> str:
     return os.path.join(base, "walrewind", safe)
 
 
-class StateLocked(Exception):
-    """Another daemon holds this state directory."""
-
-
-class SpoolFull(Exception):
+class SpoolFull(DaemonError):
     """Nothing was appended: the spool is at its limit or the disk is (nearly) full."""
 
 
-class SpoolCorrupted(Exception):
+class SpoolCorrupted(DaemonError):
     """A failed append could not be cut off again; the file must not be appended to."""
 
 _META = struct.Struct("<H")

@@ -29,7 +29,11 @@ class Waker:
         Returns False when inotify is not available (the loop then relies on polling).
         """
         try:
-            from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
+            from watchdog.observers.inotify_c import (
+                InotifyConstants,
+                inotify_add_watch,
+                inotify_init,
+            )
         except (ImportError, OSError, AttributeError):
             return False
         fd = inotify_init()

@@ -41,9 +41,10 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 
+from ..errors import ForeignReplica, LeaseError, LeaseHeld, LeaseLost, ObjectNotFound  # noqa: F401
+from ..storage import Storage
+from ..timeparse import format_us
 from . import layout
-from .storage import ObjectNotFound, Storage
-from .timeparse import format_us
 
 log = logging.getLogger("walrewind.lease")
 
@@ -64,22 +65,6 @@ def epoch_key(epoch: int) -> str:
 
 def renewal_key(epoch: int, ts_us: int) -> str:
     return f"lease/renewals/{epoch:016x}-{ts_us:016x}"
-
-
-class LeaseError(Exception):
-    """Base class: this daemon must not ship into the replica path."""
-
-
-class LeaseHeld(LeaseError):
-    """Another live daemon holds the lease (refused at start)."""
-
-
-class LeaseLost(LeaseError):
-    """Another daemon took the lease over; this one stops uploading."""
-
-
-class ForeignReplica(LeaseError):
-    """The replica path holds another database's history."""
 
 
 @dataclass

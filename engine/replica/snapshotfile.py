@@ -15,7 +15,8 @@ import os
 import struct
 from typing import Callable, Iterator
 
-from .format import FORMAT_VERSION, SNAPSHOT_MAGIC, FormatError, iter_snapshot_pages
+from ..errors import ObjectCorrupt
+from .format import FORMAT_VERSION, SNAPSHOT_MAGIC, iter_snapshot_pages
 
 _PREFIX = struct.Struct("<4sHI")
 _TRAILER = struct.Struct("<Q32s")
@@ -51,34 +52,34 @@ def open_snapshot_file(path: str, name: str) -> tuple[dict, Callable[[], Iterato
     """
     size = os.path.getsize(path)
     if size < _PREFIX.size + _TRAILER.size:
-        raise FormatError(f"{name}: object is truncated ({size} bytes)")
+        raise ObjectCorrupt(f"{name}: object is truncated ({size} bytes)")
     with open(path, "rb") as f:
         magic, version, head_len = _PREFIX.unpack(f.read(_PREFIX.size))
         if magic != SNAPSHOT_MAGIC:
-            raise FormatError(f"{name}: not a walrewind snapshot (bad magic)")
+            raise ObjectCorrupt(f"{name}: not a walrewind snapshot (bad magic)")
         if version != FORMAT_VERSION:
-            raise FormatError(f"{name}: format version {version} is not supported (this build reads {FORMAT_VERSION})")
+            raise ObjectCorrupt(f"{name}: format version {version} is not supported (this build reads {FORMAT_VERSION})")
         f.seek(0)
         hasher = hashlib.blake2b(digest_size=32)
         remaining = size - 32
         while remaining:
             chunk = f.read(min(remaining, 8 << 20))
             if not chunk:
-                raise FormatError(f"{name}: object is truncated")
+                raise ObjectCorrupt(f"{name}: object is truncated")
             hasher.update(chunk)
             remaining -= len(chunk)
         payload_len, digest = _TRAILER.unpack(os.pread(f.fileno(), _TRAILER.size, size - _TRAILER.size))
         if hasher.digest() != digest:
-            raise FormatError(f"{name}: checksum mismatch (object is corrupt or truncated)")
+            raise ObjectCorrupt(f"{name}: checksum mismatch (object is corrupt or truncated)")
         start = _PREFIX.size + head_len
         if start + payload_len != size - _TRAILER.size:
-            raise FormatError(f"{name}: payload length does not match the object size")
+            raise ObjectCorrupt(f"{name}: payload length does not match the object size")
         try:
             header = json.loads(os.pread(f.fileno(), head_len, _PREFIX.size))
         except ValueError as exc:
-            raise FormatError(f"{name}: unreadable header ({exc})") from None
+            raise ObjectCorrupt(f"{name}: unreadable header ({exc})") from None
     if not isinstance(header, dict) or any(not isinstance(header.get(k), int) for k in ("page_size", "page_count")):
-        raise FormatError(f"{name}: header lacks required fields page_size, page_count")
+        raise ObjectCorrupt(f"{name}: header lacks required fields page_size, page_count")
     page_size = header["page_size"]
 
     def pages() -> Iterator[tuple[int, bytes]]:

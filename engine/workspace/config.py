@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
+
+import tomllib
+
+from ..errors import ConfigError, InvalidName
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
 CONFIG_NAME = "walrewind.toml"
@@ -45,12 +48,6 @@ DEFAULT_VERIFY_INTERVAL = "off"
 _OFF = "off"
 
 
-class ConfigError(Exception):
-    """The configuration file is missing, malformed, or names something invalid."""
-
-
-class InvalidName(ValueError):
-    """A database name that cannot be used (it would become part of a file name)."""
 
 
 def validate_name(name: str) -> str:
@@ -109,7 +106,7 @@ class DatabaseConfig:
 
     def retention_policy(self):
         """The RetentionPolicy this database's settings describe (engine/retention.py)."""
-        from .retention import RetentionPolicy
+        from ..maintenance.retention import RetentionPolicy
 
         return RetentionPolicy(self.retention_us, self.keep_daily, self.keep_weekly, self.keep_monthly)
 

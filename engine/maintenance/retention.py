@@ -35,10 +35,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, TypeVar
 
-from . import layout
-from .replica import Generation, Replica
-from .storage import Storage
-from .timeparse import format_us
+from ..replica import layout
+from ..replica.index import Generation, Replica
+from ..storage import Storage
+from ..timeparse import format_us
 
 DAY_US = 86_400_000_000
 DEFAULT_GRACE_US = 3_600_000_000
@@ -58,7 +58,7 @@ class RetentionPolicy:
     grace_us: int = DEFAULT_GRACE_US
 
     def describe(self) -> str:
-        from .config import format_duration_us
+        from ..workspace.config import format_duration_us
 
         if self.retention_us is None:
             return "retention off (nothing is ever deleted)"

@@ -13,6 +13,7 @@ import os
 import time
 from typing import Callable, Iterator
 
+from ..errors import WalrewindError
 from .pin import ReadPin
 from .shm import ShmHeader, ShmObserver
 from .walfile import WalFile, WalPosition
@@ -24,7 +25,7 @@ YIELD_MAX_SECONDS = 10.0
 Pages = Callable[[], Iterator[tuple[int, bytes]]]
 
 
-class CheckpointerWaiting(Exception):
+class CheckpointerWaiting(WalrewindError):
     """Raised inside a full-database scan when an application checkpoint waits for our pin."""
 
 

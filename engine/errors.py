@@ -1,0 +1,122 @@
+"""Every error walrewind raises on purpose, in one place.
+
+``WalrewindError`` is the base of all of them.  The CLI catches it once and prints ``Error: ...``
+with a non-zero exit; anything else reaching the user is a bug and keeps its traceback.  Each
+subclass is a kind of failure a person can act on, and its name is part of the Python API: code
+may catch ``TargetTooOld`` or ``LeaseHeld`` and expect them to keep their meaning.
+
+Messages say what happened and what to do instead; they never contain credentials.
+"""
+
+from __future__ import annotations
+
+
+class WalrewindError(Exception):
+    """Base of every error raised on purpose; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------- what the user asked for
+class UsageError(WalrewindError):
+    """A request that cannot be carried out as asked (a name taken, options that conflict, ...)."""
+
+
+class TimestampError(UsageError, ValueError):
+    """A typed moment is malformed, in the future, or outside what can be restored."""
+
+
+class DurationError(UsageError, ValueError):
+    """A duration ('7d', '36h', 'off') that cannot be parsed."""
+
+
+class InvalidName(UsageError, ValueError):
+    """A database name that cannot be used (it would become part of a file name)."""
+
+
+class UnknownSource(UsageError):
+    """Neither a configured database name nor a replica URL or path."""
+
+
+class NameTaken(UsageError):
+    """A database name that is already in use."""
+
+
+class ConfigError(WalrewindError):
+    """The configuration file is missing, malformed, or names something invalid."""
+
+
+# --------------------------------------------------------------------------- what the replica holds
+class RestoreError(WalrewindError):
+    """A restore cannot be done as asked; the message says why and what can be done instead."""
+
+
+class TargetTooOld(RestoreError, TimestampError):
+    """The target is before anything the replica can still restore (retention removed it)."""
+
+
+class ReplicaEmpty(RestoreError):
+    """The replica holds no restorable history (nothing replicated yet, or a wrong URL/prefix)."""
+
+
+class HistoryGap(RestoreError):
+    """Objects the target needs are missing (a hole) or were written by two daemons."""
+
+
+class VerificationFailed(RestoreError):
+    """A restored file does not match the checksum recorded for its transaction."""
+
+
+class ObjectCorrupt(WalrewindError):
+    """A replica object is corrupt, truncated, or of an unknown format version; the message names it."""
+
+
+class CompactionError(WalrewindError):
+    """Compaction refused to merge (an unreadable source, two histories); nothing was deleted."""
+
+
+# --------------------------------------------------------------------------- the object store
+class StorageError(WalrewindError):
+    """The object store failed or refused (after retries); the message names the URL and key."""
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class ObjectConflict(StorageError):
+    """A create-only write found a different object under the key (another writer)."""
+
+
+# --------------------------------------------------------------------------- the daemon
+class DaemonError(WalrewindError):
+    """The replication daemon cannot start or had to stop; the message says why."""
+
+
+class NotReplicable(DaemonError):
+    """The file is not a database the daemon can replicate (missing, not SQLite, not in WAL mode)."""
+
+
+class StateLocked(DaemonError):
+    """Another daemon holds this state directory."""
+
+
+class LeaseError(DaemonError):
+    """Fencing: the replica path belongs to another daemon or another database."""
+
+
+class LeaseHeld(LeaseError):
+    """Another daemon that still looks alive holds the replica path's lease."""
+
+
+class LeaseLost(LeaseError):
+    """Our lease was taken over (``--takeover`` elsewhere): stop writing at once."""
+
+
+class ForeignReplica(LeaseError):
+    """The replica path holds another database's history."""
+
+
+# --------------------------------------------------------------------------- local databases
+class DatabaseError(WalrewindError):
+    """A local SQLite file (restored copy, source, catalog) cannot be read or queried."""
