@@ -1,4 +1,9 @@
-"""Shared CLI plumbing: one error style, one JSON style, progress only on a terminal."""
+"""Shared CLI plumbing: one error style, one JSON style, the config file, sources, tables.
+
+Expected failures are ``WalrewindError`` (everything the engine raises on purpose) and ``OSError``
+(the environment saying no: a permission, a full disk).  They print ``Error: ...`` on stderr and
+exit non-zero; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +11,32 @@ import functools
 import json
 import sys
 
-import apsw
 import click
 
-from ..engine.errors import WalrewindError
+from ..engine.errors import ConfigError, WalrewindError
 
-# Everything walrewind raises on purpose derives from WalrewindError; OSError is the environment
-# saying no (a permission, a full disk).  apsw.Error is what the SQLite files we are pointed at can
-# say.  Anything else is a bug and keeps its traceback.
-USER_ERRORS = (WalrewindError, OSError, apsw.Error)
+SOURCE_HELP = ("SOURCE is a configured database name or a replica URL/path (file:///backups/app, "
+               "s3://bucket/prefix?endpoint=..., ./backups); a configured name wins.")
 
 
-def error_handler(expected: tuple[type[BaseException], ...]):
-    """A decorator turning ``expected`` failures into one clear line on stderr and exit code 1."""
+def friendly(func):
+    """Turn expected failures into one clear line on stderr and the error's exit code."""
 
-    def decorate(func):
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            try:
-                return func(*args, **kwargs)
-            except expected as exc:
-                text = str(exc)
-                if isinstance(exc, apsw.Error) and not text.startswith(type(exc).__name__):
-                    text = f"{type(exc).__name__}: {text}"
-                click.echo(f"Error: {text}", err=True)
-                sys.exit(1)
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except WalrewindError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            raise  # the reader went away: main() ends quietly
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
 
-        return wrapper
-
-    return decorate
-
-
-friendly_errors = error_handler(USER_ERRORS)
+    return wrapper
 
 
 def emit_json(data) -> None:
@@ -56,3 +55,94 @@ def make_progress(enabled: bool):
             click.echo("", err=True)
 
     return progress
+
+
+# ------------------------------------------------------------------------------ config and sources
+def _store_config(ctx: click.Context, _param, value):
+    if value is not None:
+        ctx.find_root().ensure_object(dict)["config"] = value
+    return value
+
+
+def config_option(func):
+    """``--config FILE`` accepted after the subcommand too (same as the global option)."""
+    return click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False), expose_value=False, is_eager=True,
+        callback=_store_config,
+        help="Config file (default: $WALREWIND_CONFIG, ./walrewind.toml, ~/.config/walrewind/config.toml).",
+    )(func)
+
+
+def config_path() -> str | None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    return (ctx.find_root().obj or {}).get("config")
+
+
+def get_config(required: bool = True):
+    """The config file (``--config``, $WALREWIND_CONFIG, ./walrewind.toml, ~/.config/...)."""
+    from ..engine.workspace.config import load, not_found_message
+
+    config = load(config_path())
+    if config is None and required:
+        raise ConfigError(not_found_message())
+    return config
+
+
+def open_catalog(config, create: bool = False):
+    from ..engine.workspace.catalog import Catalog
+
+    return Catalog(config.catalog_path, create=create)
+
+
+def get_source(text: str):
+    """SOURCE resolved by the engine's one rule (engine/workspace/sources.py)."""
+    from ..engine.workspace.sources import resolve_source
+
+    config = get_config(required=False)
+    restored = frozenset(e.name for e in open_catalog(config).entries()) if config is not None else frozenset()
+    return resolve_source(text, config, restored), config
+
+
+class DurationText(click.ParamType):
+    """A duration option ('7d', '36h', or 'off' when allowed), checked when parsed (a usage error,
+    exit 2) and passed on as typed."""
+
+    name = "duration"
+
+    def __init__(self, allow_off: bool = True) -> None:
+        self.allow_off = allow_off
+
+    def convert(self, value, param, ctx):
+        from ..engine.errors import DurationError
+        from ..engine.timeparse import parse_duration_or_off
+
+        try:
+            parse_duration_or_off(value, self.allow_off)
+        except DurationError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+# ------------------------------------------------------------------------------ output helpers
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def table(rows: list[list[str]], headers: list[str], right: set[int] = frozenset()) -> str:
+    """Plain aligned columns (no box drawing: easy to read and to grep)."""
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for r in cells:
+        parts = [r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i]) for i in range(len(headers))]
+        out.append("  ".join(parts).rstrip())
+    return "\n".join(out)

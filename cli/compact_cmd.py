@@ -6,19 +6,15 @@ import sys
 
 import click
 
-from ..engine.errors import CompactionError
 from ..engine.maintenance.compaction import compact
-from ..engine.storage import open_storage
-from ..engine.workspace.config import format_duration_us, parse_duration_us
-from .common import emit_json
-from .context import config_option, friendly
-from .verify_cmd import _replica_url
+from ..engine.timeparse import format_duration_us, parse_duration_us
+from .common import config_option, emit_json, friendly, get_source
 
 
 def _duration(_ctx, param, value: str) -> int:
     try:
         return parse_duration_us(value)
-    except ValueError as exc:
+    except ValueError as exc:  # DurationError
         raise click.BadParameter(str(exc), param=param) from None
 
 
@@ -39,18 +35,14 @@ def _progress(stage: str, done: int, total: int) -> None:
 @config_option
 @friendly
 def compact_command(source, older_than, span, dry_run, as_json):
-    """Merge runs of consecutive segments of SOURCE (a configured database or a replica URL) older
+    """Merge runs of consecutive segments of SOURCE (a configured database name or a replica URL/path) older
     than --older-than into one segment per --span of commit time. Every transaction keeps its
     txid and commit time, so restores stay exact; each merged segment is verified against its
     sources before they are deleted, and an interrupted run is finished by the next one."""
-    url, _name, _config = _replica_url(source)
-    storage = open_storage(url, create=False)
-    try:
-        report = compact(storage, compact_after_us=older_than, span_us=span, dry_run=dry_run,
-                         progress=None if as_json and not sys.stderr.isatty() else _progress)
-    except CompactionError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise SystemExit(1) from None
+    src, _config = get_source(source)
+    url = src.display
+    report = compact(src.storage(), compact_after_us=older_than, span_us=span, dry_run=dry_run,
+                     progress=None if as_json and not sys.stderr.isatty() else _progress)
     if as_json:
         emit_json(dict(report.to_json(), replica=url, older_than=format_duration_us(older_than)))
         return

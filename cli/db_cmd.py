@@ -6,44 +6,29 @@ are registered in its catalog.  A source database is only ever opened read-only.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 
 import click
 
-from ..engine.daemon.spool import default_state_dir
-from ..engine.errors import NameTaken, UsageError
-from ..engine.maintenance.scheduler import read_status
-from ..engine.restore.restorer import restore
-from ..engine.sqlite.dbinfo import (
-    file_url,
-    journal_mode,
-    open_readonly,
-    page_info,
-    tables,
-)
+from ..engine.errors import UsageError
 from ..engine.timeparse import format_us, parse_timestamp_us
-from ..engine.workspace.catalog import CatalogEntry, current_user, now_us
-from ..engine.workspace.config import validate_name
-from ..engine.workspace.status import replication_status
-from .common import emit_json, make_progress
-from .context import (
-    catalog,
+from ..engine.workspace import databases
+from ..engine.workspace.catalog import now_us
+from ..engine.workspace.recovery import Target, create_database
+from .common import (
     config_option,
-    file_size,
+    emit_json,
     friendly,
     get_config,
+    get_source,
     human_size,
-    open_replica,
-    parse_target,
-    resolve,
+    make_progress,
+    open_catalog,
     table,
-    unknown_database,
 )
 from .db_shell_cmd import shell_command
 from .restore_cmd import TIMESTAMP_HELP
-from .validation import VALIDATE_HELP, print_validation, run_validation
+from .validation import VALIDATE_HELP, print_validation
 
 
 @click.group("db", short_help="Named databases: create/show/list/shell/destroy.")
@@ -81,92 +66,32 @@ def create_command(name, from_db, timestamp, txid, reason, validate, as_json):
     walrewind db create at-txn --from-db app --txid 48213 --validate
     """
     if from_db is None:
-        if timestamp is not None:
-            raise UsageError("--timestamp cannot be used without specifying --from-db")
-        if txid is not None:
-            raise UsageError("--txid cannot be used without specifying --from-db")
+        for option, value in (("--timestamp", timestamp), ("--txid", txid)):
+            if value is not None:
+                raise UsageError(f"{option} cannot be used without specifying --from-db")
         raise UsageError("--from-db SRC is required: walrewind creates a database by restoring a replicated one")
-    if timestamp is not None and txid is not None:
-        raise UsageError("use either --timestamp or --txid, not both")
-    validate_name(name)
+    target = Target.parse(timestamp, txid)
     config = get_config()
-    cat = catalog(config, create=True)
-    started = time.monotonic()
-    record = dict(name=name, source=from_db, target_txid=txid, reason=reason,
-                  target_input=timestamp if timestamp is not None else (f"txid {txid}" if txid is not None else "latest"))
-    target_us = None
-    reserved = False
-    try:
-        if timestamp is not None:
-            target_us = parse_target(timestamp)
-            record["target_us"] = target_us
-        if name in config.databases:
-            raise UsageError(f"database {name!r} already exists (a replicated database in {config.path}); choose another name")
-        if cat.get(name) is not None:
-            raise UsageError(
-                f"database {name!r} already exists (restored copy at {cat.get(name).path}); choose another name "
-                f"or remove it first with: walrewind db destroy {name} --yes"
-            )
-        out_path = config.restored_path(name)
-        if os.path.exists(out_path):
-            raise UsageError(f"database {name!r} already exists: {out_path} is in the way (not in the catalog); move it away first")
-        if from_db not in config.databases:
-            if cat.get(from_db) is not None:
-                raise UsageError(
-                    f"{from_db!r} is a restored copy, not a replicated database; --from-db needs one of: "
-                    + (", ".join(sorted(config.databases)) or "none configured")
-                )
-            raise unknown_database(from_db, config, cat, sources_only=True)
-        src = config.databases[from_db]
-        record["replica"] = src.replica_display
-        replica = open_replica(src)
-        os.makedirs(config.databases_dir, exist_ok=True)
-        try:
-            cat.reserve(CatalogEntry(name, out_path, "creating", now_us(), current_user(), from_db, src.replica_display,
-                                     target_us, txid, reason=reason))
-        except NameTaken:
-            raise UsageError(f"database {name!r} already exists (being created by another command)") from None
-        reserved = True
-        record["output"] = out_path
-        result = restore(replica.storage, out_path, target_us=target_us, target_txid=txid,
-                         progress=make_progress(not as_json), replica=replica)
-        cat.update(name, status="ready", restored_txid=result.txid, restored_commit_us=result.commit_us,
-                   checksum=f"{result.checksum:016x}")
-        reserved = False
-        record.update(restored_txid=result.txid, restored_commit_us=result.commit_us)
-    except BaseException as exc:
-        if reserved:
-            cat.remove(name)
-        error = str(exc) or type(exc).__name__
-        try:
-            cat.record("create", "failed", error=error, duration_s=time.monotonic() - started, **record)
-        except Exception as log_exc:  # never hide the real failure behind a logging one
-            click.echo(f"warning: could not record the failure in the history: {log_exc}", err=True)
-        raise
-    validation = run_validation(out_path) if validate else None
-    failed = validation is not None and not validation.ok
-    cat.record(
-        "create", "failed" if failed else "ok", duration_s=time.monotonic() - started,
-        error=("validation failed: integrity_check: " + "; ".join(validation.integrity[:3])) if failed else None,
-        **record,
-    )
+    source, _ = get_source(from_db)
+    recovery = create_database(config, name, source, target, reason=reason, validate_after=validate,
+                               progress=make_progress(not as_json))
+    result, validation = recovery.result, recovery.validation
     if as_json:
         emit_json({
             "name": name,
-            "path": out_path,
-            "url": file_url(out_path),
+            "path": result.path,
+            "url": databases.lookup(config, open_catalog(config), name).url,
             "source": from_db,
-            "replica": src.replica_display,
-            "target_time": format_us(target_us) if target_us is not None else None,
+            "replica": source.display,
+            "target_time": format_us(target.us) if target.us is not None else None,
             "target_txid": txid,
             "restore": result.to_json(),
             "validation": validation.to_json() if validation else None,
         })
     else:
-        target = f"as of {format_us(target_us)}" if target_us is not None else (f"at txid {txid}" if txid else "at the latest point")
-        click.echo(f"Created database {name!r} from {from_db!r} {target}")
+        click.echo(f"Created database {name!r} from {from_db!r} {target.describe()}")
         click.echo(f"  restored to: txid {result.txid} (committed {format_us(result.commit_us)})")
-        click.echo(f"  path:        {out_path}")
+        click.echo(f"  path:        {result.path}")
         click.echo(
             f"  size:        {human_size(result.db_pages * result.page_size)}; checksum {result.checksum:016x} verified, "
             f"quick_check {result.quick_check}, {result.seconds:.2f}s"
@@ -179,40 +104,18 @@ def create_command(name, from_db, timestamp, txid, reason, validate, as_json):
             click.echo(f"Next: walrewind db shell {name}   or   walrewind diff {name} --from-db {from_db} --table TABLE")
     for warning in result.warnings:
         click.echo(f"WARNING: {warning}", err=True)
-    if failed:
+    for warning in recovery.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if recovery.failed_validation:
         click.echo(
             f"Error: validation failed for {name!r} (integrity_check: {'; '.join(validation.integrity[:3])}); the copy is "
-            f"kept at {out_path} for inspection (remove it with: walrewind db destroy {name} --yes)",
+            f"kept at {result.path} for inspection (remove it with: walrewind db destroy {name} --yes)",
             err=True,
         )
         sys.exit(1)
 
 
 # ----------------------------------------------------------------------------------------- show
-def _table_list(path: str) -> list[dict]:
-    conn = open_readonly(path)
-    try:
-        return [{"name": t.name, "type": t.kind, "rows": t.rows} for t in tables(conn)]
-    finally:
-        conn.close()
-
-
-def _db_file_info(path: str) -> dict:
-    if not os.path.exists(path):
-        return {"exists": False}
-    conn = open_readonly(path)
-    try:
-        page_size, page_count = page_info(conn)
-        mode = journal_mode(conn)
-        listing = [{"name": t.name, "type": t.kind, "rows": t.rows} for t in tables(conn)]
-    finally:
-        conn.close()
-    wal = path + "-wal"
-    return {"exists": True, "size_bytes": page_size * page_count, "file_bytes": os.path.getsize(path),
-            "wal_bytes": os.path.getsize(wal) if os.path.exists(wal) else 0, "page_size": page_size,
-            "pages": page_count, "journal_mode": mode, "tables": listing}
-
-
 @db_group.command("show", short_help="Path, size, tables, origin or replication status of a database.")
 @click.argument("name")
 @click.option("--url", "url_only", is_flag=True, help="Print only a connection URL (file: URI).")
@@ -223,43 +126,16 @@ def show_command(name, url_only, as_json):
     """Show a database: path, size, tables and where it came from (restored copy), or its replica,
     restorable window, last shipped transaction and lag (replicated database)."""
     config = get_config()
-    cat = catalog(config)
-    db = resolve(config, cat, name)
-    url = file_url(db.path, readonly=db.kind == "replicated")
+    catalog = open_catalog(config)
     if url_only:
-        click.echo(url)
+        click.echo(databases.lookup(config, catalog, name).url)
         return
-    info = {"name": name, "type": db.kind, "path": db.path, "url": url}
-    info.update(_db_file_info(db.path))
-    replica_error = None
-    if db.kind == "restored":
-        e = db.entry
-        info.update(
-            status=e.status,
-            created=format_us(e.created_us),
-            created_by=e.created_by,
-            source=e.source,
-            replica=e.replica,
-            target_time=format_us(e.target_us) if e.target_us is not None else None,
-            target_txid=e.target_txid,
-            restored_txid=e.restored_txid,
-            restored_commit=format_us(e.restored_commit_us) if e.restored_commit_us is not None else None,
-            checksum=e.checksum,
-            reason=e.reason,
-        )
-    else:
-        src = db.source
-        info.update(replica=src.replica_display, retention=src.retention, retention_policy=src.retention_policy().describe())
-        info["maintenance"] = read_status(src.state_dir or default_state_dir(src.path))
-        try:
-            info["replication"] = replication_status(src.path, open_replica(src))
-        except UsageError as exc:
-            replica_error = str(exc)
-            info["replication"] = {"error": replica_error}
+    info = databases.describe(config, catalog, name)
     if as_json:
         emit_json(info)
     else:
         _print_show(info)
+    replica_error = (info.get("replication") or {}).get("error")
     if replica_error:
         click.echo(f"Error: {replica_error}", err=True)
         sys.exit(1)
@@ -360,17 +236,7 @@ def _ago(seconds: float) -> str:
 def list_command(as_json):
     """List every database: replicated sources (config file) and restored copies (catalog)."""
     config = get_config()
-    cat = catalog(config)
-    items = []
-    for name, src in sorted(config.databases.items()):
-        items.append({"name": name, "type": "replicated", "path": src.path, "size_bytes": file_size(src.path),
-                      "replica": src.replica_display, "source": None, "restored_txid": None, "restored_commit": None})
-    for e in cat.entries():
-        items.append({"name": e.name, "type": "restored" if e.status == "ready" else f"restored ({e.status})",
-                      "path": e.path, "size_bytes": file_size(e.path), "replica": e.replica, "source": e.source,
-                      "restored_txid": e.restored_txid,
-                      "restored_commit": format_us(e.restored_commit_us) if e.restored_commit_us is not None else None,
-                      "reason": e.reason})
+    items = databases.list_all(config, open_catalog(config))
     if as_json:
         emit_json({"config": config.path, "data_dir": config.data_dir, "databases": items})
         return
@@ -410,30 +276,18 @@ def destroy_command(name, yes, as_json):
     otherwise.
     """
     config = get_config()
-    cat = catalog(config)
-    db = resolve(config, cat, name)
-    if db.kind == "replicated":
-        raise UsageError(
-            f"{name!r} is a source database under replication ({db.path}, configured in {config.path}); "
-            "walrewind never deletes it"
-        )
+    catalog = open_catalog(config)
+    db = databases.lookup(config, catalog, name)
+    if db.entry is None:
+        databases.destroy(config, catalog, name)  # refuses: a replicated source is never deleted
     if not yes:
         if not _stdin_is_tty():
             raise UsageError(f"refusing to destroy {name!r} without confirmation: pass --yes (stdin is not a terminal)")
-        size = human_size(file_size(db.path)) if os.path.exists(db.path) else "missing"
+        size = human_size(databases.file_size(db.path)) if databases.file_size(db.path) is not None else "missing"
         if not click.confirm(f"Destroy database {name!r} ({db.path}, {size})? This cannot be undone", default=False):
             click.echo("Aborted; nothing was removed.", err=True)
             sys.exit(1)
-    started = time.monotonic()
-    removed = []
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        path = db.path + suffix
-        if os.path.exists(path):
-            os.unlink(path)
-            removed.append(path)
-    cat.remove(name)
-    cat.record("destroy", "ok", name=name, source=db.entry.source, replica=db.entry.replica, output=db.path,
-               duration_s=time.monotonic() - started)
+    removed = databases.destroy(config, catalog, name)
     if as_json:
         emit_json({"name": name, "destroyed": True, "removed": removed})
     else:

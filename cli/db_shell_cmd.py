@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
-from ..engine.errors import UsageError
-from ..engine.sqlite.dbinfo import open_readonly
-from .context import catalog, config_option, friendly, get_config, resolve
+from ..engine.workspace import databases
+from ..engine.workspace.dump import dump
+from .common import config_option, friendly, get_config, open_catalog
 
 
 def _make_shell(conn, name: str, readonly: bool):
@@ -19,8 +18,16 @@ def _make_shell(conn, name: str, readonly: bool):
     class Shell(apsw.shell.Shell):
         errors = 0
 
+        def command_dump(self, cmd):
+            """dump ?TABLE? [TABLE...]: the database as SQL, in the sqlite3 shell's shape (no DROP TABLE),
+            so piping it into another database never wipes rows: one transaction that fails whole
+            if a table already exists.  TABLE is a LIKE pattern."""
+            dump(self.db, lambda text: self.write(self.stdout, text), list(cmd) or None)
+
         def handle_exception(self):
             exc = sys.exc_info()[1]
+            if isinstance(exc, BrokenPipeError):
+                raise exc  # the reader went away (`| head`): main() ends quietly
             if not isinstance(exc, SystemExit):
                 Shell.errors += 1
             try:
@@ -48,7 +55,7 @@ def shell_command(name, sql):
 
     \b
     walrewind db shell before-delete "SELECT count(*) FROM notes"
-    walrewind db shell before-delete .dump > dump.sql
+    walrewind db shell before-delete .dump > dump.sql    (sqlite3's shape: no DROP TABLE)
     walrewind db shell before-delete < queries.sql
 
     A replicated (source) database is opened read-only.
@@ -56,16 +63,9 @@ def shell_command(name, sql):
     import apsw
 
     config = get_config()
-    cat = catalog(config)
-    db = resolve(config, cat, name)
-    if not os.path.exists(db.path):
-        raise UsageError(f"database {name!r}: {db.path} does not exist")
-    readonly = db.kind == "replicated"
-    if readonly:
-        conn = open_readonly(db.path)
-    else:
-        conn = apsw.Connection(db.path, flags=apsw.SQLITE_OPEN_READWRITE)
-        conn.set_busy_timeout(5000)
+    db = databases.existing(config, open_catalog(config), name)
+    readonly = db.readonly
+    conn = databases.open_for_shell(db)
     shell = _make_shell(conn, name, readonly)
     try:
         if sql is not None:

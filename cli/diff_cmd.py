@@ -3,14 +3,14 @@ that puts deleted rows back."""
 
 from __future__ import annotations
 
-import os
+import sys
 
 import click
 
-from ..engine.errors import UsageError
-from ..engine.workspace.diff import diff_table, sql_literal
-from .common import emit_json
-from .context import catalog, config_option, friendly, get_config, resolve, table
+from ..engine.errors import WalrewindError
+from ..engine.workspace.databases import compare_table
+from ..engine.workspace.diff import sql_literal
+from .common import config_option, emit_json, get_config, open_catalog, table
 
 
 def _cell(value, width: int = 40) -> str:
@@ -29,7 +29,6 @@ def _cell(value, width: int = 40) -> str:
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows shown per section in the table output (0 = all).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output (every row).")
 @config_option
-@friendly
 def diff_command(name, from_db, table_name, keys, as_sql, limit, as_json):
     """Compare TABLE between database NAME (e.g. a restored copy) and SRC: rows only in NAME (deleted
     from SRC since), only in SRC (added since) and changed.  Both are opened read-only.
@@ -38,20 +37,23 @@ def diff_command(name, from_db, table_name, keys, as_sql, limit, as_json):
     walrewind diff before-delete --from-db app --table notes
     walrewind diff before-delete --from-db app --table notes --sql > put-back.sql
     sqlite3 /path/to/app.db < put-back.sql
+
+    Exit status as diff(1): 0 when the table is identical, 1 when it differs, 2 on trouble.
     """
+    try:
+        identical = _diff(name, from_db, table_name, keys, as_sql, limit, as_json)
+    except (WalrewindError, OSError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(0 if identical else 1)
+
+
+def _diff(name, from_db, table_name, keys, as_sql, limit, as_json) -> bool:
     if as_sql and as_json:
         raise click.UsageError("use either --sql or --json")
     config = get_config()
-    cat = catalog(config)
-    a = resolve(config, cat, name)
-    b = resolve(config, cat, from_db)
-    for db in (a, b):
-        if not os.path.exists(db.path):
-            raise UsageError(f"database {db.name!r}: {db.path} does not exist")
-    if os.path.realpath(a.path) == os.path.realpath(b.path):
-        raise UsageError(f"{name!r} and {from_db!r} are the same file; compare two different databases")
     key = [k.strip() for spec in keys for k in spec.split(",") if k.strip()] or None
-    d = diff_table(a.path, b.path, table_name, key)
+    d, b = compare_table(config, open_catalog(config), name, from_db, table_name, key)
     if as_sql:
         click.echo(d.restore_sql(source_name=f"{from_db} ({b.path})", restored_name=name), nl=False)
         click.echo(
@@ -59,10 +61,10 @@ def diff_command(name, from_db, table_name, keys, as_sql, limit, as_json):
             f"{len(d.changed)} changed (not included)",
             err=True,
         )
-        return
+        return d.identical
     if as_json:
         emit_json({"name": name, "from_db": from_db, **d.to_json()})
-        return
+        return d.identical
     click.echo(f"table {d.table}: {name} vs {from_db}, rows matched by {', '.join(d.key)}")
     if not d.source_has_table:
         click.echo(f"  {from_db} has no table {d.table} (dropped?): every row is only in {name}")
@@ -105,3 +107,4 @@ def diff_command(name, from_db, table_name, keys, as_sql, limit, as_json):
     if d.only_in_restored:
         click.echo(f"\nPut the {len(d.only_in_restored)} deleted row(s) back: "
                    f"walrewind diff {name} --from-db {from_db} --table {d.table} --sql > restore.sql")
+    return d.identical

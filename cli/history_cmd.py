@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ..engine.timeparse import format_us
-from .common import emit_json
-from .context import catalog, config_option, friendly, get_config, table
+from ..engine.workspace.recovery import parse_target
+from .common import config_option, emit_json, friendly, get_config, open_catalog, table
 
 
 def _when(us: int | None) -> str:
@@ -21,14 +21,28 @@ def _short(text: str | None, width: int) -> str:
 @click.command("history", short_help="The recovery log: who restored what, when, and why.")
 @click.option("--db", "name", metavar="NAME", help="Only entries for this database (created, destroyed or used as source).")
 @click.option("--limit", "-n", type=int, default=50, show_default=True, help="Newest N entries (0 = all).")
+@click.option("--failed", "failed_only", is_flag=True, help="Only attempts that failed.")
+@click.option("--prune", "prune_before", metavar="BEFORE",
+              help="Delete entries older than BEFORE (a moment: 2024-01-01, '90 days ago', -30d) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output (all fields, full texts).")
 @config_option
 @friendly
-def history_command(name, limit, as_json):
+def history_command(name, limit, failed_only, prune_before, as_json):
     """Show the recovery history, newest first: when, who (OS user), what was restored from where,
-    the target and the point it landed on, the reason, the result and how long it took."""
+    the target and the point it landed on, the reason, the result and how long it took.
+
+    Recoveries that started work are recorded (restores, db create, drills), successful or not;
+    mistakes answered on the spot (a bad timestamp, an unknown name) are not."""
     config = get_config()
-    entries = catalog(config).history(limit=limit or None, name=name)
+    if prune_before is not None:
+        before = parse_target(prune_before)
+        removed = open_catalog(config).prune_history(before)
+        if as_json:
+            emit_json({"pruned": removed, "before": format_us(before)})
+        else:
+            click.echo(f"removed {removed} history entries older than {format_us(before)}")
+        return
+    entries = open_catalog(config).history(limit=limit or None, name=name, failed_only=failed_only)
     if as_json:
         emit_json([
             {

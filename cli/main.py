@@ -1,22 +1,52 @@
-"""The `walrewind` command: a thin layer over walrewind.engine."""
+"""The `walrewind` command: a thin layer over walrewind.engine.
+
+Commands are imported only when they run (``walrewind --help`` imports none of them, nor the
+engine, numpy or boto3): a CLI that takes half a second to print its help is a CLI people stop
+using in scripts.  Each command module parses options, calls one engine function and prints.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+
 import click
 
-from .compact_cmd import compact_command
-from .db_cmd import db_group
-from .diff_cmd import diff_command
-from .history_cmd import history_command
-from .ls_cmd import ls_command
-from .prune_cmd import prune_command
-from .replicate_cmd import replicate_command
-from .restore_cmd import restore_command
-from .timeline_cmd import timeline_command
-from .verify_cmd import snapshot_command, verify_command
+# name -> (module:attribute, short help shown by `walrewind --help` without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replicate": ("replicate_cmd:replicate_command", "Run the daemon (one database, or every database in the config)."),
+    "restore": ("restore_cmd:restore_command", "Restore a source into a new database file, as of a time or txid."),
+    "ls": ("ls_cmd:ls_command", "What a source can restore: window, generations, snapshots."),
+    "db": ("db_cmd:db_group", "Named databases: create/show/list/shell/destroy."),
+    "history": ("history_cmd:history_command", "The recovery log: who restored what, when, and why."),
+    "diff": ("diff_cmd:diff_command", "Rows deleted/added/changed in a table between two databases."),
+    "timeline": ("timeline_cmd:timeline_command", "Transactions and pages changed per minute/hour."),
+    "verify": ("verify_cmd:verify_command", "Restore drills: prove the replica restores, PASSED/FAILED."),
+    "snapshot": ("verify_cmd:snapshot_command", "Write a new base snapshot built from the replica itself."),
+    "prune": ("prune_cmd:prune_command", "Apply the retention policy now: delete what it no longer needs."),
+    "compact": ("compact_cmd:compact_command", "Merge old small segments into large ones (same history, fewer objects)."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attr = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="walrewind")
 @click.option(
     "--config", "config_file", envvar="WALREWIND_CONFIG", type=click.Path(dir_okay=False),
@@ -36,24 +66,19 @@ def cli(ctx, config_file):
                     walrewind timeline app | diff NEW --from-db app --table T | history
     Drills:         walrewind verify app --random 5        (restore, checksum, integrity_check)
     Retention:      walrewind prune app --dry-run          (what the daemon deletes hourly)
+
+    Wherever a command takes SOURCE, give a configured database name or a replica URL/path
+    (file:///backups/app, s3://bucket/prefix?endpoint=..., ./backups); a configured name wins.
     """
     ctx.ensure_object(dict)
     if config_file is not None:
         ctx.obj["config"] = config_file
 
 
-cli.add_command(replicate_command)
-cli.add_command(restore_command)
-cli.add_command(ls_command)
-cli.add_command(db_group)
-cli.add_command(history_command)
-cli.add_command(diff_command)
-cli.add_command(timeline_command)
-cli.add_command(verify_command)
-cli.add_command(snapshot_command)
-cli.add_command(prune_command)
-cli.add_command(compact_command)
-
-
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except BrokenPipeError:
+        # `walrewind db shell X .dump | head`: the reader is gone; say nothing, like sqlite3 does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE

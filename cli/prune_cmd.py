@@ -4,39 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ..engine.errors import UsageError
 from ..engine.maintenance.retention import PruneReport, RetentionPolicy, prune
-from ..engine.storage import open_storage
-from ..engine.timeparse import format_us
-from ..engine.workspace.config import (
-    DEFAULT_TIERS,
-    format_duration_us,
-    parse_duration_or_off,
+from ..engine.timeparse import format_duration_us, format_us
+from .common import (
+    DurationText,
+    config_option,
+    emit_json,
+    friendly,
+    get_source,
+    human_size,
 )
-from .common import emit_json
-from .context import config_option, friendly, human_size
-from .verify_cmd import _replica_url
-
-
-def _policy(config_db, retention, keep_daily, keep_weekly, keep_monthly, grace) -> RetentionPolicy:
-    """The configured policy of a named database, with any option overriding its setting."""
-    try:
-        if config_db is not None:
-            policy = config_db.retention_policy()
-        else:
-            policy = RetentionPolicy(parse_duration_or_off("7d"), **DEFAULT_TIERS)
-        if retention is not None:
-            policy.retention_us = parse_duration_or_off(retention)
-        if grace is not None:
-            policy.grace_us = parse_duration_or_off(grace, allow_off=False)  # type: ignore[assignment]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    for name, value in (("keep_daily", keep_daily), ("keep_weekly", keep_weekly), ("keep_monthly", keep_monthly)):
-        if value is not None:
-            if value < 0:
-                raise click.BadParameter(f"--{name.replace('_', '-')} must be >= 0")
-            setattr(policy, name, value)
-    return policy
 
 
 def _print(report: PruneReport, source: str) -> None:
@@ -70,29 +47,27 @@ def _print(report: PruneReport, source: str) -> None:
 @click.command("prune", short_help="Apply the retention policy now: delete what it no longer needs.")
 @click.argument("source")
 @click.option("--dry-run", is_flag=True, help="Print what would be deleted; delete nothing.")
-@click.option("--retention", help="Keep every moment of this period exact (e.g. 7d, 36h), or 'off'. "
+@click.option("--retention", type=DurationText(), help="Keep every moment of this period exact (e.g. 7d, 36h), or 'off'. "
               "Default: the database's configured retention, else 7d.")
 @click.option("--keep-daily", type=int, help="Daily snapshots kept beyond the window (0 disables). [default: 7]")
 @click.option("--keep-weekly", type=int, help="Weekly snapshots kept beyond the window (0 disables). [default: 4]")
 @click.option("--keep-monthly", type=int, help="Monthly snapshots kept beyond the window (0 disables). [default: 12]")
-@click.option("--grace", help="Extra margin so restores in progress keep their objects. [default: 1h]")
+@click.option("--grace", type=DurationText(allow_off=False), help="Extra margin so restores in progress keep their objects. [default: 1h]")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
 @friendly
 def prune_command(source, dry_run, retention, keep_daily, keep_weekly, keep_monthly, grace, as_json):
-    """Apply retention to SOURCE (a configured database or a replica URL) now.
+    """Apply retention to SOURCE (a configured database name or a replica URL/path) now.
 
     Every moment of the retention period stays restorable to the transaction (plus a grace period
     for restores in progress); beyond it, the newest snapshot of each recent day, ISO week and month
     is kept (restorable to the snapshot). Everything else is deleted, oldest first, in an order
     that an interruption cannot turn into a hole. Exit code 0 on success, 1 on an error.
     """
-    url, name, config = _replica_url(source)
-    db = config.databases[name] if (config is not None and name is not None) else None  # type: ignore[union-attr]
-    policy = _policy(db, retention, keep_daily, keep_weekly, keep_monthly, grace)
-    storage = open_storage(url, create=False)
-    if policy.retention_us is not None and policy.retention_us <= 0:
-        raise UsageError("retention must be a positive duration, or 'off'")
+    src, _config = get_source(source)
+    base = src.database.retention_policy() if src.database is not None else RetentionPolicy()
+    policy = base.overridden(retention, keep_daily, keep_weekly, keep_monthly, grace)
+    storage = src.storage()
     report = prune(storage, policy, dry_run=dry_run)
     if as_json:
         emit_json({"source": source, "replica": storage.url, **report.to_json(),

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ..engine.errors import StorageError, TimestampError, UsageError
+from ..engine.errors import ReplicaEmpty, TimestampError
 from ..engine.replica.format import FLAG_LATE, FLAG_RESYNC
-from ..engine.replica.index import Replica
-from ..engine.restore.restorer import window_text
-from ..engine.storage import open_storage
+from ..engine.restore.planning import window_text
 from ..engine.timeparse import format_us
-from ..engine.workspace.timeline import BUCKETS_US, build_timeline, transactions
-from .common import emit_json, make_progress
-from .context import (
-    catalog,
-    config_option,
-    friendly,
-    get_config,
-    open_replica,
-    parse_target,
-    table,
-    unknown_database,
-)
+from ..engine.workspace.recovery import parse_target
+from ..engine.workspace.timeline import BUCKETS_US, Gap, build_timeline, transactions
+from .common import config_option, emit_json, friendly, get_source, make_progress, table
 
 BAR_WIDTH = 40
 _LABEL_LEN = {"second": 19, "minute": 16, "hour": 13, "day": 10}
@@ -36,24 +25,6 @@ def _label(us: int, by: str) -> str:
     return text[: _LABEL_LEN[by]] + "Z"
 
 
-def _open(src: str) -> tuple[str, Replica]:
-    """A configured database name, or (without a config) a replica URL / path."""
-    looks_like_url = "://" in src or "/" in src
-    config = get_config(required=not looks_like_url)
-    if config is not None and src in config.databases:
-        return src, open_replica(config.databases[src])
-    if looks_like_url:
-        try:
-            return src, Replica(open_storage(src, create=False))
-        except StorageError as exc:
-            raise UsageError(f"replica {src} is unreachable: {exc}") from None
-    cat = catalog(config)
-    if cat.get(src) is not None:
-        raise UsageError(f"{src!r} is a restored copy and has no replica; timeline needs a replicated database: "
-                           + (", ".join(sorted(config.databases)) or "none configured"))
-    raise unknown_database(src, config, cat, sources_only=True)
-
-
 @click.command("timeline", short_help="Transactions and pages changed per minute/hour.")
 @click.argument("src")
 @click.option("--by", type=click.Choice(["second", "minute", "hour", "day", "transaction"]), default="minute",
@@ -66,7 +37,7 @@ def _open(src: str) -> tuple[str, Replica]:
 def timeline_command(src, by, since, until, as_json):
     """Show transactions and pages changed per minute (or hour, ...) across SRC's restorable window.
 
-    SRC is a replicated database from the config (or a replica URL).  A spike in pages changed is
+    SRC is a configured database name or a replica URL/path (a configured name wins).  A spike in pages changed is
     usually the bulk DELETE/UPDATE or migration you are looking for: restore to just before it with
     `walrewind db create NEW --from-db SRC --timestamp T` (or `--txid N`, see --by transaction).
     Reads every segment in the range from the replica.
@@ -75,10 +46,11 @@ def timeline_command(src, by, since, until, as_json):
     until_us = parse_target(until) if until else None
     if since_us is not None and until_us is not None and since_us > until_us:
         raise TimestampError(f"--since {format_us(since_us)} is after --until {format_us(until_us)}")
-    name, replica = _open(src)
+    source, _config = get_source(src)
+    name, replica = source.label, source.replica()
     progress = make_progress(not as_json)
     if replica.empty:
-        raise UsageError(f"{name}: the replica ({replica.storage.url}) holds no restorable history yet")
+        raise ReplicaEmpty(f"{name}: the replica ({replica.storage.url}) holds no restorable history yet")
     window = window_text(replica)
     if by == "transaction":
         rows = transactions(replica, since_us, until_us, progress)
@@ -88,18 +60,24 @@ def timeline_command(src, by, since, until, as_json):
                  "resync": bool(t.flags & FLAG_RESYNC), "late": bool(t.flags & FLAG_LATE)} for t in rows]})
             return
         click.echo(f"{name}: {replica.storage.url}, restorable {window}")
+        holes = [h for g in replica.generations for h in g.holes]
         top = max((t.pages for t in rows), default=0) or 1
         click.echo(table(
             [[str(t.txid), format_us(t.commit_us), str(t.pages), str(t.db_pages), _bar(t.pages, top),
               _flags(t.flags)] for t in rows],
             ["TXID", "COMMITTED (UTC)", "PAGES", "DB PAGES", "PAGES CHANGED", "NOTE"], right={0, 2, 3}))
+        _print_missing(holes, [])
         return
-    buckets = build_timeline(replica, BUCKETS_US[by], since_us, until_us, progress)
+    gaps: list[Gap] = []
+    buckets = build_timeline(replica, BUCKETS_US[by], since_us, until_us, progress, gaps)
+    holes = [h for g in replica.generations for h in g.holes]
     if as_json:
         emit_json({"source": name, "replica": replica.storage.url, "window": window, "by": by, "buckets": [
             {"start": format_us(b.start_us), "transactions": b.transactions, "pages": b.pages,
              "first_txid": b.first_txid, "last_txid": b.last_txid, "snapshots": b.snapshots,
-             "resyncs": b.resyncs, "late": b.late} for b in buckets]})
+             "resyncs": b.resyncs, "late": b.late} for b in buckets],
+            "holes": [list(h) for h in holes],
+            "gaps": [{"resync_txid": g.txid, "from": format_us(g.from_us), "to": format_us(g.to_us)} for g in gaps]})
         return
     click.echo(f"{name}: {replica.storage.url}, restorable {window}")
     if not buckets:
@@ -118,6 +96,17 @@ def timeline_command(src, by, since, until, as_json):
         txids = f"{b.first_txid}-{b.last_txid}" if b.first_txid != b.last_txid else str(b.first_txid)
         rows.append([_label(b.start_us, by), str(b.transactions), str(b.pages), txids, _bar(b.pages, top), ", ".join(notes)])
     click.echo(table(rows, [f"{by.upper()} (UTC)", "TXNS", "PAGES", "TXIDS", "PAGES CHANGED", "NOTE"], right={1, 2}))
+    _print_missing(holes, gaps)
+
+
+def _print_missing(holes, gaps) -> None:
+    """What the table cannot show: transactions missing from the replica, and unobserved stretches."""
+    for first, last in holes:
+        click.echo(f"HOLE: transactions {first}..{last} are missing from the replica (deleted or never uploaded); "
+                   f"no point after txid {first - 1} can be restored until a later snapshot")
+    for g in gaps:
+        click.echo(f"GAP: no record of individual commits between {format_us(g.from_us)} and {format_us(g.to_us)}; "
+                   f"they are folded into RESYNC transaction {g.txid}")
 
 
 def _bar(value: int, top: int) -> str:

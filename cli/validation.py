@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ..engine.sqlite.dbinfo import Validation, validate
-from .context import table
+from ..engine.sqlite.dbinfo import Validation
+from .common import table
 
 VALIDATE_HELP = (
     "After restoring, list every table with its row count and run PRAGMA integrity_check "
     "(indexes included); exit non-zero if it is not ok."
 )
-
-
-def run_validation(path: str) -> Validation:
-    return validate(path)
 
 
 def print_validation(v: Validation) -> None:

@@ -42,6 +42,10 @@ class NameTaken(UsageError):
     """A database name that is already in use."""
 
 
+class OutputExists(UsageError):
+    """The restore's output file exists (pass --force to replace it) or cannot be created there."""
+
+
 class ConfigError(WalrewindError):
     """The configuration file is missing, malformed, or names something invalid."""
 

@@ -214,7 +214,7 @@ def test_accidental_delete_recovered_with_db_create_and_diff_sql(world):
     doomed = w.expect["doomed"]
     assert doomed, "the workload must delete something"
     res = w.cli("diff", "before-delete", "--from-db", "app", "--table", "customers")
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # as diff(1): 1 = the tables differ
     assert f"only in before-delete (deleted from app since): {len(doomed)}" in " ".join(res.output.split())
     data = json.loads(w.cli("diff", "before-delete", "--from-db", "app", "--table", "customers", "--json").stdout)
     assert data["key"] == ["id"]
@@ -224,7 +224,7 @@ def test_accidental_delete_recovered_with_db_create_and_diff_sql(world):
     assert data["columns_only_in_restored"] == ["note"]  # dropped by the later migration
 
     res = w.cli("diff", "before-delete", "--from-db", "app", "--table", "customers", "--sql")
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     sql = res.stdout
     assert sql.count('INSERT INTO "customers"') == sql.count(") ON CONFLICT DO NOTHING;\n") == len(doomed)
     assert "left out: note" in sql and sql.rstrip().endswith("COMMIT;")
@@ -257,13 +257,15 @@ def test_bad_migration_schema_before_it_in_show_and_shell(world):
 
     # The dropped table comes back: CREATE TABLE + rows (a rowid table: matched and re-inserted by rowid).
     res = w.cli("diff", "before-migration", "--from-db", "app", "--table", "tags", "--sql")
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     assert "CREATE TABLE IF NOT EXISTS tags" in res.stdout and "(rowid, " in res.stdout
     assert w.cli("db", "create", "repaired", "--from-db", "app").exit_code == 0
     applied = w.cli("db", "shell", "repaired", input=res.stdout)  # a script on stdin
     assert applied.exit_code == 0, applied.output
     assert read_rows(w.data("repaired"), "SELECT rowid, label, weight FROM tags ORDER BY rowid") == w.expect["tags"]
-    same = json.loads(w.cli("diff", "before-migration", "--from-db", "repaired", "--table", "tags", "--json").stdout)
+    res = w.cli("diff", "before-migration", "--from-db", "repaired", "--table", "tags", "--json")
+    assert res.exit_code == 0, res.output  # identical
+    same = json.loads(res.stdout)
     assert same["key"] == ["rowid"] and same["counts"] == {"only_in_restored": 0, "only_in_source": 0, "changed": 0}
 
 
@@ -396,25 +398,55 @@ def test_validate_prints_tables_and_fails_on_a_broken_database(world, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- history
-def test_history_records_successes_and_failures(world, tmp_path):
+def test_history_records_recoveries_that_started_work(world, tmp_path):
     w = world
     assert w.cli("db", "create", "h-ok", "--from-db", "app", "--txid", w.app.base + 2, "--reason", "ticket 42").exit_code == 0
+    before = len(json.loads(w.cli("history", "--json", "--limit", "0").stdout))
+    # Mistakes answered on the spot are not history: a target before the window, a name taken,
+    # an output file in the way, an unknown source.
     assert w.cli("db", "create", "h-bad", "--from-db", "app", "--timestamp", "2001-01-01").exit_code == 1
+    assert w.cli("db", "create", "h-ok", "--from-db", "app").exit_code == 1
     assert w.cli("restore", w.replicas + "/app", "-o", tmp_path / "r.db", "--reason", "drill").exit_code == 0
     assert w.cli("restore", w.replicas + "/app", "-o", tmp_path / "r.db").exit_code == 1  # already exists
-    entries = json.loads(w.cli("history", "--json").stdout)
-    restore_fail, restore_ok, create_fail, create_ok = entries[:4]
+    assert w.cli("restore", "nope", "-o", tmp_path / "r2.db").exit_code == 1
+    # A restore that started and failed is: a damaged copy of the replica.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(w.replicas + "/app", damaged)
+    for obj in (*damaged.glob("generations/*/segments/*.seg"), *damaged.glob("generations/*/snapshots/*.snap")):
+        obj.write_bytes(obj.read_bytes()[:-7])
+    res = w.cli("restore", damaged, "-o", tmp_path / "r3.db")
+    assert res.exit_code == 1 and "corrupt or truncated" in res.output, res.output
+    entries = json.loads(w.cli("history", "--json", "--limit", "0").stdout)
+    assert len(entries) == before + 2, [(e["action"], e["result"], e["error"]) for e in entries[: len(entries) - before]]
+    restore_fail, restore_ok, create_ok = entries[:3]
     assert create_ok["action"] == "create" and create_ok["result"] == "ok" and create_ok["name"] == "h-ok"
     assert create_ok["user"] == getpass.getuser() and create_ok["reason"] == "ticket 42"
     assert create_ok["target_txid"] == create_ok["restored_txid"] == w.app.base + 2 and create_ok["duration_s"] >= 0
-    assert create_fail["result"] == "failed" and "Timestamp too old" in create_fail["error"]
-    assert create_fail["target_time"] == "2001-01-01T00:00:00.000000Z"
     assert restore_ok["action"] == "restore" and restore_ok["source"] == "app" and restore_ok["reason"] == "drill"
     assert restore_ok["output"] == str(tmp_path / "r.db") and restore_ok["restored_txid"] is not None
-    assert restore_fail["result"] == "failed" and "already exists" in restore_fail["error"]
+    assert restore_fail["result"] == "failed" and "corrupt or truncated" in restore_fail["error"]
     human = w.cli("history")
     assert human.exit_code == 0 and "FAILED" in human.output and "h-ok" in human.output
-    assert f"#{create_fail['id']} create h-bad failed: Timestamp too old" in human.output
+    assert f"#{restore_fail['id']} restore" in human.output
+    failed = json.loads(w.cli("history", "--json", "--failed").stdout)
+    assert failed and all(e["result"] == "failed" for e in failed) and failed[0]["id"] == restore_fail["id"]
+
+
+def test_history_prune(tmp_path):
+    from walrewind.engine.workspace.catalog import Catalog
+
+    config = tmp_path / "walrewind.toml"
+    config.write_text('data_dir = "data"\n')
+    cat = Catalog(str(tmp_path / "data" / "catalog.db"))
+    day = 86_400_000_000
+    now = time.time_ns() // 1000
+    for age_days in (400, 100, 10, 1):
+        cat.record("restore", "ok", at_us=now - age_days * day, output=f"/x/{age_days}.db")
+    cat.close()
+    run = CliRunner().invoke(cli, ["--config", str(config), "history", "--prune", "90 days ago"], catch_exceptions=False)
+    assert run.exit_code == 0 and "removed 2 history entries" in run.output, run.output
+    left = json.loads(CliRunner().invoke(cli, ["--config", str(config), "history", "--json"]).stdout)
+    assert sorted(e["output"] for e in left) == ["/x/1.db", "/x/10.db"]
 
 
 # ---------------------------------------------------------------------------------- destroy
@@ -480,12 +512,25 @@ def test_unknown_database_lists_the_known_ones(world):
     for args in (["db", "show", "nope"], ["db", "shell", "nope", "SELECT 1"], ["db", "destroy", "nope", "--yes"],
                  ["diff", "nope", "--from-db", "app", "--table", "customers"]):
         res = world.cli(*args)
-        assert res.exit_code == 1, args
+        assert res.exit_code == (2 if args[0] == "diff" else 1), args
         assert "unknown database 'nope'" in res.output and "app" in res.output and "idle" in res.output
-    res = world.cli("db", "create", "x1", "--from-db", "nope")
-    assert res.exit_code == 1 and "unknown replicated database 'nope'; known replicated databases: app, idle, ledger" in res.output
-    res = world.cli("timeline", "nope")
-    assert res.exit_code == 1 and "known replicated databases: app, idle, ledger" in res.output
+    # Every command that takes a source applies one rule (engine/workspace/sources.py) and says so.
+    for args in (["db", "create", "x1", "--from-db", "nope"], ["timeline", "nope"], ["ls", "nope"],
+                 ["restore", "nope", "-o", world.data("x1")], ["verify", "nope"], ["prune", "nope"],
+                 ["compact", "nope"], ["snapshot", "nope"]):
+        res = world.cli(*args)
+        assert res.exit_code == 1, args
+        assert res.output == ("Error: unknown database 'nope'; configured databases: app, idle, ledger; "
+                              "or give a replica URL/path\n"), (args, res.output)
+
+
+def test_a_configured_name_wins_over_a_directory_of_that_name(world, tmp_path, monkeypatch):
+    """`restore app` with a directory ./app in the way still means the configured database."""
+    monkeypatch.chdir(tmp_path)
+    os.mkdir(tmp_path / "app")
+    res = world.cli("ls", "app", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["latest_txid"] is not None
 
 
 @pytest.mark.parametrize("bad", ["yesterday", "15/01/2024", "2024-13-01", "2024-01-15T25:00:00Z"])

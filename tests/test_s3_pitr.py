@@ -114,11 +114,11 @@ def test_storage_calls_of_the_sync_path_are_counted_and_never_list(tmp_path):
     thread = threading.Thread(target=shipper.run, daemon=True)
     thread.start()
     assert shipper.ready.wait(60)
-    startup, first_sync_call = store.snapshot(), len(store.keys)
+    startup, first_sync_call = store.counts(), len(store.keys)
     run_writer({"db": db, "rate": 100, "txns": 100, "seed": 6})
     shipper.stop()
     thread.join(60)
-    calls = store.snapshot()
+    calls = store.counts()
     assert startup["list"] == calls["list"] == 2, calls
     assert calls["put_if_absent"] >= shipper.stats.segments + shipper.stats.heartbeats
     assert {method for method, _key in store.keys[first_sync_call:]} <= {"put_if_absent", "delete", "get"}

@@ -12,7 +12,7 @@ from walrewind.engine.timeparse import ACCEPTED_FORMS, format_us, parse_timestam
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PREFIX = "Invalid timestamp format:"
-HINT = "use ISO 8601, e.g. 2024-01-15T10:30:00Z"
+HINT = "use ISO 8601, e.g. 2024-01-15T10:30:00Z, or now, -5m, '5 minutes ago', @EPOCH"
 
 
 def us_of(moment: datetime) -> int:
@@ -99,8 +99,19 @@ REJECTED = [
     "   ",
     "garbage",
     "yesterday",
-    "now",
-    "1705314600",  # a Unix number is not a timestamp here
+    "now please",
+    "1705314600",  # a bare number is not a timestamp here (epoch seconds take a leading @)
+    "@",
+    "@-5",
+    "@1705314600.",
+    "-",
+    "ago",
+    "-5",  # a time ago needs a unit
+    "5 ago",
+    "-5x",
+    "5 lightyears ago",
+    "5m from now",
+    "in 5 minutes",
     "1705314600000000",
     "2024-13-01",  # month 13
     "2024-00-10",
@@ -265,3 +276,46 @@ def test_every_accepted_timestamp_can_be_formatted(text):
 def test_non_ascii_digits_are_rejected():
     with pytest.raises(TimestampError):
         parse_timestamp_us("２０２４-01-15")
+
+
+# ----------------------------------------------------------------------------- what people type in an incident
+NOW = utc(2026, 11, 30, 12, 0, 0)
+RELATIVE = [
+    ("now", NOW),
+    ("NOW", NOW),
+    ("-5m", NOW - 300_000_000),
+    ("- 5m", NOW - 300_000_000),
+    ("5m ago", NOW - 300_000_000),
+    ("5 minutes ago", NOW - 300_000_000),
+    ("1 minute ago", NOW - 60_000_000),
+    ("90s ago", NOW - 90_000_000),
+    ("1h30m ago", NOW - 5_400_000_000),
+    ("2 hours 10 min ago", NOW - 7_800_000_000),
+    ("2 hours, 10 minutes ago", NOW - 7_800_000_000),
+    ("1 day ago", NOW - 86_400_000_000),
+    ("-1w", NOW - 7 * 86_400_000_000),
+    ("@1705314600", utc(2024, 1, 15, 10, 30)),
+    ("@1705314600.25", utc(2024, 1, 15, 10, 30) + 250_000),
+    ("@0", 0),
+]
+
+
+@pytest.mark.parametrize("text,expected", RELATIVE, ids=[t for t, _ in RELATIVE])
+def test_relative_and_epoch_forms(text: str, expected: int):
+    assert parse_timestamp_us(text, now_us=NOW) == expected
+
+
+def test_now_uses_the_clock_when_not_injected():
+    import time
+
+    before = time.time_ns() // 1000
+    got = parse_timestamp_us("now")
+    assert before <= got <= time.time_ns() // 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(seconds=st.integers(min_value=1, max_value=10**7), unit=st.sampled_from([("s", 1), ("m", 60), ("h", 3600)]))
+def test_a_time_ago_is_that_long_before_now(seconds, unit):
+    suffix, size = unit
+    for text in (f"-{seconds}{suffix}", f"{seconds}{suffix} ago"):
+        assert NOW - parse_timestamp_us(text, now_us=NOW) == seconds * size * 1_000_000

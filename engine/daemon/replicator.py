@@ -46,6 +46,7 @@ from ..replica.lease import LEASE_SECONDS, Lease, ReplicaScan, scan
 from ..sqlite.capture import SnapshotReader
 from ..sqlite.pagehash import PageHashes
 from ..sqlite.pin import ReadPin, open_readonly
+from ..sqlite.sharedfd import close_shared, open_shared
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage, put_file_immutable
@@ -183,7 +184,7 @@ class Shipper:
         # which stay open until every connection is closed (POSIX locks are per process).
         self.pin = ReadPin(self.db_path)
         self.shm = ShmObserver(self.db_path + "-shm")
-        self.db_fd = os.open(self.db_path, os.O_RDONLY)
+        self.db_fd = open_shared(self.db_path)
         self.wal = WalFile(self.db_path + "-wal")
         self.snapshots = SnapshotReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
 
@@ -192,7 +193,7 @@ class Shipper:
         self.pin.close()
         self.wal.close()
         self.shm.close()
-        os.close(self.db_fd)
+        close_shared(self.db_fd)
         self.state.unlock()
 
     @property

@@ -30,18 +30,26 @@ credentials without delete permission.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, TypeVar
 
+from .. import defaults
+from ..errors import UsageError
 from ..replica import layout
 from ..replica.index import Generation, Replica
 from ..storage import Storage
-from ..timeparse import format_us
+from ..timeparse import (
+    format_duration_us,
+    format_us,
+    parse_duration_or_off,
+    parse_duration_us,
+)
 
 DAY_US = 86_400_000_000
-DEFAULT_GRACE_US = 3_600_000_000
+DEFAULT_GRACE_US = parse_duration_us(defaults.RETENTION_GRACE)
 TIER_LABELS = ("daily", "weekly", "monthly")
 
 _S = TypeVar("_S", bound=layout.SnapshotKey)
@@ -51,15 +59,28 @@ _S = TypeVar("_S", bound=layout.SnapshotKey)
 class RetentionPolicy:
     """What a database keeps.  ``retention_us`` None means "off": never delete anything."""
 
-    retention_us: int | None
-    keep_daily: int = 7
-    keep_weekly: int = 4
-    keep_monthly: int = 12
+    retention_us: int | None = field(default_factory=lambda: parse_duration_or_off(defaults.RETENTION))
+    keep_daily: int = defaults.KEEP_DAILY
+    keep_weekly: int = defaults.KEEP_WEEKLY
+    keep_monthly: int = defaults.KEEP_MONTHLY
     grace_us: int = DEFAULT_GRACE_US
 
-    def describe(self) -> str:
-        from ..workspace.config import format_duration_us
+    def overridden(self, retention: str | None = None, keep_daily: int | None = None, keep_weekly: int | None = None,
+                   keep_monthly: int | None = None, grace: str | None = None) -> "RetentionPolicy":
+        """This policy with the given settings replaced (the options of ``walrewind prune``)."""
+        policy = dataclasses.replace(self)
+        if retention is not None:
+            policy.retention_us = parse_duration_or_off(retention)
+        if grace is not None:
+            policy.grace_us = parse_duration_us(grace)
+        for name, value in (("keep_daily", keep_daily), ("keep_weekly", keep_weekly), ("keep_monthly", keep_monthly)):
+            if value is not None:
+                if value < 0:
+                    raise UsageError(f"{name.replace('_', '-')} must be >= 0 (0 disables that tier), got {value}")
+                setattr(policy, name, value)
+        return policy
 
+    def describe(self) -> str:
         if self.retention_us is None:
             return "retention off (nothing is ever deleted)"
         return (
@@ -124,7 +145,8 @@ def _week(ts_us: int) -> int:
 
 
 def select_tiers(
-    snapshots: Iterable[_S], now_us: int, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 12
+    snapshots: Iterable[_S], now_us: int, keep_daily: int = defaults.KEEP_DAILY, keep_weekly: int = defaults.KEEP_WEEKLY,
+    keep_monthly: int = defaults.KEEP_MONTHLY,
 ) -> dict[_S, list[str]]:
     """GFS selection: for each of the last N UTC days / ISO weeks / calendar months (the current
     one included), the newest snapshot taken in it.  Pure (the clock is ``now_us``) so it can be

@@ -184,6 +184,31 @@ class Generation:
         return best
 
     @property
+    def holes(self) -> list[tuple[int, int]]:
+        """Missing transactions, as (first, last) txid ranges, judged from names alone.
+
+        A range is a hole when no present segment holds it and no snapshot bridges it (a snapshot
+        at its last txid means retention dropped the segments before a newer base on purpose: the
+        history simply starts there).  Also a hole: txids after the last segment that a heartbeat
+        vouches for (the daemon uploaded them, and they are gone).
+        """
+        if not self.snapshots:
+            return []
+        snapshot_txids = sorted(s.txid for s in self.snapshots)
+        out: list[tuple[int, int]] = []
+        covered = snapshot_txids[0]  # every txid up to here is restorable-to (or before the history)
+        for seg in self.segments:
+            bridge = max([covered] + [t for t in snapshot_txids if t < seg.first_txid])
+            if seg.first_txid > bridge + 1:
+                out.append((bridge + 1, seg.first_txid - 1))
+            covered = max(bridge, seg.last_txid)
+        covered = max(covered, snapshot_txids[-1])
+        vouched = self.vouched_txid or 0
+        if vouched > covered:
+            out.append((covered + 1, vouched))
+        return out
+
+    @property
     def tier_snapshots(self) -> list[layout.SnapshotKey]:
         """Snapshots older than the exact window: restorable only to the snapshot itself."""
         exact = self.exact_snapshot
@@ -286,6 +311,7 @@ class Replica:
                     "exact_from": format_us(g.exact_snapshot.ts_us) if g.exact_snapshot and g.has_history else None,
                     "segments": len(g.segments),
                     "transactions": g.transaction_count,
+                    "holes": [list(h) for h in g.holes],
                 }
             )
         latest = self.latest()
@@ -305,5 +331,8 @@ class Replica:
                 format_us(self.generations[-1].complete_through_us) if self.generations else None  # type: ignore[arg-type]
             ),
             "transactions": sum(g.transaction_count for g in self.generations),
+            # Missing transactions ([first, last] txid ranges): points after a hole's start cannot be
+            # restored exactly until a later snapshot (docs/FORMAT.md, "Choosing objects from names").
+            "holes": [list(h) for g in self.generations for h in g.holes],
             "generations": gens,
         }

@@ -12,13 +12,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..errors import RestoreError, TimestampError
+from .. import defaults
+from ..errors import (
+    HistoryGap,
+    ReplicaEmpty,
+    RestoreError,
+    TargetTooOld,
+    TimestampError,
+)
 from ..replica import layout
 from ..replica.index import Generation, Replica
 from ..storage import Storage
 from ..timeparse import format_us
 
 FUTURE_SLACK_US = 1_000_000
+SILENCE_US = int(2 * defaults.HEARTBEAT_SECONDS * 1_000_000)  # longer without a heartbeat: say so
 
 
 @dataclass
@@ -60,7 +68,7 @@ def plan_restore(
     replica: Replica, target_us: int | None = None, target_txid: int | None = None, now_us: int | None = None
 ) -> RestorePlan:
     if replica.empty:
-        raise RestoreError(f"{replica.storage.url}: the replica holds no restorable history (no snapshot found)")
+        raise ReplicaEmpty(f"{replica.storage.url}: the replica holds no restorable history (no snapshot found)")
     now_us = now_us if now_us is not None else time.time_ns() // 1000
     latest_txid, latest_us = replica.latest()  # type: ignore[misc]
     notes: list[str] = []
@@ -72,7 +80,7 @@ def plan_restore(
         if not gens:
             first = replica.generations[0].first_txid
             if target_txid < first:  # type: ignore[operator]
-                raise RestoreError(f"Transaction {target_txid} is too old: earliest restorable transaction is {first}")
+                raise TargetTooOld(f"Transaction {target_txid} is too old: earliest restorable transaction is {first}")
             if target_txid > latest_txid:
                 raise RestoreError(
                     f"Transaction {target_txid} has not been replicated: newest replicated transaction is "
@@ -92,7 +100,7 @@ def plan_restore(
             raise TimestampError(f"Timestamp is in the future: {format_us(target_us)} (now is {format_us(now_us)})")
         earliest = replica.earliest_us()
         if target_us < earliest:  # type: ignore[operator]
-            raise TimestampError(
+            raise TargetTooOld(
                 f"Timestamp too old: earliest restorable point is {format_us(earliest)} "  # type: ignore[arg-type]
                 f"(restorable window: {window_text(replica)})"
             )
@@ -104,7 +112,10 @@ def plan_restore(
                     f"target is after the newest replicated transaction; restoring the newest "
                     f"(replica known complete through {format_us(complete)})"  # type: ignore[arg-type]
                 )
-                if target_us > complete:  # type: ignore[operator]
+                # Heartbeats come once a minute (defaults.HEARTBEAT_SECONDS): a target within two of
+                # them of the last one is what a healthy idle daemon looks like, not a daemon that
+                # was down.
+                if target_us > complete + SILENCE_US:  # type: ignore[operator]
                     notes.append(
                         f"no record of the database between {format_us(complete)} and the target: "  # type: ignore[arg-type]
                         "the daemon may not have been running"
@@ -151,7 +162,7 @@ def _checked(replica: Replica, plan: RestorePlan) -> RestorePlan:
     for a, b in gen.overlaps():
         if a in planned or b in planned:
             last = b.first_txid - 1
-            raise RestoreError(
+            raise HistoryGap(
                 f"cannot restore: generation {gen.id} in {url} holds overlapping segments {a.key} and {b.key} "
                 f"(transactions {b.first_txid}..{min(a.last_txid, b.last_txid)} were written twice: two daemons "
                 "shipped into one replica path); refusing to choose between two histories"
@@ -163,7 +174,7 @@ def _checked(replica: Replica, plan: RestorePlan) -> RestorePlan:
     core = [s for s in plan.segments if plan.target_us is None or s.first_ts_us <= plan.target_us]
     for seg in core:
         if seg.first_txid > expected:
-            raise RestoreError(
+            raise HistoryGap(
                 f"cannot restore: history jumps from txid {expected - 1} to {seg.first_txid}: the segment(s) "
                 f"holding transactions {expected}..{seg.first_txid - 1} of generation {gen.id} are missing from "
                 f"{url} (the next present segment is {seg.key})" + _hint(last_good)
@@ -190,7 +201,7 @@ def _checked(replica: Replica, plan: RestorePlan) -> RestorePlan:
             else:
                 what = f"history ends at txid {hole[0] - 1} but a heartbeat vouches for txid {hole[1]}"
                 after = ""
-            raise RestoreError(
+            raise HistoryGap(
                 f"cannot restore: {what}: the segment(s) holding transactions {hole[0]}..{hole[1]} of generation "
                 f"{gen.id} are missing from {url}{after}" + _hint(last_good)
             )

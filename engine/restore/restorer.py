@@ -25,8 +25,10 @@ import apsw
 from ..errors import (
     ObjectCorrupt,
     ObjectNotFound,
+    OutputExists,
     RestoreError,
     StorageError,
+    VerificationFailed,
     WalrewindError,
 )
 from ..fsutil import fsync_dir
@@ -120,10 +122,10 @@ def restore(
     started = time.monotonic()
     out_path = os.path.abspath(out_path)
     if os.path.exists(out_path) and not force:
-        raise RestoreError(f"{out_path} already exists; choose a new file or pass --force to replace it")
+        raise OutputExists(f"{out_path} already exists; choose a new file or pass --force to replace it")
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
-        raise RestoreError(f"cannot restore into {out_path}: directory {out_dir} does not exist")
+        raise OutputExists(f"cannot restore into {out_path}: directory {out_dir} does not exist")
     replica = replica or Replica(storage)
     restarts = 0
     while True:
@@ -283,7 +285,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
             os.close(fd)
         actual = checksum_file(tmp, page_size)
         if actual != final[3]:
-            raise RestoreError(
+            raise VerificationFailed(
                 f"verification failed: restored file checksum {actual:016x} does not match the recorded "
                 f"{final[3]:016x} for txid {final[0]}; nothing was written to {out_path}"
             )

@@ -6,10 +6,13 @@ a live database under replication (it behaves like any other reader) and on rest
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import apsw
+
+from ..errors import NotReplicable
 
 
 def open_readonly(path: str, busy_ms: int = 5000) -> apsw.Connection:
@@ -69,6 +72,28 @@ def page_info(conn: apsw.Connection) -> tuple[int, int]:
 
 def journal_mode(conn: apsw.Connection) -> str:
     return str(conn.execute("PRAGMA journal_mode").fetchall()[0][0])
+
+
+def check_replicable(path: str) -> None:
+    """Refuse, before anything is created (state directory, replica), a file the daemon cannot
+    replicate: missing, not a SQLite database, or not in WAL mode."""
+    if not os.path.isfile(path):
+        raise NotReplicable(f"{path}: no such database file")
+    try:
+        conn = open_readonly(path)
+        try:
+            mode = journal_mode(conn)
+        finally:
+            conn.close()
+    except apsw.NotADBError:
+        raise NotReplicable(f"{path} is not a SQLite database (file is not a database)") from None
+    except apsw.Error as exc:
+        raise NotReplicable(f"{path}: cannot open it as a SQLite database ({exc})") from None
+    if mode.lower() != "wal":
+        raise NotReplicable(
+            f"{path}: database is in {mode!r} journal mode; walrewind needs WAL "
+            "(run PRAGMA journal_mode=WAL once in your application)"
+        )
 
 
 @dataclass

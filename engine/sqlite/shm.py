@@ -15,6 +15,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .sharedfd import close_shared, open_shared
+
 WAL_WRITE_LOCK = 120
 WAL_CKPT_LOCK = 121
 WAL_RECOVER_LOCK = 122
@@ -61,7 +63,7 @@ class ShmObserver:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = open_shared(path)
 
     def header(self, attempts: int = 50) -> ShmHeader | None:
         for _ in range(attempts):
@@ -87,4 +89,4 @@ class ShmObserver:
         return self._held_by_other(WAL_CKPT_LOCK)
 
     def close(self) -> None:
-        os.close(self.fd)
+        close_shared(self.fd)

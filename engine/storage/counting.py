@@ -28,7 +28,7 @@ class CountingStorage(Storage):
             self.calls[method] += 1
             self.keys.append((method, key))
 
-    def snapshot(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         with self._lock:
             return {m: self.calls[m] for m in _METHODS if self.calls[m]}
 

@@ -191,14 +191,26 @@ class Catalog:
             self._db().execute(f"INSERT INTO history({cols}) VALUES ({marks})", list(row.values()))
         return self._db().last_insert_rowid()
 
-    def history(self, limit: int | None = None, name: str | None = None) -> list[HistoryEntry]:
+    def history(self, limit: int | None = None, name: str | None = None, failed_only: bool = False) -> list[HistoryEntry]:
         """Newest first."""
         if not self.exists:
             return []
-        where, args = "", []
+        conditions, args = [], []
         if name:
-            where, args = "WHERE name = ? OR source = ?", [name, name]
+            conditions.append("(name = ? OR source = ?)")
+            args += [name, name]
+        if failed_only:
+            conditions.append("result != 'ok'")
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
         sql = f"SELECT {', '.join(_HISTORY_COLS)} FROM history {where} ORDER BY id DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [HistoryEntry(*row) for row in self._db().execute(sql, args)]
+
+    def prune_history(self, before_us: int) -> int:
+        """Delete history lines older than ``before_us``; returns how many."""
+        if not self.exists:
+            return 0
+        with self._db():
+            self._db().execute("DELETE FROM history WHERE at_us < ?", (before_us,))
+            return self._db().changes()

@@ -25,29 +25,21 @@ from urllib.parse import urlparse
 
 import tomllib
 
+from .. import defaults
 from ..errors import ConfigError, InvalidName
+from ..maintenance.retention import RetentionPolicy
+from ..timeparse import parse_duration_or_off, parse_duration_us
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
-CONFIG_NAME = "walrewind.toml"
+CONFIG_NAME = defaults.CONFIG_NAME
 _ENV_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
-_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
-_UNITS_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "w": 604_800_000_000}
 _TOP_KEYS = {"data_dir", "databases"}
 _DB_KEYS = {
     "path", "replica", "retention", "state_dir", "upload_interval", "checkpoint_frames", "max_wal_mb",
     "keep_daily", "keep_weekly", "keep_monthly",
     "snapshot_interval", "snapshot_volume", "compact_after", "verify_interval",
 }
-DEFAULT_RETENTION = "7d"
-DEFAULT_TIERS = {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12}
-# For the maintenance scheduler (engine/maintenance.py); validated here so a typo fails at load time.
-DEFAULT_SNAPSHOT_INTERVAL = "24h"
-DEFAULT_SNAPSHOT_VOLUME = 4.0
-DEFAULT_COMPACT_AFTER = "1h"
-DEFAULT_VERIFY_INTERVAL = "off"
-_OFF = "off"
-
-
+TIER_KEYS = ("keep_daily", "keep_weekly", "keep_monthly")
 
 
 def validate_name(name: str) -> str:
@@ -60,54 +52,32 @@ def validate_name(name: str) -> str:
     return name
 
 
-def parse_duration_us(text: str) -> int:
-    """'7d', '36h', '1w 2d', '90m', '30s' -> microseconds."""
-    raw = str(text).strip().lower()
-    pos, total = 0, 0
-    for m in _DURATION_RE.finditer(raw):
-        if raw[pos : m.start()].strip():
-            break
-        total += int(m.group(1)) * _UNITS_US[m.group(2)]
-        pos = m.end()
-    if not raw or pos == 0 or raw[pos:].strip() or total <= 0:
-        raise ValueError(f"invalid duration {text!r} (use e.g. 7d, 36h, 90m, 1w)")
-    return total
-
-
-def format_duration_us(us: int) -> str:
-    for unit in ("w", "d", "h", "m", "s"):
-        size = _UNITS_US[unit]
-        if us >= size and us % size == 0:
-            return f"{us // size}{unit}"
-    return f"{us / 1e6:g}s"
-
-
 @dataclass
 class DatabaseConfig:
+    """One replicated database's settings; every default comes from engine/defaults.py."""
+
     name: str
     path: str
     replica: str
-    # Retention (engine/retention.py): every moment of the last `retention` stays restorable to the
-    # transaction; beyond it, GFS tiers of snapshots.  retention_us None means "off": never delete.
-    retention: str = DEFAULT_RETENTION
-    retention_us: int | None = 7 * 86_400_000_000
-    keep_daily: int = 7
-    keep_weekly: int = 4
-    keep_monthly: int = 12
+    # Retention (engine/maintenance/retention.py): every moment of the last `retention` stays
+    # restorable to the transaction; beyond it, GFS tiers of snapshots.  retention_us None = "off".
+    retention: str = defaults.RETENTION
+    retention_us: int | None = field(default_factory=lambda: parse_duration_or_off(defaults.RETENTION))
+    keep_daily: int = defaults.KEEP_DAILY
+    keep_weekly: int = defaults.KEEP_WEEKLY
+    keep_monthly: int = defaults.KEEP_MONTHLY
     state_dir: str | None = None
-    upload_interval: float = 1.0
-    checkpoint_frames: int = 0
-    max_wal_mb: int = 1024  # a daemon that cannot keep up lets the WAL reset past this (0: never)
-    # Maintenance scheduler settings (engine/maintenance.py).
-    snapshot_interval_us: int = 86_400_000_000
-    snapshot_volume: float = DEFAULT_SNAPSHOT_VOLUME  # snapshot when shipped bytes > this x db size; 0 = off
-    compact_after_us: int = 3_600_000_000
-    verify_interval_us: int | None = None  # None = "off"
+    upload_interval: float = defaults.UPLOAD_INTERVAL_SECONDS
+    checkpoint_frames: int = defaults.CHECKPOINT_FRAMES
+    max_wal_mb: int = defaults.MAX_WAL_MB
+    # Maintenance scheduler settings (engine/maintenance/scheduler.py).
+    snapshot_interval_us: int = field(default_factory=lambda: parse_duration_us(defaults.SNAPSHOT_INTERVAL))
+    snapshot_volume: float = defaults.SNAPSHOT_VOLUME  # snapshot when shipped bytes > this x db size; 0 = off
+    compact_after_us: int = field(default_factory=lambda: parse_duration_us(defaults.COMPACT_AFTER))
+    verify_interval_us: int | None = field(default_factory=lambda: parse_duration_or_off(defaults.VERIFY_INTERVAL))
 
-    def retention_policy(self):
+    def retention_policy(self) -> RetentionPolicy:
         """The RetentionPolicy this database's settings describe (engine/retention.py)."""
-        from ..maintenance.retention import RetentionPolicy
-
         return RetentionPolicy(self.retention_us, self.keep_daily, self.keep_weekly, self.keep_monthly)
 
     @property
@@ -219,7 +189,7 @@ def load_config(path: str, environ=None) -> Config:
         raise ConfigError(
             f"{path}: unknown setting(s) {', '.join(unknown)} (top level knows: data_dir, [databases.NAME])"
         )
-    data_dir = _expand(raw.get("data_dir", "walrewind-data"), "data_dir", environ)
+    data_dir = _expand(raw.get("data_dir", defaults.DATA_DIR), "data_dir", environ)
     if not isinstance(data_dir, str) or not data_dir:
         raise ConfigError(f"{path}: data_dir must be a directory path")
     config = Config(path, _resolve_path(base, data_dir))
@@ -246,9 +216,9 @@ def load_config(path: str, environ=None) -> Config:
         if settings.get("state_dir") is not None:
             db.state_dir = _resolve_path(base, str(settings["state_dir"]))
         try:
-            db.upload_interval = float(settings.get("upload_interval", 1.0))
-            db.checkpoint_frames = int(settings.get("checkpoint_frames", 0))
-            db.max_wal_mb = int(settings.get("max_wal_mb", 1024))
+            db.upload_interval = float(settings.get("upload_interval", defaults.UPLOAD_INTERVAL_SECONDS))
+            db.checkpoint_frames = int(settings.get("checkpoint_frames", defaults.CHECKPOINT_FRAMES))
+            db.max_wal_mb = int(settings.get("max_wal_mb", defaults.MAX_WAL_MB))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if db.upload_interval <= 0 or db.checkpoint_frames < 0 or db.max_wal_mb < 0:
@@ -265,16 +235,6 @@ def load_config(path: str, environ=None) -> Config:
     return config
 
 
-def parse_duration_or_off(value, allow_off: bool = True) -> int | None:
-    """A duration in microseconds, or None for "off" (when allowed)."""
-    if allow_off and isinstance(value, str) and value.strip().lower() == _OFF:
-        return None
-    if not isinstance(value, str):
-        alternatives = "'7d' or 'off'" if allow_off else "'7d'"
-        raise ValueError(f"expected a duration string like {alternatives}, got {value!r}")
-    return parse_duration_us(value)
-
-
 def _apply_maintenance(db: DatabaseConfig, settings: dict, where: str) -> None:
     """Retention, tiers and scheduler keys, each validated with an error naming file and key."""
 
@@ -287,17 +247,18 @@ def _apply_maintenance(db: DatabaseConfig, settings: dict, where: str) -> None:
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}: {exc}") from None
 
-    db.retention_us = duration("retention", DEFAULT_RETENTION, True)
-    db.retention = str(get("retention", DEFAULT_RETENTION))
-    for key, default in DEFAULT_TIERS.items():
+    db.retention_us = duration("retention", defaults.RETENTION, True)
+    db.retention = str(get("retention", defaults.RETENTION))
+    for key in TIER_KEYS:
+        default = getattr(defaults, key.upper())
         value = get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{where}: {key}: must be a whole number >= 0 (0 disables this tier), got {value!r}")
         setattr(db, key, value)
-    db.snapshot_interval_us = duration("snapshot_interval", DEFAULT_SNAPSHOT_INTERVAL, False)  # type: ignore[assignment]
-    db.compact_after_us = duration("compact_after", DEFAULT_COMPACT_AFTER, False)  # type: ignore[assignment]
-    db.verify_interval_us = duration("verify_interval", DEFAULT_VERIFY_INTERVAL, True)
-    volume = get("snapshot_volume", DEFAULT_SNAPSHOT_VOLUME)
+    db.snapshot_interval_us = duration("snapshot_interval", defaults.SNAPSHOT_INTERVAL, False)  # type: ignore[assignment]
+    db.compact_after_us = duration("compact_after", defaults.COMPACT_AFTER, False)  # type: ignore[assignment]
+    db.verify_interval_us = duration("verify_interval", defaults.VERIFY_INTERVAL, True)
+    volume = get("snapshot_volume", defaults.SNAPSHOT_VOLUME)
     if isinstance(volume, bool) or not isinstance(volume, (int, float)) or volume < 0:
         raise ConfigError(
             f"{where}: snapshot_volume: must be a number >= 0 (a multiple of the database size; 0 disables), got {volume!r}"

@@ -34,14 +34,27 @@ class Bucket:
     snapshots: int = 0
 
 
+@dataclass
+class Gap:
+    """A stretch of time the replica has no transaction-level record of: commits there were not
+    observed (the daemon was down while the app checkpointed) and reached the replica folded into
+    one RESYNC transaction at ``txid``."""
+
+    txid: int
+    from_us: int  # the last record before the gap
+    to_us: int  # the RESYNC record
+
+
 def build_timeline(
     replica: Replica,
     bucket_us: int,
     since_us: int | None = None,
     until_us: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    gaps: list[Gap] | None = None,
 ) -> list[Bucket]:
-    """Non-empty buckets in time order.  Snapshots (generation starts) count in their bucket too."""
+    """Non-empty buckets in time order.  Snapshots (generation starts) count in their bucket too.
+    RESYNC gaps met on the way are appended to ``gaps`` when given."""
     buckets: dict[int, Bucket] = {}
 
     def bucket(ts: int) -> Bucket:
@@ -59,9 +72,13 @@ def build_timeline(
                 b.snapshots += 1
                 b.first_txid = b.first_txid or snap.txid
                 b.last_txid = max(b.last_txid, snap.txid)
+    previous_us = None
     for n, seg in enumerate(segments, 1):
         _header, records = replica.load_segment(seg)
         for rec in records:
+            if rec.flags & FLAG_RESYNC and gaps is not None and previous_us is not None:
+                gaps.append(Gap(rec.txid, previous_us, rec.commit_ts_us))
+            previous_us = rec.commit_ts_us
             if not wanted(rec.commit_ts_us, rec.commit_ts_us):
                 continue
             b = bucket(rec.commit_ts_us)

@@ -1,0 +1,301 @@
+"""Recoveries as a user runs them: restore a source into a file or a named database, and record it.
+
+The CLI and the Python API share these workflows.  ``create_database`` reserves the name in the
+catalog before anything is written (two concurrent creates of one name cannot both win), restores,
+marks the name ready, and records the attempt in the recovery history; on any failure the
+reservation is rolled back and the failure recorded.  ``restore_to_file`` does the same for a plain
+output file when a config (and so a catalog) is in use.  Recording is best effort: a restore is
+often done in an emergency, and an unwritable catalog must not stop it (a warning says so).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from ..daemon import registry
+from ..errors import ConfigError, NameTaken, ReplicaEmpty, TimestampError, UsageError
+from ..restore.drills import DrillResult
+from ..restore.planning import plan_restore
+from ..restore.restorer import Progress, RestoreResult, restore
+from ..sqlite.dbinfo import Validation, validate
+from ..timeparse import format_us, parse_timestamp_us
+from .catalog import Catalog, CatalogEntry, current_user, now_us
+from .config import Config, validate_name
+from .sources import Source
+
+ACCEPTED_FORMS = (
+    "accepted forms: 2024-01-15T10:30:00Z, 2024-01-15T10:30:00.250Z, 2024-01-15T19:30:00+09:00, "
+    "2024-01-15 10:30 (no offset = UTC), 2024-01-15 (start of that day, UTC), now, -5m, '5 minutes ago', "
+    "'1h30m ago', @1705314600 (Unix epoch seconds)"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to restore to: a moment, a transaction, or (neither) the latest point."""
+
+    text: str | None = None  # the timestamp as typed
+    us: int | None = None
+    txid: int | None = None
+
+    @classmethod
+    def parse(cls, timestamp: str | None = None, txid: int | None = None) -> "Target":
+        if timestamp is not None and txid is not None:
+            raise UsageError("use either --timestamp or --txid, not both")
+        return cls(timestamp, parse_target(timestamp) if timestamp is not None else None, txid)
+
+    @property
+    def typed(self) -> str:
+        """The target as the history shows it."""
+        if self.text is not None:
+            return self.text
+        return f"txid {self.txid}" if self.txid is not None else "latest"
+
+    def describe(self) -> str:
+        if self.us is not None:
+            return f"as of {format_us(self.us)}"
+        return f"at txid {self.txid}" if self.txid is not None else "at the latest point"
+
+
+def parse_target(text: str) -> int:
+    """parse_timestamp_us, with every accepted form listed when the text is none of them."""
+    try:
+        return parse_timestamp_us(text)
+    except TimestampError as exc:
+        if "format" in str(exc):
+            raise TimestampError(f"{exc}; {ACCEPTED_FORMS}") from None
+        raise
+
+
+@dataclass
+class Recovery:
+    """The outcome of a restore workflow: the restore itself, the optional validation, warnings."""
+
+    result: RestoreResult
+    validation: Validation | None = None
+    name: str | None = None  # the database created (db create)
+    warnings: list[str] = field(default_factory=list)  # about the workflow (history not recorded, ...)
+
+    @property
+    def failed_validation(self) -> bool:
+        return self.validation is not None and not self.validation.ok
+
+    def validation_error(self) -> str | None:
+        if not self.failed_validation:
+            return None
+        return "validation failed: integrity_check: " + "; ".join(self.validation.integrity[:3])  # type: ignore[union-attr]
+
+
+# Mistakes in what was typed (a bad timestamp, an unknown name, a name taken, a target before the
+# window, an empty or wrong replica) are answered on the spot and not recorded: the history is for
+# recoveries that started work, and 25 typos in it hide the one restore that matters.
+INPUT_MISTAKES = (UsageError, TimestampError, ConfigError, ReplicaEmpty)
+
+
+class _History:
+    """One history line for this workflow, written best effort."""
+
+    def __init__(self, config: Config | None, action: str, **values) -> None:
+        self.started = time.monotonic()
+        self.action = action
+        self.values = values
+        self.warnings: list[str] = []
+        self.catalog: Catalog | None = None
+        if config is not None:
+            try:
+                self.catalog = Catalog(config.catalog_path)
+            except Exception as exc:  # an unwritable data directory must not stop a restore
+                self.warnings.append(f"this {action} is not recorded in the history: {exc}")
+
+    def failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, INPUT_MISTAKES):
+            self.write("failed", error=str(exc) or type(exc).__name__)
+        elif self.catalog is not None:
+            self.catalog.close()
+
+    def write(self, result: str, **values) -> None:
+        if self.catalog is None:
+            return
+        try:
+            self.catalog.record(self.action, result, duration_s=time.monotonic() - self.started,
+                                **{**self.values, **values})
+        except Exception as exc:
+            self.warnings.append(f"this {self.action} is not recorded in the history: {exc}")
+        finally:
+            self.catalog.close()
+
+
+def _normalize(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return "file://" + os.path.abspath(parsed.path)
+    if not parsed.scheme:
+        return "file://" + os.path.abspath(url)
+    return url
+
+
+def source_name(source: Source, config: Config | None) -> str | None:
+    """The configured name of a source, also when it was typed as its replica URL."""
+    if source.name is not None or config is None:
+        return source.name
+    wanted = _normalize(source.replica_url)
+    return next((n for n, db in config.databases.items() if _normalize(db.replica) == wanted), None)
+
+
+IN_PLACE_HOWTO = (
+    "to recover a database in place: stop the application (and the daemon), restore beside it "
+    "(-o {path}.restored), check the copy, move it over {path} while nothing has it open, then start the "
+    "application and the daemon again (the daemon notices the new file and starts a new generation)"
+)
+
+
+def refuse_live_database(path: str, config: Config | None) -> None:
+    """Never write a restore over a database that is being replicated or is a configured source,
+    whatever --force says: a restore replacing a live database under its application and daemon
+    loses the writes in flight and leaves the daemon shipping a file that no longer exists."""
+    real = os.path.realpath(path)
+    if config is not None:
+        for name, db in config.databases.items():
+            if os.path.realpath(db.path) == real:
+                raise UsageError(f"refusing to write over {path}: it is the replicated source database {name!r} "
+                                 f"(configured in {config.path}); --force does not change that. "
+                                 + IN_PLACE_HOWTO.format(path=path))
+    daemon = registry.replicating(path)
+    if daemon is not None:
+        raise UsageError(f"refusing to write over {path}: a walrewind daemon (pid {daemon.pid}) is replicating it to "
+                         f"{daemon.replica}; --force does not change that. " + IN_PLACE_HOWTO.format(path=path))
+
+
+def dry_run(source: Source, target: Target) -> dict:
+    """What a restore to ``target`` would read and the transaction it would land on, without
+    restoring.  Planning uses names only; finding the landing point inside a segment opens that
+    one segment (a time or txid that is not a segment boundary)."""
+    replica = source.replica()
+    plan = plan_restore(replica, target.us, target.txid)
+    txid, commit_us = plan.snapshot.txid, plan.snapshot.ts_us
+    if plan.exact:
+        for seg in plan.segments:
+            if target.txid is not None and seg.first_txid > target.txid:
+                break
+            if target.us is not None and seg.first_ts_us > target.us:
+                break
+            inside = (target.txid is not None and seg.last_txid > target.txid) or (
+                target.us is not None and seg.last_ts_us > target.us)
+            if not inside:
+                txid, commit_us = seg.last_txid, seg.last_ts_us
+                continue
+            _header, records = replica.load_segment(seg)
+            for rec in records:
+                if (target.txid is not None and rec.txid > target.txid) or (
+                        target.us is not None and rec.commit_ts_us > target.us):
+                    break
+                txid, commit_us = rec.txid, rec.commit_ts_us
+            break
+    return {"dry_run": True, **plan.describe(), "lands_on": {"txid": txid, "commit_time": format_us(commit_us)}}
+
+
+def restore_to_file(
+    source: Source,
+    output: str,
+    target: Target,
+    *,
+    config: Config | None = None,
+    force: bool = False,
+    validate_after: bool = False,
+    reason: str | None = None,
+    progress: Progress | None = None,
+) -> Recovery:
+    """Restore ``source`` into the new file ``output``; recorded in the history when a config is in use."""
+    history = _History(config, "restore", replica=source.display, output=os.path.abspath(output),
+                       target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed,
+                       source=source_name(source, config))
+    try:
+        refuse_live_database(output, config)
+        result = restore(source.storage(), output, target_us=target.us, target_txid=target.txid, force=force,
+                         progress=progress)
+    except BaseException as exc:
+        history.failed(exc)
+        raise
+    recovery = Recovery(result, validate(result.path) if validate_after else None)
+    history.write("failed" if recovery.failed_validation else "ok", restored_txid=result.txid,
+                  restored_commit_us=result.commit_us, error=recovery.validation_error())
+    recovery.warnings = history.warnings
+    return recovery
+
+
+def create_database(
+    config: Config,
+    name: str,
+    source: Source,
+    target: Target,
+    *,
+    reason: str | None = None,
+    validate_after: bool = False,
+    progress: Progress | None = None,
+) -> Recovery:
+    """Restore ``source`` as of ``target`` into the new named database ``name`` (a new file; the
+    source is never touched): reserve the name, restore, mark it ready, record it."""
+    validate_name(name)
+    catalog = Catalog(config.catalog_path, create=True)
+    history = _History(config, "create", name=name, source=source_name(source, config), replica=source.display,
+                       target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed)
+    reserved = False
+    try:
+        out_path = _check_new_name(config, catalog, name)
+        os.makedirs(config.databases_dir, exist_ok=True)
+        try:
+            catalog.reserve(CatalogEntry(name, out_path, "creating", now_us(), current_user(), history.values["source"],
+                                         source.display, target.us, target.txid, reason=reason))
+        except NameTaken:
+            raise NameTaken(f"database {name!r} already exists (being created by another command)") from None
+        reserved = True
+        history.values["output"] = out_path
+        result = restore(source.storage(), out_path, target_us=target.us, target_txid=target.txid, progress=progress)
+        catalog.update(name, status="ready", restored_txid=result.txid, restored_commit_us=result.commit_us,
+                       checksum=f"{result.checksum:016x}")
+        reserved = False
+    except BaseException as exc:
+        if reserved:
+            catalog.remove(name)
+        history.failed(exc)
+        raise
+    finally:
+        catalog.close()
+    recovery = Recovery(result, validate(out_path) if validate_after else None, name=name)
+    history.write("failed" if recovery.failed_validation else "ok", restored_txid=result.txid,
+                  restored_commit_us=result.commit_us, error=recovery.validation_error())
+    recovery.warnings = history.warnings
+    return recovery
+
+
+def _check_new_name(config: Config, catalog: Catalog, name: str) -> str:
+    """The path NAME will get; NameTaken when the name or its file is already in use."""
+    if name in config.databases:
+        raise NameTaken(f"database {name!r} already exists (a replicated database in {config.path}); choose another name")
+    existing = catalog.get(name)
+    if existing is not None:
+        raise NameTaken(
+            f"database {name!r} already exists (restored copy at {existing.path}); choose another name "
+            f"or remove it first with: walrewind db destroy {name} --yes"
+        )
+    out_path = config.restored_path(name)
+    if os.path.exists(out_path):
+        raise NameTaken(f"database {name!r} already exists: {out_path} is in the way (not in the catalog); move it away first")
+    return out_path
+
+
+def record_drills(config: Config | None, source: Source, results: list[DrillResult]) -> list[str]:
+    """Put restore drills (``verify``) into the history; returns warnings (best effort)."""
+    warnings: list[str] = []
+    for r in results:
+        history = _History(config, "verify", source=source_name(source, config), replica=source.display,
+                           target_input=format_us(r.target_us) if r.target_us is not None else "latest",
+                           target_us=r.target_us)
+        history.started = time.monotonic() - r.seconds
+        history.write("ok" if r.passed else "failed", restored_txid=r.txid, restored_commit_us=r.commit_us,
+                      error=None if r.passed else r.detail)
+        warnings.extend(history.warnings)
+    return warnings
