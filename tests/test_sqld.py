@@ -151,6 +151,9 @@ def run(sqld, tmp_path_factory):
             p.wait(timeout=120)
             stop_seconds[ns] = time.monotonic() - started
         views = {ns: sqld.query(ns, "SELECT id, k, v FROM t ORDER BY id") for ns in NAMESPACES}
+        ckpt = sqld.checkpoints()
+        print(f"\nsqld checkpoints: {len(ckpt.statuses)}, statuses {sorted(set(ckpt.statuses))}, longest "
+              f"{max(max(t) for t in ckpt.finished.values()):.4f} s")
         print(f"\nsqld scenario: {', '.join(f'{ns}: {len(txns[ns]) - 1} txns' for ns in NAMESPACES)}; idle CPU "
               f"{ {ns: round(c, 3) for ns, c in idle_cpu.items()} } s/s; pinned in { {ns: f'{n}/{samples}' for ns, n in pinned.items()} } "
               f"samples; SIGTERM exit after { {ns: round(s, 2) for ns, s in stop_seconds.items()} } s")
@@ -158,7 +161,7 @@ def run(sqld, tmp_path_factory):
             "dirs": ns_dirs, "txns": txns, "views": views, "idle_cpu": idle_cpu, "pinned": pinned, "samples": samples,
             "stop_seconds": stop_seconds, "returncodes": {ns: p.returncode for ns, p in daemons.items()},
             "daemon_logs": {ns: (d / "daemon.log").read_text() for ns, d in ns_dirs.items()},
-            "checkpoints": sqld.checkpoints(),
+            "checkpoints": ckpt,
         }
     finally:
         for proc in list(writers.values()) + list(daemons.values()):
@@ -361,6 +364,27 @@ def test_dump_url_loader_silently_alters_text_with_literal_newlines(sqld, tmp_pa
     with pytest.raises(SqldError) as refused:
         sqld.create_namespace("unwrapped", dump_url=f"file://{unwrapped}")
     assert "A dump should execute within a transaction" in refused.value.body
+
+
+def test_dump_url_loader_cannot_load_a_multi_line_trigger(sqld, tmp_path):
+    """The same line-based reader cuts a statement at every line that ends with `;`: the
+    sqlite3 CLI's dump of a database with a multi-line trigger (schema text is dumped verbatim)
+    fails with an internal error -- and leaves an empty namespace registered under the name
+    (`create` again says it exists): whoever loads a dump must delete the namespace on failure."""
+    dump = tmp_path / "trigger.sql"
+    dump.write_text(
+        "BEGIN TRANSACTION;\nCREATE TABLE t(a);\nCREATE TABLE log(m);\n"
+        "CREATE TRIGGER tr AFTER INSERT ON t\nBEGIN\n  INSERT INTO log VALUES ('a');\n  INSERT INTO log VALUES ('b');\nEND;\n"
+        "COMMIT;\n"
+    )
+    with pytest.raises(SqldError) as failed:
+        sqld.create_namespace("trigger", dump_url=f"file://{dump}")
+    assert failed.value.status == 500 and "incomplete input" in failed.value.body
+    assert sqld.query("trigger", "SELECT count(*) FROM sqlite_schema") == [(0,)]
+    with pytest.raises(SqldError) as exists:
+        sqld.create_namespace("trigger")
+    assert exists.value.status == 400 and "already exists" in exists.value.body
+    sqld.delete_namespace("trigger")
 
 
 def test_create_adopts_a_database_file_placed_in_dbs(sqld, tmp_path):
