@@ -27,7 +27,7 @@ from .common import (
     table,
 )
 from .db_shell_cmd import shell_command
-from .restore_cmd import TIMESTAMP_HELP
+from .restore_cmd import EXCLUSIVE_HELP, TIMESTAMP_HELP
 from .validation import VALIDATE_HELP, print_validation
 
 
@@ -49,12 +49,13 @@ def db_group():
 @click.option("--from-db", "from_db", metavar="SRC", help="Replicated database (from the config) to restore from.")
 @click.option("--timestamp", "-t", help=TIMESTAMP_HELP + " Default: the latest replicated point.")
 @click.option("--txid", type=int, help="Restore exactly up to and including this transaction id.")
+@click.option("--exclusive", is_flag=True, help=EXCLUSIVE_HELP)
 @click.option("--reason", help="Why (kept in the recovery history).")
 @click.option("--validate", is_flag=True, help=VALIDATE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
 @friendly
-def create_command(name, from_db, timestamp, txid, reason, validate, as_json):
+def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, as_json):
     """Create database NAME by restoring SRC's replica as of a moment (a new file; SRC is never touched).
 
     SRC is a database from the config file ([databases.SRC] with path and replica).  NAME (letters,
@@ -70,7 +71,7 @@ def create_command(name, from_db, timestamp, txid, reason, validate, as_json):
             if value is not None:
                 raise UsageError(f"{option} cannot be used without specifying --from-db")
         raise UsageError("--from-db SRC is required: walrewind creates a database by restoring a replicated one")
-    target = Target.parse(timestamp, txid)
+    target = Target.parse(timestamp, txid, exclusive)
     config = get_config()
     source, _ = get_source(from_db)
     recovery = create_database(config, name, source, target, reason=reason, validate_after=validate,

@@ -75,7 +75,8 @@ def replicate_command(db_path, replica_url, only, upload_interval, state_dir, ch
             raise click.UsageError("--db selects databases from the config; it cannot be combined with DB_PATH REPLICA_URL")
         from ..engine.workspace.config import DatabaseConfig
 
-        selected = [DatabaseConfig("db", db_path, replica_url, state_dir=state_dir)]
+        name = os.path.basename(db_path)
+        selected = [DatabaseConfig(name, db_path, replica_url, state_dir=state_dir)]
     else:
         selected = _configured(only, state_dir)
     overrides = _overrides(retention, verify_interval, upload_interval, checkpoint_frames, max_wal_mb)
@@ -120,9 +121,6 @@ def _run(databases, takeover: bool, single: bool) -> None:
     from ..engine.daemon.fleet import Fleet
 
     fleet = Fleet(databases, takeover=takeover, on_event=lambda line: click.echo(line, err=True))
-    if single:
-        db = databases[0]
-        click.echo(f"replicating {db.path} -> {db.replica_display} (Ctrl-C to stop)", err=True)
     outcomes = fleet.run()
     failed = [o for o in outcomes if o.error is not None]
     for o in failed:

@@ -146,8 +146,9 @@ class Fleet:
                 for r in self._runners:
                     if r.ready and not r.done and r.db.name not in announced:
                         announced.add(r.db.name)
-                        self.on_event(f"replicating {r.db.name}: {r.db.path} -> {r.db.replica_display}")
-                        if len(announced) == len(self._runners):
+                        self.on_event(f"replicating {r.db.name}: {r.db.path} -> {r.db.replica_display}"
+                                      + (" (Ctrl-C or SIGTERM to stop)" if len(self._runners) == 1 else ""))
+                        if len(announced) == len(self._runners) > 1:
                             self.on_event(f"all {len(self._runners)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
                 if any(r.done for r in self._runners):
                     break

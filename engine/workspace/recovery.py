@@ -35,29 +35,50 @@ ACCEPTED_FORMS = (
 
 @dataclass(frozen=True)
 class Target:
-    """What to restore to: a moment, a transaction, or (neither) the latest point."""
+    """What to restore to: a moment, a transaction, or (neither) the latest point.
+
+    Inclusive by default: every transaction committed at or before the moment, or up to and
+    including the txid.  ``exclusive`` stops just before it (PostgreSQL's
+    recovery_target_inclusive=false): the state right before transaction N, or with only what
+    committed strictly before the moment.
+    """
 
     text: str | None = None  # the timestamp as typed
     us: int | None = None
     txid: int | None = None
+    exclusive: bool = False
 
     @classmethod
-    def parse(cls, timestamp: str | None = None, txid: int | None = None) -> "Target":
+    def parse(cls, timestamp: str | None = None, txid: int | None = None, exclusive: bool = False) -> "Target":
         if timestamp is not None and txid is not None:
             raise UsageError("use either --timestamp or --txid, not both")
-        return cls(timestamp, parse_target(timestamp) if timestamp is not None else None, txid)
+        if exclusive and timestamp is None and txid is None:
+            raise UsageError("--exclusive needs a target (--timestamp or --txid): the latest point has no 'before'")
+        return cls(timestamp, parse_target(timestamp) if timestamp is not None else None, txid, exclusive)
+
+    @property
+    def restore_us(self) -> int | None:
+        """The moment handed to the restorer (inclusive of everything at or before it)."""
+        return self.us - 1 if (self.us is not None and self.exclusive) else self.us
+
+    @property
+    def restore_txid(self) -> int | None:
+        return self.txid - 1 if (self.txid is not None and self.exclusive) else self.txid
 
     @property
     def typed(self) -> str:
         """The target as the history shows it."""
         if self.text is not None:
-            return self.text
-        return f"txid {self.txid}" if self.txid is not None else "latest"
+            typed = self.text
+        else:
+            typed = f"txid {self.txid}" if self.txid is not None else "latest"
+        return typed + (" (exclusive)" if self.exclusive else "")
 
     def describe(self) -> str:
+        before = "just before " if self.exclusive else ""
         if self.us is not None:
-            return f"as of {format_us(self.us)}"
-        return f"at txid {self.txid}" if self.txid is not None else "at the latest point"
+            return f"as of {before}{format_us(self.us)}" if self.exclusive else f"as of {format_us(self.us)}"
+        return f"{before or 'at '}txid {self.txid}" if self.txid is not None else "at the latest point"
 
 
 def parse_target(text: str) -> int:
@@ -174,23 +195,24 @@ def dry_run(source: Source, target: Target) -> dict:
     restoring.  Planning uses names only; finding the landing point inside a segment opens that
     one segment (a time or txid that is not a segment boundary)."""
     replica = source.replica()
-    plan = plan_restore(replica, target.us, target.txid)
+    plan = plan_restore(replica, target.restore_us, target.restore_txid)
     txid, commit_us = plan.snapshot.txid, plan.snapshot.ts_us
     if plan.exact:
         for seg in plan.segments:
-            if target.txid is not None and seg.first_txid > target.txid:
+            want_txid, want_us = target.restore_txid, target.restore_us
+            if want_txid is not None and seg.first_txid > want_txid:
                 break
-            if target.us is not None and seg.first_ts_us > target.us:
+            if want_us is not None and seg.first_ts_us > want_us:
                 break
-            inside = (target.txid is not None and seg.last_txid > target.txid) or (
-                target.us is not None and seg.last_ts_us > target.us)
+            inside = (want_txid is not None and seg.last_txid > want_txid) or (
+                want_us is not None and seg.last_ts_us > want_us)
             if not inside:
                 txid, commit_us = seg.last_txid, seg.last_ts_us
                 continue
             _header, records = replica.load_segment(seg)
             for rec in records:
-                if (target.txid is not None and rec.txid > target.txid) or (
-                        target.us is not None and rec.commit_ts_us > target.us):
+                if (want_txid is not None and rec.txid > want_txid) or (
+                        want_us is not None and rec.commit_ts_us > want_us):
                     break
                 txid, commit_us = rec.txid, rec.commit_ts_us
             break
@@ -214,8 +236,8 @@ def restore_to_file(
                        source=source_name(source, config))
     try:
         refuse_live_database(output, config)
-        result = restore(source.storage(), output, target_us=target.us, target_txid=target.txid, force=force,
-                         progress=progress)
+        result = restore(source.storage(), output, target_us=target.restore_us, target_txid=target.restore_txid,
+                         force=force, progress=progress)
     except BaseException as exc:
         history.failed(exc)
         raise
@@ -253,7 +275,8 @@ def create_database(
             raise NameTaken(f"database {name!r} already exists (being created by another command)") from None
         reserved = True
         history.values["output"] = out_path
-        result = restore(source.storage(), out_path, target_us=target.us, target_txid=target.txid, progress=progress)
+        result = restore(source.storage(), out_path, target_us=target.restore_us, target_txid=target.restore_txid,
+                         progress=progress)
         catalog.update(name, status="ready", restored_txid=result.txid, restored_commit_us=result.commit_us,
                        checksum=f"{result.checksum:016x}")
         reserved = False

@@ -1,0 +1,41 @@
+"""walrewind's Python API: scripted restores, the same workflows the CLI runs.
+
+    import walrewind
+    result = walrewind.restore("prod", "/tmp/before.db", timestamp="2024-01-15T10:29:00Z")
+    print(result.txid, result.committed_at, result.checksum)
+
+``source`` is a configured database name (the config file found the way the CLI finds it, or
+``config=PATH``) or a replica URL/path; a configured name wins.  Every error is a
+``walrewind.WalrewindError`` subclass (``TargetTooOld``, ``HistoryGap``, ``ObjectCorrupt``, ...).
+Shipped as the top-level ``walrewind`` package (pyproject.toml maps it onto engine/api/); it
+imports the engine only when a function is called, so ``import walrewind`` stays cheap.
+Reference and runnable examples: docs/API.md.
+"""
+
+from __future__ import annotations
+
+from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the API)
+    ConfigError,
+    DaemonError,
+    HistoryGap,
+    ObjectCorrupt,
+    OutputExists,
+    ReplicaEmpty,
+    RestoreError,
+    StorageError,
+    TargetTooOld,
+    TimestampError,
+    UnknownSource,
+    UsageError,
+    VerificationFailed,
+    WalrewindError,
+)
+
+from .calls import RestoreResult, Window, restore, window  # noqa: F401
+
+__all__ = [
+    "restore", "window", "RestoreResult", "Window",
+    "WalrewindError", "UsageError", "TimestampError", "TargetTooOld", "UnknownSource", "ConfigError",
+    "RestoreError", "ReplicaEmpty", "HistoryGap", "VerificationFailed", "OutputExists", "ObjectCorrupt",
+    "StorageError", "DaemonError",
+]
