@@ -39,16 +39,19 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition", daemon=None) -> None:
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition",
+             daemon: subprocess.Popen | None = None, writer: subprocess.Popen | None = None) -> None:
     """Poll an observable effect (files in a replica, lines in a log) until it holds.
 
-    Fails loudly on timeout, or as soon as ``daemon`` (a Popen) exits: a test never sleeps for a
-    guessed amount of time and hopes something happened meanwhile.
+    Fails loudly on timeout, or as soon as ``daemon`` or ``writer`` (processes that must keep
+    running meanwhile) exits: a test never sleeps for a guessed amount of time and hopes
+    something happened meanwhile.
     """
     deadline = time.monotonic() + timeout
     while not condition():
-        if daemon is not None and daemon.poll() is not None:
-            raise AssertionError(f"daemon exited with {daemon.returncode}: {daemon.stderr.read()}")
+        for name, proc in (("daemon", daemon), ("writer", writer)):
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode} while waiting for {what}: {proc.stderr.read()}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)  # poll interval, not synchronisation
 
@@ -71,6 +74,20 @@ def read_log(path: str) -> tuple[list[dict], list[dict]]:
         for line in f:
             entry = json.loads(line)
             (ckpts if "ckpt" in entry else txns).append(entry)
+    return txns, ckpts
+
+
+def read_live_log(path: str) -> tuple[list[dict], list[dict]]:
+    """(transactions, checkpoints) a *running* writer has logged so far: complete lines only (the
+    line being written may be torn), and nothing if the log does not exist yet."""
+    if not os.path.exists(path):
+        return [], []
+    with open(path) as f:
+        lines = f.read().split("\n")[:-1]  # the last piece has no newline yet
+    txns, ckpts = [], []
+    for line in lines:
+        entry = json.loads(line)
+        (ckpts if "ckpt" in entry else txns).append(entry)
     return txns, ckpts
 
 

@@ -6,13 +6,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from harness import assert_no_invented_states, create_db, judge, read_log, start_writer
+from harness import (
+    assert_no_invented_states,
+    create_db,
+    judge,
+    now_us,
+    read_live_log,
+    read_log,
+    start_writer,
+    wait_for,
+)
 from walrewind.engine.replica.format import FLAG_LATE, FLAG_RESYNC
 from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
+
+
+DOWNTIME_COMMITS = 30  # what the app commits while the daemon is down (0.3 s at 100 txn/s)
+DOWNTIME_CHECKPOINTS = 3  # app TRUNCATE checkpoints while the daemon is down: its WAL position is gone
 
 
 def start_daemon(db: str, replica: str, state: str) -> subprocess.Popen:
@@ -23,14 +35,13 @@ def start_daemon(db: str, replica: str, state: str) -> subprocess.Popen:
     )
 
 
-def wait_for(condition, timeout: float = 60.0, what: str = "condition", daemon=None) -> None:
-    """Poll an external effect (files appearing in the replica); fails loudly on timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if daemon is not None and daemon.poll() is not None:
-            raise AssertionError(f"daemon exited with {daemon.returncode}: {daemon.stderr.read()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+def commits_logged(log: str) -> int:
+    return len(read_live_log(log)[0])
+
+
+def checkpoints_logged_since(log: str, since_us: int) -> int:
+    """TRUNCATE checkpoints the app started at or after ``since_us`` and finished (logged)."""
+    return sum(1 for c in read_live_log(log)[1] if c["start"] >= since_us)
 
 
 def segment_count(replica: str) -> int:
@@ -52,19 +63,22 @@ def test_kill9_mid_upload_then_restart(tmp_path):
     db, replica, state, log = (str(tmp_path / n) for n in ("app.db", "replica", "state", "log"))
     create_db(db)
     daemon = start_daemon(db, replica, state)
-    wait_for(lambda: os.path.isdir(os.path.join(replica, "generations")), what="first snapshot")
+    wait_for(lambda: os.path.isdir(os.path.join(replica, "generations")), what="first snapshot", daemon=daemon)
     stop = str(tmp_path / "stop")
     writer = start_writer({"db": db, "log": log, "checksums": True, "rate": 100, "duration": 120, "seed": 31,
                            "stop_file": stop})
     for round_ in range(3):
         target = segment_count(replica) + 3
-        wait_for(lambda: segment_count(replica) >= target, what="segments", daemon=daemon)
+        wait_for(lambda: segment_count(replica) >= target, what="segments", daemon=daemon, writer=writer)
         os.killpg(daemon.pid, signal.SIGKILL)  # lands at an arbitrary point: reading, spooling or uploading
         daemon.wait()
-        time.sleep(0.3)  # downtime: the app keeps committing
+        # Downtime: the app keeps committing while nobody watches.
+        at_kill = commits_logged(log)
+        wait_for(lambda: commits_logged(log) >= at_kill + DOWNTIME_COMMITS, what="commits during the downtime",
+                 writer=writer)
         daemon = start_daemon(db, replica, state)
     target = segment_count(replica) + 3
-    wait_for(lambda: segment_count(replica) >= target, what="segments", daemon=daemon)
+    wait_for(lambda: segment_count(replica) >= target, what="segments", daemon=daemon, writer=writer)
     open(stop, "w").close()
     assert writer.wait(60) == 0, writer.stderr.read()
     daemon.send_signal(signal.SIGTERM)
@@ -92,15 +106,20 @@ def test_downtime_while_app_truncates_is_resynced_visibly(tmp_path):
     db, replica, state, log = (str(tmp_path / n) for n in ("app.db", "replica", "state", "log"))
     create_db(db)
     daemon = start_daemon(db, replica, state)
-    wait_for(lambda: os.path.isdir(os.path.join(replica, "generations")), what="first snapshot")
-    writer = start_writer({"db": db, "log": log, "checksums": True, "rate": 100, "duration": 6,
-                           "truncate_every": 0.3, "seed": 32})
-    wait_for(lambda: segment_count(replica) >= 5, what="segments", daemon=daemon)
+    wait_for(lambda: os.path.isdir(os.path.join(replica, "generations")), what="first snapshot", daemon=daemon)
+    stop = str(tmp_path / "stop")
+    writer = start_writer({"db": db, "log": log, "checksums": True, "rate": 100, "duration": 120,
+                           "truncate_every": 0.3, "seed": 32, "stop_file": stop})
+    wait_for(lambda: segment_count(replica) >= 5, what="segments", daemon=daemon, writer=writer)
     os.killpg(daemon.pid, signal.SIGKILL)
     daemon.wait()
-    killed_at = time.time_ns() // 1000
-    time.sleep(1.5)  # several app TRUNCATE checkpoints happen while nobody watches
+    killed_at = now_us()
+    wait_for(lambda: checkpoints_logged_since(log, killed_at) >= DOWNTIME_CHECKPOINTS,
+             what="app TRUNCATE checkpoints while nobody watches", writer=writer)
     daemon = start_daemon(db, replica, state)
+    target = segment_count(replica) + 3  # the restarted daemon ships again, the app still writing
+    wait_for(lambda: segment_count(replica) >= target, what="segments after the restart", daemon=daemon, writer=writer)
+    open(stop, "w").close()
     assert writer.wait(60) == 0, writer.stderr.read()
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0, daemon.stderr.read()

@@ -22,8 +22,8 @@ from harness import (
     judge,
     read_log,
     run_writer,
+    wait_for,
 )
-from test_daemon_restart import wait_for
 from walrewind.engine.errors import ObjectConflict, RestoreError
 from walrewind.engine.replica import layout
 from walrewind.engine.replica.format import FLAG_RESYNC

@@ -18,8 +18,8 @@ from harness import (
     create_db,
     read_log,
     run_writer,
+    wait_for,
 )
-from test_daemon_restart import wait_for
 from walrewind.engine.daemon.replicator import Shipper
 from walrewind.engine.daemon.uploader import Uploader
 from walrewind.engine.errors import (

@@ -22,9 +22,9 @@ from harness import (
     read_log,
     replica_records,
     start_writer,
+    wait_for,
 )
 from seaweed_server import SeaweedS3, find_weed
-from test_daemon_restart import wait_for
 from walrewind.engine.replica.format import FLAG_LATE, FLAG_RESYNC
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
