@@ -182,7 +182,7 @@ def test_disk_full_cuts_the_failed_write_off(tmp_path, monkeypatch):
     later record from replay), SpoolFull is raised, and the next append goes on cleanly."""
     import errno
 
-    from test_spool import PAGE, make_items
+    from test_daemon_spool import PAGE, make_items
     from walrewind.engine.daemon import spool
     from walrewind.engine.daemon.spool import SpoolFull, StateDir
 
