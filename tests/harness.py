@@ -229,11 +229,17 @@ def assert_one_record_per_commit(replica: str, txns: list[dict]) -> Points:
 
 
 # The PITR workloads, replicated once per module into a local directory and into SeaweedFS.
+# "mixed" is the fast loop's; the other two run in the full suite (see pitr_params).
 PITR_WORKLOADS = {
     "mixed": {"rate": 150, "txns": 300, "seed": 1},
     "spills-rollbacks": {"rate": 100, "txns": 150, "seed": 2, "big_every": 40, "cache_size": 20, "rollback_every": 7},
     "tiny-autocheckpoint-vacuum": {"rate": 100, "txns": 200, "seed": 3, "autocheckpoint": 5, "vacuum_every": 50},
 }
+
+
+def pitr_params(fast: tuple[str, ...] = ("mixed",)) -> list:
+    """PITR_WORKLOADS as fixture params; those not in ``fast`` are marked slow."""
+    return [pytest.param(name, marks=() if name in fast else pytest.mark.slow) for name in sorted(PITR_WORKLOADS)]
 
 
 def replicate_workload(base, replica: str, workload: dict) -> dict:

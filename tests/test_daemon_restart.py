@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from harness import (
     assert_no_invented_states,
     create_db,
@@ -59,6 +60,7 @@ def all_records(replica: str):
             yield from r.load_segment(seg)[1]
 
 
+@pytest.mark.slow
 def test_kill9_mid_upload_then_restart(tmp_path):
     db, replica, state, log = (str(tmp_path / n) for n in ("app.db", "replica", "state", "log"))
     create_db(db)
@@ -102,6 +104,7 @@ def test_kill9_mid_upload_then_restart(tmp_path):
         assert v.restored_index is not None, f"txid {rec.txid} restored a state the app never had"
 
 
+@pytest.mark.slow
 def test_downtime_while_app_truncates_is_resynced_visibly(tmp_path):
     db, replica, state, log = (str(tmp_path / n) for n in ("app.db", "replica", "state", "log"))
     create_db(db)

@@ -83,6 +83,7 @@ def _keys(url: str) -> set[str]:
     return {i.key for i in open_storage(url, create=False).list("generations/")}
 
 
+@pytest.mark.slow
 def test_tier_selection_over_simulated_months():
     """GFS over 14 months of hourly snapshots, evaluated every simulated day: per tier exactly the
     newest snapshot of each of the last N periods, and a choice never flips back and forth."""

@@ -8,13 +8,14 @@ from harness import (
     check_latest_restore,
     check_restore_at_fraction,
     check_restore_window_edges,
+    pitr_params,
     replicate_workload,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 
-@pytest.fixture(scope="module", params=sorted(PITR_WORKLOADS))
+@pytest.fixture(scope="module", params=pitr_params())
 def replicated(request, tmp_path_factory):
     """One workload replicated end to end; the writer's log is the ground truth."""
     base = tmp_path_factory.mktemp(request.param)
