@@ -4,7 +4,10 @@ Writers always run in *another process* (stdlib sqlite3, apsw or libSQL), becaus
 must never open a database file with two SQLite libraries, and the daemon in the test process
 uses apsw.  Each writer logs, per transaction, when it began, when COMMIT returned, and (where the
 library can serialize) the whole-database checksum right after it: the ground truth a restore is
-compared with.
+compared with.  Restores at a time T are checked twice: exact to the transaction against the
+commit times the daemon recorded (replica records matched to logged commits by checksum), and
+within ``TEST_MARGIN_US`` of real time against the log, so neither a restore one transaction off
+nor stamps that drift from the commits pass.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pytest
 from walrewind.engine.daemon.replicator import Shipper
 from walrewind.engine.errors import TimestampError
 from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.sqlite.pagehash import checksum_file
 from walrewind.engine.storage import open_storage
 from walrewind.engine.timeparse import format_us
@@ -247,7 +252,7 @@ def pitr_params(fast: tuple[str, ...] = ("mixed",)) -> list:
     return [pytest.param(name, marks=() if name in fast else pytest.mark.slow) for name in sorted(PITR_WORKLOADS)]
 
 
-def replicate_workload(base, replica: str, workload: dict) -> dict:
+def replicate_workload(base: Path, replica: str, workload: dict) -> dict:
     """Replicate one writer workload end to end; the writer's log is the ground truth.
 
     Returns what the PITR checks need: the log, the replica, the stamps, and the daemon's start
@@ -271,8 +276,6 @@ def replicate_workload(base, replica: str, workload: dict) -> dict:
 
 def check_latest_restore(replicated: dict, out: str) -> None:
     """The latest restore of a replicated workload is the writer's final state, quick_check ok."""
-    from walrewind.engine.restore.restorer import restore
-
     txns = replicated["txns"]
     result = restore(open_storage(replicated["replica"], create=False), out)
     v = judge(out, result.page_size, txns, txns[0]["checksum"], txns[-1]["end"] + 10_000_000)
@@ -303,8 +306,6 @@ def check_restore_at_fraction(replicated: dict, out: str, fraction: float, whole
     correct in real time (nothing missing that committed ``TEST_MARGIN_US`` before T, nothing
     that began after T), so stamps cannot drift from the commits they stand for.
     """
-    from walrewind.engine.restore.restorer import restore
-
     txns = replicated["txns"]
     target = target_at_fraction(replicated, fraction, whole_second)
     result = restore(open_storage(replicated["replica"], create=False), out, target_us=target)
@@ -326,8 +327,6 @@ def check_restore_window_edges(replicated: dict, out_dir: str) -> None:
     """The restorable window's first moment restores the state before the first commit; one
     microsecond earlier, or in the future, is refused with the window named and nothing written.
     The window starts between the daemon's start and its readiness."""
-    from walrewind.engine.restore.restorer import restore
-
     txns = replicated["txns"]
     storage = open_storage(replicated["replica"], create=False)
     earliest = Replica(storage).earliest_us()
