@@ -1,4 +1,18 @@
-"""Shared fixtures.  The SeaweedFS S3 server fixture lives in seaweed_server.py."""
+"""Shared fixtures.  The SeaweedFS S3 server fixture lives in seaweed_server.py.
+
+Two ways to run the suite (from the repository root, after ``pip install -e '.[test]'``):
+
+    .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"   # fast loop, under a minute
+    .venv/bin/python -m pytest -q -p no:cacheprovider                 # full suite (what CI runs)
+
+``slow`` marks seconds-long scenarios (stress, outages, kill -9, every PITR workload); each area
+keeps a quick test in the fast loop.  ``-m "not s3"`` skips everything that needs SeaweedFS.
+
+File names: ``test_<package>_<module>.py`` tests one engine module (engine/<package>/<module>.py),
+e.g. test_sqlite_walfile.py; scenario tests across the engine are named for the scenario
+(test_pitr, test_torture, test_daemon_restart, test_writers); ``test_s3_*`` run on SeaweedFS.
+Shared helpers live in harness.py (writer processes, the daemon thread, the restore oracle).
+"""
 
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ class FaultProxy:
                     )
                     continue
                 if fault and fault.startswith("slow:"):
-                    time.sleep(float(fault.split(":", 1)[1]))
+                    time.sleep(float(fault.split(":", 1)[1]))  # the injected fault itself, not synchronisation
                 request = _head_bytes(start, headers) + body
                 for attempt in range(2):
                     if up is None:
@@ -249,7 +249,7 @@ class FaultProxy:
                 closing = (_header(resp_headers, "Connection") or "").lower() == "close"
                 resp_body = b"" if no_body else _read_body(upfile, resp_headers, until_close=True)
                 if fault == "stall":
-                    time.sleep(self.stall_seconds)
+                    time.sleep(self.stall_seconds)  # the injected fault itself, not synchronisation
                 if fault == "drop_response":
                     _reset(client)
                     return

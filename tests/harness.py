@@ -4,21 +4,33 @@ Writers always run in *another process* (stdlib sqlite3, apsw or libSQL), becaus
 must never open a database file with two SQLite libraries, and the daemon in the test process
 uses apsw.  Each writer logs, per transaction, when it began, when COMMIT returned, and (where the
 library can serialize) the whole-database checksum right after it: the ground truth a restore is
-compared with.
+compared with.  Restores at a time T are checked twice: exact to the transaction against the
+commit times the daemon recorded (replica records matched to logged commits by checksum), and
+within ``TEST_MARGIN_US`` of real time against the log, so neither a restore one transaction off
+nor stamps that drift from the commits pass.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
+import pytest
 from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.errors import TimestampError
+from walrewind.engine.replica.index import Replica
+from walrewind.engine.restore.restorer import restore
 from walrewind.engine.sqlite.pagehash import checksum_file
 from walrewind.engine.storage import open_storage
+from walrewind.engine.timeparse import format_us
 
 WRITER = os.path.join(os.path.dirname(__file__), "writer.py")
 EXACT_MARGIN_US = 5_000  # the product's precision target, measured by benchmarks/accuracy.py
@@ -26,6 +38,27 @@ EXACT_MARGIN_US = 5_000  # the product's precision target, measured by benchmark
 # T) without depending on how fast a loaded 2-core CI box schedules the daemon; the 5 ms precision
 # is measured, with medians, by the benchmarks.
 TEST_MARGIN_US = 50_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition",
+             daemon: subprocess.Popen | None = None, writer: subprocess.Popen | None = None) -> None:
+    """Poll an observable effect (files in a replica, lines in a log) until it holds.
+
+    Fails loudly on timeout, or as soon as ``daemon`` or ``writer`` (processes that must keep
+    running meanwhile) exits: a test never sleeps for a guessed amount of time and hopes
+    something happened meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for name, proc in (("daemon", daemon), ("writer", writer)):
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode} while waiting for {what}: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)  # poll interval, not synchronisation
 
 
 def run_writer(config: dict, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -49,6 +82,20 @@ def read_log(path: str) -> tuple[list[dict], list[dict]]:
     return txns, ckpts
 
 
+def read_live_log(path: str) -> tuple[list[dict], list[dict]]:
+    """(transactions, checkpoints) a *running* writer has logged so far: complete lines only (the
+    line being written may be torn), and nothing if the log does not exist yet."""
+    if not os.path.exists(path):
+        return [], []
+    with open(path) as f:
+        lines = f.read().split("\n")[:-1]  # the last piece has no newline yet
+    txns, ckpts = [], []
+    for line in lines:
+        entry = json.loads(line)
+        (ckpts if "ckpt" in entry else txns).append(entry)
+    return txns, ckpts
+
+
 def create_db(path: str, lib: str = "sqlite3", page_size: int = 4096) -> None:
     """Create an empty WAL-mode database with the workload's table, in a separate process."""
     run_writer({"db": path, "lib": lib, "txns": 0, "page_size": page_size, "log": os.devnull})
@@ -61,6 +108,8 @@ class DaemonThread:
         self.shipper = Shipper(db, open_storage(replica), state_dir=state, upload_interval=upload_interval, **kwargs)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started_us = 0  # before the daemon began: nothing before this can be restorable
+        self.ready_us = 0  # after it reported ready: everything from here on must be restorable
 
     def _run(self) -> None:
         try:
@@ -70,10 +119,12 @@ class DaemonThread:
             self.shipper.ready.set()
 
     def __enter__(self) -> Shipper:
+        self.started_us = now_us()
         self.thread.start()
         assert self.shipper.ready.wait(60), "daemon did not become ready"
         if self.error:
             raise self.error
+        self.ready_us = now_us()
         return self.shipper
 
     def __exit__(self, *exc) -> None:
@@ -122,8 +173,6 @@ def judge(restored_path: str, page_size: int, txns: list[dict], initial_checksum
 
 def replica_records(replica: str) -> list:
     """Every transaction record in a replica, in txid order."""
-    from walrewind.engine.replica.index import Replica
-
     r = Replica(open_storage(replica, create=False))
     return [rec for g in r.generations for seg in g.segments for rec in r.load_segment(seg)[1]]
 
@@ -138,10 +187,95 @@ def assert_no_invented_states(replica: str, txns: list[dict]) -> list:
     return records
 
 
+@dataclass
+class Points:
+    """The restorable points of a replica, matched to the writer's log: ``stamps[j]`` is the
+    commit time recorded for the j-th record, ``commits[j]`` the logged commit it is the state of."""
+
+    stamps: list[int]
+    commits: list[int]
+
+    def expected_commit(self, target_us: int) -> int:
+        """The logged commit whose state restore(target_us) must produce: the last one stamped at
+        or before the target (0, the state before the first commit, if none is)."""
+        n = bisect.bisect_right(self.stamps, target_us)
+        return self.commits[n - 1] if n else 0
+
+    def worst_lag_us(self, txns: list[dict]) -> int:
+        """How long after COMMIT returned the daemon stamped a commit, at worst (a starved daemon
+        thread on a loaded box shows up here, not as a wrong restore)."""
+        return max((stamp - txns[k]["end"] for stamp, k in zip(self.stamps, self.commits)), default=0)
+
+
+def assert_one_record_per_commit(replica: str, txns: list[dict]) -> Points:
+    """The replica holds exactly the writer's commits, in order, each stamped truthfully.
+
+    For a workload the daemon watched from before its first commit to after its last: every
+    commit that changed the database has its own record with the same whole-database checksum
+    (a commit that changed nothing, such as deleting a missing row, writes no WAL frame and has
+    none), and no stamp precedes the moment its transaction began (a restore to a moment in
+    between would contain a transaction that had not happened yet).
+    """
+    records = replica_records(replica)
+    stamps: list[int] = []
+    commits: list[int] = []
+    at = 0  # the logged commit whose state the replica has reached
+    for rec in records:
+        checksum = f"{rec.db_checksum:016x}"
+        k = at + 1
+        while k < len(txns) and txns[k]["checksum"] != checksum and txns[k]["checksum"] == txns[k - 1]["checksum"]:
+            k += 1  # a commit that changed nothing: no record
+        assert k < len(txns) and txns[k]["checksum"] == checksum, (
+            f"txid {rec.txid} is not the state after commit {k} (nor after a later one with no change before it)"
+        )
+        assert rec.commit_ts_us >= txns[k]["begin"], f"txid {rec.txid} stamped before commit {k} began"
+        stamps.append(rec.commit_ts_us)
+        commits.append(k)
+        at = k
+    unrecorded = [t["i"] for t in txns[at + 1 :] if t["checksum"] != txns[at]["checksum"]]
+    assert not unrecorded, f"commits {unrecorded[:10]} changed the database but have no record"
+    assert stamps == sorted(stamps), "commit stamps go backwards"
+    return Points(stamps, commits)
+
+
+# The PITR workloads, replicated once per module into a local directory and into SeaweedFS.
+# "mixed" is the fast loop's; the other two run in the full suite (see pitr_params).
+PITR_WORKLOADS = {
+    "mixed": {"rate": 150, "txns": 300, "seed": 1},
+    "spills-rollbacks": {"rate": 100, "txns": 150, "seed": 2, "big_every": 40, "cache_size": 20, "rollback_every": 7},
+    "tiny-autocheckpoint-vacuum": {"rate": 100, "txns": 200, "seed": 3, "autocheckpoint": 5, "vacuum_every": 50},
+}
+
+
+def pitr_params(fast: tuple[str, ...] = ("mixed",)) -> list:
+    """PITR_WORKLOADS as fixture params; those not in ``fast`` are marked slow."""
+    return [pytest.param(name, marks=() if name in fast else pytest.mark.slow) for name in sorted(PITR_WORKLOADS)]
+
+
+def replicate_workload(base: Path, replica: str, workload: dict) -> dict:
+    """Replicate one writer workload end to end; the writer's log is the ground truth.
+
+    Returns what the PITR checks need: the log, the replica, the stamps, and the daemon's start
+    (``started_us``: nothing before it is restorable) and readiness (``ready_us``: everything
+    from then on is).
+    """
+    db, log = str(base / "app.db"), str(base / "log.jsonl")
+    create_db(db)
+    daemon = DaemonThread(db, replica, str(base / "state"))
+    with daemon as shipper:
+        run_writer({"db": db, "log": log, "checksums": True, **workload})
+    txns, _ = read_log(log)
+    assert shipper.stats.upload_errors == 0, shipper.stats.last_error
+    assert_no_invented_states(replica, txns)
+    return {
+        "dir": base, "replica": replica, "txns": txns, "stats": shipper.stats,
+        "points": assert_one_record_per_commit(replica, txns),
+        "started_us": daemon.started_us, "ready_us": daemon.ready_us,
+    }
+
+
 def check_latest_restore(replicated: dict, out: str) -> None:
     """The latest restore of a replicated workload is the writer's final state, quick_check ok."""
-    from walrewind.engine.restore.restorer import restore
-
     txns = replicated["txns"]
     result = restore(open_storage(replicated["replica"], create=False), out)
     v = judge(out, result.page_size, txns, txns[0]["checksum"], txns[-1]["end"] + 10_000_000)
@@ -149,23 +283,64 @@ def check_latest_restore(replicated: dict, out: str) -> None:
     assert result.quick_check == "ok"
 
 
-def check_restore_at_fraction(replicated: dict, out: str, fraction: float, whole_second: bool) -> None:
-    """restore(T) is exact for T at ``fraction`` of the run (optionally rounded to a whole second)."""
-    from walrewind.engine.restore.restorer import restore
-
-    txns = replicated["txns"]
-    first, last = txns[1]["begin"], txns[-1]["end"]
-    target = int(first + fraction * (last - first))
+def target_at_fraction(replicated: dict, fraction: float, whole_second: bool) -> int:
+    """A moment at ``fraction`` of the restorable window: from the daemon's readiness (the first
+    snapshot exists) to the last commit.  Rounded to a whole second, it stays inside the window
+    (rounded up when rounding down would leave it; the window is longer than a second)."""
+    start, last = replicated["ready_us"], replicated["txns"][-1]["end"]
+    assert last - start > 1_000_000, "the workload must span more than a second"
+    target = start + round(fraction * (last - start))
     if whole_second:
         target -= target % 1_000_000
-        target = max(target, txns[0]["end"])
-    if target < first - 1_000_000:
-        return
-    try:
-        result = restore(open_storage(replicated["replica"], create=False), out, target_us=target)
-    except Exception as exc:  # a target before the first snapshot is legitimately too old
-        assert "too old" in str(exc)
-        return
+        if target < start:
+            target += 1_000_000
+    assert start <= target <= last + 1_000_000
+    return target
+
+
+def check_restore_at_fraction(replicated: dict, out: str, fraction: float, whole_second: bool) -> None:
+    """restore(T) is exact for T at ``fraction`` of the restorable window (optionally a whole second).
+
+    Two oracles, both asserted for every T: the restored file is the state after the last commit
+    stamped at or before T (exact: one transaction too few or too many fails), and that state is
+    correct in real time (nothing missing that committed ``TEST_MARGIN_US`` before T, nothing
+    that began after T), so stamps cannot drift from the commits they stand for.
+    """
+    txns = replicated["txns"]
+    target = target_at_fraction(replicated, fraction, whole_second)
+    result = restore(open_storage(replicated["replica"], create=False), out, target_us=target)
+    expected = replicated["points"].expected_commit(target)
+    actual = f"{checksum_file(out, result.page_size):016x}"
     v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
-    assert v.exact, f"target {target}: restored state of txn {v.restored_index}, allowed {v.allowed}"
+    assert actual == txns[expected]["checksum"], (
+        f"target {format_us(target)}: expected the state after commit {expected}, restored txn {v.restored_index}"
+    )
+    assert result.exact and result.quick_check == "ok", result
+    assert v.exact, (
+        f"target {target}: restored state of txn {v.restored_index}, allowed {v.allowed}; the restore is exact "
+        f"to the stamps, but stamps lag commits by up to {replicated['points'].worst_lag_us(txns) / 1000:.1f} ms"
+    )
     os.unlink(out)
+
+
+def check_restore_window_edges(replicated: dict, out_dir: str) -> None:
+    """The restorable window's first moment restores the state before the first commit; one
+    microsecond earlier, or in the future, is refused with the window named and nothing written.
+    The window starts between the daemon's start and its readiness."""
+    txns = replicated["txns"]
+    storage = open_storage(replicated["replica"], create=False)
+    earliest = Replica(storage).earliest_us()
+    assert replicated["started_us"] <= earliest <= replicated["ready_us"], "the window must start with the daemon"
+    refused = os.path.join(out_dir, "refused.db")
+    # TimestampError is the documented type; TargetTooOld (a subclass) would satisfy it too.
+    with pytest.raises(TimestampError) as too_old:
+        restore(storage, refused, target_us=earliest - 1)
+    assert str(too_old.value).startswith(f"Timestamp too old: earliest restorable point is {format_us(earliest)} ")
+    assert "restorable window:" in str(too_old.value)
+    with pytest.raises(TimestampError, match=r"^Timestamp is in the future: "):
+        restore(storage, refused, target_us=now_us() + 3_600_000_000)
+    assert os.listdir(out_dir) == [], "a refused restore leaves nothing behind"
+    first = os.path.join(out_dir, "first.db")
+    result = restore(storage, first, target_us=earliest)
+    assert f"{checksum_file(first, result.page_size):016x}" == txns[0]["checksum"]
+    assert result.exact and result.quick_check == "ok", result

@@ -1,6 +1,6 @@
 """Synthetic replica history, written straight with the format encoders (no daemon, no real time).
 
-Used by tests/test_maintenance.py, tests/test_compaction.py, benchmarks/history_growth.py and
+Used by tests/test_maintenance_scheduler.py, tests/test_maintenance_compaction.py, benchmarks/history_growth.py and
 benchmarks/compaction_bench.py to get hours of history in seconds.  The database is a real SQLite file image (built in memory with the stdlib sqlite3, never
 a file, so no second SQLite library opens anything the daemon might): a table of JSON-ish text
 rows with an index.  Transactions are in-place UPDATEs of a counter inside a row's text

@@ -22,8 +22,8 @@ from harness import (
     judge,
     read_log,
     run_writer,
+    wait_for,
 )
-from test_daemon_restart import wait_for
 from walrewind.engine.errors import ObjectConflict, RestoreError
 from walrewind.engine.replica import layout
 from walrewind.engine.replica.format import FLAG_RESYNC
@@ -50,6 +50,7 @@ def fast_retries(store):
     return store
 
 
+@pytest.mark.slow
 def test_storage_operations_through_faults(seaweed_s3, tmp_path):
     """Every Storage call the engine makes, with ~30% of HTTP requests failing: multipart upload
     (parallel parts), create-only puts whose answer is lost, listings, parallel ranged downloads."""
@@ -80,6 +81,7 @@ def test_storage_operations_through_faults(seaweed_s3, tmp_path):
         store.close()
 
 
+@pytest.mark.slow
 def test_replication_and_restore_through_faults_stay_exact(seaweed_s3, tmp_path):
     prefix = f"faults/{uuid.uuid4().hex}"
     direct = seaweed_s3.url(prefix)
@@ -118,6 +120,7 @@ def test_replication_and_restore_through_faults_stay_exact(seaweed_s3, tmp_path)
         reader.close()
 
 
+@pytest.mark.slow
 def test_outage_through_proxy_is_spooled_and_drained(seaweed_s3, tmp_path):
     """An unreachable endpoint (every connection reset): the app never notices, the backlog is
     reported, and it drains in order afterwards."""
@@ -209,6 +212,7 @@ def test_bit_flip_in_segment_names_it_and_the_last_good_point(seaweed_s3, damage
     assert f"{result.checksum:016x}" in {t["checksum"] for t in txns}
 
 
+@pytest.mark.slow
 def test_bit_flip_in_snapshot_names_it(seaweed_s3, damaged, tmp_path):
     url, client, prefix, replica, txns = damaged
     snap = replica.generations[-1].snapshots[0]
@@ -220,6 +224,7 @@ def test_bit_flip_in_snapshot_names_it(seaweed_s3, damaged, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_truncated_segment_names_it(seaweed_s3, damaged, tmp_path):
     url, client, prefix, replica, txns = damaged
     victim = replica.generations[-1].segments[1]
@@ -249,6 +254,7 @@ def test_missing_segment_names_the_gap_before_downloading(seaweed_s3, damaged, t
     assert judge(str(tmp_path / "early.db"), result.page_size, txns, txns[0]["checksum"], target).exact
 
 
+@pytest.mark.slow
 def test_missing_last_segment_is_caught_by_the_heartbeat(seaweed_s3, damaged, tmp_path):
     url, client, prefix, replica, txns = damaged
     gen = replica.generations[-1]
@@ -260,6 +266,7 @@ def test_missing_last_segment_is_caught_by_the_heartbeat(seaweed_s3, damaged, tm
     assert f"use --txid {gen.segments[-2].last_txid}" in str(err.value)
 
 
+@pytest.mark.slow
 def test_overlapping_segments_from_two_writers_are_refused(seaweed_s3, damaged, tmp_path):
     url, client, prefix, replica, txns = damaged
     seg = replica.generations[-1].segments[1]

@@ -18,8 +18,8 @@ from harness import (
     create_db,
     read_log,
     run_writer,
+    wait_for,
 )
-from test_daemon_restart import wait_for
 from walrewind.engine.daemon.replicator import Shipper
 from walrewind.engine.daemon.uploader import Uploader
 from walrewind.engine.errors import (
@@ -62,6 +62,7 @@ def test_second_daemon_is_refused_naming_the_holder(seaweed_s3, tmp_path):
         assert second.lease.epoch == 3  # 1 = first, 2 = its release marker
 
 
+@pytest.mark.slow
 def test_takeover_after_expiry_fences_the_partitioned_holder(seaweed_s3, tmp_path):
     prefix = f"lease/{uuid.uuid4().hex}"
     direct = seaweed_s3.url(prefix)
@@ -118,6 +119,7 @@ def test_takeover_after_expiry_fences_the_partitioned_holder(seaweed_s3, tmp_pat
     assert f"{result.checksum:016x}" == txns[-1]["checksum"]
 
 
+@pytest.mark.slow
 def test_takeover_flag_displaces_a_live_daemon(seaweed_s3, tmp_path):
     db, url = str(tmp_path / "app.db"), seaweed_s3.url(f"lease/{uuid.uuid4().hex}")
     create_db(db)
@@ -135,6 +137,7 @@ def test_takeover_flag_displaces_a_live_daemon(seaweed_s3, tmp_path):
     assert found.holder is not None and found.holder.released and found.newest_epoch == 3
 
 
+@pytest.mark.slow
 def test_another_database_is_refused(seaweed_s3, tmp_path):
     url = seaweed_s3.url(f"lease/{uuid.uuid4().hex}")
     first, second = str(tmp_path / "first.db"), str(tmp_path / "second.db")
@@ -150,6 +153,7 @@ def test_another_database_is_refused(seaweed_s3, tmp_path):
         assert again.db_id == scan(open_storage(url)).holder.db_id
 
 
+@pytest.mark.slow
 def test_state_of_another_database_is_refused_even_with_takeover(seaweed_s3, tmp_path):
     """A state directory that belongs to database X never appends to a path holding database Y."""
     url_x, url_y = (seaweed_s3.url(f"lease/{uuid.uuid4().hex}") for _ in range(2))
@@ -168,6 +172,7 @@ def test_state_of_another_database_is_refused_even_with_takeover(seaweed_s3, tmp
     assert isinstance(err.__cause__, ForeignReplica) and "mix two databases" in str(err)
 
 
+@pytest.mark.slow
 def test_holder_reacquires_after_an_outage_longer_than_its_lease(seaweed_s3, tmp_path):
     """Renewals fail while S3 is unreachable; when it is back the holder's lease has expired, so
     before uploading it re-acquires by creating the next epoch (nobody took it), and goes on."""
@@ -192,6 +197,7 @@ def test_holder_reacquires_after_an_outage_longer_than_its_lease(seaweed_s3, tmp
     assert epochs == {2}  # everything was uploaded after the re-acquisition
 
 
+@pytest.mark.slow
 def test_segment_already_uploaded_under_an_older_epoch_is_accepted(seaweed_s3):
     """After a restart (new epoch) a segment whose first upload landed is re-encoded with another
     lease_epoch: same history, so it is accepted; different history under the key is refused."""

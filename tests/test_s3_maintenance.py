@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from synth_history import build_history
+from walrewind.engine.errors import TimestampError
 from walrewind.engine.maintenance.compaction import compact
 from walrewind.engine.maintenance.retention import RetentionPolicy, prune
 from walrewind.engine.maintenance.scheduler import Maintenance, MaintenancePolicy
@@ -18,7 +19,7 @@ from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 SECOND = 1_000_000
 
 
@@ -51,5 +52,5 @@ def test_compaction_retention_and_a_maintenance_round_on_s3(seaweed_s3, tmp_path
     assert left == {snapshots[-1].key} | {k for k in left if "/heartbeats/" in k}
     result = restore(storage, str(tmp_path / "latest.db"))
     assert (result.txid, result.checksum) == history.points[-1][::2]
-    with pytest.raises(Exception, match="too old"):
+    with pytest.raises(TimestampError, match=r"^Timestamp too old: earliest restorable point is "):
         restore(storage, str(tmp_path / "old.db"), target_us=history.points[5][1])

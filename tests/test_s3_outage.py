@@ -22,9 +22,9 @@ from harness import (
     read_log,
     replica_records,
     start_writer,
+    wait_for,
 )
 from seaweed_server import SeaweedS3, find_weed
-from test_daemon_restart import wait_for
 from walrewind.engine.replica.format import FLAG_LATE, FLAG_RESYNC
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
@@ -51,6 +51,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+@pytest.mark.slow
 def test_s3_down_for_30s_loses_nothing(own_seaweed, tmp_path):
     url = own_seaweed.url("outage") + "&connect_timeout=1&read_timeout=5"
     db, log, stop = (str(tmp_path / n) for n in ("app.db", "log", "stop"))
@@ -125,6 +126,7 @@ def test_s3_down_for_30s_loses_nothing(own_seaweed, tmp_path):
 # -- a bounded spool ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_spool_full_is_loud_and_repaired_visibly(seaweed_s3, tmp_path, caplog):
     """S3 unreachable long enough to fill a (deliberately tiny) spool: the daemon stops reading
     with a loud error, the application is unaffected, and once the backlog drains the gap is
@@ -182,7 +184,7 @@ def test_disk_full_cuts_the_failed_write_off(tmp_path, monkeypatch):
     later record from replay), SpoolFull is raised, and the next append goes on cleanly."""
     import errno
 
-    from test_spool import PAGE, make_items
+    from test_daemon_spool import PAGE, make_items
     from walrewind.engine.daemon import spool
     from walrewind.engine.daemon.spool import SpoolFull, StateDir
 

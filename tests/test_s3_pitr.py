@@ -9,12 +9,14 @@ import uuid
 
 import pytest
 from harness import (
+    PITR_WORKLOADS,
     DaemonThread,
-    assert_no_invented_states,
     check_latest_restore,
     check_restore_at_fraction,
+    check_restore_window_edges,
     create_db,
     read_log,
+    replicate_workload,
     run_writer,
 )
 from hypothesis import HealthCheck, given, settings
@@ -24,32 +26,23 @@ from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
-pytestmark = pytest.mark.s3
-
-WORKLOADS = {
-    "mixed": {"rate": 150, "txns": 300, "seed": 1},
-    "spills-rollbacks": {"rate": 100, "txns": 150, "seed": 2, "big_every": 40, "cache_size": 20, "rollback_every": 7},
-    "tiny-autocheckpoint-vacuum": {"rate": 100, "txns": 200, "seed": 3, "autocheckpoint": 5, "vacuum_every": 50},
-}
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module", params=sorted(WORKLOADS))
+@pytest.fixture(scope="module", params=sorted(PITR_WORKLOADS))
 def replicated(request, tmp_path_factory, seaweed_s3):
     """One workload replicated end to end into SeaweedFS; the writer's log is the ground truth."""
     base = tmp_path_factory.mktemp(request.param)
-    db, log = str(base / "app.db"), str(base / "log.jsonl")
     replica = seaweed_s3.url(f"pitr/{request.param}-{uuid.uuid4().hex[:8]}")
-    create_db(db)
-    with DaemonThread(db, replica, str(base / "state")) as shipper:
-        run_writer({"db": db, "log": log, "checksums": True, **WORKLOADS[request.param]})
-    txns, _ = read_log(log)
-    assert shipper.stats.upload_errors == 0, shipper.stats.last_error
-    assert_no_invented_states(replica, txns)
-    return {"dir": base, "replica": replica, "txns": txns, "stats": shipper.stats}
+    return replicate_workload(base, replica, PITR_WORKLOADS[request.param])
 
 
 def test_latest_restore_equals_final_state(replicated, tmp_path):
     check_latest_restore(replicated, str(tmp_path / "latest.db"))
+
+
+def test_window_edges(replicated, tmp_path):
+    check_restore_window_edges(replicated, str(tmp_path))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -20,6 +20,10 @@ from walrewind.engine.restore.drills import drill, random_targets
 from walrewind.engine.restore.restorer import plan_restore, restore
 from walrewind.engine.storage import open_storage
 
+# A daemon-written replica (4-5 s): the fast loop covers snapshots and drills in
+# test_maintenance_scheduler.py on synthetic history.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory):

@@ -109,6 +109,7 @@ def test_list_returns_sorted_relative_keys_with_sizes(storage: Storage) -> None:
     assert list(storage.list("nothing/")) == []
 
 
+@pytest.mark.slow
 def test_list_more_than_one_page(storage: Storage) -> None:
     # S3 returns at most 1000 keys per ListObjectsV2 call; 1100 forces a continuation token.
     keys = [f"many/{i:05d}" for i in range(1100)]
@@ -144,6 +145,7 @@ def test_put_file_if_absent_small(storage: Storage, tmp_path) -> None:
         put_file_immutable(storage, "files/small", str(other))
 
 
+@pytest.mark.slow
 def test_put_file_if_absent_large(storage: Storage, tmp_path) -> None:
     # Over the 64 MiB multipart threshold, with a short last part.
     size = 64 * MiB + 3 * MiB + 12345
@@ -192,6 +194,7 @@ def test_s3_keys_live_under_the_prefix(seaweed_s3, s3_store: S3Storage) -> None:
     assert s3_store.prefix.startswith("contract/") and s3_store.prefix.endswith("/")
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_s3_multipart_falls_back_when_conditional_complete_is_rejected(
     seaweed_s3, s3_store: S3Storage, tmp_path, monkeypatch
@@ -222,6 +225,7 @@ def test_s3_multipart_falls_back_when_conditional_complete_is_rejected(
     assert _pending_uploads(seaweed_s3, s3_store) == []
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_s3_multipart_failure_aborts_upload(seaweed_s3, s3_store: S3Storage, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(s3_store, "multipart_threshold", 5 * MiB)
@@ -263,6 +267,7 @@ def test_s3_reader_on_existing_bucket_opens(seaweed_s3) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_s3_unreachable_endpoint_names_endpoint() -> None:
     (port,) = free_ports(1)  # nothing listens here
     endpoint = f"http://127.0.0.1:{port}"
@@ -307,6 +312,7 @@ def test_s3_url_parsing_without_network() -> None:
         S3Storage.from_url("s3:///p")
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_s3_server_restart_keeps_data_and_outage_is_a_storage_error(seaweed_s3) -> None:
     """The fixture's stop()/start() (used by outage tests) keeps ports and data."""

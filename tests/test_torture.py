@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from harness import (
     DaemonThread,
     assert_no_invented_states,
@@ -50,6 +51,7 @@ def _restore_checks(replica: str, txns: list[dict], tmp_path, targets: int = 12,
         assert v.exact, f"target {target}: got txn {v.restored_index}, allowed {v.allowed}"
 
 
+@pytest.mark.slow
 def test_app_truncate_checkpoints_never_wait(tmp_path):
     """sqld-style TRUNCATE every second with a 5 s busy timeout: never busy, never slow, nothing lost."""
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
@@ -67,6 +69,7 @@ def test_app_truncate_checkpoints_never_wait(tmp_path):
     _restore_checks(replica, txns, tmp_path)
 
 
+@pytest.mark.slow
 def test_daemon_driven_checkpoints_bound_the_wal(tmp_path):
     """An app with autocheckpoint off: the opt-in daemon checkpoints keep the -wal small."""
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
@@ -81,6 +84,7 @@ def test_daemon_driven_checkpoints_bound_the_wal(tmp_path):
     _restore_checks(replica, txns, tmp_path, targets=6)
 
 
+@pytest.mark.slow
 def test_tiny_autocheckpoint_and_big_transactions(tmp_path):
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
     create_db(db)
@@ -95,6 +99,7 @@ def test_tiny_autocheckpoint_and_big_transactions(tmp_path):
     _restore_checks(replica, txns, tmp_path)
 
 
+@pytest.mark.slow
 def test_vacuum_and_shrinking_database(tmp_path):
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
     run_writer({"db": db, "txns": 0, "auto_vacuum": "full"})
@@ -108,6 +113,7 @@ def test_vacuum_and_shrinking_database(tmp_path):
     _restore_checks(replica, txns, tmp_path)
 
 
+@pytest.mark.slow
 def test_concurrent_writers(tmp_path):
     """Three writer processes at once: the latest restore has every row each of them committed."""
     db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
@@ -163,6 +169,7 @@ def _latest_is_live(replica: str, db: str, tmp_path) -> None:
 FLAT_OUT = {"rate": 0, "duration": 3, "row_bytes": 4000, "big_every": 1, "big_rows": 64}
 
 
+@pytest.mark.slow
 def test_writer_running_flat_out_loses_nothing(tmp_path):
     """A writer committing 64-page transactions as fast as it can, default autocheckpoint.
 
@@ -182,6 +189,7 @@ def test_writer_running_flat_out_loses_nothing(tmp_path):
     _latest_is_live(replica, db, tmp_path)
 
 
+@pytest.mark.slow
 def test_daemon_that_cannot_keep_up_lets_the_wal_reset(tmp_path):
     """Past max_wal_bytes the daemon stops holding the WAL while behind: the WAL stays bounded,
     and what the app's checkpoints overwrite unread is repaired as a visible RESYNC."""
@@ -214,6 +222,7 @@ def test_daemon_that_cannot_keep_up_lets_the_wal_reset(tmp_path):
     _latest_is_live(replica, db, tmp_path)
 
 
+@pytest.mark.slow
 def test_stop_while_behind_reads_to_the_end(tmp_path, monkeypatch):
     """SIGTERM's final sync reads every batch still unread, not just one (a daemon behind by more
     than READ_BATCH_BYTES used to stop with the rest unshipped)."""

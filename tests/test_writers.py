@@ -18,7 +18,7 @@ def summary(path: str) -> str:
     return subprocess.run([sys.executable, "-c", SUMMARY, path], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.mark.parametrize("lib", ["sqlite3", "apsw", "libsql"])
+@pytest.mark.parametrize("lib", [pytest.param("sqlite3", marks=pytest.mark.slow), pytest.param("apsw", marks=pytest.mark.slow), "libsql"])
 def test_each_library_replicates_exactly(lib, tmp_path):
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
     run_writer({"db": db, "lib": lib, "txns": 0})

@@ -58,6 +58,7 @@ def synthetic(tmp_path):
     return history
 
 
+@pytest.mark.slow
 def test_every_transaction_restores_exactly_after_compaction(daemon_replica, tmp_path):
     replica = str(tmp_path / "replica")
     shutil.copytree(daemon_replica["replica"], replica)
@@ -114,6 +115,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_compaction_restores_and_is_finished_next_run(synthetic, tmp_path):
     storage = open_storage(synthetic.replica, create=False)
     before = segment_keys(synthetic.replica)
@@ -143,6 +145,7 @@ def test_interrupted_compaction_restores_and_is_finished_next_run(synthetic, tmp
     assert not Replica(storage).generations[0].superseded
 
 
+@pytest.mark.slow
 def test_partial_overlap_is_still_two_writers(synthetic, tmp_path):
     storage = open_storage(synthetic.replica, create=False)
     gen = Replica(storage).generations[0]
@@ -197,6 +200,7 @@ def test_restore_restarts_when_compaction_deletes_its_segments(synthetic, tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["r.db", "replica"]  # nothing half-written left
 
 
+@pytest.mark.slow
 def test_restore_gives_up_after_two_restarts(synthetic, tmp_path):
     storage = open_storage(synthetic.replica, create=False)
     victim = Replica(storage).generations[0].segments[-1].key
@@ -230,6 +234,7 @@ def test_tampered_source_aborts_and_deletes_nothing(synthetic):
     assert listing(synthetic.replica) == before
 
 
+@pytest.mark.slow
 def test_dry_run_changes_nothing_and_cli(synthetic):
     from click.testing import CliRunner
     from walrewind.cli.main import cli

@@ -457,6 +457,7 @@ def test_copied_frame_from_earlier_in_the_wal_is_not_accepted(real_wal, real_txn
     assert same_txns(read_all(path).transactions, real_txns[:-1])
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40,
     deadline=None,

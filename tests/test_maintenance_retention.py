@@ -43,6 +43,8 @@ DAY = 86_400_000_000
 SECOND = 1_000_000
 
 
+# Built by the daemon (4-5 s): the tests that use it are marked slow; the fast loop keeps the
+# name-only prune planning and the config keys.
 @pytest.fixture(scope="module")
 def history(tmp_path_factory, request):
     """Generation A three days ago (snapshot, segments, a second snapshot), generation B now
@@ -83,6 +85,7 @@ def _keys(url: str) -> set[str]:
     return {i.key for i in open_storage(url, create=False).list("generations/")}
 
 
+@pytest.mark.slow
 def test_tier_selection_over_simulated_months():
     """GFS over 14 months of hourly snapshots, evaluated every simulated day: per tier exactly the
     newest snapshot of each of the last N periods, and a choice never flips back and forth."""
@@ -117,6 +120,7 @@ def test_tier_selection_over_simulated_months():
     assert all(v == ["monthly"] for v in select_tiers(snaps, now, 0, 0, 3).values())
 
 
+@pytest.mark.slow
 def test_window_prune_keeps_every_point_exact(history, tmp_path):
     url = _copy(history, tmp_path)
     storage = open_storage(url, create=False)
@@ -161,6 +165,7 @@ def test_window_prune_keeps_every_point_exact(history, tmp_path):
     assert prune(storage, policy, now_us=now).deleted == []
 
 
+@pytest.mark.slow
 def test_kept_snapshot_beyond_the_window_restores_with_a_note(history, tmp_path):
     url = _copy(history, tmp_path)
     storage = open_storage(url, create=False)
@@ -208,6 +213,7 @@ def test_kept_snapshot_beyond_the_window_restores_with_a_note(history, tmp_path)
     assert "exact to the transaction from " + format_us(s1.ts_us) in str(err.value)
 
 
+@pytest.mark.slow
 def test_restore_planned_before_a_prune_still_completes(history, tmp_path):
     """A restore lists and plans, a prune runs (now advanced by less than the grace), the restore
     downloads: everything it planned is still there.  Past the grace the same prune would not be."""
@@ -232,6 +238,7 @@ def test_restore_planned_before_a_prune_still_completes(history, tmp_path):
     assert result.exact and judge(out, result.page_size, txns, txns[0]["checksum"], target).exact
 
 
+@pytest.mark.slow
 def test_an_interrupted_prune_never_leaves_a_hole(history, tmp_path):
     """Apply the deletions one at a time: after every prefix, every point of the window and the
     latest state still plan exactly (planning checks holes from names), and the next run finishes."""
@@ -254,6 +261,7 @@ def test_an_interrupted_prune_never_leaves_a_hole(history, tmp_path):
     assert plan_prune(storage, policy, w + SECOND).deleted == []
 
 
+@pytest.mark.slow
 def test_retention_off_deletes_nothing(history, tmp_path):
     url = _copy(history, tmp_path)
     before = _keys(url)
@@ -265,6 +273,7 @@ def test_retention_off_deletes_nothing(history, tmp_path):
     assert res.exit_code == 0 and "retention is off" in res.output and _keys(url) == before
 
 
+@pytest.mark.slow
 def test_prune_command(history, tmp_path):
     url = _copy(history, tmp_path)
     run = CliRunner().invoke

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 
+import pytest
 from synth_history import SyntheticHistory
 from walrewind.engine.maintenance.scheduler import (
     DAY_US,
@@ -266,6 +267,7 @@ def test_snapshot_errors_are_recorded(tmp_path):
     assert len(snapshots(h.storage)) == 1
 
 
+@pytest.mark.slow
 def test_on_a_replica_written_by_the_daemon(tmp_path):
     """The real daemon's replica: a volume snapshot restores the writer's final state exactly, and a
     drill passes (the scheduler runs beside the daemon, reading only the replica)."""
