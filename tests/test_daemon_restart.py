@@ -25,7 +25,6 @@ from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
-
 DOWNTIME_COMMITS = 30  # what the app commits while the daemon is down (0.3 s at 100 txn/s)
 DOWNTIME_CHECKPOINTS = 3  # app TRUNCATE checkpoints while the daemon is down: its WAL position is gone
 
@@ -164,15 +163,14 @@ def posix_locks_held(path: str) -> int:
         return sum(1 for line in f if line.split()[4] == str(os.getpid()) and line.split()[5].endswith(f":{ino}"))
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a refused Shipper's close drops every POSIX lock this process "
-                   "holds on the database and -shm, the running Shipper's SQLite locks included")
 def test_refused_second_daemon_in_one_process_leaves_the_first_ones_locks(tmp_path):
     """Two Shippers of one database in one process (tests; `replicate` with two replicas of one
     file): the refused one opens raw descriptors on the -shm and the database before the lease
     check and closes them on refusal, and closing any descriptor drops all of the process's locks
     on that file.  The first daemon then holds no DMS lock on the -shm: the next application
     process to open the database reinitialises (or deletes) the -shm under it, which showed up as
-    a SIGBUS killing the whole test run in test_s3_lease, or as a bogus RESYNC."""
+    a SIGBUS killing the whole test run in test_s3_lease, or as a bogus RESYNC.  Fixed by sharing
+    those descriptors per file within the process (engine/sqlite/sharedfd.py)."""
     db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
     create_db(db)
     with DaemonThread(db, replica, str(tmp_path / "a"), heartbeat_interval=0.3, lease_seconds=30):
