@@ -164,12 +164,15 @@ class S3Reader(Storage):
         if conn is not None:
             conn.close()
 
-    def _sign(self, path: str, query: str) -> dict[str, str]:
-        """AWS Signature V4 headers for a GET of ``path?query`` (both already URI-encoded)."""
+    def _sign(self, path: str, query: str, extra: dict[str, str] | None = None,
+              now: datetime.datetime | None = None) -> dict[str, str]:
+        """AWS Signature V4 headers for a GET of ``path?query`` (both already URI-encoded);
+        ``extra`` headers (Range) are sent and signed too."""
         key_id, secret, token = self._creds
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = now or datetime.datetime.now(datetime.timezone.utc)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         headers = {"host": self._host_header, "x-amz-content-sha256": _EMPTY_SHA256, "x-amz-date": amz_date}
+        headers.update({k.lower(): v.strip() for k, v in (extra or {}).items()})
         if token:
             headers["x-amz-security-token"] = token
         names = sorted(headers)
@@ -181,18 +184,22 @@ class S3Reader(Storage):
         for part in (self.region, "s3", "aws4_request"):
             k = hmac.new(k, part.encode(), hashlib.sha256).digest()
         signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, "
-                                    f"SignedHeaders={';'.join(names)}, Signature={signature}")
+        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={key_id}/{scope},"
+                                    f"SignedHeaders={';'.join(names)},Signature={signature}")
         return headers
+
+    def _target(self, key: str | None, params: dict[str, str] | None) -> tuple[str, str]:
+        """(canonical URI path, canonical query string) of a GET of ``key`` (the bucket if None)."""
+        path = self._base + ("/" + self.bucket if self._path_style else "")
+        path += "/" + quote(self.prefix + key, safe="/~") if key is not None else "/"
+        query = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted((params or {}).items()))
+        return path, query
 
     def _get(self, key: str | None, params: dict[str, str] | None = None,
              extra: dict[str, str] | None = None) -> tuple[int, http.client.HTTPResponse, bytes]:
         """One GET attempt (of the bucket when ``key`` is None); raises _HTTPError on >= 300."""
-        path = self._base + ("/" + self.bucket if self._path_style else "")
-        path += "/" + quote(self.prefix + key, safe="/~") if key is not None else "/"
-        query = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted((params or {}).items()))
-        headers = self._sign(path, query)
-        headers.update(extra or {})
+        path, query = self._target(key, params)
+        headers = self._sign(path, query, extra)
         conn = self._conn()
         try:
             conn.request("GET", path + ("?" + query if query else ""), headers=headers)
