@@ -26,8 +26,8 @@ from ..replica import layout
 from ..replica.format import SEGMENT_MAGIC, RecordRef, open_envelope, unpack_segment
 from ..storage import Storage
 
-CHUNK = 8 << 20  # one ranged GET of a snapshot
-WINDOW = 5  # ranged GETs in flight or waiting to be consumed
+CHUNK = 4 << 20  # one ranged GET of a snapshot
+WINDOW = 6  # ranged GETs in flight or waiting to be consumed (24 MiB)
 LOCAL_CHUNK = 4 << 20
 SEGMENTS_AHEAD = 8
 SEGMENT_BYTES_AHEAD = 32 << 20
@@ -37,10 +37,10 @@ DECODE_AHEAD_MAX = 2 << 20  # segments decompressing to at most this are decoded
 class OrderedChunks:
     """Consecutive ranges of ``key`` (``size`` bytes, from the LIST) in order, fetched in parallel."""
 
-    def __init__(self, storage: Storage, key: str, size: int, name: str, chunk: int = CHUNK, window: int = WINDOW) -> None:
+    def __init__(self, storage: Storage, key: str, size: int, name: str, chunk: int | None = None, window: int | None = None) -> None:
         self.storage, self.key, self.size, self.name = storage, key, size, name
-        self.chunk = chunk
-        self.window = window
+        self.chunk = chunk or CHUNK
+        self.window = window or WINDOW
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[int, int, Future]] = deque()
         self._next = 0
