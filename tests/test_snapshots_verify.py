@@ -127,7 +127,10 @@ def test_damaged_newest_snapshot_is_skipped_everywhere(replicated, tmp_path, dam
         out = str(tmp_path / f"t{rec.txid}.db")
         assert restore(storage, out, target_txid=rec.txid).checksum == rec.db_checksum
 
-    rebuilt = build_snapshot(storage, workdir=str(tmp_path))  # `walrewind snapshot`, maintenance
+    stages = []
+    rebuilt = build_snapshot(storage, workdir=str(tmp_path), progress=lambda *a: stages.append(a))  # `snapshot`
+    assert [s for s, _d, _t in stages][-2:] == ["upload", "upload"] and stages[-1][1] == stages[-1][2] > 0
+    assert {"snapshot", "check", "compress"} <= {s for s, _d, _t in stages}
     assert rebuilt.created and rebuilt.txid == records[-1].txid and list(rebuilt.skipped) == [newer.key]
     fresh = restore(storage, str(tmp_path / "from-rebuilt.db"))
     assert fresh.checksum == result.checksum and not fresh.skipped  # the new snapshot is newest now

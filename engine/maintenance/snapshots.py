@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..replica import layout
 from ..replica.format import SnapshotWriter
 from ..replica.index import Replica
-from ..restore.restorer import restore
+from ..restore.restorer import Progress, restore
 from ..storage import Storage, put_file_immutable
 
 PAGES_PER_CHUNK = 256
@@ -33,8 +33,13 @@ class SnapshotBuilt:
     skipped: dict[str, str] = field(default_factory=dict)  # damaged snapshots the restore skipped
 
 
-def build_snapshot(storage: Storage, txid: int | None = None, workdir: str | None = None) -> SnapshotBuilt:
-    """Snapshot the newest generation at ``txid`` (its latest transaction by default)."""
+def build_snapshot(storage: Storage, txid: int | None = None, workdir: str | None = None,
+                   progress: Progress | None = None) -> SnapshotBuilt:
+    """Snapshot the newest generation at ``txid`` (its latest transaction by default).
+
+    ``progress(stage, done, total)`` sees the restore's stages, then "compress" (database bytes)
+    and "upload" (0 of the object's size, then all of it: uploads report no progress of their own).
+    """
     replica = Replica(storage)
     if replica.empty:
         raise ValueError(f"{storage.url}: nothing to snapshot (no restorable history)")
@@ -46,7 +51,7 @@ def build_snapshot(storage: Storage, txid: int | None = None, workdir: str | Non
         return SnapshotBuilt(snap.key, snap.txid, snap.ts_us, 0, False)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="walrewind-snapshot-") as tmp:
         db = os.path.join(tmp, "at.db")
-        result = restore(storage, db, target_txid=target, replica=replica)
+        result = restore(storage, db, target_txid=target, replica=replica, progress=progress)
         header = {
             "db_id": result.db_id,
             "generation": gen.id,
@@ -58,10 +63,18 @@ def build_snapshot(storage: Storage, txid: int | None = None, workdir: str | Non
         }
         path = os.path.join(tmp, "snapshot")
         writer = SnapshotWriter(path)
+        size, done = result.db_pages * result.page_size, 0
         with open(db, "rb") as f:
             while chunk := f.read(result.page_size * PAGES_PER_CHUNK):
                 writer.add_pages(chunk)
-        writer.finish(header)
+                done += len(chunk)
+                if progress and (done % (16 << 20) < len(chunk) or done == size):
+                    progress("compress", done, size)
+        object_size = writer.finish(header)
         key = layout.SnapshotKey(gen.id, result.txid, result.commit_us).key
+        if progress:
+            progress("upload", 0, object_size)
         created = put_file_immutable(storage, key, path)
+        if progress:
+            progress("upload", object_size, object_size)
     return SnapshotBuilt(key, result.txid, result.commit_us, result.db_pages, created, dict(result.skipped))

@@ -22,7 +22,6 @@ still be restored, and nothing is left behind: never a silently wrong database.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -140,7 +139,7 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
     """One attempt at ``plan`` into a temporary file next to ``out_path``, renamed when verified."""
     started = time.monotonic()
     directory = os.path.dirname(out_path)
-    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.walrewind-{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.walrewind-{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:

@@ -22,15 +22,16 @@ import hashlib
 import hmac
 import http.client
 import os
-import ssl
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from ..errors import ObjectNotFound, StorageError, WalrewindError
 from . import retry
 from .base import ObjectInfo, Storage
+
+if TYPE_CHECKING:
+    import ssl
 
 T = TypeVar("T")
 QUERY_PARAMS = {"endpoint", "region", "path_style", "connect_timeout", "read_timeout", "max_attempts"}
@@ -148,6 +149,8 @@ class S3Reader(Storage):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             if self._https:
+                import ssl  # only for https endpoints: ~10 ms to import
+
                 if self._ssl is None:
                     self._ssl = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
                 conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeouts[0], context=self._ssl)
@@ -266,6 +269,8 @@ class S3Reader(Storage):
         return self._run("get (range) of", key, attempt)
 
     def get_to_file(self, key: str, path: str) -> int:
+        from concurrent.futures import ThreadPoolExecutor
+
         first = self.get_range(key, 0, self.range_chunk)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
