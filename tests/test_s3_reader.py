@@ -156,3 +156,72 @@ def test_restore_through_the_reader_survives_a_truncated_snapshot(seaweed_s3, cl
     assert f"{result.checksum:016x}" == txns[-1]["checksum"] and result.quick_check == "ok"
     assert list(result.skipped) == [newer.key] and any(newer.key in w for w in result.warnings)
     assert restore(full, str(tmp_path / "boto3.db")).checksum == result.checksum
+
+
+def test_https_endpoint_with_a_private_ca(clean_env, tmp_path):
+    """TLS through AWS_CA_BUNDLE (as boto3 honours it), against a minimal S3 look-alike."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from urllib.parse import parse_qs, urlparse
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not available to make a certificate")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    objects = {"p/generations/a": b"0123456789", "p/generations/b": b"xyz"}
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            seen.append(self.headers.get("Authorization", ""))
+            url = urlparse(self.path)
+            if url.path == "/bkt/":
+                prefix = parse_qs(url.query).get("prefix", [""])[0]
+                items = "".join(f"<Contents><Key>{k}</Key><Size>{len(v)}</Size></Contents>"
+                                for k, v in sorted(objects.items()) if k.startswith(prefix))
+                body = f"<ListBucketResult><IsTruncated>false</IsTruncated>{items}</ListBucketResult>".encode()
+                status = 200
+            elif url.path[len("/bkt/"):] in objects:
+                body, status = objects[url.path[len("/bkt/"):]], 200
+                if self.headers.get("Range"):
+                    lo, hi = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
+                    body, status = body[lo : hi + 1], 206
+            else:
+                body, status = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>", 404
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"s3://AK:SK@bkt/p?endpoint=https://127.0.0.1:{server.server_address[1]}&max_attempts=1"
+        clean_env.setenv("AWS_CA_BUNDLE", cert)
+        reader = S3Reader.from_url(url)
+        assert [o.key for o in reader.list("generations/")] == ["generations/a", "generations/b"]
+        assert reader.get_range("generations/a", 2, 3) == b"234" and reader.get("generations/b") == b"xyz"
+        with pytest.raises(ObjectNotFound, match="generations/c"):
+            reader.get("generations/c")
+        assert all(a.startswith("AWS4-HMAC-SHA256 Credential=AK/") for a in seen)
+        reader.close()
+        clean_env.delenv("AWS_CA_BUNDLE")  # an unknown CA is refused, not ignored
+        strict = S3Reader.from_url(url.replace("max_attempts=1", "max_attempts=3"))
+        with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED") as err:
+            strict.get("generations/b")
+        assert "after 3 attempts" not in str(err.value) and strict.retry_stats.retries == 0
+    finally:
+        server.shutdown()

@@ -57,6 +57,8 @@ class _HTTPError(WalrewindError):
 def transient(exc: BaseException) -> bool:
     if isinstance(exc, _HTTPError):
         return exc.status in (408, 429) or (exc.status >= 500 and exc.status != 501) or exc.code in _TRANSIENT_CODES
+    if type(exc).__name__ == "SSLCertVerificationError":
+        return False  # a certificate that does not verify will not verify on the next try either
     return isinstance(exc, _NETWORK_ERRORS)
 
 
