@@ -253,3 +253,17 @@ def test_stream_reader_prefers_the_digest_verdict(tmp_path):
     with pytest.raises(ObjectCorrupt, match="longer than listed"):
         for _ in SnapshotStream(iter([longer]), len(blob), "s.snap").pages():
             pass
+
+
+def test_segments_of_another_database_are_refused(tmp_path):
+    model = Model(str(tmp_path / "replica"), 9)
+    model.segment(3)
+    model.db_id = uuid.UUID(int=1).hex  # a second database writing into the same generation
+    model.segment(3)
+    gen = Replica(model.storage).generations[0]
+    with pytest.raises(RestoreError, match=r"two databases wrote into one replica path") as err:
+        restore(model.storage, str(tmp_path / "x.db"), check="none")
+    assert gen.segments[0].key in str(err.value) and gen.segments[1].key in str(err.value)
+    # a point before the foreign segment is still restorable
+    assert restore(model.storage, str(tmp_path / "ok.db"), target_txid=4, check="none").checksum == model.points[4][1]
+    assert sorted(os.listdir(tmp_path)) == ["ok.db", "replica"]

@@ -37,7 +37,8 @@ DECODE_AHEAD_MAX = 2 << 20  # segments decompressing to at most this are decoded
 class OrderedChunks:
     """Consecutive ranges of ``key`` (``size`` bytes, from the LIST) in order, fetched in parallel."""
 
-    def __init__(self, storage: Storage, key: str, size: int, name: str, chunk: int | None = None, window: int | None = None) -> None:
+    def __init__(self, storage: Storage, key: str, size: int, name: str, chunk: int | None = None,
+                 window: int | None = None) -> None:
         self.storage, self.key, self.size, self.name = storage, key, size, name
         self.chunk = chunk or CHUNK
         self.window = window or WINDOW

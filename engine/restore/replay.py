@@ -98,7 +98,7 @@ class Replay:
         self.progress = progress
         self.target_us, self.target_txid = plan.target_us, plan.target_txid
         self.sink: PageSink | None = None
-        self.db_ids: set[str] = set()
+        self.db_ids: dict[str, str] = {}  # database id of the segments -> the first segment seen with it
         self.final: Point | None = None
         self.first_past = None  # the first record after the target (gap warnings)
         self.limit: int | None = None  # smallest db_pages from the newest applied record down
@@ -162,8 +162,8 @@ class Replay:
             if self.sink is not None:
                 self.sink.close()
         assert self.sink is not None and self.final is not None
-        return Outcome(self.final, self.sink.checksum, self.sink.page_size, header.get("db_id"), self.sink.pages_written, segments_read,
-                       self.warnings, self.stages)
+        return Outcome(self.final, self.sink.checksum, self.sink.page_size, header.get("db_id"),
+                       self.sink.pages_written, segments_read, self.warnings, self.stages)
 
     # ------------------------------------------------------------------------------ segments
     def _segments(self, fetcher: SegmentFetcher) -> int:
@@ -191,8 +191,13 @@ class Replay:
         if header.get("generation", gen) != gen:
             raise ObjectCorrupt(f"{name}: belongs to generation {header.get('generation')} of database "
                                 f"{header.get('db_id')}, not to generation {gen}")
-        if header.get("db_id"):
-            self.db_ids.add(header["db_id"])
+        db_id = header.get("db_id")
+        if db_id:
+            other = next((k for d, k in self.db_ids.items() if d != db_id), None)
+            if other is not None:
+                raise ObjectCorrupt(f"{name}: belongs to database {db_id}, but {self._name(other)} of the same "
+                                    f"generation to another one: two databases wrote into one replica path")
+            self.db_ids.setdefault(db_id, seg.key)
         if records and (records[0].txid, records[-1].txid) != (seg.first_txid, seg.last_txid):
             raise ObjectCorrupt(f"{name}: holds transactions {records[0].txid}..{records[-1].txid}, not what its name says")
 
@@ -256,7 +261,7 @@ class Replay:
         if header.get("generation", gen) != gen:
             raise ObjectCorrupt(f"{name}: belongs to generation {header.get('generation')}, not {gen}")
         db_id = header.get("db_id")
-        if db_id and self.db_ids - {db_id}:
+        if db_id and set(self.db_ids) - {db_id}:
             raise ObjectCorrupt(f"{name}: belongs to database {db_id}, its segments to {', '.join(sorted(self.db_ids))}")
         try:
             return int(header["db_checksum"], 16)
