@@ -41,7 +41,7 @@ def compact_command(source, older_than, span, dry_run, as_json):
     sources before they are deleted, and an interrupted run is finished by the next one."""
     src, _config = get_source(source)
     url = src.display
-    report = compact(src.storage(), compact_after_us=older_than, span_us=span, dry_run=dry_run,
+    report = compact(src.storage(write=True), compact_after_us=older_than, span_us=span, dry_run=dry_run,
                      progress=None if as_json and not sys.stderr.isatty() else _progress)
     if as_json:
         emit_json(dict(report.to_json(), replica=url, older_than=format_duration_us(older_than)))

@@ -22,12 +22,12 @@ from .common import (
     get_config,
     get_source,
     human_size,
-    make_progress,
     open_catalog,
     table,
 )
 from .db_shell_cmd import shell_command
-from .restore_cmd import EXCLUSIVE_HELP, TIMESTAMP_HELP
+from .progress import showing_progress
+from .restore_cmd import CHECK_HELP, EXCLUSIVE_HELP, TIMESTAMP_HELP
 from .validation import VALIDATE_HELP, print_validation
 
 
@@ -52,10 +52,11 @@ def db_group():
 @click.option("--exclusive", is_flag=True, help=EXCLUSIVE_HELP)
 @click.option("--reason", help="Why (kept in the recovery history).")
 @click.option("--validate", is_flag=True, help=VALIDATE_HELP)
+@click.option("--check", type=click.Choice(["quick", "full", "none"]), default="quick", show_default=True, help=CHECK_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
 @friendly
-def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, as_json):
+def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, check, as_json):
     """Create database NAME by restoring SRC's replica as of a moment (a new file; SRC is never touched).
 
     SRC is a database from the config file ([databases.SRC] with path and replica).  NAME (letters,
@@ -74,8 +75,9 @@ def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, 
     target = Target.parse(timestamp, txid, exclusive)
     config = get_config()
     source, _ = get_source(from_db)
-    recovery = create_database(config, name, source, target, reason=reason, validate_after=validate,
-                               progress=make_progress(not as_json))
+    with showing_progress(not as_json) as progress:
+        recovery = create_database(config, name, source, target, reason=reason, validate_after=validate,
+                                   progress=progress, check=check)
     result, validation = recovery.result, recovery.validation
     if as_json:
         emit_json({

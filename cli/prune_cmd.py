@@ -67,7 +67,7 @@ def prune_command(source, dry_run, retention, keep_daily, keep_weekly, keep_mont
     src, _config = get_source(source)
     base = src.database.retention_policy() if src.database is not None else RetentionPolicy()
     policy = base.overridden(retention, keep_daily, keep_weekly, keep_monthly, grace)
-    storage = src.storage()
+    storage = src.storage(write=True)
     report = prune(storage, policy, dry_run=dry_run)
     if as_json:
         emit_json({"source": source, "replica": storage.url, **report.to_json(),

@@ -9,9 +9,12 @@ import click
 from ..engine.timeparse import format_us
 from ..engine.workspace.recovery import Target, restore_to_file
 from ..engine.workspace.recovery import dry_run as dry_run_plan
-from .common import config_option, emit_json, friendly, get_source, make_progress
+from .common import config_option, emit_json, friendly, get_source
+from .progress import showing_progress
 from .validation import VALIDATE_HELP, print_validation
 
+CHECK_HELP = ("SQLite check run on the restored file after its recorded checksum matched: quick (quick_check), "
+              "full (integrity_check: indexes too, slower on large databases) or none.")
 EXCLUSIVE_HELP = ("Stop just before the target: the state right before transaction --txid N, or with only what "
                   "committed strictly before --timestamp T.")
 TIMESTAMP_HELP = (
@@ -32,10 +35,11 @@ TIMESTAMP_HELP = (
 @click.option("--dry-run", is_flag=True, help="Print the plan (snapshot, segments, the transaction it lands on) without restoring.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--validate", is_flag=True, help=VALIDATE_HELP)
+@click.option("--check", type=click.Choice(["quick", "full", "none"]), default="quick", show_default=True, help=CHECK_HELP)
 @click.option("--reason", help="Why (kept in the recovery history when a config file is in use).")
 @config_option
 @friendly
-def restore_command(source, output, timestamp, txid, exclusive, force, dry_run, as_json, validate, reason):
+def restore_command(source, output, timestamp, txid, exclusive, force, dry_run, as_json, validate, check, reason):
     """Restore SOURCE into a new database file (latest point by default).
 
     SOURCE is a configured database name or a replica URL/path; a configured name wins.  When a
@@ -49,8 +53,9 @@ def restore_command(source, output, timestamp, txid, exclusive, force, dry_run, 
         return
     if output is None:
         raise click.UsageError("Missing option '-o' / '--output' (the new database file to create)")
-    recovery = restore_to_file(src, output, target, config=config, force=force, validate_after=validate,
-                               reason=reason, progress=make_progress(not as_json))
+    with showing_progress(not as_json) as progress:
+        recovery = restore_to_file(src, output, target, config=config, force=force, validate_after=validate,
+                                   reason=reason, progress=progress, check=check)
     result = recovery.result
     if as_json:
         emit_json({**result.to_json(), **({"validation": recovery.validation.to_json()} if recovery.validation else {})})

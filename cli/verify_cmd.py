@@ -9,6 +9,7 @@ from ..engine.restore.drills import drill, random_targets
 from ..engine.timeparse import format_us
 from ..engine.workspace.recovery import parse_target, record_drills
 from .common import config_option, emit_json, friendly, get_source
+from .progress import showing_progress
 
 
 @click.command("verify", short_help="Restore drills: prove the replica restores, PASSED/FAILED.")
@@ -32,7 +33,10 @@ def verify_command(source, at, random_n, seed, as_json):
         targets: list[int | None] = list(random_targets(storage, random_n, seed))
     else:
         targets = [parse_target(at) if at is not None else None]
-    results = [drill(storage, target) for target in targets]
+    results = []
+    for target in targets:
+        with showing_progress(not as_json, "verify") as progress:
+            results.append(drill(storage, target, progress=progress))
     for warning in record_drills(config, src, results):
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -57,9 +61,13 @@ def snapshot_command(source, txid, as_json):
     segments, verified by the recorded checksum) so later restores read less. The live database
     is not read and no lock is taken on it."""
     src, _config = get_source(source)
-    built = build_snapshot(src.storage(), txid=txid)
+    with showing_progress(not as_json, "snapshot") as progress:
+        built = build_snapshot(src.storage(write=True), txid=txid, progress=progress)
     if as_json:
-        emit_json({"key": built.key, "txid": built.txid, "time": format_us(built.ts_us), "created": built.created})
+        emit_json({"key": built.key, "txid": built.txid, "time": format_us(built.ts_us), "created": built.created,
+                   "skipped_snapshots": [{"key": k, "reason": v} for k, v in built.skipped.items()]})
     else:
         state = "created" if built.created else "already existed"
         click.echo(f"snapshot at txid {built.txid} ({format_us(built.ts_us)}) {state}: {built.key}")
+    for key, reason in built.skipped.items():
+        click.echo(f"WARNING: skipped damaged snapshot {key}: {reason}", err=True)

@@ -190,7 +190,7 @@ def test_restore_restarts_when_compaction_deletes_its_segments(synthetic, tmp_pa
     compacted = []
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage == "segments" and done == 1 and not compacted:  # paused after the first segment
+        if stage == "segments" and not compacted:  # paused after the first segment
             compacted.append(compact(storage, now_us=synthetic.points[-1][1] + SECOND, compact_after_us=0))
     out = str(tmp_path / "r.db")
     result = restore(storage, out, target_txid=target_txid, progress=progress)

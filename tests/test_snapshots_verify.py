@@ -101,3 +101,44 @@ def test_verify_and_snapshot_commands(replicated, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-5])
     res = run(cli, ["verify", str(copy)], catch_exceptions=False)
     assert res.exit_code == 1 and res.output.startswith("FAILED") and victim.name in res.output
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_damaged_newest_snapshot_is_skipped_everywhere(replicated, tmp_path, damage):
+    """Issue 11: one damaged snapshot must not make the points after it unrestorable while the
+    previous snapshot and every segment are intact; restore, snapshot building and drills all
+    fall back to the older snapshot and name the damaged object."""
+    copy = tmp_path / "replica"
+    shutil.copytree(replicated["replica"], copy)
+    storage = open_storage(str(copy), create=False)
+    records = replica_records(str(copy))
+    newer = build_snapshot(storage, txid=records[len(records) // 2].txid, workdir=str(tmp_path))
+    victim = copy / newer.key
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 3 :]
+    else:
+        data[len(data) // 2] ^= 0x04
+    victim.write_bytes(bytes(data))
+    txns = replicated["txns"]
+
+    result = restore(storage, str(tmp_path / "latest.db"))
+    assert f"{result.checksum:016x}" == txns[-1]["checksum"] and result.quick_check == "ok"
+    assert list(result.skipped) == [newer.key]
+    assert any(newer.key in w for w in result.warnings) and any(newer.key in n for n in result.notes)
+    # a target after the damaged snapshot, and the damaged snapshot's own point
+    for rec in (records[len(records) // 2], records[-3]):
+        out = str(tmp_path / f"t{rec.txid}.db")
+        assert restore(storage, out, target_txid=rec.txid).checksum == rec.db_checksum
+
+    stages = []
+    rebuilt = build_snapshot(storage, workdir=str(tmp_path), progress=lambda *a: stages.append(a))  # `snapshot`
+    assert [s for s, _d, _t in stages][-2:] == ["upload", "upload"] and stages[-1][1] == stages[-1][2] > 0
+    assert {"snapshot", "check", "compress"} <= {s for s, _d, _t in stages}
+    assert rebuilt.created and rebuilt.txid == records[-1].txid and list(rebuilt.skipped) == [newer.key]
+    fresh = restore(storage, str(tmp_path / "from-rebuilt.db"))
+    assert fresh.checksum == result.checksum and not fresh.skipped  # the new snapshot is newest now
+
+    report = drill(storage, records[len(records) // 2 + 1].commit_ts_us, workdir=str(tmp_path))
+    assert not report.passed and newer.key in report.detail and list(report.damaged) == [newer.key]
+    assert report.txid is not None  # the point itself restored: the drill says why it still fails

@@ -109,6 +109,72 @@ def _open_envelope(blob: bytes, magic: bytes, name: str) -> tuple[dict, memoryvi
     return header, memoryview(blob)[start : start + payload_len]
 
 
+def open_envelope(blob: bytes, magic: bytes, name: str) -> tuple[dict, memoryview]:
+    """Verify an object held in memory (every check of docs/FORMAT.md section 2, digest first)
+    and return (header, payload view).  Restores call it on download threads, so digests of
+    many segments are computed in parallel (hashlib releases the GIL)."""
+    return _open_envelope(blob, magic, name)
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """One transaction record inside a decompressed segment payload, located but not copied.
+
+    Restores apply records newest-first and write each page at most once, so most page entries
+    are never touched; indexing the payload instead of building ``TxnRecord`` dicts avoids a
+    copy of every page.
+    """
+
+    txid: int
+    commit_ts_us: int
+    db_pages: int
+    flags: int
+    db_checksum: int
+    offset: int  # of the record's first page entry in the payload
+    count: int  # page entries
+
+
+def index_txns(raw: bytes | memoryview, page_size: int, name: str = "segment") -> list[RecordRef]:
+    """Locate every record of a decompressed segment payload (same framing checks as ``decode_txns``)."""
+    refs: list[RecordRef] = []
+    size = len(raw)
+    entry = PGNO.size + page_size
+    off = 0
+    while off < size:
+        if off + TXN.size > size:
+            raise ObjectCorrupt(f"{name}: truncated transaction header at byte {off}")
+        txid, ts, db_pages, flags, count, checksum = TXN.unpack_from(raw, off)
+        off += TXN.size
+        if off + count * entry > size:
+            raise ObjectCorrupt(f"{name}: transaction {txid} is truncated")
+        refs.append(RecordRef(txid, ts, db_pages, flags, checksum, off, count))
+        off += count * entry
+    return refs
+
+
+def record_pages(raw: memoryview, ref: RecordRef, page_size: int) -> Iterator[tuple[int, memoryview]]:
+    """(pgno, page view) of one record's page entries, in the order they are stored."""
+    off = ref.offset
+    for _ in range(ref.count):
+        (pgno,) = PGNO.unpack_from(raw, off)
+        yield pgno, raw[off + PGNO.size : off + PGNO.size + page_size]
+        off += PGNO.size + page_size
+
+
+def unpack_segment(header: dict, payload: bytes | memoryview, name: str) -> tuple[bytes, list[RecordRef]]:
+    """Decompress a verified segment payload and index its records (counts and sizes checked)."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header["raw_length"])
+    except zstandard.ZstdError as exc:
+        raise ObjectCorrupt(f"{name}: cannot decompress payload ({exc})") from None
+    if len(raw) != header["raw_length"]:
+        raise ObjectCorrupt(f"{name}: payload decompressed to {len(raw)} bytes, header says {header['raw_length']}")
+    refs = index_txns(raw, header["page_size"], name)
+    if len(refs) != header["txn_count"]:
+        raise ObjectCorrupt(f"{name}: holds {len(refs)} transactions, header says {header['txn_count']}")
+    return raw, refs
+
+
 def encode_segment(header: dict, records: list[TxnRecord]) -> bytes:
     raw = b"".join(r.encode() for r in records)
     payload = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)

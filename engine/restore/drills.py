@@ -1,8 +1,10 @@
 """Restore drills: prove a replica restores, without trusting anything but the restore itself.
 
-A drill restores into a temporary directory (the restore already checks the recorded database
-checksum and quick_check), then runs the full ``PRAGMA integrity_check``, and reports PASSED or
-FAILED with timings.  Random drills pick seeded targets across the restorable window.
+A drill restores into a temporary directory with the full check (the recorded database checksum
+over every page as it is written, then ``PRAGMA integrity_check``), and reports PASSED or FAILED
+with timings.  A restore that had to skip a damaged snapshot still lands on the right state, but
+the drill FAILS and names the object: the replica is degraded (retention will soon delete the
+older snapshot the restore fell back to).  Random drills pick seeded targets across the window.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apsw
 
-from ..errors import ObjectCorrupt, RestoreError, StorageError
+from ..errors import ObjectCorrupt, ReplicaEmpty, RestoreError, StorageError
 from ..replica.index import Replica
 from ..storage import Storage
 from ..timeparse import format_us
-from .restorer import restore
+from .checks import run_check
+from .restorer import Progress, restore
 
 
 @dataclass
@@ -30,6 +33,7 @@ class DrillResult:
     commit_us: int | None
     seconds: float
     detail: str
+    damaged: dict[str, str] = field(default_factory=dict)  # object key -> what is wrong with it
 
     def to_json(self) -> dict:
         return {
@@ -39,36 +43,35 @@ class DrillResult:
             "commit_time": format_us(self.commit_us) if self.commit_us is not None else None,
             "seconds": round(self.seconds, 3),
             "detail": self.detail,
+            "damaged": [{"key": k, "reason": v} for k, v in self.damaged.items()],
         }
 
 
 def integrity_check(path: str) -> str:
-    conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-    try:
-        rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    finally:
-        conn.close()
-    return "ok" if rows == ["ok"] else "; ".join(map(str, rows[:5]))
+    return run_check(path, "full")
 
 
-def drill(storage: Storage, target_us: int | None = None, workdir: str | None = None) -> DrillResult:
+def drill(storage: Storage, target_us: int | None = None, workdir: str | None = None,
+          progress: Progress | None = None) -> DrillResult:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=workdir, prefix="walrewind-verify-") as tmp:
         out = os.path.join(tmp, "drill.db")
         try:
-            result = restore(storage, out, target_us=target_us)
-            check = integrity_check(out)
+            result = restore(storage, out, target_us=target_us, progress=progress, check="full")
         except (RestoreError, ObjectCorrupt, StorageError, apsw.Error) as exc:
             return DrillResult(target_us, False, None, None, time.monotonic() - started, str(exc))
-    passed = check == "ok"
-    detail = f"checksum {result.checksum:016x} verified, integrity_check {check}"
-    return DrillResult(target_us, passed, result.txid, result.commit_us, time.monotonic() - started, detail)
+    detail = f"checksum {result.checksum:016x} verified, integrity_check {result.quick_check}"
+    if result.skipped:
+        damaged = "; ".join(f"{storage.url}/{k}: {why}" for k, why in result.skipped.items())
+        detail = f"damaged snapshot skipped ({damaged}); the point restored from an older snapshot: {detail}"
+    return DrillResult(target_us, not result.skipped, result.txid, result.commit_us, time.monotonic() - started,
+                       detail, dict(result.skipped))
 
 
 def random_targets(storage: Storage, count: int, seed: int = 0) -> list[int]:
     replica = Replica(storage)
     if replica.empty:
-        raise RestoreError(f"{storage.url}: the replica holds no restorable history")
+        raise ReplicaEmpty(f"{storage.url}: the replica holds no restorable history")
     lo = replica.earliest_us()
     hi = replica.latest()[1]  # type: ignore[index]
     rng = random.Random(seed)

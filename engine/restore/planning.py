@@ -65,8 +65,22 @@ def window_text(replica: Replica) -> str:
 
 
 def plan_restore(
-    replica: Replica, target_us: int | None = None, target_txid: int | None = None, now_us: int | None = None
+    replica: Replica, target_us: int | None = None, target_txid: int | None = None, now_us: int | None = None,
+    skip: dict[str, str] | None = None,
 ) -> RestorePlan:
+    """The plan for a target (the latest point if neither is given).
+
+    ``skip`` maps snapshot keys found damaged (by an earlier attempt) to the reason: the plan then
+    replays from the newest older snapshot of the same generation instead, with a note naming the
+    skipped object, or fails naming it when no older snapshot and unbroken segments remain.
+    """
+    plan = _plan(replica, target_us, target_txid, now_us)
+    if skip and plan.snapshot.key in skip:
+        plan = _without_damaged(replica, plan, skip)
+    return plan
+
+
+def _plan(replica: Replica, target_us: int | None, target_txid: int | None, now_us: int | None) -> RestorePlan:
     if replica.empty:
         raise ReplicaEmpty(f"{replica.storage.url}: the replica holds no restorable history (no snapshot found)")
     now_us = now_us if now_us is not None else time.time_ns() // 1000
@@ -225,6 +239,45 @@ def point_before_snapshot(replica: Replica, plan: RestorePlan) -> tuple[int, int
     if before:
         return before[-1].last_txid, before[-1].last_commit_us  # type: ignore[return-value]
     return None
+
+
+# ---------------------------------------------------------------- damaged snapshots
+def _segments_after(gen: Generation, snap: layout.SnapshotKey, target_us: int | None,
+                    target_txid: int | None) -> list[layout.SegmentKey]:
+    """The segments a plan from ``snap`` reads (the same selection as ``_plan``)."""
+    after = [s for s in gen.segments if s.last_txid > snap.txid]
+    if target_txid is not None:
+        return [s for s in after if s.first_txid <= target_txid]
+    if target_us is not None:
+        within = [s for s in after if s.first_ts_us <= target_us]
+        return within + [s for s in after if s.first_ts_us > target_us][:1]
+    return after
+
+
+def _without_damaged(replica: Replica, plan: RestorePlan, skip: dict[str, str]) -> RestorePlan:
+    """Re-plan ``plan`` from the newest older valid snapshot of its generation (issue: one damaged
+    snapshot must not make every later point unrestorable while older objects are intact)."""
+    gen, url = plan.generation, replica.storage.url
+    bad = [s for s in gen.snapshots if s.key in skip and s.txid <= plan.snapshot.txid]
+    what = "; ".join(f"{url}/{s.key} is damaged ({skip[s.key]})" for s in reversed(bad))
+    older = [s for s in gen.snapshots if s.txid < plan.snapshot.txid and s.key not in skip]
+    if not older:
+        raise RestoreError(
+            f"cannot restore: {what}, and generation {gen.id} has no older valid snapshot to replay from"
+            + _hint(point_before_snapshot(replica, RestorePlan(gen, bad[0], [], None, None)))
+        )
+    snap = older[-1]
+    note = (f"skipped damaged snapshot {url}/{plan.snapshot.key} ({skip[plan.snapshot.key]}); "
+            f"replayed from the snapshot at txid {snap.txid} ({format_us(snap.ts_us)})")
+    if not plan.exact:
+        return RestorePlan(gen, snap, [], plan.target_us, plan.target_txid, plan.notes + [note], exact=False)
+    fallback = RestorePlan(gen, snap, _segments_after(gen, snap, plan.target_us, plan.target_txid),
+                           plan.target_us, plan.target_txid, plan.notes + [note])
+    try:
+        return _checked(replica, fallback)
+    except RestoreError as exc:
+        raise RestoreError(f"{what}; replaying from the older snapshot at txid {snap.txid} is not possible either: "
+                           f"{exc}") from None
 
 
 # ---------------------------------------------------------------- targets before the exact window

@@ -229,15 +229,19 @@ def restore_to_file(
     validate_after: bool = False,
     reason: str | None = None,
     progress: Progress | None = None,
+    check: str = "quick",
 ) -> Recovery:
-    """Restore ``source`` into the new file ``output``; recorded in the history when a config is in use."""
+    """Restore ``source`` into the new file ``output``; recorded in the history when a config is in use.
+
+    ``check`` is the SQLite check run on the restored file after its recorded checksum matched:
+    "quick" (quick_check, the default), "full" (integrity_check) or "none"."""
     history = _History(config, "restore", replica=source.display, output=os.path.abspath(output),
                        target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed,
                        source=source_name(source, config))
     try:
         refuse_live_database(output, config)
         result = restore(source.storage(), output, target_us=target.restore_us, target_txid=target.restore_txid,
-                         force=force, progress=progress)
+                         force=force, progress=progress, check=check)
     except BaseException as exc:
         history.failed(exc)
         raise
@@ -257,6 +261,7 @@ def create_database(
     reason: str | None = None,
     validate_after: bool = False,
     progress: Progress | None = None,
+    check: str = "quick",
 ) -> Recovery:
     """Restore ``source`` as of ``target`` into the new named database ``name`` (a new file; the
     source is never touched): reserve the name, restore, mark it ready, record it."""
@@ -276,7 +281,7 @@ def create_database(
         reserved = True
         history.values["output"] = out_path
         result = restore(source.storage(), out_path, target_us=target.restore_us, target_txid=target.restore_txid,
-                         progress=progress)
+                         progress=progress, check=check)
         catalog.update(name, status="ready", restored_txid=result.txid, restored_commit_us=result.commit_us,
                        checksum=f"{result.checksum:016x}")
         reserved = False

@@ -47,10 +47,11 @@ class Source:
         """How to refer to it in a message: the configured name, else the (redacted) URL."""
         return self.name or self.display
 
-    def storage(self) -> Storage:
-        """The replica's storage, for reading (a missing local replica is an error, not created)."""
+    def storage(self, write: bool = False) -> Storage:
+        """The replica's storage (a missing local replica is an error, never created).  Readers get
+        the lighter read-only backend where there is one (no boto3 import for a plain S3 GET)."""
         try:
-            return open_storage(self.replica_url, create=False)
+            return open_storage(self.replica_url, create=False, read_only=not write)
         except StorageError as exc:
             what = f"replica of {self.name!r} ({self.display})" if self.name else f"replica {self.display}"
             raise StorageError(f"{what} is unreachable: {exc}") from None
