@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..engine.replica.check import check_replica
+from ..engine.restore.objects import check_replica
 from .common import config_option, emit_json, friendly, get_source, make_progress
 
 

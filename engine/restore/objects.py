@@ -2,25 +2,24 @@
 
 Each snapshot and segment is downloaded and its envelope checked exactly as a restore would
 (magic, version, BLAKE2b digest, header fields, and for segments the records against the name),
-in parallel; nothing is written anywhere but a temporary file per snapshot.  Cheaper than a drill
+in parallel; nothing is written anywhere: snapshots are streamed through their digest.  Cheaper than a drill
 (no database is rebuilt, no checksum of a restored file), and it names every damaged object, where
 a restore stops at the first one.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ObjectCorrupt, StorageError
-from . import layout
-from .format import decode_segment
-from .index import Replica
-from .snapshotfile import open_snapshot_file
+from ..replica import layout
+from ..replica.format import decode_segment
+from ..replica.index import Replica
+from ..replica.snapshotfile import SnapshotStream
+from .fetch import OrderedChunks
 
 WORKERS = 8
 Progress = Callable[[str, int, int], None]
@@ -53,35 +52,29 @@ def _check_segment(replica: Replica, seg: layout.SegmentKey) -> None:
         raise ObjectCorrupt(f"{name}: its transactions are not consecutive")
 
 
-def _check_snapshot(replica: Replica, snap: layout.SnapshotKey, workdir: str | None) -> None:
+def _check_snapshot(replica: Replica, snap: layout.SnapshotKey) -> None:
+    """The snapshot streamed through its digest and decompressed page by page, never stored."""
     name = f"{replica.storage.url}/{snap.key}"
-    local = replica.storage.local_path(snap.key)
-    if local is not None:
-        _check_snapshot_file(local, name, snap)
-        return
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="walrewind-check-") as tmp:
-        path = os.path.join(tmp, "snapshot")
-        replica.storage.get_to_file(snap.key, path)
-        _check_snapshot_file(path, name, snap)
+    chunks = OrderedChunks(replica.storage, snap.key, replica.sizes.get(snap.key, 0), name).start()
+    stream = SnapshotStream(chunks, chunks.size, name)
+    try:
+        if stream.header.get("txid", snap.txid) != snap.txid:
+            raise ObjectCorrupt(f"{name}: is a snapshot at txid {stream.header.get('txid')}, not {snap.txid}")
+        for _ in stream.pages():  # the digest, trailer and page count are checked at the end
+            pass
+    finally:
+        stream.close()
+        chunks.close()
 
 
-def _check_snapshot_file(path: str, name: str, snap: layout.SnapshotKey) -> None:
-    header, pages = open_snapshot_file(path, name)  # digest verified over the whole file
-    if header.get("txid", snap.txid) != snap.txid:
-        raise ObjectCorrupt(f"{name}: is a snapshot at txid {header.get('txid')}, not {snap.txid}")
-    for _ in pages():  # decompresses every page: a payload that does not inflate is caught too
-        pass
-
-
-def check_replica(replica: Replica, progress: Progress | None = None, workdir: str | None = None,
-                  workers: int = WORKERS) -> CheckReport:
+def check_replica(replica: Replica, progress: Progress | None = None, workers: int = WORKERS) -> CheckReport:
     """Verify every snapshot and segment; returns what was damaged (or missing) by key."""
     started = time.monotonic()
     report = CheckReport()
     jobs: list[tuple[str, Callable[[], None]]] = []
     for gen in replica.generations:
         for snap in gen.snapshots:
-            jobs.append((snap.key, lambda s=snap: _check_snapshot(replica, s, workdir)))
+            jobs.append((snap.key, lambda s=snap: _check_snapshot(replica, s)))
         for seg in gen.segments:
             jobs.append((seg.key, lambda s=seg: _check_segment(replica, s)))
 
