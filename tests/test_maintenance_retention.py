@@ -166,6 +166,33 @@ def test_window_prune_keeps_every_point_exact(history, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_damaged_base_snapshot_is_never_relied_on(history, tmp_path):
+    """Names cannot tell a truncated snapshot: prune verifies the snapshot that makes older history
+    deletable, and a damaged one is treated as absent, so what a restore falls back on stays."""
+    url = _copy(history, tmp_path)
+    storage = open_storage(url, create=False)
+    s1, s2 = history["s1"], history["s2"]
+    with open(f"{url}/{s1.key}", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 100)
+    w = s1.ts_us + (s2.ts_us - s1.ts_us) // 2
+    policy = RetentionPolicy(2 * SECOND, grace_us=SECOND // 2)
+    now = w + policy.retention_us + policy.grace_us  # type: ignore[operator]
+    verified: set[str] = set()
+    report = prune(storage, policy, now_us=now, verified=verified)
+    assert list(report.damaged) == [s1.key] and "truncated" in report.damaged[s1.key]
+    assert s1.key not in report.deleted  # kept for inspection
+    gen_b = Replica(storage).generations[-1]
+    assert gen_b.snapshots[0].txid < s1.txid  # the older snapshot of generation B is the base now
+    assert report.base_key == gen_b.snapshots[0].key
+    # every point between S1 and S2 restores, falling back past the damaged snapshot
+    txns = history["txns_b"]
+    target = txns[-1]["end"] if s2.ts_us > txns[-1]["end"] else (s1.ts_us + s2.ts_us) // 2
+    result = restore(storage, str(tmp_path / "mid.db"), target_us=target)
+    assert judge(str(tmp_path / "mid.db"), result.page_size, txns, txns[0]["checksum"], target).exact
+    assert verified == {gen_b.snapshots[0].key}  # checked once; the next run does not download it again
+
+
+@pytest.mark.slow
 def test_kept_snapshot_beyond_the_window_restores_with_a_note(history, tmp_path):
     url = _copy(history, tmp_path)
     storage = open_storage(url, create=False)
@@ -324,10 +351,19 @@ def test_config_retention_and_scheduler_keys(tmp_path):
         assert str(cfg) in str(err.value) and key in str(err.value), str(err.value)
 
 
+class _TrustEverySnapshot(set):
+    """For planning tests on made-up objects: every snapshot counts as verified (the check that
+    downloads the base snapshot is tested with real ones, test_a_damaged_base_snapshot_...)."""
+
+    def __contains__(self, key) -> bool:
+        return True
+
+
 def test_prune_removes_leftovers_and_never_the_newest_generation(tmp_path):
     """Names only (planning never opens an object): whole old generations go snapshot first,
     an interrupted prune's leftovers go, the newest generation always keeps its latest state."""
     storage = open_storage(str(tmp_path / "r"))
+    trust = _TrustEverySnapshot()
     now = 100 * DAY
 
     def gen(start, end, snapshot=True):
@@ -341,13 +377,13 @@ def test_prune_removes_leftovers_and_never_the_newest_generation(tmp_path):
     partly = gen(now - 19 * DAY, now - 15 * DAY)  # W falls in it: its last state is what W restores
     leftover = gen(now - 4 * DAY, now - 4 * DAY, snapshot=False)
     newest = gen(now - 2 * DAY, now - 2 * DAY)
-    report = prune(storage, RetentionPolicy(7 * DAY, 0, 0, 0), now)
+    report = prune(storage, RetentionPolicy(7 * DAY, 0, 0, 0), now, verified=trust)
     assert report.generations_removed == sorted([old, leftover])
     assert report.deleted.index(f"generations/{old}/snapshots/{1:016x}-{now - 30 * DAY:016x}.snap") < \
         report.deleted.index(f"generations/{old}/segments/{2:016x}-{3:016x}-{now - 30 * DAY:016x}-{now - 20 * DAY:016x}.seg")
     assert {k.split("/")[1] for k in _keys_of(storage)} == {partly, newest}
-    assert prune(storage, RetentionPolicy(1, 0, 0, 0), now).generations_removed == [partly]
-    assert prune(storage, RetentionPolicy(1, 0, 0, 0), now).deleted == []  # the newest generation stays whole
+    assert prune(storage, RetentionPolicy(1, 0, 0, 0), now, verified=trust).generations_removed == [partly]
+    assert prune(storage, RetentionPolicy(1, 0, 0, 0), now, verified=trust).deleted == []  # the newest generation stays whole
     assert {k.split("/")[1] for k in _keys_of(storage)} == {newest}
 
 

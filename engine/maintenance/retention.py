@@ -40,6 +40,7 @@ from .. import defaults
 from ..errors import UsageError
 from ..replica import layout
 from ..replica.index import Generation, Replica
+from ..restore.objects import snapshot_damage
 from ..storage import Storage
 from ..timeparse import (
     format_duration_us,
@@ -116,6 +117,8 @@ class PruneReport:
     bytes_by_kind: dict[str, int] = field(default_factory=lambda: {"snapshots": 0, "segments": 0, "heartbeats": 0})
     generations_removed: list[str] = field(default_factory=list)
     latest_us: int | None = None
+    base_key: str | None = None  # the snapshot whose existence makes the deletions safe
+    damaged: dict[str, str] = field(default_factory=dict)  # snapshots found damaged: not relied on, not deleted
 
     def to_json(self) -> dict:
         return {
@@ -132,6 +135,7 @@ class PruneReport:
             "window_start": format_us(self.window_start_us) if self.window_start_us is not None else None,
             "latest": format_us(self.latest_us) if self.latest_us is not None else None,
             "kept_snapshots": [k.to_json() for k in self.kept_snapshots],
+            "damaged_snapshots": [{"key": k, "error": e} for k, e in self.damaged.items()],
         }
 
 
@@ -189,9 +193,17 @@ def _window_generation(gens: list[Generation], w: int) -> int:
     return index
 
 
-def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int) -> PruneReport:
-    """Decide what ``prune`` would delete, from one LIST; nothing is deleted."""
-    replica = Replica(storage)
+def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int, damaged: frozenset[str] = frozenset(),
+               replica: Replica | None = None) -> PruneReport:
+    """Decide what ``prune`` would delete, from one LIST; nothing is deleted.
+
+    Snapshots in ``damaged`` are treated as absent: never the base that justifies deleting older
+    history, and never deleted themselves (kept for inspection)."""
+    replica = replica or Replica(storage)
+    if damaged:
+        for gen in replica.generations:
+            gen.snapshots = [s for s in gen.snapshots if s.key not in damaged]
+        replica.generations = [g for g in replica.generations if g.snapshots]
     report = PruneReport([], [], 0, None, True, retention_off=policy.retention_us is None, now_us=now_us, policy=policy)
     gens = replica.generations
     if gens:
@@ -235,7 +247,8 @@ def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int) -> PruneR
             report.generations_removed.append(gen.id)
     # Leftovers of an interrupted prune: generations without a snapshot, older than the newest one.
     newest_id = gens[-1].id
-    restorable = {g.id for g in gens}
+    # A generation whose only snapshots are damaged is not a leftover: its objects stay for inspection.
+    restorable = {g.id for g in gens} | {key.split("/")[1] for key in damaged}
     leftovers = sorted(k for k in replica.sizes if k.split("/")[1] not in restorable and k.split("/")[1] < newest_id)
     order = leftovers + order
     report.generations_removed = sorted(set(report.generations_removed) | {k.split("/")[1] for k in leftovers})
@@ -248,6 +261,7 @@ def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int) -> PruneR
         report.bytes_by_kind[_kind(key)] += size
     if base is not None:  # otherwise nothing inside the window changes: the replica's own answer stands
         report.window_start_us = base.ts_us
+        report.base_key = base.key
     gone = set(order)
     for i, gen in enumerate(gens):
         for snap in gen.snapshots:
@@ -258,10 +272,30 @@ def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int) -> PruneR
     return report
 
 
-def prune(storage: Storage, policy: RetentionPolicy, now_us: int | None = None, dry_run: bool = False) -> PruneReport:
-    """Apply ``policy`` now: delete what ``plan_prune`` chose, in its order (unless ``dry_run``)."""
+def prune(storage: Storage, policy: RetentionPolicy, now_us: int | None = None, dry_run: bool = False,
+          verified: set[str] | None = None) -> PruneReport:
+    """Apply ``policy`` now: delete what ``plan_prune`` chose, in its order (unless ``dry_run``).
+
+    Deleting history older than the base snapshot is only safe if that snapshot can really be
+    restored: names cannot tell a truncated or bit-flipped object.  So the base is verified first
+    (downloaded and streamed through its digest, once per key: ``verified`` remembers the good
+    ones across runs); a damaged base is treated as absent and the plan made again, so the older
+    snapshots and segments that a restore falls back on stay (``report.damaged`` names it)."""
     now = now_us if now_us is not None else time.time_ns() // 1000
-    report = plan_prune(storage, policy, now)
+    verified = verified if verified is not None else set()
+    damaged: dict[str, str] = {}
+    replica = Replica(storage)
+    while True:
+        report = plan_prune(storage, policy, now, frozenset(damaged), replica)
+        if not report.deleted or report.base_key is None or report.base_key in verified:
+            break
+        error = snapshot_damage(replica, report.base_key)
+        if error is None:
+            verified.add(report.base_key)
+            break
+        damaged[report.base_key] = error
+        replica = Replica(storage)
+    report.damaged = damaged
     report.dry_run = dry_run
     if not dry_run:
         for key in report.deleted:

@@ -398,10 +398,11 @@ def for_database(storage: Storage, settings: Any, workdir: str | None = None) ->
     )
     # Compaction deletes the merged sources: with retention off (no delete permission) it stays off.
     deletes = settings.retention_us is not None
+    verified: set[str] = set()  # snapshots retention has checked (immutable: once is enough)
     return Maintenance(
         storage,
         policy,
-        prune=(lambda now: prune(storage, policy_settings, now)) if deletes else None,
+        prune=(lambda now: prune(storage, policy_settings, now, verified=verified)) if deletes else None,
         compact=(lambda now: compact(storage, now_us=now, compact_after_us=settings.compact_after_us)) if deletes else None,
         workdir=workdir,
     )

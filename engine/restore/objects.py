@@ -67,6 +67,18 @@ def _check_snapshot(replica: Replica, snap: layout.SnapshotKey) -> None:
         chunks.close()
 
 
+def snapshot_damage(replica: Replica, key: str) -> str | None:
+    """What is wrong with snapshot ``key`` (None when it verifies), for retention's safety check."""
+    snap = next((s for g in replica.generations for s in g.snapshots if s.key == key), None)
+    if snap is None:
+        return "not in the replica"
+    try:
+        _check_snapshot(replica, snap)
+    except (ObjectCorrupt, StorageError) as exc:
+        return str(exc)
+    return None
+
+
 def check_replica(replica: Replica, progress: Progress | None = None, workers: int = WORKERS) -> CheckReport:
     """Verify every snapshot and segment; returns what was damaged (or missing) by key."""
     started = time.monotonic()
