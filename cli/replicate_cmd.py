@@ -101,7 +101,7 @@ def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, s
 
 def _configured(only, state_dir, sqld_flags):
     """The databases of the config file (all, or those named with --db), and [sqld] with the flags applied."""
-    from ..engine.workspace.config import not_found_message, sqld_with_options
+    from ..engine.workspace.config import check_sqld_overlap, not_found_message, sqld_with_options
 
     config = get_config(required=False)
     sqld = sqld_with_options(config.sqld if config is not None and not only else None, *sqld_flags)
@@ -114,6 +114,8 @@ def _configured(only, state_dir, sqld_flags):
         raise UnknownSource(f"unknown database(s) {', '.join(map(repr, unknown))}; "
                             f"known databases: {', '.join(sorted(databases)) or 'none'}")
     selected = [databases[n] for n in only] if only else list(databases.values())
+    if sqld is not None:
+        check_sqld_overlap({db.name: db for db in selected}, sqld, "replicate")
     if not selected and sqld is None:
         raise ConfigError(f"{config.path} names no databases: add [databases.NAME] tables with path and replica, "
                           "or a [sqld] section")

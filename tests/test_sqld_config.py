@@ -244,3 +244,53 @@ def test_dump_puts_every_statement_on_one_line_and_keeps_header_fields(tmp_path)
     copy.execute(out.read_text())
     assert copy.execute("SELECT v FROM t ORDER BY id").fetchall() == [("one\ntwo",), ("\n-- x;\n",)]
     assert copy.execute("PRAGMA user_version").fetchall() == [(7,)]
+
+
+# ------------------------------------------------------------------------------------ the CLI, without sqld
+def test_replicate_sqld_options_are_checked_before_anything_runs(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from walrewind.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WALREWIND_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    runner = CliRunner()
+    (tmp_path / "x.db").touch()
+    res = runner.invoke(cli, ["replicate", "x.db", "file:///r", "--sqld-data-dir", "d"])
+    assert res.exit_code == 2 and "cannot be combined with DB_PATH REPLICA_URL" in res.output
+    res = runner.invoke(cli, ["replicate", "--sqld-data-dir", "d"])
+    assert res.exit_code == 1 and "give both --sqld-data-dir and --sqld-replica" in res.output
+    res = runner.invoke(cli, ["replicate", "--sqld-data-dir", "missing", "--sqld-replica", "r"])
+    assert res.exit_code == 1 and "[sqld] data_dir" in res.output and "does not exist" in res.output
+    res = runner.invoke(cli, ["replicate", "--sqld-data-dir", "d", "--sqld-replica", "r", "--sqld-admin-url", "nope"])
+    assert res.exit_code == 1 and "admin_url must be http(s)://HOST[:PORT]" in res.output
+
+
+def test_db_list_show_and_destroy_know_namespaces_on_disk(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from walrewind.cli.main import cli
+
+    _fake_namespace(tmp_path / "sqld" / "dbs", "tenant", "id-t")
+    cfg = tmp_path / "walrewind.toml"
+    cfg.write_text('[sqld]\ndata_dir = "sqld"\nreplica = "replicas"\n')
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--config", str(cfg), "db", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [(d["name"], d["type"]) for d in json.loads(res.output)["databases"]] == [("tenant", "sqld namespace")]
+    res = runner.invoke(cli, ["--config", str(cfg), "db", "show", "tenant", "--json"])
+    info = json.loads(res.output[: res.output.rindex("}") + 1])
+    assert info["type"] == "sqld namespace" and info["namespace_id"] == "id-t" and info["daemon"] is None
+    res = runner.invoke(cli, ["--config", str(cfg), "db", "show", "tenant", "--url"])
+    assert res.exit_code == 1 and "set http_url (or client_url) in [sqld]" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "db", "destroy", "tenant", "--yes"])
+    assert res.exit_code == 1 and "walrewind did not create" in res.output
+    assert os.path.exists(tmp_path / "sqld" / "dbs" / "tenant" / "data")
+    res = runner.invoke(cli, ["--config", str(cfg), "db", "create", "Back", "--from-db", "tenant"])
+    assert res.exit_code == 1 and "lower-case" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "db", "create", "back", "--from-db", "tenant"])
+    assert res.exit_code == 1 and "needs admin_url" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "restore", "tenant", "-o", str(tmp_path / "sqld" / "dbs" / "x")])
+    assert res.exit_code == 1 and "inside sqld's data directory" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "ls", "typo"])
+    assert res.exit_code == 1 and "sqld namespaces in" in res.output and "tenant" in res.output

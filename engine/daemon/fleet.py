@@ -226,8 +226,8 @@ class Fleet:
 
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            if self.sqld is not None and not os.path.isdir(self.sqld.data_dir):
-                raise ConfigError(f"[sqld] data_dir {self.sqld.data_dir} does not exist (it is sqld's --db-path)")
+            if self.sqld is not None:
+                self._check_data_dir(self.sqld)
             for m in self._members.values():
                 self._start(m)
             self._publish()
@@ -334,6 +334,19 @@ class Fleet:
             new = Member(m.successor)
             self._members[new.db.path] = new
             self._start(new)
+
+    def _check_data_dir(self, sqld: SqldConfig) -> None:
+        if not os.path.isdir(sqld.data_dir):
+            raise ConfigError(f"[sqld] data_dir {sqld.data_dir} does not exist (it is sqld's --db-path)")
+        if os.path.basename(os.path.normpath(sqld.data_dir)) == "dbs" and not os.path.isdir(sqld.dbs_dir):
+            raise ConfigError(f"[sqld] data_dir {sqld.data_dir} looks like sqld's dbs/ directory itself; give its "
+                              f"parent (sqld's --db-path)")
+        if not os.path.isdir(sqld.dbs_dir):
+            marks = [m for m in (".version", "metastore") if os.path.exists(os.path.join(sqld.data_dir, m))]
+            self.on_event(f"{sqld.dbs_dir} does not exist yet" + (
+                " (sqld makes it with its first namespace)" if marks else
+                f": {sqld.data_dir} does not look like a sqld data directory (no .version, metastore or dbs/); "
+                "waiting for namespaces anyway"))
 
     def _namespace_gone(self, db: DatabaseConfig) -> bool:
         if not os.path.isfile(db.path):

@@ -400,18 +400,21 @@ def _location(url: str) -> tuple[str, str, str]:
 
 
 def _check_sqld_overlap(config: Config) -> None:
+    assert config.sqld is not None
+    check_sqld_overlap(config.databases, config.sqld, str(config.path))
+
+
+def check_sqld_overlap(databases: dict[str, DatabaseConfig], sqld: SqldConfig, where: str) -> None:
     """A database must not be replicated twice: as [databases.X] and as a namespace."""
-    sqld = config.sqld
-    assert sqld is not None
-    for name, db in config.databases.items():
+    for name, db in databases.items():
         ns = sqld.owns(db.path)
         if ns is not None:
-            raise ConfigError(f"{config.path}: [databases.{name}] path {db.path} is namespace {ns!r} of [sqld] "
+            raise ConfigError(f"{where}: [databases.{name}] path {db.path} is namespace {ns!r} of [sqld] "
                               f"data_dir {sqld.data_dir}, which is replicated already; remove one of the two")
         (scheme, host, path), (db_scheme, db_host, db_path) = _location(sqld.replica), _location(db.replica)
         prefix = path.rstrip("/")
         if (db_scheme, db_host) == (scheme, host) and (db_path == path or not prefix or db_path.startswith(prefix + "/")):
-            raise ConfigError(f"{config.path}: [databases.{name}] replica {db.replica_display} is inside [sqld] replica "
+            raise ConfigError(f"{where}: [databases.{name}] replica {db.replica_display} is inside [sqld] replica "
                               f"{sqld.replica_display}, where every namespace NS gets <replica>/NS; use another path")
 
 
