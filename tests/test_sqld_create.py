@@ -179,3 +179,27 @@ def test_a_failed_load_deletes_the_half_made_namespace(sqld, config, tmp_path, m
             sqld.query(name, "SELECT 1")
         assert gone.value.status == 404
         assert not os.path.exists(os.path.join(sqld.data_dir, "dbs", name))
+
+
+def test_when_sqld_refuses_to_adopt_the_file_a_dump_is_loaded_instead(sqld, config, tmp_path, monkeypatch):
+    """Adopting is not documented sqld behaviour: if a later sqld answers the adopting `create`
+    with an error, the file is taken back, the directory removed, and the dump path used."""
+    real_create = SqldAdmin.create
+    calls = []
+
+    def create(self, name, dump_url=None):
+        calls.append(dump_url)
+        if dump_url is None:
+            assert os.path.exists(os.path.join(sqld.data_dir, "dbs", name, "data"))  # the file was in place
+            raise SqldError("sqld refused to create namespace (HTTP 500): simulated", 500, '{"error":"simulated"}')
+        return real_create(self, name, dump_url)
+
+    monkeypatch.setattr(SqldAdmin, "create", create)
+    src = str(tmp_path / "restored.db")
+    make_db(src)
+    want, _ = file_contents(src)
+    loaded = load_restored(config, "refused", src, work_dir=str(tmp_path / "work"))
+    assert loaded.method == "dump" and calls[0] is None and calls[1].startswith("file://")
+    assert any("sqld refused to adopt the restored file" in n for n in loaded.notes), loaded.notes
+    assert contents(lambda sql: sqld.query("refused", sql)) == want
+    sqld.delete_namespace("refused")
