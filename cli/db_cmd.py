@@ -53,19 +53,28 @@ def db_group():
 @click.option("--reason", help="Why (kept in the recovery history).")
 @click.option("--validate", is_flag=True, help=VALIDATE_HELP)
 @click.option("--check", type=click.Choice(["quick", "full", "none"]), default="quick", show_default=True, help=CHECK_HELP)
+@click.option("--load-method", type=click.Choice(["auto", "adopt", "dump"]), default="auto", show_default=True,
+              help="SRC a sqld namespace: how the restored file becomes namespace NAME (adopt: put the file in "
+                   "dbs/NAME and let sqld serve it, byte for byte; dump: load a SQL dump; auto: adopt when dbs/ is "
+                   "writable by this user, else dump).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
 @friendly
-def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, check, as_json):
+def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, check, load_method, as_json):
     """Create database NAME by restoring SRC's replica as of a moment (a new file; SRC is never touched).
 
     SRC is a database from the config file ([databases.SRC] with path and replica).  NAME (letters,
     digits, '-', '_') becomes <data_dir>/databases/NAME.db, registered in the catalog; every attempt,
     successful or not, is recorded in `walrewind history`.
 
+    When SRC is a sqld namespace ([sqld] in the config; a deleted namespace too, from its replica),
+    NAME becomes a new namespace of that sqld holding exactly the restored data, checked over HTTP
+    (same tables, row counts, user_version, application_id); it needs [sqld] admin_url and http_url.
+
     \b
     walrewind db create before-delete --from-db app --timestamp 2024-01-15T10:29:00Z --reason "bad DELETE"
     walrewind db create at-txn --from-db app --txid 48213 --validate
+    walrewind db create tenant42-back --from-db tenant42 --timestamp "10 minutes ago"   # a namespace
     """
     if from_db is None:
         for option, value in (("--timestamp", timestamp), ("--txid", txid)):
@@ -77,24 +86,38 @@ def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, 
     source, _ = get_source(from_db)
     with showing_progress(not as_json) as progress:
         recovery = create_database(config, name, source, target, reason=reason, validate_after=validate,
-                                   progress=progress, check=check)
-    result, validation = recovery.result, recovery.validation
+                                   progress=progress, check=check, load_method=load_method)
+    result, validation, loaded = recovery.result, recovery.validation, recovery.namespace
     if as_json:
         emit_json({
             "name": name,
             "path": result.path,
-            "url": databases.lookup(config, open_catalog(config), name).url,
+            "url": loaded.url if loaded is not None else databases.lookup(config, open_catalog(config), name).url,
             "source": from_db,
             "replica": source.display,
             "target_time": format_us(target.us) if target.us is not None else None,
             "target_txid": txid,
             "restore": result.to_json(),
             "validation": validation.to_json() if validation else None,
+            "namespace": None if loaded is None else {
+                "name": loaded.namespace, "method": loaded.method, "tables": loaded.summary.tables,
+                "url": loaded.url, "seconds": round(loaded.seconds, 3), "notes": loaded.notes},
         })
     else:
-        click.echo(f"Created database {name!r} from {from_db!r} {target.describe()}")
+        what = "sqld namespace" if loaded is not None else "database"
+        click.echo(f"Created {what} {name!r} from {from_db!r} {target.describe()}")
         click.echo(f"  restored to: txid {result.txid} (committed {format_us(result.commit_us)})")
         click.echo(f"  path:        {result.path}")
+        if loaded is not None:
+            how = "the restored file adopted by sqld" if loaded.method == "adopted" else "loaded from a SQL dump"
+            rows = sum(loaded.summary.tables.values())
+            click.echo(f"  namespace:   {how}; answers over HTTP with the same {len(loaded.summary.tables)} tables "
+                       f"({rows} rows), {loaded.seconds:.2f}s")
+            if loaded.url:
+                click.echo(f"  url:         {loaded.url}   (a libSQL client's URL: the host name's first label "
+                           "names the namespace)")
+            for note in loaded.notes:
+                click.echo(f"  note: {note}")
         click.echo(
             f"  size:        {human_size(result.db_pages * result.page_size)}; checksum {result.checksum:016x} verified, "
             f"quick_check {result.quick_check}, {result.seconds:.2f}s"
@@ -103,7 +126,7 @@ def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, 
             click.echo(f"  note: {note}")
         if validation is not None:
             print_validation(validation)
-        else:
+        elif loaded is None:
             click.echo(f"Next: walrewind db shell {name}   or   walrewind diff {name} --from-db {from_db} --table TABLE")
     for warning in result.warnings:
         click.echo(f"WARNING: {warning}", err=True)
@@ -121,7 +144,9 @@ def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, 
 # ----------------------------------------------------------------------------------------- show
 @db_group.command("show", short_help="Path, size, tables, origin or replication status of a database.")
 @click.argument("name")
-@click.option("--url", "url_only", is_flag=True, help="Print only a connection URL (file: URI).")
+@click.option("--url", "url_only", is_flag=True,
+              help="Print only a connection URL (a file: URI; for a sqld namespace the http://NAME.HOST:PORT a libSQL "
+                   "client uses: sqld takes the namespace from the host name's first label).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
 @friendly
@@ -131,7 +156,10 @@ def show_command(name, url_only, as_json):
     config = get_config()
     catalog = open_catalog(config)
     if url_only:
-        click.echo(databases.lookup(config, catalog, name).url)
+        db = databases.lookup(config, catalog, name)
+        if db.kind == databases.NAMESPACE and db.client_url is None:
+            raise UsageError(f"{name!r} is a sqld namespace: set http_url (or client_url) in [sqld] to get its URL")
+        click.echo(db.url)
         return
     info = databases.describe(config, catalog, name)
     if as_json:
@@ -162,8 +190,12 @@ def _print_show(info: dict) -> None:
     def line(label, value):
         click.echo(f"{label + ':':<18}{value}")
 
+    kinds = {"replicated": "replicated (source database, opened read-only)", "restored": "restored copy",
+             databases.NAMESPACE: "sqld namespace (replicated; opened read-only)"}
     line("name", info["name"])
-    line("type", "replicated (source database, opened read-only)" if info["type"] == "replicated" else "restored copy")
+    line("type", kinds.get(info["type"], info["type"]))
+    if info.get("namespace_id"):
+        line("namespace id", info["namespace_id"])
     line("path", info["path"] + ("" if info["exists"] else "   (MISSING)"))
     line("url", info["url"])
     if info["exists"]:
@@ -186,7 +218,12 @@ def _print_show(info: dict) -> None:
         if info["reason"]:
             line("reason", info["reason"])
     else:
+        origin = info.get("origin")
+        if origin:
+            line("created", f"{origin['created']} by {origin['created_by']} from {origin['source']} "
+                            f"(txid {origin['restored_txid']}, committed {origin['restored_commit']})")
         line("replica", info["replica"])
+        _print_daemon(info.get("daemon"), line)
         if info.get("retention_policy"):
             line("retention", info["retention_policy"])
         rep = info["replication"]
@@ -215,6 +252,21 @@ def _print_show(info: dict) -> None:
         click.echo("")
         rows = [[t["name"], t["type"], "-" if t["rows"] is None else str(t["rows"])] for t in info["tables"]]
         click.echo(table(rows, ["TABLE", "TYPE", "ROWS"], right={2}) if rows else "(no tables)")
+
+
+def _print_daemon(health: dict | None, line) -> None:
+    """What the running `replicate` on this host says about the database (engine/daemon/health.py)."""
+    if health is None:
+        line("daemon", "not replicated by a running `walrewind replicate` on this host")
+        return
+    state = health.get("state")
+    if health.get("error") and state in ("retrying", "failed", "starting"):
+        since = format_us(health["failing_since_us"]) if health.get("failing_since_us") else "?"
+        retry = f"; next attempt in {health['next_try_in_s']:.0f} s" if "next_try_in_s" in health else ""
+        line("daemon", f"FAILING since {since} ({health.get('failures')} failure(s), pid {health['pid']}): "
+                       f"{health['error']}{retry}")
+    else:
+        line("daemon", f"{state} (pid {health['pid']})")
 
 
 def _parse(text: str) -> int:
@@ -248,7 +300,10 @@ def list_command(as_json):
         return
     rows = []
     for it in items:
-        if it["type"] == "replicated":
+        if it["type"] == databases.NAMESPACE and it.get("source"):
+            origin = f"{it['source']} -> {it['replica']}"
+            point = f"live (from txid {it['restored_txid']} @ {it['restored_commit']})"
+        elif it["type"] in ("replicated", databases.NAMESPACE):
             origin, point = it["replica"], "live"
         else:
             origin = it["source"] or "-"
@@ -266,7 +321,7 @@ def _stdin_is_tty() -> bool:
         return False
 
 
-@db_group.command("destroy", short_help="Remove a restored database.")
+@db_group.command("destroy", short_help="Remove a restored database (or a sqld namespace made by db create).")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
@@ -275,8 +330,9 @@ def _stdin_is_tty() -> bool:
 def destroy_command(name, yes, as_json):
     """Remove restored database NAME (its file, -wal and -shm) and its catalog entry.
 
-    Replicated source databases are never removed.  Without --yes, asks on a terminal and refuses
-    otherwise.
+    A sqld namespace made by `db create` is deleted through sqld's admin API (its replica, if it
+    was replicated meanwhile, is kept).  Replicated source databases and namespaces walrewind did
+    not create are never removed.  Without --yes, asks on a terminal and refuses otherwise.
     """
     config = get_config()
     catalog = open_catalog(config)

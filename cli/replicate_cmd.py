@@ -1,4 +1,4 @@
-"""`walrewind replicate` — run the daemon for one database, or for every database in the config."""
+"""`walrewind replicate` — run the daemon for one database, or for every configured database and sqld namespace."""
 
 from __future__ import annotations
 
@@ -9,15 +9,22 @@ import os
 import click
 
 from ..engine import defaults
-from ..engine.errors import ConfigError, DaemonError, UnknownSource, WalrewindError
+from ..engine.errors import ConfigError, DaemonError, UnknownSource
 from ..engine.timeparse import parse_duration_or_off
 from .common import DurationText, config_option, friendly, get_config
 
 
-@click.command("replicate", short_help="Run the daemon (one database, or every database in the config).")
+@click.command("replicate", short_help="Run the daemon (one database, or every database and sqld namespace in the config).")
 @click.argument("db_path", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.argument("replica_url", required=False)
-@click.option("--db", "only", multiple=True, metavar="NAME", help="With a config: replicate only these databases (repeatable).")
+@click.option("--db", "only", multiple=True, metavar="NAME",
+              help="With a config: replicate only these [databases.NAME] (repeatable; sqld namespaces only with --sqld-* options).")
+@click.option("--sqld-data-dir", type=click.Path(file_okay=False),
+              help="Replicate every namespace of this sqld data directory (sqld's --db-path; namespace NS is dbs/NS/data). "
+                   "Overrides [sqld] data_dir.")
+@click.option("--sqld-replica", metavar="URL", help="Where namespaces go: namespace NS to URL/NS. Overrides [sqld] replica.")
+@click.option("--sqld-admin-url", metavar="URL", help="sqld's admin API (--admin-listen-addr), e.g. http://127.0.0.1:9090. "
+                                                     "Overrides [sqld] admin_url.")
 @click.option("--upload-interval", default=None, type=float, help=f"Seconds between segment uploads.  [default: {defaults.UPLOAD_INTERVAL_SECONDS}, or the config's upload_interval]")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Local spool/state directory (default: ~/.local/state/walrewind/...; with a config: one subdirectory per database).")
@@ -50,15 +57,19 @@ from .common import DurationText, config_option, friendly, get_config
 @click.option("-v", "--verbose", is_flag=True, help="Log every upload.")
 @config_option
 @friendly
-def replicate_command(db_path, replica_url, only, upload_interval, state_dir, checkpoint_frames, max_wal_mb, takeover,
-                      retention, verify_interval, verbose):
+def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, sqld_admin_url, upload_interval, state_dir,
+                      checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, verbose):
     """Continuously replicate DB_PATH (a SQLite/libSQL database in WAL mode) to REPLICA_URL.
 
     REPLICA_URL is a directory (file:///backups/app or a plain path) or s3://bucket/prefix.
     Every committed transaction is stamped and shipped; stop with Ctrl-C or SIGTERM (final sync).
 
     Without arguments, replicates every database in the config file ([databases.NAME] with path and
-    replica), one daemon thread per database; SIGTERM/Ctrl-C stops all of them with a final sync.
+    replica) and, with [sqld] (or --sqld-data-dir and --sqld-replica), every namespace of a libSQL
+    server: namespace NS (dbs/NS/data) goes to <replica>/NS; a namespace created while it runs is
+    picked up within seconds, a deleted one is stopped.  A database that fails is retried with
+    backoff (1 s doubling to 60 s) while the others keep shipping; SIGTERM/Ctrl-C stops all of them
+    with a final sync (exit 1 if some database was failing at that point).
     Maintenance runs beside each daemon: base snapshots built from the replica (every
     `snapshot_interval`, default 24h, or when the history since the last one exceeds
     `snapshot_volume` x the database), the retention policy (`retention`, default 7d, and
@@ -68,39 +79,59 @@ def replicate_command(db_path, replica_url, only, upload_interval, state_dir, ch
     maintenance.json in the state directory and in `walrewind db show`.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    sqld_flags = (sqld_data_dir, sqld_replica, sqld_admin_url)
+    sqld = None
     if db_path is not None:
         if replica_url is None:
             raise click.UsageError("give both DB_PATH and REPLICA_URL, or neither (to replicate every database in the config)")
-        if only:
-            raise click.UsageError("--db selects databases from the config; it cannot be combined with DB_PATH REPLICA_URL")
+        if only or any(f is not None for f in sqld_flags):
+            raise click.UsageError("--db and --sqld-* select what the config replicates; they cannot be combined with "
+                                   "DB_PATH REPLICA_URL")
         from ..engine.workspace.config import DatabaseConfig
 
         name = os.path.basename(db_path)
         selected = [DatabaseConfig(name, db_path, replica_url, state_dir=state_dir)]
     else:
-        selected = _configured(only, state_dir)
+        selected, sqld = _configured(only, state_dir, sqld_flags)
     overrides = _overrides(retention, verify_interval, upload_interval, checkpoint_frames, max_wal_mb)
     selected = [dataclasses.replace(db, **overrides) for db in selected]
-    _run(selected, takeover, single=db_path is not None)
+    if sqld is not None:
+        sqld = dataclasses.replace(sqld, settings=dataclasses.replace(sqld.settings, **overrides))
+    _run(selected, sqld, takeover, single=db_path is not None)
 
 
-def _configured(only, state_dir):
-    """The databases of the config file (all, or those named with --db)."""
-    from ..engine.workspace.config import not_found_message
+def _configured(only, state_dir, sqld_flags):
+    """The databases of the config file (all, or those named with --db), and [sqld] with the flags applied."""
+    from ..engine.workspace.config import (
+        check_sqld_overlap,
+        not_found_message,
+        sqld_with_options,
+    )
 
     config = get_config(required=False)
-    if config is None:
-        raise ConfigError("nothing to replicate: give DB_PATH REPLICA_URL, or " + not_found_message())
-    unknown = [n for n in only if n not in config.databases]
+    sqld = sqld_with_options(config.sqld if config is not None and not only else None, *sqld_flags)
+    if config is None and sqld is None:
+        raise ConfigError("nothing to replicate: give DB_PATH REPLICA_URL, or --sqld-data-dir and --sqld-replica, or "
+                          + not_found_message())
+    databases = config.databases if config is not None else {}
+    unknown = [n for n in only if n not in databases]
     if unknown:
         raise UnknownSource(f"unknown database(s) {', '.join(map(repr, unknown))}; "
-                            f"known databases: {', '.join(sorted(config.databases)) or 'none'}")
-    selected = [config.databases[n] for n in only] if only else list(config.databases.values())
-    if not selected:
-        raise ConfigError(f"{config.path} names no databases: add [databases.NAME] tables with path and replica")
+                            f"known databases: {', '.join(sorted(databases)) or 'none'}")
+    selected = [databases[n] for n in only] if only else list(databases.values())
+    if sqld is not None:
+        check_sqld_overlap({db.name: db for db in selected}, sqld, "replicate")
+    if not selected and sqld is None:
+        raise ConfigError(f"{config.path} names no databases: add [databases.NAME] tables with path and replica, "
+                          "or a [sqld] section")
     if state_dir:
+        if sqld is not None and "sqld" in databases:
+            raise ConfigError("with --state-dir, namespaces keep their state in STATE_DIR/sqld/NS: a database named "
+                              "'sqld' would share it; rename [databases.sqld]")
         selected = [dataclasses.replace(db, state_dir=os.path.join(state_dir, db.name)) for db in selected]
-    return selected
+        if sqld is not None:
+            sqld = dataclasses.replace(sqld, state_dir=os.path.join(state_dir, "sqld"))
+    return selected, sqld
 
 
 def _overrides(retention, verify_interval, upload_interval, checkpoint_frames, max_wal_mb) -> dict:
@@ -117,22 +148,22 @@ def _overrides(retention, verify_interval, upload_interval, checkpoint_frames, m
     return out
 
 
-def _run(databases, takeover: bool, single: bool) -> None:
+def _run(databases, sqld, takeover: bool, single: bool) -> None:
     from ..engine.daemon.fleet import Fleet
 
-    fleet = Fleet(databases, takeover=takeover, on_event=lambda line: click.echo(line, err=True))
+    fleet = Fleet(databases, sqld=sqld, takeover=takeover, retry=not single,
+                  on_event=lambda line: click.echo(line, err=True))
+    if not single and sqld is not None:
+        click.echo(f"watching sqld namespaces in {sqld.dbs_dir} -> {sqld.replica_display}/NAMESPACE", err=True)
     outcomes = fleet.run()
-    failed = [o for o in outcomes if o.error is not None]
-    for o in failed:
-        if not isinstance(o.error, (WalrewindError, OSError)):
-            raise o.error  # a bug: keep its traceback
+    failed = [o for o in outcomes if o.state == "failed"]
     if single:
         if failed:
-            raise failed[0].error
+            raise failed[0].error  # expected errors print as "Error: ..."; a bug keeps its traceback
         click.echo(f"stopped: {outcomes[0].transactions} transactions shipped, last txid {outcomes[0].uploaded_txid}", err=True)
         return
     for outcome in outcomes:
         click.echo(outcome.describe(), err=True)
-    if failed or not fleet.stopped_by_request:
-        names = ", ".join(o.name for o in failed) or "a database"
-        raise DaemonError(f"replication stopped because of {names} (see above); the others were stopped with a final sync")
+    if failed:
+        raise DaemonError(f"stopped while {len(failed)} database(s) were failing: {', '.join(o.name for o in failed)} "
+                          "(see above); the others were stopped with a final sync")

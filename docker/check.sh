@@ -4,8 +4,12 @@
 #     context), and the copied paths cover what pyproject.toml needs to build (readme, package dirs)
 #   - the image runs as a non-root user, declares the volumes and XDG_STATE_HOME
 #   - the ENTRYPOINT command is a [project.scripts] entry in pyproject.toml
-#   - docker/compose.yaml parses as YAML (PyYAML if available, else a minimal structural check)
-#     and its walrewind service runs a real CLI subcommand against a defined S3 service
+#   - docker/compose.yaml parses as YAML (PyYAML if available, else a minimal structural check):
+#     sqld pinned to a 0.24.x libsql-server image with namespaces on, SeaweedFS, and a walrewind
+#     sidecar that runs a real CLI subcommand, shares sqld's data volume at the same path (not
+#     read-only), runs as sqld's uid/gid, and whose walrewind.toml [sqld] points at that volume,
+#     at sqld's admin and HTTP ports and at the S3 service (and passes walrewind's own config
+#     loader when walrewind is importable)
 # Usage: bash docker/check.sh      (exit 0 = everything checked is fine)
 set -uo pipefail
 
@@ -136,8 +140,9 @@ done <<< "$pyinfo"
 [ -f "$COMPOSE" ] || { echo "$failures check(s) failed"; exit 1; }
 if "$PY" -c 'import yaml' 2>/dev/null; then
     compose_out="$("$PY" - "$COMPOSE" "$ROOT" <<'EOF'
-import os, re, sys, shlex, yaml
+import os, re, sys, shlex, tomllib, yaml
 path, root = sys.argv[1:3]
+here = os.path.dirname(path)
 try:
     with open(path) as f:
         doc = yaml.safe_load(f)
@@ -152,20 +157,70 @@ if not isinstance(services, dict) or not services:
 print(f"OK services: {', '.join(services)}")
 s3 = [n for n, s in services.items() if "seaweedfs" in str(s.get("image", ""))]
 print(f"OK SeaweedFS service: {s3[0]}" if s3 else "FAIL no service uses a seaweedfs image")
+
+
+def as_dict(env):
+    if isinstance(env, list):
+        return dict(str(e).split("=", 1) for e in env if "=" in str(e))
+    return {k: str(v) for k, v in (env or {}).items()}
+
+
+def as_args(cmd):
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in (cmd or [])]
+
+
+def listen_port(svc, env_key, flag):
+    cmd = as_args(svc.get("command"))
+    value = cmd[cmd.index(flag) + 1] if flag in cmd[:-1] else as_dict(svc.get("environment")).get(env_key)
+    return int(str(value).rsplit(":", 1)[1]) if value else None
+
+
+def mounts(svc):
+    out = []
+    for v in svc.get("volumes", []):
+        parts = str(v).split(":")
+        out.append((parts[0], parts[1] if len(parts) > 1 else parts[0], parts[2:] == ["ro"]))
+    return out
+
+
+sqld_name = next((n for n, s in services.items() if "tursodatabase/libsql-server" in str(s.get("image", ""))), None)
+sqld = services.get(sqld_name) if sqld_name else None
+admin_port = http_port = None
+if sqld is None:
+    print("FAIL no service uses ghcr.io/tursodatabase/libsql-server")
+else:
+    tag = str(sqld["image"]).rpartition(":")[2]
+    if re.fullmatch(r"v0\.24\.\d+", tag):
+        print(f"OK sqld service '{sqld_name}' is pinned to libsql-server {tag}")
+    else:
+        print(f"FAIL sqld image tag '{tag}' is not a pinned v0.24.x (walrewind is checked against 0.24.32)")
+    cmd = as_args(sqld.get("command"))
+    if cmd and cmd[0] == "/bin/sqld":
+        print("FAIL sqld command starts with /bin/sqld: the image's entrypoint would add flags of its own")
+    print("OK sqld runs with --enable-namespaces" if "--enable-namespaces" in cmd else "FAIL sqld without --enable-namespaces")
+    admin_port = listen_port(sqld, "SQLD_ADMIN_LISTEN_ADDR", "--admin-listen-addr")
+    http_port = listen_port(sqld, "SQLD_HTTP_LISTEN_ADDR", "--http-listen-addr")
+    print(f"OK sqld admin API on port {admin_port}" if admin_port else "FAIL sqld has no admin listen address")
+    if admin_port and any(str(p).endswith(f":{admin_port}") for p in sqld.get("ports", [])):
+        print(f"FAIL sqld's admin port {admin_port} is published: it must stay on the compose network")
 wr = services.get("walrewind")
 if not wr:
     print("FAIL no 'walrewind' service")
     sys.exit()
 build = wr.get("build")
 if isinstance(build, dict):
-    ctx = os.path.normpath(os.path.join(os.path.dirname(path), build.get("context", ".")))
+    ctx = os.path.normpath(os.path.join(here, build.get("context", ".")))
     dockerfile = os.path.join(ctx, build.get("dockerfile", "Dockerfile"))
     if ctx == os.path.normpath(root) and os.path.isfile(dockerfile):
         print(f"OK build context is the repo root and {os.path.relpath(dockerfile, root)} exists")
     else:
         print(f"FAIL build context {ctx} / dockerfile {dockerfile} do not point at the repo's Dockerfile")
-cmd = wr.get("command")
-cmd = shlex.split(cmd) if isinstance(cmd, str) else list(cmd or [])
+    args = build.get("args") or {}
+    if str(args.get("UID")) == "666" and str(args.get("GID")) == "666":
+        print("OK walrewind is built with sqld's uid/gid 666")
+    else:
+        print(f"FAIL walrewind build args UID/GID {args.get('UID')}/{args.get('GID')}: must be sqld's 666/666")
+cmd = as_args(wr.get("command"))
 main = open(os.path.join(root, "cli", "main.py")).read()
 # cli/main.py registers its commands lazily: COMMANDS = {"name": ("module:attr", "short help"), ...}
 known = set(re.findall(r'^\s*"([\w-]+)":\s*\("\w+:\w+"', main, flags=re.M))
@@ -173,21 +228,63 @@ if cmd and cmd[0] in known:
     print(f"OK walrewind command '{cmd[0]}' is a CLI subcommand ({', '.join(sorted(known))})")
 else:
     print(f"FAIL walrewind command {cmd[:1]} is not one of the CLI subcommands {sorted(known)}")
-urls = [a for a in cmd if a.startswith("s3://")]
-for url in urls:
-    m = re.search(r"endpoint=https?://([^:/?&]+)", url)
-    if m and m.group(1) in services:
-        print(f"OK S3 endpoint host '{m.group(1)}' is a compose service")
-    elif m:
-        print(f"FAIL S3 endpoint host '{m.group(1)}' is not a compose service")
-vols = [str(v) for v in wr.get("volumes", [])]
-for target in ("/data", "/state"):
-    if any(v.split(":")[1:2] == [target] for v in vols):
-        print(f"OK walrewind mounts {target}")
+wr_mounts = mounts(wr)
+print("OK walrewind mounts /state" if any(t == "/state" for _, t, _ in wr_mounts) else "FAIL walrewind does not mount /state")
+config_target = as_dict(wr.get("environment")).get("WALREWIND_CONFIG") or next(
+    (cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "--config"), None)
+config_source = next((s for s, t, _ in wr_mounts if t == config_target), None)
+if not config_source:
+    print(f"FAIL the walrewind config {config_target} is not mounted into the walrewind service")
+    sys.exit()
+config_file = os.path.normpath(os.path.join(here, config_source))
+try:
+    with open(config_file, "rb") as f:
+        cfg = tomllib.load(f)
+except (OSError, tomllib.TOMLDecodeError) as exc:
+    print(f"FAIL {config_source}: {exc}")
+    sys.exit()
+print(f"OK {os.path.relpath(config_file, root)} parses as TOML, mounted at {config_target}")
+try:
+    from walrewind.engine.workspace.config import load_config
+except ImportError:
+    print("OK (walrewind is not importable by this python: its config loader was not run)")
+else:
+    try:
+        load_config(config_file)
+        print("OK walrewind's config loader accepts it")
+    except Exception as exc:
+        print(f"FAIL walrewind's config loader refuses {config_source}: {exc}")
+section = cfg.get("sqld")
+if not isinstance(section, dict):
+    print("FAIL the walrewind config has no [sqld] section")
+    sys.exit()
+data_dir = str(section.get("data_dir", ""))
+shared = [(s, t, ro) for s, t, ro in wr_mounts if data_dir == t or data_dir.startswith(t.rstrip("/") + "/")]
+if not shared:
+    print(f"FAIL [sqld] data_dir {data_dir} is not inside any walrewind mount")
+else:
+    source, target, ro = shared[-1]
+    same = sqld is not None and any(s == source and t == target for s, t, _ in mounts(sqld))
+    print(f"OK [sqld] data_dir {data_dir} is on volume '{source}', mounted at {target} in sqld and walrewind alike"
+          if same else f"FAIL [sqld] data_dir's volume '{source}' is not mounted at {target} in the sqld service too")
+    if ro:
+        print(f"FAIL {source} is mounted read-only in walrewind: SQLite readers must be able to write the -shm")
+    if sqld is not None:
+        db_path = as_dict(sqld.get("environment")).get("SQLD_DB_PATH", "")
+        print("OK [sqld] data_dir is sqld's SQLD_DB_PATH" if db_path == data_dir
+              else f"FAIL [sqld] data_dir {data_dir} is not sqld's SQLD_DB_PATH {db_path!r}")
+for key, port in (("admin_url", admin_port), ("http_url", http_port)):
+    url = str(section.get(key, ""))
+    m = re.fullmatch(r"https?://([^:/]+):(\d+)/?", url)
+    if m and m.group(1) == sqld_name and int(m.group(2)) == port:
+        print(f"OK [sqld] {key} {url} is the sqld service's port")
     else:
-        print(f"FAIL walrewind does not mount {target}")
-if any(v.split(":")[1:2] == ["/data"] and v.endswith(":ro") for v in vols):
-    print("FAIL /data is mounted read-only: SQLite readers must be able to write the -shm")
+        print(f"FAIL [sqld] {key} {url!r} is not http://{sqld_name}:{port}")
+m = re.search(r"endpoint=https?://([^:/?&]+)", str(section.get("replica", "")))
+if m and m.group(1) in services:
+    print(f"OK S3 endpoint host '{m.group(1)}' is a compose service")
+else:
+    print(f"FAIL [sqld] replica {section.get('replica')!r} has no endpoint on a compose service")
 EOF
 )"
     while IFS= read -r line; do
@@ -197,18 +294,20 @@ EOF
         esac
     done <<< "$compose_out"
 else
-    # Minimal check without PyYAML: no tabs, a top-level services: key, both services present.
+    # Minimal check without PyYAML: no tabs, a top-level services: key, the three services present.
     if grep -q $'\t' "$COMPOSE"; then fail "compose.yaml contains tab characters (invalid YAML indentation)"
     else ok "compose.yaml has no tabs (PyYAML not available: minimal check only)"; fi
     if grep -q '^services:[[:space:]]*$' "$COMPOSE"; then ok "compose.yaml has a top-level services: key"
     else fail "compose.yaml has no top-level services: key"; fi
-    for svc in seaweedfs walrewind; do
+    for svc in sqld seaweedfs walrewind; do
         if grep -Eq "^  ${svc}:[[:space:]]*$" "$COMPOSE"; then ok "service $svc defined"; else fail "service $svc missing"; fi
     done
-    if grep -Eq ':/data:ro([[:space:]"]|$)' "$COMPOSE"; then
-        fail "/data is mounted read-only: SQLite readers must be able to write the -shm"
+    if grep -Eq 'image: ghcr.io/tursodatabase/libsql-server:v0\.24\.[0-9]+' "$COMPOSE"; then ok "sqld pinned to libsql-server v0.24.x"
+    else fail "sqld is not pinned to ghcr.io/tursodatabase/libsql-server:v0.24.x"; fi
+    if grep -Eq 'sqld-data:/var/lib/sqld:ro' "$COMPOSE"; then
+        fail "sqld's data volume is mounted read-only: SQLite readers must be able to write the -shm"
     else
-        ok "/data is not mounted read-only"
+        ok "sqld's data volume is not mounted read-only"
     fi
 fi
 

@@ -124,3 +124,13 @@ class ForeignReplica(LeaseError):
 # --------------------------------------------------------------------------- local databases
 class DatabaseError(WalrewindError):
     """A local SQLite file (restored copy, source, catalog) cannot be read or queried."""
+
+
+# --------------------------------------------------------------------------- sqld (libSQL server)
+class SqldError(WalrewindError):
+    """sqld's admin or HTTP API refused a request or could not be reached; the message says which."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, None when sqld could not be reached
+        self.body = body

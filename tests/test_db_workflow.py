@@ -28,6 +28,7 @@ import time
 import apsw
 import pytest
 from click.testing import CliRunner
+from daemon_process import Daemon
 from harness import DaemonThread
 from walrewind.cli.main import cli
 from walrewind.engine.errors import ConfigError, InvalidName
@@ -653,18 +654,49 @@ def test_replicate_config_runs_every_database_and_stops_with_a_final_sync(tmp_pa
         assert read_rows(str(tmp_path / "data" / "databases" / f"{name}-latest.db"), "SELECT count(*) FROM customers") == [[rows]]
 
 
-def test_replicate_config_stops_everything_when_one_database_fails(tmp_path, monkeypatch):
-    App(str(tmp_path / "good.db")).quit()
+def test_replicate_config_keeps_the_others_shipping_while_one_database_fails(tmp_path):
+    """A database that cannot be replicated (not in WAL mode) is retried with backoff and reported
+    (a log line, `db show`); the others ship as usual.  SIGTERM while it still fails: exit 1 naming
+    it.  Once it is fixed, the next retry picks it up: exit 0."""
+    good = App(str(tmp_path / "good.db"))
     subprocess.run([sys.executable, "-c", "import sqlite3; c = sqlite3.connect('plain.db'); c.execute('create table t(x)'); "
                     "c.commit()"], cwd=tmp_path, check=True)
-    (tmp_path / "walrewind.toml").write_text('[databases.good]\npath = "good.db"\nreplica = "r/good"\n'
+    (tmp_path / "walrewind.toml").write_text('[databases.good]\npath = "good.db"\nreplica = "r/good"\nupload_interval = 0.05\n'
                                              '[databases.plain]\npath = "plain.db"\nreplica = "r/plain"\n')
-    monkeypatch.chdir(tmp_path)  # found as ./walrewind.toml
-    monkeypatch.delenv("WALREWIND_CONFIG", raising=False)
-    res = CliRunner().invoke(cli, ["replicate"])
-    assert res.exit_code == 1
-    assert "plain: FAILED" in res.output and "journal_mode=WAL" in res.output and "good: stopped" in res.output
-    res = CliRunner().invoke(cli, ["replicate", "--db", "nope"])
+    env = {k: v for k, v in os.environ.items() if k != "WALREWIND_CONFIG"}
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    daemon = Daemon(["replicate"], tmp_path, env)  # ./walrewind.toml
+    try:
+        daemon.wait_for("replicating good")
+        daemon.wait_for("plain: FAILED")
+        daemon.wait_for("plain: FAILED", 10)  # retried (after 1 s), failed again, still reported
+        assert any("retrying in" in line and "journal_mode=WAL" in line for line in daemon.lines), daemon.lines
+        show = subprocess.run(WALREWIND + ["db", "show", "plain"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert "FAILING since" in show.stdout and "journal mode" in show.stdout, show.stdout + show.stderr
+        good.run(op="seed", seed=1, n=10)
+        rc, out, _took = daemon.stop()
+    finally:
+        daemon.kill()
+    assert rc == 1, out
+    assert "good: stopped" in out and "plain: FAILED" in out and "stopped while 1 database(s) were failing: plain" in out
+    assert "Traceback" not in out
+    res = CliRunner().invoke(cli, ["--config", str(tmp_path / "walrewind.toml"), "db", "create", "good-now", "--from-db", "good"])
+    assert res.exit_code == 0, res.output
+    assert read_rows(str(tmp_path / "walrewind-data" / "databases" / "good-now.db"), "SELECT count(*) FROM customers") == [[10]]
+
+    daemon = Daemon(["replicate"], tmp_path, env)
+    try:
+        daemon.wait_for("plain: FAILED")
+        subprocess.run([sys.executable, "-c", "import sqlite3; sqlite3.connect('plain.db').execute('pragma journal_mode=wal')"],
+                       cwd=tmp_path, check=True)
+        daemon.wait_for("plain: replicating again", 30)
+        good.quit()
+        rc, out, _took = daemon.stop()
+    finally:
+        daemon.kill()
+    assert rc == 0, out
+    assert "good: stopped" in out and "plain: stopped" in out
+    res = CliRunner().invoke(cli, ["replicate", "--db", "nope"], env={"WALREWIND_CONFIG": str(tmp_path / "walrewind.toml")})
     assert res.exit_code == 1 and "unknown database(s) 'nope'; known databases: good, plain" in res.output
 
 

@@ -1,26 +1,53 @@
-"""Run the daemon for several databases in one process, and stop them all cleanly.
+"""Run the daemon for many databases in one process, add and remove them while it runs, and
+keep the others shipping when one fails.
 
-``walrewind replicate`` (one database or every configured one) and the Python API use this: it
-builds one replicator per database from its settings, runs each on its own thread, turns
-SIGTERM/SIGINT into a final sync of every database, and reports per database how it ended.  A
-database that fails stops the run (the others get their final sync) and is reported by name.
-Events (ready, stopping, stopped) go to an ``on_event`` callback so the caller decides how to print.
+``walrewind replicate`` (one database, every configured one, every sqld namespace) and the Python
+API use this.  The fleet owns a *member* per database: its settings, its state (starting,
+replicating, retrying, stopping) and its failures.  A member's work is done by a *worker*; today
+that is ``ThreadWorker``, one replicator (``Shipper``) on its own thread.  The daemon rewrite's
+shared pipeline replaces only that class: everything else here talks to a worker through
+``start``, ``stop``, ``join``, ``ready``, ``done``, ``error`` and ``stats``.
+
+* A failed database is retried with backoff (1 s, 2 s, 4 s, ... up to a minute; back to 1 s once
+  it has run for a minute) and reported: an event line, and the fleet's health file
+  (engine/daemon/health.py) that ``db show`` reads.  The others keep shipping.  With
+  ``retry=False`` (``replicate DB_PATH URL``) the run ends instead.
+* With ``[sqld]`` a ``NamespaceWatcher`` lists ``dbs/`` every couple of seconds: a new namespace
+  joins as soon as sqld has made it a WAL database, a deleted one is stopped (its final sync may
+  not be able to read the deleted files: reported as such, no traceback), and one deleted and
+  re-created under the same name is a new database (its state directory follows the namespace id,
+  so it starts a new generation).
+* SIGTERM/SIGINT stop every member with its final sync.  Events (ready, failed, deleted, stopping)
+  go to ``on_event`` so the caller decides how to print.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import NotReplicable
+from ..errors import ConfigError, WalrewindError
 from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
 from ..storage import open_storage
-from ..workspace.config import DatabaseConfig
+from ..workspace.config import DatabaseConfig, SqldConfig
+from ..workspace.sqld import namespace_id
 from . import registry
+from .health import HealthFile
+from .namespaces import NamespaceWatcher, prepare_state_dir
 from .replicator import Shipper
+
+log = logging.getLogger("walrewind.fleet")
+
+TICK = 0.25  # the fleet's loop: how soon a finished worker or a due retry is acted on
+RETRY_FIRST = 1.0  # seconds before the first retry of a failed database ...
+RETRY_MAX = 60.0  # ... doubling up to this
+STABLE_AFTER = 60.0  # a database that ran this long before failing starts its backoff again
 
 
 @dataclass
@@ -31,9 +58,10 @@ class Outcome:
     error: BaseException | None
     transactions: int
     uploaded_txid: int
+    state: str = "stopped"  # stopped | failed | deleted
 
     def describe(self) -> str:
-        state = f"FAILED: {self.error}" if self.error is not None else "stopped"
+        state = f"FAILED: {self.error}" if self.state == "failed" else self.state
         return f"{self.name}: {state}; {self.transactions} transactions shipped, last txid {self.uploaded_txid}"
 
 
@@ -52,115 +80,331 @@ def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
     )
 
 
-class _Runner:
-    """One replicator on its own thread; tells the fleet when it is ready or has ended."""
+class ThreadWorker:
+    """One database's replicator on its own thread.  It is built there too: opening an S3
+    replica can block, and the fleet's loop must not."""
 
-    def __init__(self, db: DatabaseConfig, replicator: Shipper | None, changed: threading.Event,
-                 error: BaseException | None = None) -> None:
+    def __init__(self, db: DatabaseConfig, takeover: bool, wake: threading.Event,
+                 note: Callable[[str], None]) -> None:
         self.db = db
-        self.replicator = replicator
-        self.changed = changed
-        self.error = error  # set already when the replicator could not even be built
-        self.done = replicator is None
+        self.takeover = takeover
+        self.wake = wake
+        self.note = note
+        self.replicator: Shipper | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"walrewind-{db.name}", daemon=True)
 
     @property
     def ready(self) -> bool:
         return self.replicator is not None and self.replicator.ready.is_set()
 
+    @property
+    def transactions(self) -> int:
+        return self.replicator.stats.transactions if self.replicator is not None else 0
+
+    @property
+    def uploaded_txid(self) -> int:
+        return self.replicator.stats.uploaded_txid if self.replicator is not None else 0
+
     def start(self) -> None:
-        if self.replicator is not None:
-            self.thread.start()
+        self.thread.start()
 
     def stop(self) -> None:
-        if self.replicator is not None:
-            self.replicator.stop()
+        with self._lock:
+            self._stop.set()
+            if self.replicator is not None:
+                self.replicator.stop()
 
     def join(self) -> None:
-        if self.replicator is not None:
-            self.thread.join()
+        self.thread.join()
 
     def _run(self) -> None:
-        assert self.replicator is not None
         entry = None
         try:
-            entry = registry.register(self.db.path, self.replicator.state.path, self.db.replica_display)
-            self.replicator.run()
+            if self.db.namespace is not None and self.db.namespace_id is not None and self.db.state_dir:
+                message = prepare_state_dir(self.db.state_dir, self.db.namespace, self.db.namespace_id)
+                if message:
+                    self.note(message)
+            replicator = build(self.db, self.takeover)
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self.replicator = replicator
+            entry = registry.register(self.db.path, replicator.state.path, self.db.replica_display)
+            replicator.run()
         except BaseException as exc:  # reported by the fleet, never lost
             self.error = exc
         finally:
             if entry is not None:
                 registry.unregister(entry)
             self.done = True
-            self.changed.set()
+            self.wake.set()
 
-    def outcome(self) -> Outcome:
-        if self.replicator is None:
-            return Outcome(self.db.name, self.error, 0, 0)
-        s = self.replicator.stats
-        return Outcome(self.db.name, self.error, s.transactions, s.uploaded_txid)
+
+class Member:
+    """One database of the fleet and what happened to it so far."""
+
+    def __init__(self, db: DatabaseConfig) -> None:
+        self.db = db
+        self.state = "waiting"  # waiting | starting | replicating | retrying | stopping | failed
+        self.worker: ThreadWorker | None = None
+        self.failures = 0
+        self.error: BaseException | None = None
+        self.failing_since_us: int | None = None
+        self.next_try = 0.0
+        self.ready_since = 0.0
+        self.deleted = False  # sqld namespace deleted: stop it, do not retry
+        self.successor: DatabaseConfig | None = None  # re-created under the same name
+        self.transactions = 0  # over every attempt
+        self.uploaded_txid = 0
+
+    def health(self) -> dict:
+        out = {"name": self.db.name, "kind": self.db.kind, "path": self.db.path, "replica": self.db.replica_display,
+               "state": self.state, "failures": self.failures, "namespace_id": self.db.namespace_id}
+        if self.error is not None:
+            out.update(error=str(self.error) or type(self.error).__name__, failing_since_us=self.failing_since_us)
+            if self.state == "retrying":
+                out["next_try_in_s"] = round(max(0.0, self.next_try - time.monotonic()), 1)
+        return out
+
+
+def _expected(exc: BaseException) -> bool:
+    return isinstance(exc, (WalrewindError, OSError))
 
 
 class Fleet:
-    """Replicate ``databases`` until a signal (or ``stop()``), or until one of them fails."""
+    """Replicate ``databases`` (and, with ``sqld``, every namespace) until a signal or ``stop()``."""
 
-    def __init__(self, databases: list[DatabaseConfig], *, takeover: bool = False,
-                 on_event: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(self, databases: list[DatabaseConfig], *, sqld: SqldConfig | None = None, takeover: bool = False,
+                 retry: bool = True, on_event: Callable[[str], None] = lambda line: None,
+                 scan_interval: float | None = None, health: HealthFile | None = None) -> None:
         self.on_event = on_event
-        self._changed = threading.Event()
+        self.takeover = takeover
+        self.retry = retry
+        self.sqld = sqld
+        self.watcher = NamespaceWatcher(sqld, scan_interval or 2.0) if sqld is not None else None
+        self.health = health if health is not None else HealthFile()
+        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._runners = []
+        self._members: dict[str, Member] = {}
+        self._ended: list[Outcome] = []  # members that left while running (deleted namespaces)
+        self._all_announced = False
+        self._started_us = time.time_ns() // 1000
+        if not retry:
+            for db in databases:
+                check_replicable(db.path)  # one database: refuse at once, as before
         for db in databases:
-            try:
-                self._runners.append(_Runner(db, build(db, takeover), self._changed))
-            except NotReplicable as exc:
-                if len(databases) == 1:
-                    raise
-                # Reported as this database's failure, like any other; the run stops at once.
-                self._runners.append(_Runner(db, None, self._changed, error=exc))
+            self._members[db.path] = Member(db)
 
+    # ------------------------------------------------------------------ public
     @property
     def replicators(self) -> list[Shipper]:
-        return [r.replicator for r in self._runners if r.replicator is not None]
+        return [m.worker.replicator for m in self._members.values() if m.worker is not None and m.worker.replicator]
+
+    def members(self) -> list[dict]:
+        """Every database's health, as the health file has it."""
+        return [m.health() for m in self._members.values()]
 
     def stop(self) -> None:
         self._stop.set()
-        self._changed.set()
+        self._wake.set()
+
+    @property
+    def stopped_by_request(self) -> bool:
+        return self._stop.is_set()
 
     def run(self, install_signal_handlers: bool = True) -> list[Outcome]:
         """Run until stopped; every database gets its final sync.  Returns one outcome each."""
         previous = {}
         if install_signal_handlers:
             def on_signal(signum, _frame):
-                self.on_event(f"signal {signum}: final sync of {len(self._runners)} database(s) and exit")
+                self.on_event(f"signal {signum}: final sync of {len(self._members)} database(s) and exit")
                 self.stop()
 
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            for r in self._runners:
-                r.start()
-            announced: set[str] = set()
+            if self.sqld is not None:
+                self._check_data_dir(self.sqld)
+            for m in self._members.values():
+                self._start(m)
+            self._publish()
             while not self._stop.is_set():
-                self._changed.wait(0.5)
-                self._changed.clear()
-                for r in self._runners:
-                    if r.ready and not r.done and r.db.name not in announced:
-                        announced.add(r.db.name)
-                        self.on_event(f"replicating {r.db.name}: {r.db.path} -> {r.db.replica_display}"
-                                      + (" (Ctrl-C or SIGTERM to stop)" if len(self._runners) == 1 else ""))
-                        if len(announced) == len(self._runners) > 1:
-                            self.on_event(f"all {len(self._runners)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
-                if any(r.done for r in self._runners):
+                now = time.monotonic()
+                if self.watcher is not None and self.watcher.due(now):
+                    self._scan(now)
+                changed = False
+                for m in list(self._members.values()):
+                    changed |= self._step(m, now)
+                if changed:
+                    self._publish()
+                if not self.retry and any(m.state == "failed" for m in self._members.values()):
                     break
+                self._wake.wait(TICK)
+                self._wake.clear()
         finally:
-            for r in self._runners:
-                r.stop()
-            for r in self._runners:
-                r.join()
+            for m in list(self._members.values()):
+                if m.worker is not None:
+                    m.worker.stop()
+            for m in list(self._members.values()):
+                if m.worker is not None:
+                    m.worker.join()
+                    self._finished(m, time.monotonic(), stopping=True)
+            self.health.remove()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return [r.outcome() for r in self._runners]
+        return self._ended + [self._outcome(m) for m in self._members.values()]
 
-    @property
-    def stopped_by_request(self) -> bool:
-        return self._stop.is_set()
+    # ------------------------------------------------------------------ members
+    def _start(self, m: Member) -> None:
+        m.worker = ThreadWorker(m.db, self.takeover, self._wake, self.on_event)
+        m.state = "starting"
+        m.worker.start()
+
+    def _step(self, m: Member, now: float) -> bool:
+        """Advance one member; True when its state changed."""
+        w = m.worker
+        if w is not None and m.state == "starting" and w.ready:
+            m.state, m.ready_since = "replicating", now
+            if m.failures:
+                self.on_event(f"{m.db.name}: replicating again after {m.failures} failure(s)")
+            alone = len(self._members) == 1 and self.watcher is None
+            self.on_event(f"replicating {self._label(m)}: {m.db.path} -> {m.db.replica_display}"
+                          + (" (Ctrl-C or SIGTERM to stop)" if alone else ""))
+            if not alone and not self._all_announced and all(x.state == "replicating" for x in self._members.values()):
+                self._all_announced = True
+                self.on_event(f"all {len(self._members)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
+            return True
+        if w is not None and w.done:
+            self._finished(m, now)
+            return True
+        if m.state == "retrying" and now >= m.next_try:
+            self._start(m)
+            return True
+        return False
+
+    def _finished(self, m: Member, now: float, stopping: bool = False) -> None:
+        """Member ``m``'s worker ended: account for it, then retry, report, or let it go."""
+        w = m.worker
+        assert w is not None
+        m.worker = None
+        m.transactions += w.transactions
+        m.uploaded_txid = max(m.uploaded_txid, w.uploaded_txid)
+        if m.db.namespace is not None and not m.deleted and self._namespace_gone(m.db):
+            m.deleted = True
+        if m.deleted:
+            self._leave(m, w.error)
+            return
+        if stopping or self._stop.is_set():
+            m.state = "failed" if w.error is not None else "stopped"
+            if w.error is not None:
+                m.error = w.error
+            return
+        error = w.error or WalrewindError("the replicator stopped on its own")
+        if m.state == "replicating" and now - m.ready_since >= STABLE_AFTER:
+            m.failures = 0
+        m.failures += 1
+        m.error = error
+        m.failing_since_us = m.failing_since_us or time.time_ns() // 1000
+        if not _expected(error):
+            log.error("%s: unexpected error (a bug)", m.db.name, exc_info=error)
+        if not self.retry:
+            m.state = "failed"
+            return
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (m.failures - 1))
+        m.state, m.next_try = "retrying", now + delay
+        self.on_event(f"{m.db.name}: FAILED: {error}; retrying in {delay:.0f} s (failure {m.failures}; "
+                      "the other databases keep replicating)")
+
+    def _leave(self, m: Member, error: BaseException | None, ran: bool = True) -> None:
+        """A deleted namespace's member is done: say how its last sync went; start its successor."""
+        if not ran:
+            how = "it was not running" + (f" (last failure: {error})" if error is not None else "")
+        elif error is None:
+            how = "its final sync completed"
+        elif _expected(error):
+            how = f"its final sync could not read the deleted files ({error})"
+        else:
+            how = f"its final sync failed ({type(error).__name__}: {error})"
+        self.on_event(f"namespace {m.db.name} was deleted: stopped replicating it; {how}; its replica "
+                      f"{m.db.replica_display} is kept")
+        self._ended.append(Outcome(m.db.name, None, m.transactions, m.uploaded_txid, "deleted"))
+        del self._members[m.db.path]
+        if m.successor is not None and not self._stop.is_set():
+            new = Member(m.successor)
+            self._members[new.db.path] = new
+            self._start(new)
+
+    def _check_data_dir(self, sqld: SqldConfig) -> None:
+        if not os.path.isdir(sqld.data_dir):
+            raise ConfigError(f"[sqld] data_dir {sqld.data_dir} does not exist (it is sqld's --db-path)")
+        if os.path.basename(os.path.normpath(sqld.data_dir)) == "dbs" and not os.path.isdir(sqld.dbs_dir):
+            raise ConfigError(f"[sqld] data_dir {sqld.data_dir} looks like sqld's dbs/ directory itself; give its "
+                              f"parent (sqld's --db-path)")
+        if not os.path.isdir(sqld.dbs_dir):
+            marks = [m for m in (".version", "metastore") if os.path.exists(os.path.join(sqld.data_dir, m))]
+            self.on_event(f"{sqld.dbs_dir} does not exist yet" + (
+                " (sqld makes it with its first namespace)" if marks else
+                f": {sqld.data_dir} does not look like a sqld data directory (no .version, metastore or dbs/); "
+                "waiting for namespaces anyway"))
+
+    def _namespace_gone(self, db: DatabaseConfig) -> bool:
+        if not os.path.isfile(db.path):
+            return True
+        current = namespace_id(os.path.dirname(db.path))
+        return current is not None and current != db.namespace_id
+
+    # ------------------------------------------------------------------ namespaces
+    def _scan(self, now: float) -> None:
+        assert self.watcher is not None and self.sqld is not None
+        changes = self.watcher.scan(now)
+        for name, why in changes.waiting.items():
+            self.on_event(f"namespace {name}: waiting ({why})")
+        for name in changes.gone:
+            self._delete(name, None)
+        for ns in changes.replaced:
+            self.on_event(f"namespace {ns.name} was deleted and re-created (new id {ns.id}): a new database")
+            self._delete(ns.name, self.sqld.namespace(ns.name, ns.id))
+        for ns in changes.appeared:
+            db = self.sqld.namespace(ns.name, ns.id)
+            old = self._members.get(db.path)
+            if old is not None:  # deleted on one scan, back on the next: after the old one stops
+                old.successor = db
+                continue
+            self.on_event(f"namespace {ns.name}: found (id {ns.id})")
+            m = Member(db)
+            self._members[db.path] = m
+            self._start(m)
+        if changes:
+            self._publish()
+
+    def _delete(self, name: str, successor: DatabaseConfig | None) -> None:
+        assert self.sqld is not None
+        m = self._members.get(self.sqld.namespace_path(name))
+        if m is None:
+            return
+        m.deleted = True
+        m.successor = successor
+        if m.worker is not None:
+            m.state = "stopping"
+            m.worker.stop()  # its final sync; _finished then lets it go
+        else:
+            self._leave(m, m.error, ran=False)
+
+    # ------------------------------------------------------------------ reporting
+    @staticmethod
+    def _label(m: Member) -> str:
+        return f"{m.db.name} (sqld namespace)" if m.db.namespace is not None else m.db.name
+
+    def _outcome(self, m: Member) -> Outcome:
+        failed = m.state == "failed" or (m.state == "retrying" and m.error is not None)
+        return Outcome(m.db.name, m.error if failed else None, m.transactions, m.uploaded_txid,
+                       "failed" if failed else "stopped")
+
+    def _publish(self) -> None:
+        try:
+            self.health.write(self.members(), self._started_us)
+        except OSError as exc:  # reporting must never stop replication
+            log.warning("cannot write the fleet's health file %s: %s", self.health.path, exc)

@@ -9,6 +9,13 @@
     keep_weekly = 4
     keep_monthly = 12
 
+    [sqld]                                 # a libSQL server (sqld): every namespace is replicated
+    data_dir = "/var/lib/sqld/data.sqld"   # sqld --db-path; namespace NS is dbs/NS/data
+    replica = "s3://backups/sqld?endpoint=${S3_URL}"   # namespace NS goes to <replica>/NS
+    admin_url = "http://127.0.0.1:9090"    # sqld --admin-listen-addr (db create/destroy of namespaces)
+    http_url = "http://127.0.0.1:8080"     # sqld --http-listen-addr (db create checks the new namespace)
+    retention = "7d"                       # ... and every per-database setting, for every namespace
+
 Found at ``--config FILE``, else ``$WALREWIND_CONFIG``, else ``./walrewind.toml``, else
 ``~/.config/walrewind/config.toml`` (``$XDG_CONFIG_HOME`` respected).  ``${NAME}`` in any string
 value is replaced by the environment variable NAME (unset is an error; ``$${`` is a literal ``${``).
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlparse
 
 import tomllib
@@ -33,12 +40,15 @@ from ..timeparse import parse_duration_or_off, parse_duration_us
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
 CONFIG_NAME = defaults.CONFIG_NAME
 _ENV_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
-_TOP_KEYS = {"data_dir", "databases"}
-_DB_KEYS = {
-    "path", "replica", "retention", "state_dir", "upload_interval", "checkpoint_frames", "max_wal_mb",
+_TOP_KEYS = {"data_dir", "databases", "sqld"}
+# Settings of one database's daemon and maintenance: in [databases.NAME], and in [sqld] for every namespace.
+_PER_DB_KEYS = {
+    "retention", "upload_interval", "checkpoint_frames", "max_wal_mb",
     "keep_daily", "keep_weekly", "keep_monthly",
     "snapshot_interval", "snapshot_volume", "compact_after", "verify_interval",
 }
+_DB_KEYS = {"path", "replica", "state_dir"} | _PER_DB_KEYS
+_SQLD_KEYS = {"data_dir", "replica", "admin_url", "http_url", "client_url", "state_dir"} | _PER_DB_KEYS
 TIER_KEYS = ("keep_daily", "keep_weekly", "keep_monthly")
 
 
@@ -75,6 +85,15 @@ class DatabaseConfig:
     snapshot_volume: float = defaults.SNAPSHOT_VOLUME  # snapshot when shipped bytes > this x db size; 0 = off
     compact_after_us: int = field(default_factory=lambda: parse_duration_us(defaults.COMPACT_AFTER))
     verify_interval_us: int | None = field(default_factory=lambda: parse_duration_or_off(defaults.VERIFY_INTERVAL))
+    # Set for a sqld namespace (``[sqld]``): its name, and sqld's id for it (stats.json), which
+    # tells a namespace re-created under the same name from the one before.
+    namespace: str | None = None
+    namespace_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """What ``db list`` calls it."""
+        return "sqld namespace" if self.namespace is not None else "replicated"
 
     def retention_policy(self) -> RetentionPolicy:
         """The RetentionPolicy this database's settings describe (engine/retention.py)."""
@@ -93,11 +112,76 @@ def redact_url(url: str) -> str:
     return url
 
 
+def join_replica(base: str, name: str) -> str:
+    """``base`` with ``/name`` added to its path (query and credentials kept): a namespace's replica."""
+    parsed = urlparse(base)
+    if parsed.scheme and len(parsed.scheme) > 1:
+        return parsed._replace(path=parsed.path.rstrip("/") + "/" + name).geturl()
+    return os.path.join(base, name)
+
+
+def default_state_root(environ=None) -> str:
+    """``$XDG_STATE_HOME/walrewind`` (or ~/.local/state/walrewind): where state directories live."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "walrewind")
+
+
+@dataclass
+class SqldConfig:
+    """``[sqld]``: every namespace of one sqld data directory, each replicated like a database.
+
+    Namespace NS is ``<data_dir>/dbs/NS/data``; it replicates to ``<replica>/NS`` and keeps its
+    state in ``<state_dir>/NS`` (default ``<state root>/sqld/NS``).  ``settings`` carries the
+    per-database settings (retention, upload_interval, ...) every namespace gets.
+    """
+
+    data_dir: str  # sqld's --db-path (holds dbs/, metastore/, .version)
+    replica: str
+    admin_url: str | None = None  # sqld --admin-listen-addr: create/delete namespaces
+    http_url: str | None = None  # sqld --http-listen-addr: check a namespace over HTTP
+    client_url: str | None = None  # how clients reach sqld (default: http_url, loopback as localhost)
+    state_dir: str | None = None  # root: namespace NS keeps its state in <state_dir>/NS
+    settings: DatabaseConfig = field(default_factory=lambda: DatabaseConfig("", "", ""))
+
+    @property
+    def dbs_dir(self) -> str:
+        return os.path.join(self.data_dir, "dbs")
+
+    def namespace_dir(self, namespace: str) -> str:
+        return os.path.join(self.dbs_dir, namespace)
+
+    def namespace_path(self, namespace: str) -> str:
+        return os.path.join(self.dbs_dir, namespace, "data")
+
+    def state_root(self) -> str:
+        return self.state_dir or os.path.join(default_state_root(), "sqld")
+
+    def namespace(self, namespace: str, namespace_id: str | None = None) -> DatabaseConfig:
+        """The settings of namespace ``namespace``, as for a configured database."""
+        return replace(self.settings, name=namespace, path=self.namespace_path(namespace),
+                       replica=join_replica(self.replica, namespace),
+                       state_dir=os.path.join(self.state_root(), namespace),
+                       namespace=namespace, namespace_id=namespace_id)
+
+    def owns(self, path: str) -> str | None:
+        """The namespace whose database ``path`` is (or is inside), if any."""
+        rel = os.path.relpath(os.path.realpath(path), os.path.realpath(self.dbs_dir))
+        if rel == "." or rel.startswith(".."):
+            return None
+        return rel.split(os.sep)[0]
+
+    @property
+    def replica_display(self) -> str:
+        return redact_url(self.replica)
+
+
 @dataclass
 class Config:
     path: str | None  # the file this came from (None: no file, nothing configured)
     data_dir: str
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
+    sqld: SqldConfig | None = None
 
     @property
     def catalog_path(self) -> str:
@@ -187,7 +271,7 @@ def load_config(path: str, environ=None) -> Config:
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise ConfigError(
-            f"{path}: unknown setting(s) {', '.join(unknown)} (top level knows: data_dir, [databases.NAME])"
+            f"{path}: unknown setting(s) {', '.join(unknown)} (top level knows: data_dir, [databases.NAME], [sqld])"
         )
     data_dir = _expand(raw.get("data_dir", defaults.DATA_DIR), "data_dir", environ)
     if not isinstance(data_dir, str) or not data_dir:
@@ -212,17 +296,9 @@ def load_config(path: str, environ=None) -> Config:
             if not isinstance(settings.get(required), str) or not settings[required]:
                 raise ConfigError(f"{where}: '{required}' is required (a string)")
         db = DatabaseConfig(name, _resolve_path(base, settings["path"]), _resolve_replica(base, settings["replica"]))
-        _apply_maintenance(db, settings, where)
+        _apply_settings(db, settings, where)
         if settings.get("state_dir") is not None:
             db.state_dir = _resolve_path(base, str(settings["state_dir"]))
-        try:
-            db.upload_interval = float(settings.get("upload_interval", defaults.UPLOAD_INTERVAL_SECONDS))
-            db.checkpoint_frames = int(settings.get("checkpoint_frames", defaults.CHECKPOINT_FRAMES))
-            db.max_wal_mb = int(settings.get("max_wal_mb", defaults.MAX_WAL_MB))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        if db.upload_interval <= 0 or db.checkpoint_frames < 0 or db.max_wal_mb < 0:
-            raise ConfigError(f"{where}: upload_interval must be > 0, checkpoint_frames and max_wal_mb >= 0")
         for other in config.databases.values():
             if other.path == db.path:
                 raise ConfigError(f"{where}: path {db.path} is already configured as [databases.{other.name}]")
@@ -232,7 +308,114 @@ def load_config(path: str, environ=None) -> Config:
                     "(each database needs its own replica)"
                 )
         config.databases[name] = db
+    if "sqld" in raw:
+        config.sqld = load_sqld(raw["sqld"], base, f"{path}: [sqld]", environ)
+        _check_sqld_overlap(config)
     return config
+
+
+def _apply_settings(db: DatabaseConfig, settings: dict, where: str) -> None:
+    """The daemon and maintenance settings of one database (or of every namespace)."""
+    _apply_maintenance(db, settings, where)
+    try:
+        db.upload_interval = float(settings.get("upload_interval", defaults.UPLOAD_INTERVAL_SECONDS))
+        db.checkpoint_frames = int(settings.get("checkpoint_frames", defaults.CHECKPOINT_FRAMES))
+        db.max_wal_mb = int(settings.get("max_wal_mb", defaults.MAX_WAL_MB))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if db.upload_interval <= 0 or db.checkpoint_frames < 0 or db.max_wal_mb < 0:
+        raise ConfigError(f"{where}: upload_interval must be > 0, checkpoint_frames and max_wal_mb >= 0")
+
+
+def http_url(value, where: str, key: str) -> str:
+    """An http(s)://HOST[:PORT] base URL (no path), or a ConfigError saying what is wrong."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key} must be a URL like http://127.0.0.1:8080, got {value!r}")
+    parsed = urlparse(value)
+    try:
+        parsed.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise ConfigError(f"{where}: {key} {value!r} has an invalid port") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path not in ("", "/") \
+            or parsed.query or parsed.fragment:
+        raise ConfigError(f"{where}: {key} must be http(s)://HOST[:PORT] with no path, got {value!r}")
+    return value.rstrip("/")
+
+
+def load_sqld(raw, base: str, where: str, environ=None) -> SqldConfig:
+    """Validate a ``[sqld]`` table (or the same from ``replicate --sqld-*`` flags)."""
+    environ = os.environ if environ is None else environ
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table with data_dir and replica")
+    unknown = sorted(set(raw) - _SQLD_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(_SQLD_KEYS))})")
+    raw = _expand(raw, "sqld", environ)
+    for required, what in (("data_dir", "sqld's --db-path, the directory holding dbs/"), ("replica", "a replica URL")):
+        if not isinstance(raw.get(required), str) or not raw[required]:
+            raise ConfigError(f"{where}: '{required}' is required ({what})")
+    sqld = SqldConfig(_resolve_path(base, raw["data_dir"]), _resolve_replica(base, raw["replica"]))
+    for key in ("admin_url", "http_url", "client_url"):
+        if raw.get(key) is not None:
+            setattr(sqld, key, http_url(raw[key], where, key))
+    if raw.get("state_dir") is not None:
+        if not isinstance(raw["state_dir"], str) or not raw["state_dir"]:
+            raise ConfigError(f"{where}: state_dir must be a directory path")
+        sqld.state_dir = _resolve_path(base, raw["state_dir"])
+    _apply_settings(sqld.settings, raw, where)
+    return sqld
+
+
+def sqld_with_options(base: SqldConfig | None, data_dir: str | None, replica: str | None,
+                      admin_url: str | None) -> SqldConfig | None:
+    """``[sqld]`` with ``replicate --sqld-data-dir/--sqld-replica/--sqld-admin-url`` applied (they
+    win; relative paths are relative to the working directory).  None when neither says anything."""
+    where = "replicate --sqld-* options"
+    if base is None:
+        if data_dir is None and replica is None and admin_url is None:
+            return None
+        if data_dir is None or replica is None:
+            raise ConfigError(f"{where}: give both --sqld-data-dir and --sqld-replica (or a [sqld] section)")
+        raw = {"data_dir": data_dir, "replica": replica}
+        if admin_url is not None:
+            raw["admin_url"] = admin_url
+        return load_sqld(raw, os.getcwd(), where)
+    out = replace(base)
+    if data_dir is not None:
+        out.data_dir = _resolve_path(os.getcwd(), data_dir)
+    if replica is not None:
+        out.replica = _resolve_replica(os.getcwd(), replica)
+    if admin_url is not None:
+        out.admin_url = http_url(admin_url, where, "--sqld-admin-url")
+    return out
+
+
+def _location(url: str) -> tuple[str, str, str]:
+    """(scheme, host, path) of a replica URL or path, without credentials or query: what it names."""
+    parsed = urlparse(url)
+    if parsed.scheme and len(parsed.scheme) > 1:
+        path = os.path.normpath(parsed.path) if parsed.scheme == "file" else parsed.path.strip("/")
+        return parsed.scheme, (parsed.hostname or ""), path
+    return "file", "", os.path.normpath(os.path.abspath(url))
+
+
+def _check_sqld_overlap(config: Config) -> None:
+    assert config.sqld is not None
+    check_sqld_overlap(config.databases, config.sqld, str(config.path))
+
+
+def check_sqld_overlap(databases: dict[str, DatabaseConfig], sqld: SqldConfig, where: str) -> None:
+    """A database must not be replicated twice: as [databases.X] and as a namespace."""
+    for name, db in databases.items():
+        ns = sqld.owns(db.path)
+        if ns is not None:
+            raise ConfigError(f"{where}: [databases.{name}] path {db.path} is namespace {ns!r} of [sqld] "
+                              f"data_dir {sqld.data_dir}, which is replicated already; remove one of the two")
+        (scheme, host, path), (db_scheme, db_host, db_path) = _location(sqld.replica), _location(db.replica)
+        prefix = path.rstrip("/")
+        if (db_scheme, db_host) == (scheme, host) and (db_path == path or not prefix or db_path.startswith(prefix + "/")):
+            raise ConfigError(f"{where}: [databases.{name}] replica {db.replica_display} is inside [sqld] replica "
+                              f"{sqld.replica_display}, where every namespace NS gets <replica>/NS; use another path")
 
 
 def _apply_maintenance(db: DatabaseConfig, settings: dict, where: str) -> None:

@@ -12,13 +12,14 @@ The whole dump is one transaction, which is also what sqld's ``dump_url`` namesp
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import apsw
 
 from .diff import sql_literal
 
 Write = Callable[[str], None]
+Literal = Callable[[Any], str]
 
 
 def _quote(name: str) -> str:
@@ -30,11 +31,14 @@ def _like_any(name: str, patterns: list[str]) -> bool:
                                 for p in patterns)
 
 
-def dump_lines(conn: apsw.Connection, tables: list[str] | None = None) -> Iterator[str]:
+def dump_lines(conn: apsw.Connection, tables: list[str] | None = None, literal: Literal = sql_literal,
+               statement: Callable[[str], str] = lambda sql: sql) -> Iterator[str]:
     """The dump, line by line, read inside one read transaction (a consistent snapshot).
 
     ``tables`` restricts it to tables matching these LIKE patterns (and their indexes/triggers, and
-    views whose name matches), as sqlite3's ``.dump TABLE`` does.
+    views whose name matches), as sqlite3's ``.dump TABLE`` does.  ``literal`` renders values and
+    ``statement`` passes schema SQL through (engine/workspace/sqldload.py uses both to write a dump
+    sqld's line-by-line loader reads back exactly).
     """
     patterns = list(tables or [])
     conn.execute("BEGIN")
@@ -54,26 +58,26 @@ def dump_lines(conn: apsw.Connection, tables: list[str] | None = None) -> Iterat
             if name.startswith("sqlite_"):
                 continue  # sqlite_stat1 and friends are rebuilt by ANALYZE
             if sql.upper().startswith("CREATE VIRTUAL TABLE"):
-                yield f"{sql};"  # its shadow tables are created by it and dumped as ordinary tables
+                yield f"{statement(sql)};"  # its shadow tables are created by it and dumped as ordinary tables
                 continue
-            yield f"{sql};"
+            yield f"{statement(sql)};"
             info = conn.execute(f"PRAGMA table_xinfo({_quote(name)})").fetchall()
             columns = [row[1] for row in info if row[6] == 0]  # generated columns (2, 3) are computed
             cols = ",".join(_quote(c) for c in columns)
             target = _quote(name) if len(columns) == len(info) else f"{_quote(name)}({cols})"
             for row in conn.execute(f"SELECT {cols} FROM {_quote(name)}"):
-                yield f"INSERT INTO {target} VALUES({','.join(sql_literal(v) for v in row)});"
+                yield f"INSERT INTO {target} VALUES({','.join(literal(v) for v in row)});"
         if has_sequence:
             yield "DELETE FROM sqlite_sequence;"
             for seq_name, seq in conn.execute("SELECT name, seq FROM sqlite_sequence"):
                 if _like_any(seq_name, patterns):
-                    yield f"INSERT INTO sqlite_sequence VALUES({sql_literal(seq_name)},{sql_literal(seq)});"
+                    yield f"INSERT INTO sqlite_sequence VALUES({literal(seq_name)},{literal(seq)});"
         for kind, name, tbl, sql in schema:
             if kind in ("index", "trigger") and _like_any(tbl, patterns):
-                yield f"{sql};"
+                yield f"{statement(sql)};"
         for kind, name, _tbl, sql in schema:
             if kind == "view" and _like_any(name, patterns):
-                yield f"{sql};"
+                yield f"{statement(sql)};"
         yield "COMMIT;"
     finally:
         conn.execute("COMMIT")

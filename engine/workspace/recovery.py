@@ -3,7 +3,9 @@
 The CLI and the Python API share these workflows.  ``create_database`` reserves the name in the
 catalog before anything is written (two concurrent creates of one name cannot both win), restores,
 marks the name ready, and records the attempt in the recovery history; on any failure the
-reservation is rolled back and the failure recorded.  ``restore_to_file`` does the same for a plain
+reservation is rolled back and the failure recorded.  When the source is a sqld namespace, the
+new database is a new namespace of that sqld (engine/workspace/sqldload.py puts the restored
+file in place and checks it over HTTP).  ``restore_to_file`` does the same for a plain
 output file when a config (and so a catalog) is in use.  Recording is best effort: a restore is
 often done in an emergency, and an unwritable catalog must not stop it (a warning says so).
 """
@@ -16,7 +18,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from ..daemon import registry
-from ..errors import ConfigError, NameTaken, ReplicaEmpty, TimestampError, UsageError
+from ..errors import (
+    ConfigError,
+    NameTaken,
+    ReplicaEmpty,
+    TimestampError,
+    UsageError,
+    VerificationFailed,
+)
 from ..restore.drills import DrillResult
 from ..restore.planning import plan_restore
 from ..restore.restorer import Progress, RestoreResult, restore
@@ -25,6 +34,8 @@ from ..timeparse import format_us, parse_timestamp_us
 from .catalog import Catalog, CatalogEntry, current_user, now_us
 from .config import Config, validate_name
 from .sources import Source
+from .sqld import validate_new_namespace
+from .sqldload import Loaded, load_restored, preflight
 
 ACCEPTED_FORMS = (
     "accepted forms: 2024-01-15T10:30:00Z, 2024-01-15T10:30:00.250Z, 2024-01-15T19:30:00+09:00, "
@@ -99,6 +110,7 @@ class Recovery:
     validation: Validation | None = None
     name: str | None = None  # the database created (db create)
     warnings: list[str] = field(default_factory=list)  # about the workflow (history not recorded, ...)
+    namespace: Loaded | None = None  # db create into a sqld namespace: how it was loaded and checked
 
     @property
     def failed_validation(self) -> bool:
@@ -184,6 +196,10 @@ def refuse_live_database(path: str, config: Config | None) -> None:
                 raise UsageError(f"refusing to write over {path}: it is the replicated source database {name!r} "
                                  f"(configured in {config.path}); --force does not change that. "
                                  + IN_PLACE_HOWTO.format(path=path))
+    if config is not None and config.sqld is not None and config.sqld.owns(path) is not None:
+        raise UsageError(f"refusing to write over {path}: it is inside sqld's data directory (namespace "
+                         f"{config.sqld.owns(path)!r}); --force does not change that. To get a namespace back as it "
+                         "was, create a new one: walrewind db create NEW --from-db NAMESPACE --timestamp T")
     daemon = registry.replicating(path)
     if daemon is not None:
         raise UsageError(f"refusing to write over {path}: a walrewind daemon (pid {daemon.pid}) is replicating it to "
@@ -262,9 +278,14 @@ def create_database(
     validate_after: bool = False,
     progress: Progress | None = None,
     check: str = "quick",
+    load_method: str = "auto",
 ) -> Recovery:
-    """Restore ``source`` as of ``target`` into the new named database ``name`` (a new file; the
-    source is never touched): reserve the name, restore, mark it ready, record it."""
+    """Restore ``source`` as of ``target`` into the new named database ``name`` (a new file, or a
+    new sqld namespace when the source is one; the source is never touched): reserve the name,
+    restore, mark it ready, record it."""
+    if source.database is not None and source.database.namespace is not None:
+        return _create_namespace(config, name, source, target, reason=reason, validate_after=validate_after,
+                                 progress=progress, load_method=load_method, check=check)
     validate_name(name)
     catalog = Catalog(config.catalog_path, create=True)
     history = _History(config, "create", name=name, source=source_name(source, config), replica=source.display,
@@ -299,7 +320,67 @@ def create_database(
     return recovery
 
 
-def _check_new_name(config: Config, catalog: Catalog, name: str) -> str:
+def _create_namespace(config: Config, name: str, source: Source, target: Target, *, reason: str | None,
+                      validate_after: bool, progress: Progress | None, load_method: str, check: str) -> Recovery:
+    """``create_database`` into a new namespace of the source's sqld: restore into a file of the
+    data directory, check it, then engine/workspace/sqldload.py makes it namespace NAME."""
+    sqld = config.sqld
+    assert sqld is not None
+    validate_new_namespace(name)
+    catalog = Catalog(config.catalog_path, create=True)
+    history = _History(config, "create", name=name, source=source_name(source, config), replica=source.display,
+                       target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed)
+    out_path = sqld.namespace_path(name)
+    tmp = os.path.join(config.databases_dir, f".{name}.namespace-{os.getpid()}.db")
+    reserved = keep_tmp = False
+    try:
+        _check_new_name(config, catalog, name, out_path)
+        preflight(sqld, name)  # admin and HTTP API configured and reachable, the name free: before the restore
+        os.makedirs(config.databases_dir, exist_ok=True)
+        try:
+            catalog.reserve(CatalogEntry(name, out_path, "creating", now_us(), current_user(), history.values["source"],
+                                         source.display, target.us, target.txid, reason=reason))
+        except NameTaken:
+            raise NameTaken(f"database {name!r} already exists (being created by another command)") from None
+        reserved = True
+        history.values["output"] = out_path
+        result = restore(source.storage(), tmp, target_us=target.restore_us, target_txid=target.restore_txid,
+                         progress=progress, check=check)
+        validation = validate(tmp) if validate_after else None
+        if validation is not None and not validation.ok:
+            keep_tmp = True
+            raise VerificationFailed(f"validation failed (integrity_check: {'; '.join(validation.integrity[:3])}); no "
+                                     f"namespace was created; the restored copy is kept at {tmp}")
+        loaded = load_restored(sqld, name, tmp, work_dir=os.path.join(config.data_dir, "tmp"), method=load_method)
+        result.path = out_path
+        catalog.update(name, status="ready", restored_txid=result.txid, restored_commit_us=result.commit_us,
+                       checksum=f"{result.checksum:016x}")
+        reserved = False
+    except BaseException as exc:
+        if reserved:
+            catalog.remove(name)
+        if not keep_tmp:
+            _remove_quietly(tmp)
+        history.failed(exc)
+        raise
+    finally:
+        for suffix in ("-wal", "-shm"):
+            _remove_quietly(tmp + suffix)
+        catalog.close()
+    recovery = Recovery(result, validation, name=name, namespace=loaded)
+    history.write("ok", restored_txid=result.txid, restored_commit_us=result.commit_us)
+    recovery.warnings = history.warnings
+    return recovery
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _check_new_name(config: Config, catalog: Catalog, name: str, namespace_path: str | None = None) -> str:
     """The path NAME will get; NameTaken when the name or its file is already in use."""
     if name in config.databases:
         raise NameTaken(f"database {name!r} already exists (a replicated database in {config.path}); choose another name")
@@ -309,7 +390,10 @@ def _check_new_name(config: Config, catalog: Catalog, name: str) -> str:
             f"database {name!r} already exists (restored copy at {existing.path}); choose another name "
             f"or remove it first with: walrewind db destroy {name} --yes"
         )
-    out_path = config.restored_path(name)
+    if config.sqld is not None and os.path.lexists(config.sqld.namespace_dir(name)):
+        raise NameTaken(f"database {name!r} already exists: sqld namespace {name!r} ({config.sqld.namespace_dir(name)}); "
+                        "choose another name")
+    out_path = namespace_path or config.restored_path(name)
     if os.path.exists(out_path):
         raise NameTaken(f"database {name!r} already exists: {out_path} is in the way (not in the catalog); move it away first")
     return out_path

@@ -6,9 +6,12 @@ rule, the same for ``restore``, ``ls``, ``verify``, ``prune``, ``compact``, ``sn
 ``timeline`` and ``db create --from-db``:
 
 1. a name configured in the config file wins (so ``app`` never silently means ``./app``);
-2. otherwise text with a URL scheme, a path separator, a leading ``.``/``~``, or naming an
+2. with ``[sqld]``, the name of a namespace on disk is that namespace (replica ``<replica>/NS``);
+3. otherwise text with a URL scheme, a path separator, a leading ``.``/``~``, or naming an
    existing directory is a replica location;
-3. otherwise it is an unknown name, and the error lists the configured names.
+4. with ``[sqld]``, a name whose namespace replica holds history is that namespace, even when the
+   namespace itself was deleted (restoring a deleted namespace is what a backup is for);
+5. otherwise it is an unknown name, and the error lists the configured names and namespaces.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from dataclasses import dataclass
 from ..errors import StorageError, UnknownSource
 from ..replica.index import Replica
 from ..storage import Storage, open_storage
-from .config import Config, DatabaseConfig, redact_url
+from .config import Config, DatabaseConfig, SqldConfig, redact_url
+from .sqld import DISK_NAME_RE, is_namespace, namespace_id, namespace_names
 
-RULE = ("a configured database name (from the config file; a name wins over a path) or a replica URL/path "
-        "(file:///backups/app, s3://bucket/prefix?endpoint=..., ./backups)")
+RULE = ("a configured database name or sqld namespace (from the config file; a name wins over a path) or a replica "
+        "URL/path (file:///backups/app, s3://bucket/prefix?endpoint=..., ./backups)")
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,14 @@ def resolve_source(text: str, config: Config | None, restored_names: frozenset[s
     """Apply the rule above; ``restored_names`` (the catalog's) only improve the error message."""
     if config is not None and text in config.databases:
         return Source(text, config.databases[text].replica, config.databases[text])
+    sqld = config.sqld if config is not None else None
+    if sqld is not None and is_namespace(sqld, text):
+        db = sqld.namespace(text, namespace_id(sqld.namespace_dir(text)))
+        return Source(text, db.replica, db)
     if looks_like_location(text):
         return Source(text, os.path.expanduser(text) if text.startswith("~") else text)
+    if sqld is not None and DISK_NAME_RE.fullmatch(text) and text not in restored_names and _has_history(sqld, text):
+        return Source(text, sqld.namespace(text).replica, sqld.namespace(text))
     if text in restored_names:
         raise UnknownSource(
             f"{text!r} is a restored copy and has no replica; give a replicated database"
@@ -87,4 +97,16 @@ def resolve_source(text: str, config: Config | None, restored_names: frozenset[s
             f"give {RULE}"
         )
     known = ", ".join(sorted(config.databases)) or f"none yet (add [databases.NAME] to {config.path})"
-    raise UnknownSource(f"unknown database {text!r}; configured databases: {known}; or give a replica URL/path")
+    namespaces = ""
+    if sqld is not None:
+        namespaces = f"; sqld namespaces in {sqld.dbs_dir}: {', '.join(namespace_names(sqld.dbs_dir)) or 'none'}"
+    raise UnknownSource(f"unknown database {text!r}; configured databases: {known}{namespaces}; or give a replica URL/path")
+
+
+def _has_history(sqld: SqldConfig, name: str) -> bool:
+    """Does namespace ``name``'s replica hold anything (one LIST)?  Unreachable counts as no."""
+    try:
+        storage = open_storage(sqld.namespace(name).replica, create=False)
+        return not Replica(storage).empty
+    except StorageError:
+        return False
