@@ -50,7 +50,7 @@ def test_restore_refuses_to_overwrite_a_database_a_daemon_replicates(tmp_path, r
     try:
         line = daemon.stderr.readline()
         assert "replicating" in line, line
-        registry = tmp_path / "xdg" / "walrewind" / "daemons"
+        registry = tmp_path / "xdg" / "walrewind" / "fleets"  # engine/daemon/health.py
         deadline = time.monotonic() + 30
         while not (registry.is_dir() and any(registry.iterdir())):
             assert time.monotonic() < deadline and daemon.poll() is None, "the daemon did not register"
@@ -64,7 +64,6 @@ def test_restore_refuses_to_overwrite_a_database_a_daemon_replicates(tmp_path, r
     finally:
         daemon.terminate()
         daemon.wait(60)
-    # Once the daemon is gone its registry entry no longer protects the file (nothing replicates it).
     assert daemon.returncode == 0, daemon.stderr.read()
 
 

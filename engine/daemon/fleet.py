@@ -37,7 +37,6 @@ from ..sqlite.dbinfo import check_replicable
 from ..storage import open_storage
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
-from . import registry
 from .health import HealthFile
 from .namespaces import NamespaceWatcher, prepare_state_dir
 from .replicator import Shipper
@@ -122,7 +121,6 @@ class ThreadWorker:
         self.thread.join()
 
     def _run(self) -> None:
-        entry = None
         try:
             if self.db.namespace is not None and self.db.namespace_id is not None and self.db.state_dir:
                 message = prepare_state_dir(self.db.state_dir, self.db.namespace, self.db.namespace_id)
@@ -133,13 +131,10 @@ class ThreadWorker:
                 if self._stop.is_set():
                     return
                 self.replicator = replicator
-            entry = registry.register(self.db.path, replicator.state.path, self.db.replica_display)
             replicator.run()
         except BaseException as exc:  # reported by the fleet, never lost
             self.error = exc
         finally:
-            if entry is not None:
-                registry.unregister(entry)
             self.done = True
             self.wake.set()
 

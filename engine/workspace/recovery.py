@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from ..daemon import registry
+from ..daemon.health import database_health
 from ..errors import (
     ConfigError,
     NameTaken,
@@ -200,10 +200,10 @@ def refuse_live_database(path: str, config: Config | None) -> None:
         raise UsageError(f"refusing to write over {path}: it is inside sqld's data directory (namespace "
                          f"{config.sqld.owns(path)!r}); --force does not change that. To get a namespace back as it "
                          "was, create a new one: walrewind db create NEW --from-db NAMESPACE --timestamp T")
-    daemon = registry.replicating(path)
+    daemon = database_health(path)  # what every running `walrewind replicate` says it replicates
     if daemon is not None:
-        raise UsageError(f"refusing to write over {path}: a walrewind daemon (pid {daemon.pid}) is replicating it to "
-                         f"{daemon.replica}; --force does not change that. " + IN_PLACE_HOWTO.format(path=path))
+        raise UsageError(f"refusing to write over {path}: a walrewind daemon (pid {daemon['pid']}) is replicating it "
+                         f"to {daemon.get('replica')}; --force does not change that. " + IN_PLACE_HOWTO.format(path=path))
 
 
 def dry_run(source: Source, target: Target) -> dict:
