@@ -161,6 +161,31 @@ def run_timed(cmd: list[str], env: dict | None = None, timeout: float = 1800) ->
     return Timed(cmd, wall, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), rss, cpu)
 
 
+class Neighbours:
+    """CPU the *rest of the box* used while a row ran, in cores: all busy time (/proc/stat) minus
+    this process, its reaped children (writers, tools, restores) and the given live helpers
+    (our SeaweedFS).  On a shared box this says how much the numbers were disturbed."""
+
+    def __init__(self, helper_pids: list[int]) -> None:
+        self.helpers = helper_pids
+        self.t0, self.busy0, self.ours0 = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        import resource
+
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(vals[:8]) - vals[3] - vals[4]) / CLK_TCK
+        ours = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for a in ("ru_utime", "ru_stime"))
+        ours += sum(cpu_seconds(p) or 0.0 for p in self.helpers)
+        return time.monotonic(), busy, ours
+
+    def cores(self) -> float:
+        t1, busy1, ours1 = self._read()
+        return max(0.0, ((busy1 - self.busy0) - (ours1 - self.ours0)) / max(1e-9, t1 - self.t0))
+
+
 def loadavg() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])

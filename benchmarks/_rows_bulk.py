@@ -9,7 +9,7 @@ import time
 
 from _common import WalSampler, create_db, log, read_log, start_writer
 from _oracle import InsertOnly
-from _rows_steady import ZERO, _first_snapshot_point, _stop_quietly
+from _rows_steady import ZERO
 from _run import Ctx, Session, build_db, last_logged_index, steady_writer, wait_writer
 from _s3 import now_us
 
@@ -28,7 +28,7 @@ def burst(ctx: Ctx, tool: str, run: int) -> dict:
     try:
         create_db(s.db)
         s.start()
-        base_point = _first_snapshot_point(s)
+        base_point = s.first_point()
         cpu0 = s.tool.sampler.sample().cpu_s
         with WalSampler(s.db, period=0.01) as wal:
             txns = s.run_writer(burst_writer(ctx, s.db, s.logp, seed),
@@ -54,7 +54,7 @@ def burst(ctx: Ctx, tool: str, run: int) -> dict:
             f"max missing {t['max_missing_ms']:.0f} ms)")
         return res
     finally:
-        _stop_quietly(s)
+        s.stop_quietly()
         s.cleanup()
 
 
@@ -125,7 +125,7 @@ def start(ctx: Ctx, tool: str, run: int) -> dict:
             f"(max missing {t['max_missing_ms']:.0f} ms), peak RSS {res['peak_rss_mb']:.0f} MB")
         return res
     finally:
-        _stop_quietly(s)
+        s.stop_quietly()
         s.cleanup()
 
 
@@ -156,6 +156,6 @@ def restore(ctx: Ctx, tool: str, run: int) -> dict:
                           "wall_s": statistics.median(walls) if walls else float("nan"),
                           "peak_rss_mb": max(rss) if rss else float("nan")}
         finally:
-            _stop_quietly(s)
+            s.stop_quietly()
             s.cleanup()
     return res

@@ -14,11 +14,6 @@ from _s3 import now_us
 ZERO = {"count": 0, "max_id": 0, "digest": 0}
 
 
-def _first_snapshot_point(s: Session) -> int | None:
-    pts = s.tool.points(0)
-    return pts[0].id if pts else None
-
-
 def steady(ctx: Ctx, tool: str, run: int, truncate_every: float | None = None) -> dict:
     """100 txn/s of 5 x 200 B inserts for 30 s (20 s with the app TRUNCATE-checkpointing every 2 s)."""
     row = "truncate" if truncate_every else "steady"
@@ -27,7 +22,7 @@ def steady(ctx: Ctx, tool: str, run: int, truncate_every: float | None = None) -
     try:
         create_db(s.db)
         ready_s = s.start()
-        base_point = _first_snapshot_point(s)
+        base_point = s.first_point()
         seed = ctx.seed + run
         cfg = steady_writer(s.db, s.logp, seed, duration=seconds)
         if truncate_every:
@@ -63,7 +58,7 @@ def steady(ctx: Ctx, tool: str, run: int, truncate_every: float | None = None) -
                                                     f"{res['checkpoints_busy']}/{res['checkpoints']}"))
         return res
     finally:
-        _stop_quietly(s)
+        s.stop_quietly()
         s.cleanup()
 
 
@@ -114,7 +109,7 @@ def soak(ctx: Ctx, tools: list[str], run: int) -> dict[str, dict]:
             if w.poll() is None:
                 w.kill()
         for s in sessions.values():
-            _stop_quietly(s)
+            s.stop_quietly()
             s.cleanup()
 
 
@@ -127,11 +122,3 @@ def _slope(points: list[tuple[float, float]]) -> float:
     den = sum((p[0] - mx) ** 2 for p in points)
     return sum((p[0] - mx) * (p[1] - my) for p in points) / den if den else float("nan")
 
-
-def _stop_quietly(s: Session) -> None:
-    """Stop a tool that is still running after a failure (its numbers are not used)."""
-    if s.stopped is None and s.tool.proc is not None:
-        try:
-            s.stop()
-        except Exception as exc:  # best effort on the error path: the first error is what matters
-            log(f"  could not stop {s.tool_name}: {exc}")

@@ -104,6 +104,19 @@ class Session:
                              f"{problems[0][:300]}")
         return self.stopped
 
+    def stop_quietly(self) -> None:
+        """Stop a tool still running after a failure (its numbers are not used)."""
+        if self.stopped is None and self.tool.proc is not None:
+            try:
+                self.stop()
+            except Exception as exc:  # best effort on the error path: the first error is what matters
+                log(f"  could not stop {self.tool_name}: {exc}")
+
+    def first_point(self) -> int | None:
+        """The tool's first restorable point (its base snapshot), once ``start`` returned."""
+        pts = self.tool.points(0)
+        return pts[0].id if pts else None
+
     def cleanup(self) -> None:
         if getattr(self.ctx.args, "keep", False):
             return

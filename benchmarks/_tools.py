@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from _common import remove_db
 from _procwatch import ProcSampler, Timed, run_timed
 from _s3 import KeyWatcher, Server, now_us, tool_env
 
@@ -35,7 +36,8 @@ LITESTREAM = shutil.which("litestream", path=BIN) or shutil.which("litestream")
 
 
 def rfc3339(us: int) -> str:
-    """UTC with microseconds; both tools parse it (fraction kept even when zero)."""
+    """UTC with microseconds, the fraction written even when zero (_common.rfc3339 drops it);
+    both CLIs parse it."""
     secs, frac = divmod(us, 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:06d}Z"
 
@@ -330,14 +332,6 @@ class Litestream(Replicator):
 
 
 TOOLS = {"walrewind": Walrewind, "litestream": Litestream}
-
-
-def remove_db(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        try:
-            os.unlink(path + suffix)
-        except FileNotFoundError:
-            pass
 
 
 def litestream_version() -> str | None:
