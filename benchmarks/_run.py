@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from _common import log, read_log, start_writer
 from _oracle import InsertOnly, digest_file, random_targets
-from _procwatch import Sample
+from _procwatch import Sample, Timed
 from _s3 import Server, now_us
 from _tools import TOOLS, Point, Replicator, Stopped
 
@@ -154,7 +154,7 @@ class Session:
         return txns
 
     # -- restores
-    def restore(self, target_us: int | None = None, point: int | None = None) -> tuple[dict | None, object]:
+    def restore(self, target_us: int | None = None, point: int | None = None) -> tuple[dict | None, Timed]:
         """(digest of the restored file or None, the timed run)."""
         run = self.tool.restore(0, self.out, target_us=target_us, point=point)
         if run.rc != 0:

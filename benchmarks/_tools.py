@@ -59,7 +59,8 @@ class Stopped:
 
 
 class Replicator:
-    """Common life cycle: start (a subprocess + its sampler + one key watcher per database)."""
+    """Common life cycle: a subprocess, a /proc sampler on it, one key watcher on its S3 prefix
+    (database i replicates to ``<prefix>/db<i>``)."""
 
     name = "?"
 
@@ -115,6 +116,7 @@ class Replicator:
         w = self.watcher
         assert w is not None
         w.fast(0.1)
+
         def done(seen: dict) -> bool:
             have = {k.split("/", 1)[0] for k in seen if "/" in k and self._is_snapshot(k.split("/", 1)[1])}
             return not self.alive() or len(have) == len(self.dbs)
