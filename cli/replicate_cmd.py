@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 
 import click
 
@@ -54,11 +55,14 @@ from .common import DurationText, config_option, friendly, get_config
     help="Run a restore drill (random point + latest, checksum + integrity_check) this often.  "
     f"[default: {defaults.VERIFY_INTERVAL}]",
 )
+@click.option("--exec", "exec_command", metavar="CMD",
+              help="Run the application CMD as a child once every database replicates; SIGTERM/SIGINT go to it, and "
+              "when it exits: final sync, then exit with its exit code (Litestream's -exec).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every upload.")
 @config_option
 @friendly
 def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, sqld_admin_url, upload_interval, state_dir,
-                      checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, verbose):
+                      checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command, verbose):
     """Continuously replicate DB_PATH (a SQLite/libSQL database in WAL mode) to REPLICA_URL.
 
     REPLICA_URL is a directory (file:///backups/app or a plain path) or s3://bucket/prefix.
@@ -97,7 +101,7 @@ def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, s
     selected = [dataclasses.replace(db, **overrides) for db in selected]
     if sqld is not None:
         sqld = dataclasses.replace(sqld, settings=dataclasses.replace(sqld.settings, **overrides))
-    _run(selected, sqld, takeover, single=db_path is not None)
+    _run(selected, sqld, takeover, single=db_path is not None, exec_command=exec_command)
 
 
 def _configured(only, state_dir, sqld_flags):
@@ -148,22 +152,29 @@ def _overrides(retention, verify_interval, upload_interval, checkpoint_frames, m
     return out
 
 
-def _run(databases, sqld, takeover: bool, single: bool) -> None:
+def _run(databases, sqld, takeover: bool, single: bool, exec_command: str | None = None) -> None:
     from ..engine.daemon.fleet import Fleet
 
     fleet = Fleet(databases, sqld=sqld, takeover=takeover, retry=not single,
-                  on_event=lambda line: click.echo(line, err=True))
+                  on_event=lambda line: click.echo(line, err=True), exec_command=exec_command)
     if not single and sqld is not None:
         click.echo(f"watching sqld namespaces in {sqld.dbs_dir} -> {sqld.replica_display}/NAMESPACE", err=True)
     outcomes = fleet.run()
     failed = [o for o in outcomes if o.state == "failed"]
+    child_code = fleet.child.exit_code() if fleet.child is not None else None
     if single:
         if failed:
             raise failed[0].error  # expected errors print as "Error: ..."; a bug keeps its traceback
         click.echo(f"stopped: {outcomes[0].transactions} transactions shipped, last txid {outcomes[0].uploaded_txid}", err=True)
+        if child_code:
+            sys.exit(child_code)
         return
     for outcome in outcomes:
         click.echo(outcome.describe(), err=True)
     if failed:
+        if child_code:
+            sys.exit(child_code)
         raise DaemonError(f"stopped while {len(failed)} database(s) were failing: {', '.join(o.name for o in failed)} "
                           "(see above); the others were stopped with a final sync")
+    if child_code:
+        sys.exit(child_code)

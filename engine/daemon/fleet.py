@@ -37,6 +37,7 @@ from ..sqlite.dbinfo import check_replicable
 from ..storage import open_storage
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
+from .child import ChildApp
 from .health import HealthFile
 from .namespaces import NamespaceWatcher, prepare_state_dir
 from .replicator import Shipper
@@ -175,8 +176,10 @@ class Fleet:
 
     def __init__(self, databases: list[DatabaseConfig], *, sqld: SqldConfig | None = None, takeover: bool = False,
                  retry: bool = True, on_event: Callable[[str], None] = lambda line: None,
-                 scan_interval: float | None = None, health: HealthFile | None = None) -> None:
+                 scan_interval: float | None = None, health: HealthFile | None = None,
+                 exec_command: str | None = None) -> None:
         self.on_event = on_event
+        self.child = ChildApp(exec_command) if exec_command else None  # replicate --exec
         self.takeover = takeover
         self.retry = retry
         self.sqld = sqld
@@ -216,6 +219,9 @@ class Fleet:
         previous = {}
         if install_signal_handlers:
             def on_signal(signum, _frame):
+                if self.child is not None and self.child.forward(signum):
+                    self.on_event(f"signal {signum}: passed on to {self.child.argv[0]}; final sync once it exits")
+                    return
                 self.on_event(f"signal {signum}: final sync of {len(self._members)} database(s) and exit")
                 self.stop()
 
@@ -237,9 +243,13 @@ class Fleet:
                     self._publish()
                 if not self.retry and any(m.state == "failed" for m in self._members.values()):
                     break
+                if self.child is not None and self._child_step():
+                    break
                 self._wake.wait(TICK)
                 self._wake.clear()
         finally:
+            if self.child is not None:
+                self.child.stop()
             for m in list(self._members.values()):
                 if m.worker is not None:
                     m.worker.stop()
@@ -251,6 +261,21 @@ class Fleet:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._ended + [self._outcome(m) for m in self._members.values()]
+
+    def _child_step(self) -> bool:
+        """Start the --exec child once every database replicates; True once it has exited."""
+        assert self.child is not None
+        if not self.child.started:
+            if self._members and all(m.state == "replicating" for m in self._members.values()):
+                pid = self.child.start()
+                self.on_event(f"started {self.child.command} (pid {pid})")
+            return False
+        code = self.child.exit_code()
+        if code is None:
+            return False
+        self.on_event(f"{self.child.argv[0]} exited with {code}: final sync of {len(self._members)} database(s)")
+        self._stop.set()
+        return True
 
     # ------------------------------------------------------------------ members
     def _start(self, m: Member) -> None:
