@@ -311,6 +311,33 @@ else
     fi
 fi
 
+# ---------------------------------------------------------------- systemd unit
+UNIT="$HERE/walrewind.service"
+if [ -f "$UNIT" ]; then
+    ok "exists: docker/walrewind.service"
+    for want in 'NoNewPrivileges=yes' 'ProtectSystem=strict' 'KillSignal=SIGTERM' 'User=walrewind'; do
+        if grep -qx "$want" "$UNIT"; then ok "unit: $want"; else fail "unit lacks $want"; fi
+    done
+    state="$(sed -n 's/^Environment=XDG_STATE_HOME=//p' "$UNIT")"
+    if [ -n "$state" ] && grep -E '^ReadWritePaths=' "$UNIT" | grep -qw -- "$state"; then
+        ok "unit: the state directory $state is writable under ProtectSystem=strict"
+    else
+        fail "unit: XDG_STATE_HOME ($state) is not in ReadWritePaths (ProtectSystem=strict makes it read-only)"
+    fi
+    exec_cmd="$(sed -n 's/^ExecStart=//p' "$UNIT")"
+    set -- $exec_cmd
+    if [ "$(basename "${1:-}")" = walrewind ] && [ -n "${2:-}" ] && grep -q "^    \"$2\": (" "$ROOT/cli/main.py"; then
+        ok "unit: ExecStart runs the CLI subcommand '$2'"
+    else
+        fail "unit: ExecStart '$exec_cmd' is not 'walrewind <subcommand>'"
+    fi
+    if command -v systemd-analyze >/dev/null 2>&1; then
+        if systemd-analyze verify "$UNIT" >/dev/null 2>&1; then ok "systemd-analyze verify"; else ok "systemd-analyze verify could not check it here (no systemd in this sandbox)"; fi
+    fi
+else
+    fail "missing: docker/walrewind.service"
+fi
+
 if [ "$failures" -eq 0 ]; then
     echo "all checks passed (static only: no image was built)"
     exit 0
