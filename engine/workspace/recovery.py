@@ -293,12 +293,7 @@ def create_database(
     reserved = False
     try:
         out_path = _check_new_name(config, catalog, name)
-        os.makedirs(config.databases_dir, exist_ok=True)
-        try:
-            catalog.reserve(CatalogEntry(name, out_path, "creating", now_us(), current_user(), history.values["source"],
-                                         source.display, target.us, target.txid, reason=reason))
-        except NameTaken:
-            raise NameTaken(f"database {name!r} already exists (being created by another command)") from None
+        _reserve(config, catalog, name, out_path, history, source, target, reason)
         reserved = True
         history.values["output"] = out_path
         result = restore(source.storage(), out_path, target_us=target.restore_us, target_txid=target.restore_txid,
@@ -336,12 +331,7 @@ def _create_namespace(config: Config, name: str, source: Source, target: Target,
     try:
         _check_new_name(config, catalog, name, out_path)
         preflight(sqld, name)  # admin and HTTP API configured and reachable, the name free: before the restore
-        os.makedirs(config.databases_dir, exist_ok=True)
-        try:
-            catalog.reserve(CatalogEntry(name, out_path, "creating", now_us(), current_user(), history.values["source"],
-                                         source.display, target.us, target.txid, reason=reason))
-        except NameTaken:
-            raise NameTaken(f"database {name!r} already exists (being created by another command)") from None
+        _reserve(config, catalog, name, out_path, history, source, target, reason)
         reserved = True
         history.values["output"] = out_path
         result = restore(source.storage(), tmp, target_us=target.restore_us, target_txid=target.restore_txid,
@@ -378,6 +368,18 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _reserve(config: Config, catalog: Catalog, name: str, out_path: str, history: _History, source: Source,
+             target: Target, reason: str | None) -> None:
+    """Claim NAME in the catalog (status 'creating') before anything is written: of two concurrent
+    creates of one name, exactly one gets past this."""
+    os.makedirs(config.databases_dir, exist_ok=True)
+    try:
+        catalog.reserve(CatalogEntry(name, out_path, "creating", now_us(), current_user(), history.values["source"],
+                                     source.display, target.us, target.txid, reason=reason))
+    except NameTaken:
+        raise NameTaken(f"database {name!r} already exists (being created by another command)") from None
 
 
 def _check_new_name(config: Config, catalog: Catalog, name: str, namespace_path: str | None = None) -> str:
