@@ -259,11 +259,13 @@ def test_idle_daemon_lets_go_of_an_idle_sqld_namespace(run):
 
 
 def test_namespace_layout_on_disk(sqld):
-    """create: dbs/NS/ is complete (a WAL-mode `data`) when the call returns; delete: gone at once."""
+    """create: dbs/NS/ is complete (a WAL-mode `data`) when the call returns, and stats.json (the
+    namespace id) follows shortly after (seen missing at return once); delete: gone at once."""
     ns_dir = os.path.join(sqld.data_dir, "dbs", "layout")
     assert not os.path.exists(ns_dir)
     sqld.create_namespace("layout")
-    assert {"data", "data-wal", "data-shm", "wallog", "stats.json", ".sentinel", "tmp", "to_compact"} <= set(os.listdir(ns_dir))
+    assert {"data", "data-wal", "data-shm", "wallog", ".sentinel", "tmp", "to_compact"} <= set(os.listdir(ns_dir))
+    wait_for(lambda: os.path.exists(os.path.join(ns_dir, "stats.json")), timeout=10, what="stats.json")
     with open(sqld.db_path("layout"), "rb") as f:
         header = f.read(100)
     assert header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"  # WAL mode
