@@ -191,9 +191,9 @@ def test_daemon_that_cannot_keep_up_lets_the_wal_reset(tmp_path):
     with DaemonThread(db, replica, str(tmp_path / "state"), upload_interval=1.0, max_wal_bytes=limit) as shipper:
         fast_read = shipper.wal.read
 
-        def slow_read(pos, max_bytes=None):  # a reader far slower than the writer (a slow disk)
+        def slow_read(pos, max_bytes=None, **kw):  # a reader far slower than the writer (a slow disk)
             time.sleep(0.005)
-            return fast_read(pos, max_bytes=64 << 10 if max_bytes else None)
+            return fast_read(pos, max_bytes=64 << 10 if max_bytes else None, **kw)
 
         shipper.wal.read = slow_read
         # Updates keep the database small, so the full-database scans that repair what the app's
@@ -226,9 +226,9 @@ def test_stop_while_behind_reads_to_the_end(tmp_path, monkeypatch):
         base = shipper.stats.last_txid
         fast_read = shipper.wal.read
 
-        def slow_read(pos, max_bytes=None):  # one read chunk per 0.1 s: falls far behind the writer
+        def slow_read(pos, max_bytes=None, **kw):  # one read chunk per 0.1 s: falls far behind the writer
             time.sleep(0.1)
-            return fast_read(pos, max_bytes=max_bytes)
+            return fast_read(pos, max_bytes=max_bytes, **kw)
 
         shipper.wal.read = slow_read
         run_writer({"db": db, "log": log, "seed": 103, "big_updates": True, **dict(FLAT_OUT, duration=1.5)})

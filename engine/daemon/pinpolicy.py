@@ -50,6 +50,7 @@ class PinPolicy:
         self.max_wal_bytes = max_wal_bytes  # 0: never let go
         self._checkpoint_conn: list[apsw.Connection] | None = None
         self._let_go = False
+        self.last_yield_mono = 0.0  # when we last stepped aside for a blocking checkpoint
 
     @property
     def pin(self) -> ReadPin:
@@ -168,6 +169,7 @@ class PinPolicy:
     def yield_to_checkpointer(self) -> None:
         """Another process is checkpointing and waiting for readers: copy to the end and step aside."""
         self.stats.yields += 1
+        self.last_yield_mono = time.monotonic()
         self.shipper.tick()
         self.pin.release()
         deadline = time.monotonic() + YIELD_MAX_SECONDS

@@ -50,6 +50,7 @@ from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage, put_file_immutable
 from ..timeparse import format_us
+from .observer import Observations
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
 from .spool import (
     DEFAULT_MIN_FREE,
@@ -65,8 +66,15 @@ from .waker import Waker
 log = logging.getLogger("walrewind.shipper")
 
 MASK = 0xFFFFFFFF
-PROBE_INTERVAL = 0.002  # lock probing while we hold a pin: how fast a checkpointer gets its way
+PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpointer gets its way
+PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
+FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
 IDLE_POLL = 0.25  # fallback when inotify is quiet
+EXPECT_POLL = 0.002  # after a WAL write, how often to look for the commit in the wal-index
+EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames long before COMMIT)
+READ_DEFER_SECONDS = 0.1  # while pinned, read what was observed at most this often
+HOUSEKEEPING_SECONDS = 0.1  # while pinned and quiet, re-check the pin policy this often
+FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
 READ_BATCH_BYTES = 64 << 20
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
 HEARTBEAT_SECONDS = 60.0
@@ -106,6 +114,11 @@ class ShipperStats:
     spool_full_since_us: int = 0
     spool_full_events: int = 0
     heartbeats: int = 0
+    # Wake-ups of the tail loop: a file change, a look-again for a commit being written, a timeout
+    # (lock probe while pinned, fallback poll otherwise).  Each costs ~40 us of CPU on a small VM.
+    wake_changes: int = 0
+    wake_looks: int = 0
+    wake_timeouts: int = 0
     lease_renewals: int = 0
     lease_epoch: int = 0
 
@@ -155,11 +168,15 @@ class Shipper:
         self._waker_closed = False
         self.last_commit_mono = time.monotonic()
         self.unverified: list = []  # (WalTransaction, observed time) read but not yet vouched for
+        self.observations = Observations()  # when each commit boundary was first seen
         self.verified_pos: WalPosition | None = None
         self.anchor: int | None = None  # SQLite's commit counter at verified_pos
         self.ready = threading.Event()
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
         self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
+        self._unread = False  # a WAL change was observed while pinned and not read yet
+        self._last_seen: tuple | None = None  # (iChange, salts, mxFrame) at the last observation
+        self._last_flush = time.monotonic()
         self._overflow_check = 0.0
         self.spooled_through_us = 0  # everything committed before this was spooled (tail thread)
         self.uploader = Uploader(self)
@@ -181,7 +198,7 @@ class Shipper:
         self.state.lock()
         # Order matters: SQLite connections first (they create the -shm), then our descriptors,
         # which stay open until every connection is closed (POSIX locks are per process).
-        self.pin = ReadPin(self.db_path)
+        self.pin = ReadPin(self.db_path, before_release=self.state.flush)
         self.shm = ShmObserver(self.db_path + "-shm")
         self.db_fd = os.open(self.db_path, os.O_RDONLY)
         self.wal = WalFile(self.db_path + "-wal")
@@ -418,7 +435,9 @@ class Shipper:
         self.unverified = []
 
     def _spool(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
-        self.state.append(items, allow_over_limit)
+        # fsynced before the pin is released or handed over (ReadPin's before_release), before a
+        # seal, and at least every FSYNC_SECONDS: see docs/DESIGN.md, "Grouped fsync".
+        self.state.append(items, allow_over_limit, sync=False)
         self.stats.backlog_bytes = self.state.pending
 
     # ------------------------------------------------------------------ a full spool
@@ -560,27 +579,21 @@ class Shipper:
 
         Returns how many transactions were read.
         """
-        before = self.shm.header()
-        # Commits SQLite had published when ``before`` was read happened before this instant, so
-        # it is a valid (and the earliest safe) commit time for them; later ones get the time
-        # after the read.  A stamp must never precede its commit: a restore to a moment between
-        # would contain a transaction that had not happened yet.
-        published_us = now_us()
-        result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES)
+        before = self.observe()
+        published = (before.salts, before.max_frame) if before is not None else None
+        result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES, published=published)
         if result.generation == "new" and self.unverified and self.verified_pos is not None:
             # What we read past the last verified commit is gone from the WAL: SQLite never
             # published it (a writer died between writing its commit frame and updating the
             # wal-index) and the next writer reused those frames.  Forget it; read again.
             self.unverified = []
             self.pos = self.verified_pos
-            result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES)
+            result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES, published=published)
         ts = now_us()
         if result.transactions:
             self.last_commit_mono = time.monotonic()
         for txn in result.transactions:
-            end = txn.end
-            early = before is not None and (end.salt1, end.salt2) == (before.salt1, before.salt2) and end.frame <= before.max_frame
-            self.unverified.append((txn, published_us if early else ts))
+            self.unverified.append((txn, self.observations.stamp(txn.end.salt1, txn.end.salt2, txn.end.frame, ts)))
             self.stats.wal_bytes += txn.frames * (24 + self.page_size)
         if result.position is not None and result.position.cksum is not None:
             if result.transactions or result.generation != "empty":
@@ -599,6 +612,28 @@ class Shipper:
             # committed before checked_us is in the spool (what heartbeats vouch for).
             self.spooled_through_us = checked_us
         return len(result.transactions)
+
+    def _observe_changed(self) -> bool:
+        """Observe; True when the wal-index shows a commit boundary not seen before."""
+        hdr = self.observe()
+        if hdr is None:
+            return False
+        seen = (hdr.change, hdr.salts, hdr.max_frame)
+        if seen == self._last_seen:
+            return False
+        self._last_seen = seen
+        return True
+
+    def observe(self) -> ShmHeader | None:
+        """Read the wal-index header and remember when each commit boundary was first seen.
+
+        The time is taken *after* the header is read, so every commit the header shows had
+        happened by then: a stamp never precedes its commit.
+        """
+        hdr = self.shm.header()
+        if hdr is not None:
+            self.observations.add(hdr.salts, hdr.max_frame, now_us())
+        return hdr
 
     def _verify(self, hdr: ShmHeader | None) -> bool:
         """Spool the read transactions up to ``hdr``'s commit boundary if the counts agree.
@@ -673,23 +708,14 @@ class Shipper:
                 except LeaseError as exc:
                     raise DaemonError(str(exc)) from exc
             self.uploader.last_beat_mono = time.monotonic()
-            if not self._waker.watch(self.db_path):
+            inotify = self._waker.watch(self.db_path)
+            if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
             uploader = threading.Thread(target=self.uploader.run, name="walrewind-uploader", daemon=True)
             uploader.start()
             housekeeper = self._start_maintenance()
             self.ready.set()
-            while not self._stop.is_set():
-                if self.overflow is not None:
-                    self._waker.wait(IDLE_POLL)
-                    self._leave_overflow()
-                    continue
-                self._waker.wait(PROBE_INTERVAL if self.pin.active else IDLE_POLL)
-                try:
-                    read_now = self.read_pass()
-                    self.pin_policy.after_read(read_now)
-                except SpoolFull as exc:
-                    self._enter_overflow(exc)
+            self._tail_loop(inotify)
             # Final sync: everything committed up to now is read, spooled and uploaded.
             if self.fatal is None:
                 try:
@@ -728,6 +754,80 @@ class Shipper:
             self._stop.set()  # if the tail loop failed, the uploader must not go on alone
             self._close_waker()
             self._close()
+
+    def _tail_loop(self, inotify: bool) -> None:
+        """Wake on every change of the WAL, observe it, and read in batches.
+
+        While pinned, a wake-up with no WAL change only probes the lock bytes (one F_GETLK in the
+        common case: is a checkpointer waiting for us?).  A WAL change is observed at once (its
+        commits get their stamps now) but read at most every READ_DEFER_SECONDS: the pin keeps
+        its frames in place meanwhile, and one read pass, one pin hand-over and one fsync then
+        serve several commits.  Unpinned, anything new is pinned first and read at once.
+        """
+        last_full = 0.0
+        expect_until = 0.0  # the WAL was written but the wal-index showed no new commit yet
+        while not self._stop.is_set():
+            if self.overflow is not None:
+                self._waker.wait(IDLE_POLL)
+                self._leave_overflow()
+                continue
+            expecting = expect_until > time.monotonic()
+            if expecting:
+                self._waker.wait(EXPECT_POLL, changes=False)
+                self.stats.wake_looks += 1
+                woke = False
+            else:
+                woke = self._waker.wait(self._probe_interval() if self.pin.active else IDLE_POLL)
+                if woke:
+                    self.stats.wake_changes += 1
+                else:
+                    self.stats.wake_timeouts += 1
+            if woke or expecting:
+                # SQLite writes the frames (inotify wakes us) and only then publishes the commit
+                # in the wal-index (no event): look again shortly until the commit shows up.
+                if self._observe_changed():
+                    # The file changes so far belong to this commit: forget them, unless another
+                    # write transaction is already under way (then keep looking for its commit).
+                    self._waker.drain()
+                    expect_until = time.monotonic() + EXPECT_SECONDS if self.shm.writer_active() else 0.0
+                    woke = True
+                elif woke:
+                    expect_until = time.monotonic() + EXPECT_SECONDS
+                    woke = False
+            try:
+                if self.pin.active and inotify:
+                    if woke:
+                        self._unread = True
+                    if self.shm.checkpointer_waiting():
+                        self.pin_policy.yield_to_checkpointer()
+                        self._unread = False
+                        last_full = time.monotonic()
+                        continue
+                    since = time.monotonic() - last_full
+                    if since < (READ_DEFER_SECONDS if self._unread else HOUSEKEEPING_SECONDS):
+                        continue
+                last_full = time.monotonic()
+                self._unread = False
+                read_now = self.read_pass()
+                self.pin_policy.after_read(read_now)
+                if time.monotonic() - self._last_flush >= FSYNC_SECONDS:
+                    self.state.flush()
+                    self._last_flush = time.monotonic()
+            except SpoolFull as exc:
+                self._enter_overflow(exc)
+
+    def _probe_interval(self) -> float:
+        """How long a pinned, quiet loop sleeps before probing the lock bytes again.
+
+        Every wake-up costs CPU, and only applications that run blocking checkpoints (RESTART,
+        TRUNCATE: sqld, or an app calling wal_checkpoint itself) ever wait for our pin.  So the
+        probe is fast (PROBE_INTERVAL) for a while after we last yielded to one, and relaxed
+        (PROBE_INTERVAL_RELAXED) otherwise: the first blocking checkpoint of an application then
+        waits at most that long, and every later one at most PROBE_INTERVAL.
+        """
+        if self.stats.yields and time.monotonic() - self.pin_policy.last_yield_mono < FAST_PROBE_SECONDS:
+            return PROBE_INTERVAL
+        return PROBE_INTERVAL_RELAXED
 
     def _final_read(self) -> None:
         """Read until caught up: a daemon that was behind has more than one read batch to go.

@@ -79,6 +79,7 @@ class StateDir:
         self._current: tuple[str, int] | None = None  # (path, O_APPEND descriptor) being appended to
         self._current_size = 0
         self._pending = self.pending_bytes()  # bytes in spool files, kept up to date without listing
+        self._dirty = False  # the file being appended to has records not fsynced yet
 
     def lock(self) -> None:
         """Take the state directory for this process; a second daemon on it is refused.
@@ -142,8 +143,12 @@ class StateDir:
             self._current_size = 0
 
     # -- the spool ------------------------------------------------------------------------------
-    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
-        """Append and fsync; called by the tailing thread after each read pass.
+    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False, sync: bool = True) -> None:
+        """Append (and fsync unless ``sync`` is False); called by the tailing thread after each read pass.
+
+        With ``sync=False`` the records are written but fsynced only by the next :meth:`flush`
+        (or :meth:`seal`): the daemon flushes before it lets SQLite drop the frames they came from
+        (docs/DESIGN.md, "Grouped fsync").
 
         All or nothing: raises SpoolFull (nothing appended) when the limit or the free-space floor
         would be crossed or the disk is full.  ``allow_over_limit`` lets one write past the size
@@ -167,7 +172,11 @@ class StateDir:
                 view = memoryview(blob)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
+                    self._dirty = False
+                else:
+                    self._dirty = True
             except OSError as exc:
                 self._cut(name, fd, start, exc)
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -226,6 +235,15 @@ class StateDir:
                 "tail will be discarded at the next start, and the daemon repairs the gap there"
             ) from exc
 
+    def flush(self) -> bool:
+        """fsync what ``append(sync=False)`` wrote; True when there was something to sync."""
+        with self._lock:
+            if not self._dirty or self._current is None:
+                return False
+            os.fsync(self._current[1])
+            self._dirty = False
+            return True
+
     def seal(self) -> None:
         """Close the file being appended to and mark it ready, so it is uploaded as one segment.
 
@@ -235,6 +253,9 @@ class StateDir:
         """
         with self._lock:
             if self._current is not None:
+                if self._dirty:
+                    os.fsync(self._current[1])
+                    self._dirty = False
                 os.close(self._current[1])
                 self._current = None
                 self._current_size = 0

@@ -62,11 +62,21 @@ class ShmObserver:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
+        self._last_raw = b""
+        self._last: ShmHeader | None = None
 
     def header(self, attempts: int = 50) -> ShmHeader | None:
+        """The current wal-index header (a consistent copy), or None if none could be read.
+
+        Called at every wake-up, so an unchanged header costs one pread and one compare.
+        """
         for _ in range(attempts):
-            hdr = parse_shm_header(os.pread(self.fd, SHM_HEADER_BYTES, 0))
+            raw = os.pread(self.fd, SHM_HEADER_BYTES, 0)
+            if raw == self._last_raw:
+                return self._last
+            hdr = parse_shm_header(raw)
             if hdr is not None:
+                self._last_raw, self._last = raw, hdr
                 return hdr
         return None
 
@@ -82,6 +92,10 @@ class ShmObserver:
         holds the write lock so no commit can land, and polls our read lock with its busy handler.
         """
         return self._held_by_other(WAL_CKPT_LOCK) and self._held_by_other(WAL_WRITE_LOCK)
+
+    def writer_active(self) -> bool:
+        """True while another process holds the write lock (a write transaction is under way)."""
+        return self._held_by_other(WAL_WRITE_LOCK)
 
     def checkpoint_running(self) -> bool:
         return self._held_by_other(WAL_CKPT_LOCK)

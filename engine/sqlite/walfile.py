@@ -24,7 +24,8 @@ FRAME_HEADER_SIZE = 24
 MAGIC_LE = 0x377F0682
 MAGIC_BE = 0x377F0683
 MASK = 0xFFFFFFFF
-READ_CHUNK = 8 << 20
+READ_CHUNK = 8 << 20  # the largest single pread of frames
+FIRST_CHUNK_FRAMES = 16  # the first pread past a position; chunks double up to READ_CHUNK
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class WalFile:
         self.path = path
         self._fd: int | None = None
         self._ino: int | None = None
+        self._published: tuple[bytes, int] | None = None  # of the read() in progress
 
     def _ensure_open(self) -> int | None:
         try:
@@ -221,8 +223,17 @@ class WalFile:
     def header(self) -> WalHeader | None:
         return parse_header(self.read_at(0, WAL_HEADER_SIZE))
 
-    def read(self, pos: WalPosition | None, max_bytes: int | None = None) -> ReadResult:
-        """Every committed transaction after ``pos`` (from the start of the WAL when None)."""
+    def read(self, pos: WalPosition | None, max_bytes: int | None = None,
+             published: tuple[bytes, int] | None = None) -> ReadResult:
+        """Every committed transaction after ``pos`` (from the start of the WAL when None).
+
+        ``published`` = (salts, mxFrame) from the wal-index, read under our pin: SQLite has
+        committed exactly the frames up to mxFrame of that generation, so a scan of it stops there
+        instead of reading (and checksumming) whatever stale frames of earlier generations follow
+        in the file.  Every frame is still read and chain-verified once, from our position only:
+        per commit the cost is the commit's own frames, never the WAL's length.
+        """
+        self._published = published
         header = self.header()
         result = ReadResult(header=header, position=pos)
         if header is None:
@@ -296,10 +307,23 @@ class WalFile:
         pending_frames = 0
         last_commit: tuple[int, int, bytes] | None = None
         scanned = 0
-        want = max(READ_CHUNK - READ_CHUNK % frame_size, frame_size)
+        limit = None
+        published = self._published
+        if published is not None and published[0] == salts:
+            limit = published[1]  # SQLite committed no frame of this generation past it
+        max_want = max(READ_CHUNK - READ_CHUNK % frame_size, frame_size)
+        # Start small and double: past the valid end the file may hold megabytes of an earlier
+        # generation's frames, which must not be read and checksummed at every wake-up.
+        want = min(max_want, FIRST_CHUNK_FRAMES * frame_size)
         while True:
+            if limit is not None:
+                if frame >= limit:
+                    break
+                want = min(want, (limit - frame) * frame_size)
             offset = WAL_HEADER_SIZE + frame * frame_size
+            asked = want
             buf = self.read_at(offset, want)
+            want = min(max_want, want * 2)
             count = len(buf) // frame_size
             if count == 0:
                 break
@@ -337,7 +361,7 @@ class WalFile:
                     result.position = end
                     pending = {}
                     pending_frames = 0
-            if stop or count * frame_size < want:
+            if stop or count * frame_size < asked:
                 break
             frame += count
             cksum = sums[-1]

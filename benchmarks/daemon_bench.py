@@ -1,0 +1,271 @@
+"""The daemon's own costs, side by side with Litestream: CPU, peak RSS, exactness, WAL peak.
+
+    daemon_bench.py steady [--seconds 30] [--runs 3] [--no-litestream]
+    daemon_bench.py burst  [--txns 60000] [--runs 1] [--no-litestream]
+    daemon_bench.py soak   [--seconds 300]
+    daemon_bench.py start  [--size-mb 300] [--seconds 20]
+
+Each tool runs as its own process (walrewind: benchmarks/_daemon_proc.py, the library's daemon
+in a process of its own; Litestream: `litestream replicate`).  CPU seconds come from
+/proc/PID/stat (utime+stime) sampled when the writer starts and when it ends; peak RSS is VmHWM.
+The writer (this file, `writer` mode, stdlib sqlite3, another process) inserts ``rows`` rows of
+``row_bytes`` random bytes per transaction, ids consecutive, so a restored file's max(id) says
+which transaction it reached: exact = every transaction whose COMMIT returned more than 5 ms
+before T is in, none that began after T is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MARGIN_US = 5_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ writer
+def writer_main(cfg: dict) -> None:
+    """Insert ``rows`` x ``row_bytes`` per transaction at ``rate`` txn/s (0: flat out)."""
+    conn = sqlite3.connect(cfg["db"], isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)")
+    top = conn.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()[0]
+    rng = random.Random(cfg.get("seed", 1))
+    rows, row_bytes, rate = cfg.get("rows", 5), cfg.get("row_bytes", 200), cfg.get("rate", 100)
+    txns, deadline = cfg.get("txns", 10**12), time.monotonic() + cfg.get("seconds", 10**9)
+    out = open(cfg["log"], "w")
+    start = time.monotonic()
+    i = 0
+    next_id = top + 1
+    while i < txns and time.monotonic() < deadline:
+        if rate:
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        begin = now_us()
+        conn.execute("BEGIN IMMEDIATE")
+        for _ in range(rows):
+            conn.execute("INSERT INTO t(id, v) VALUES (?, ?)", (next_id, rng.randbytes(row_bytes)))
+            next_id += 1
+        conn.execute("COMMIT")
+        end = now_us()
+        i += 1
+        out.write(f"{next_id - 1} {begin} {end}\n")
+    out.close()
+    if cfg.get("truncate_at_end"):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def read_writer_log(path: str) -> list[tuple[int, int, int]]:
+    with open(path) as f:
+        return [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------------------------ processes
+def proc_cpu(pid: int, split: bool = False):
+    """CPU seconds of ``pid`` (user + system; (user, system) with ``split``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    user, system = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    return (user, system) if split else user + system
+
+
+def proc_wakeups(pid: int) -> int:
+    """Context switches of every thread of ``pid`` (each wake-up of a sleeping thread is one)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total
+
+
+def proc_status(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])  # kB
+    return 0
+
+
+class Walrewind:
+    def __init__(self, db: str, replica: str, state: str, interval: float = 1.0) -> None:
+        self.cmd = [PY, os.path.join(HERE, "_daemon_proc.py"), db, "file://" + replica, state, str(interval)]
+        self.replica = replica
+        self.log_path = state + ".log"
+
+    def start(self) -> "Walrewind":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._log)
+        line = self.proc.stdout.readline()
+        if not line.startswith(b"READY"):
+            raise RuntimeError(f"daemon did not start; see {self.log_path}")
+        return self
+
+    def stop(self) -> float:
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+        self._log.close()
+        return time.monotonic() - t0
+
+
+class Litestream:
+    def __init__(self, db: str, replica: str, interval: float = 1.0) -> None:
+        sys.path.insert(0, HERE)
+        from _common import Litestream as L
+
+        self.impl = L(db, replica, interval)
+
+    def start(self) -> "Litestream":
+        self.impl.start()
+        self.proc = self.impl.proc
+        return self
+
+    def stop(self) -> float:
+        t0 = time.monotonic()
+        self.impl.stop()
+        return time.monotonic() - t0
+
+
+def start_writer(cfg: dict) -> subprocess.Popen:
+    return subprocess.Popen([PY, os.path.abspath(__file__), "writer", json.dumps(cfg)])
+
+
+def create(db: str) -> None:
+    subprocess.run([PY, os.path.abspath(__file__), "writer", json.dumps({"db": db, "txns": 0, "log": os.devnull})], check=True)
+
+
+# ------------------------------------------------------------------------------------ judging
+def restored_max_id(path: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        n, top = conn.execute("SELECT count(*), coalesce(max(id), 0) FROM t").fetchone()
+    finally:
+        conn.close()
+    if n != top:
+        raise AssertionError(f"{path}: {n} rows but max(id) {top}: not a state the writer produced")
+    return top
+
+
+def allowed(entries, target: int) -> tuple[int, int]:
+    must = 0
+    limit = 10**18
+    for top, begin, end in entries:
+        if end < target - MARGIN_US:
+            must = max(must, top)
+        if begin > target:
+            limit = min(limit, top - 1)  # this transaction's rows must not be there
+    return must, limit
+
+
+def judge_targets(kind: str, url: str, entries, targets, scratch: str) -> tuple[int, list[str]]:
+    exact, notes = 0, []
+    for n, target in enumerate(targets):
+        out = os.path.join(scratch, f"restore-{kind}-{n}.db")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(out + suffix):
+                os.unlink(out + suffix)
+        if kind == "walrewind":
+            code = ("import sys; from walrewind.engine.restore.restorer import restore; "
+                    "from walrewind.engine.storage import open_storage; "
+                    "restore(open_storage(sys.argv[1], create=False), sys.argv[2], target_us=int(sys.argv[3]))")
+            proc = subprocess.run([PY, "-c", code, url, out, str(target)], capture_output=True, text=True)
+        else:
+            sys.path.insert(0, HERE)
+            from _common import litestream_restore
+
+            _s, proc = litestream_restore(url, out, timestamp_us=target)
+        if proc.returncode != 0:
+            notes.append(f"target {target}: restore failed: {proc.stderr.strip()[-200:]}")
+            continue
+        got = restored_max_id(out)
+        lo, hi = allowed(entries, target)
+        if lo <= got <= hi:
+            exact += 1
+        else:
+            notes.append(f"target {target}: restored through id {got}, allowed {lo}..{hi} "
+                         f"({'missing' if got < lo else 'EXTRA'} {abs(got - (lo if got < lo else hi)) // 5} txns)")
+        os.unlink(out)
+    return exact, notes
+
+
+# ------------------------------------------------------------------------------------ scenarios
+def steady_run(tool: str, seconds: float, scratch: str, seed: int, n_targets: int = 6) -> dict:
+    d = tempfile.mkdtemp(dir=scratch, prefix=f"steady-{tool}-")
+    db, replica, state = os.path.join(d, "app.db"), os.path.join(d, "replica"), os.path.join(d, "state")
+    create(db)
+    daemon = (Walrewind(db, replica, state) if tool == "walrewind" else Litestream(db, replica)).start()
+    pid = daemon.proc.pid
+    wlog = os.path.join(d, "writer.log")
+    writer = start_writer({"db": db, "rate": 100, "seconds": seconds, "log": wlog, "seed": seed})
+    cpu0, wake0 = proc_cpu(pid, split=True), proc_wakeups(pid)
+    writer.wait()
+    cpu1, wake1 = proc_cpu(pid, split=True), proc_wakeups(pid)
+    hwm = proc_status(pid, "VmHWM") / 1024
+    time.sleep(3)  # the last upload interval (the replica is judged, not the CPU)
+    stop_s = daemon.stop()
+    entries = read_writer_log(wlog)
+    rng = random.Random(seed)
+    first, last = entries[0][1], entries[-1][2]
+    targets = [rng.randrange(first, last) for _ in range(n_targets)]
+    url = "file://" + replica
+    exact, notes = judge_targets(tool, url, entries, targets, d)
+    return {"tool": tool, "cpu_s": round(sum(cpu1) - sum(cpu0), 2), "user_s": round(cpu1[0] - cpu0[0], 2),
+            "sys_s": round(cpu1[1] - cpu0[1], 2), "wakeups": wake1 - wake0, "hwm_mb": round(hwm, 1), "exact": exact, "targets": n_targets,
+            "notes": notes, "txns": len(entries), "stop_s": stop_s}
+
+
+def steady(args) -> None:
+    results = []
+    for run in range(args.runs):
+        for tool in (["walrewind"] + ([] if args.no_litestream else ["litestream"])):
+            r = steady_run(tool, args.seconds, args.scratch, seed=run + 1)
+            log(json.dumps(r))
+            results.append(r)
+    for tool in ("walrewind", "litestream"):
+        rs = [r for r in results if r["tool"] == tool]
+        if rs:
+            print(f"{tool:10s} steady {args.seconds:.0f}s x100 txn/s: CPU median {statistics.median(r['cpu_s'] for r in rs):.2f} s "
+                  f"(runs {[round(r['cpu_s'], 2) for r in rs]}), peak RSS median {statistics.median(r['hwm_mb'] for r in rs):.1f} MB, "
+                  f"exact {sum(r['exact'] for r in rs)}/{sum(r['targets'] for r in rs)}")
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "writer":
+        writer_main(json.loads(sys.argv[2]))
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["steady"])
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--no-litestream", action="store_true")
+    p.add_argument("--scratch", default=os.environ.get("BENCH_TMP", "/tmp"))
+    args = p.parse_args()
+    args.scratch = tempfile.mkdtemp(dir=args.scratch, prefix="daemon-bench-")
+    {"steady": steady}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
