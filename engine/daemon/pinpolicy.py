@@ -69,8 +69,18 @@ class PinPolicy:
             conn.close()
 
     def caught_up(self, hdr: ShmHeader) -> bool:
-        pos = self.shipper.pos
-        return pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
+        """No commit SQLite counted that we have not read.
+
+        Usually the wal-index ends exactly at our position.  After a RESTART or TRUNCATE
+        checkpoint with no commit since, it names a new, empty generation (mxFrame 0, new salts)
+        while our position is still the old generation's end: then SQLite's commit counter
+        decides (unchanged since the last commit we verified: nothing new).
+        """
+        sh = self.shipper
+        pos = sh.pos
+        if pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame):
+            return True
+        return hdr.max_frame == 0 and sh.anchor is not None and not sh.unverified and hdr.change == sh.anchor
 
     @property
     def letting_go(self) -> bool:

@@ -99,7 +99,6 @@ class Uploader:
                 self.shipper.stats.backlog_bytes = self.shipper.state.pending
                 now = now_us()
                 self.shipper.stats.lag_samples_us.extend(now - i.record.commit_ts_us for i in items)
-                del self.shipper.stats.lag_samples_us[:-100000]
                 self._last_upload_mono = time.monotonic()
                 uploaded += 1
             return uploaded
