@@ -30,6 +30,21 @@ def main() -> None:
         sys.stdout.flush()
 
     threading.Thread(target=announce, daemon=True).start()
+    if os.environ.get("WALREWIND_TRACEMALLOC"):
+        import tracemalloc
+
+        tracemalloc.start()
+
+        def dump() -> None:
+            stats = tracemalloc.take_snapshot().statistics("lineno")[:12]
+            logging.info("tracemalloc top (traced now %.1f MB, peak %.1f MB):\n%s",
+                         *(v / 1e6 for v in tracemalloc.get_traced_memory()), "\n".join(map(str, stats)))
+
+        import atexit
+
+        atexit.register(dump)
+        signal_dump = threading.Thread(target=lambda: (daemon.ready.wait(), None), daemon=True)
+        signal_dump.start()
     profile = os.environ.get("WALREWIND_CPROFILE")  # a path: cProfile the tail thread into it
     if profile:
         import cProfile

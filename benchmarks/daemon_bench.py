@@ -252,19 +252,130 @@ def steady(args) -> None:
                   f"exact {sum(r['exact'] for r in rs)}/{sum(r['targets'] for r in rs)}")
 
 
+class WalPeak:
+    """Largest size of the -wal file, sampled every 50 ms by a thread."""
+
+    def __init__(self, db: str) -> None:
+        import threading
+
+        self.path, self.peak, self._stop = db + "-wal", 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, os.path.getsize(self.path))
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "WalPeak":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def slowest_commit_ms(entries) -> float:
+    return max(end - begin for _top, begin, end in entries) / 1000
+
+
+def walrewind_last_txid(replica: str) -> int:
+    top = 0
+    root = os.path.join(replica, "generations")
+    for gen in os.listdir(root) if os.path.isdir(root) else []:
+        seg = os.path.join(root, gen, "segments")
+        for name in os.listdir(seg) if os.path.isdir(seg) else []:
+            top = max(top, int(name.split("-")[1], 16))
+    return top
+
+
+def restorable_at(tool: str, replica: str, last_top: int, n_txns: int = 0, timeout: float = 120) -> float:
+    """When the replica first held the writer's last transaction (time.time()).
+
+    walrewind: a segment whose name ends at that txid (the database starts empty: snapshot txid
+    1, one txid per commit), polled every 20 ms.  Litestream: the start of the first restore
+    that returns it (biased late by up to one restore's duration).
+    """
+    deadline = time.time() + timeout
+    if tool == "walrewind":
+        while time.time() < deadline:
+            if walrewind_last_txid(replica) >= 1 + n_txns:
+                return time.time()
+            time.sleep(0.02)
+        return float("nan")
+    out = os.path.join(os.path.dirname(replica), f"latest-{tool}.db")
+    while time.time() < deadline:
+        started = time.time()
+        sys.path.insert(0, HERE)
+        from _common import litestream_restore
+
+        _s, proc = litestream_restore("file://" + replica, out)
+        if proc.returncode == 0 and restored_max_id(out) >= last_top:
+            return started
+        time.sleep(0.2)
+    return float("nan")
+
+
+def burst_run(tool: str, txns: int, scratch: str, seed: int) -> dict:
+    d = tempfile.mkdtemp(dir=scratch, prefix=f"burst-{tool}-")
+    db, replica, state = os.path.join(d, "app.db"), os.path.join(d, "replica"), os.path.join(d, "state")
+    create(db)
+    wcfg = {"db": db, "rate": 0, "txns": txns, "rows": 5, "row_bytes": 1000, "seed": seed}
+    alone = None
+    if tool == "none":
+        wlog = os.path.join(d, "writer.log")
+        with WalPeak(db) as peak:
+            subprocess.run([PY, os.path.abspath(__file__), "writer", json.dumps(dict(wcfg, log=wlog))], check=True)
+        entries = read_writer_log(wlog)
+        return {"tool": "none", "slowest_commit_ms": slowest_commit_ms(entries), "wal_peak_mb": peak.peak / 1e6,
+                "seconds": (entries[-1][2] - entries[0][1]) / 1e6}
+    daemon = (Walrewind(db, replica, state) if tool == "walrewind" else Litestream(db, replica)).start()
+    pid = daemon.proc.pid
+    wlog = os.path.join(d, "writer.log")
+    cpu0 = proc_cpu(pid)
+    with WalPeak(db) as peak:
+        subprocess.run([PY, os.path.abspath(__file__), "writer", json.dumps(dict(wcfg, log=wlog))], check=True)
+        entries = read_writer_log(wlog)
+        done = restorable_at(tool, replica, entries[-1][0], len(entries))
+    cpu1 = proc_cpu(pid)
+    hwm = proc_status(pid, "VmHWM") / 1024
+    daemon.stop()
+    rng = random.Random(seed)
+    first, last = entries[0][1], entries[-1][2]
+    targets = [rng.randrange(first, last) for _ in range(6)]
+    exact, notes = judge_targets(tool, "file://" + replica, entries, targets, d)
+    return {"tool": tool, "hwm_mb": round(hwm, 1), "wal_peak_mb": round(peak.peak / 1e6, 1), "cpu_s": round(cpu1 - cpu0, 2),
+            "slowest_commit_ms": round(slowest_commit_ms(entries), 1),
+            "restorable_s": round(done - entries[-1][2] / 1e6, 2), "exact": exact, "notes": notes,
+            "seconds": round((entries[-1][2] - entries[0][1]) / 1e6, 1)}
+
+
+def burst(args) -> None:
+    tools = ([] if args.no_baseline else ["none"]) + ["walrewind"] + ([] if args.no_litestream else ["litestream"])
+    for run in range(args.runs):
+        for tool in tools:
+            r = burst_run(tool, args.txns, args.scratch, seed=run + 1)
+            log(json.dumps(r))
+            print(json.dumps(r), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "writer":
         writer_main(json.loads(sys.argv[2]))
         return
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["steady"])
+    p.add_argument("mode", choices=["steady", "burst"])
+    p.add_argument("--txns", type=int, default=60000)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-litestream", action="store_true")
+    p.add_argument("--no-baseline", action="store_true", help="burst: skip the run with no replicator")
     p.add_argument("--scratch", default=os.environ.get("BENCH_TMP", "/tmp"))
     args = p.parse_args()
     args.scratch = tempfile.mkdtemp(dir=args.scratch, prefix="daemon-bench-")
-    {"steady": steady}[args.mode](args)
+    {"steady": steady, "burst": burst}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,20 @@ MAX_OBSERVATIONS = 1 << 16
 
 class Observations:
     def __init__(self, limit: int = MAX_OBSERVATIONS) -> None:
-        self._seen: deque[tuple[int, int, int]] = deque()  # (salts as one int, mxFrame, time us)
+        # (salts as one int, mxFrame, time us, iChange): in time order
+        self._seen: deque[tuple[int, int, int, int]] = deque()
         self._limit = limit
         self.polled = 0  # observations taken by a timed poll rather than a wake-up (stamp honesty)
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def add(self, salts: bytes, max_frame: int, at_us: int) -> None:
+    def add(self, salts: bytes, max_frame: int, at_us: int, change: int) -> None:
         key = int.from_bytes(salts, "big")
         seen = self._seen
         if seen and seen[-1][0] == key and seen[-1][1] >= max_frame:
             return  # nothing new since the last observation
-        seen.append((key, max_frame, at_us))
+        seen.append((key, max_frame, at_us, change))
         if len(seen) > self._limit:
             seen.popleft()
 
@@ -41,12 +42,26 @@ class Observations:
         """The time of the first observation showing commit ``frame`` of generation (salt1, salt2)."""
         key = (salt1 << 32) | salt2
         seen = self._seen
-        for i, (k, max_frame, at_us) in enumerate(seen):
+        for i, (k, max_frame, at_us, _change) in enumerate(seen):
             if k == key and max_frame >= frame:
                 for _ in range(i):  # older ones only served commits already stamped
                     seen.popleft()
                 return min(at_us, fallback_us)
         return fallback_us
+
+    def change_at(self, salt1: int, salt2: int, frame: int) -> int | None:
+        """SQLite's commit counter when the wal-index ended exactly at this commit, if observed.
+
+        Lets the reader account for a batch that ended short of the current end (a burst): the
+        commits read up to an observed boundary must equal the counter's advance up to it.
+        """
+        key = (salt1 << 32) | salt2
+        for k, max_frame, _at, change in reversed(self._seen):
+            if k == key and max_frame == frame:
+                return change
+            if k == key and max_frame < frame:
+                return None
+        return None
 
     def clear(self) -> None:
         self._seen.clear()

@@ -36,6 +36,7 @@ log = logging.getLogger("walrewind.shipper")
 
 RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 IDLE_RELEASE_SECONDS = 1.0
+CATCH_UP_TRIES = 3  # quick extra reads to catch up with a busy writer when the WAL could reset
 YIELD_MAX_SECONDS = 10.0
 MAX_WAL_BYTES = 1 << 30  # past this, a daemon that cannot keep up stops holding the WAL back
 
@@ -112,14 +113,24 @@ class PinPolicy:
             app_caught_up = snap.max_frame > 0 and hdr.salts == snap.salts and hdr.backfilled >= snap.max_frame
             idle = time.monotonic() - self.shipper.last_commit_mono > IDLE_RELEASE_SECONDS
             resettable = app_caught_up and hdr.max_frame >= RELEASE_FRAMES
+            for _ in range(CATCH_UP_TRIES if resettable and not caught_up else 0):
+                # A busy writer commits while we read: read the last few commits at once, so there
+                # is a moment we are caught up and can let the WAL reset (else it only grows).
+                self.shipper.tick()
+                hdr = self.shm.header() or hdr
+                caught_up = self.caught_up(hdr)
+                if caught_up:
+                    break
             if caught_up and (resettable or idle):
                 self.pin.release()
                 self.stats.releases += resettable  # idle releases recur at every poll: not counted
-            elif read_now and caught_up:
-                # Hand over only once everything is read.  Behind, a new read transaction could land
-                # in slot 0 (when the app's checkpoints have backfilled the whole WAL), which lets the
-                # next writer restart the WAL over frames we have not read; the pin we hold (slot >= 1,
-                # or slot 0 taken while caught up) already keeps every unread frame in place.
+            elif read_now:
+                # Hand over after every read, caught up or not, so the app's checkpoints can
+                # backfill what we read.  The new read transaction is opened while the old one
+                # still holds its mark: backfill cannot pass that mark (and a slot-0 pin blocks
+                # backfill altogether), so unless nothing was committed since the old pin, the
+                # WAL is not fully backfilled and the new pin gets a slot >= 1, which keeps the
+                # WAL from restarting over the frames we have not read yet.
                 self.pin.acquire(self.shm)
         elif read_now:
             self.pin.acquire(self.shm)

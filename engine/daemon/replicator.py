@@ -45,6 +45,7 @@ from ..replica import layout
 from ..replica.format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord
 from ..replica.lease import LEASE_SECONDS, Lease, ReplicaScan, scan
 from ..sqlite.capture import SnapshotReader
+from ..sqlite.fds import close_shared, open_shared
 from ..sqlite.pagehash import PageHashes
 from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
@@ -76,7 +77,7 @@ EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames l
 READ_DEFER_SECONDS = 0.1  # while pinned, read what was observed at most this often
 HOUSEKEEPING_SECONDS = 0.1  # while pinned and quiet, re-check the pin policy this often
 FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
-READ_BATCH_BYTES = 64 << 20
+READ_BATCH_BYTES = 8 << 20  # per read pass: bounds the memory of a pass and the stamps' delay
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
 HEARTBEAT_SECONDS = 60.0
 LAG_SAMPLES = 4096
@@ -123,6 +124,9 @@ class ShipperStats:
     wake_changes: int = 0
     wake_looks: int = 0
     wake_timeouts: int = 0
+    # Commits first seen by a timed wake-up (no file change woke us in time): their stamps may be
+    # late by up to the probe/poll interval.  Logged when it happens; see docs/DESIGN.md.
+    polled_stamps: int = 0
     lease_renewals: int = 0
     lease_epoch: int = 0
 
@@ -204,7 +208,7 @@ class Shipper:
         # which stay open until every connection is closed (POSIX locks are per process).
         self.pin = ReadPin(self.db_path, before_release=self.state.flush)
         self.shm = ShmObserver(self.db_path + "-shm")
-        self.db_fd = os.open(self.db_path, os.O_RDONLY)
+        self.db_fd = open_shared(self.db_path)
         self.wal = WalFile(self.db_path + "-wal")
         self.snapshots = SnapshotReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
 
@@ -213,7 +217,7 @@ class Shipper:
         self.pin.close()
         self.wal.close()
         self.shm.close()
-        os.close(self.db_fd)
+        close_shared(self.db_fd)
         self.state.unlock()
 
     @property
@@ -593,6 +597,7 @@ class Shipper:
             self.unverified = []
             self.pos = self.verified_pos
             result = self.wal.read(self.pos, max_bytes=READ_BATCH_BYTES, published=published)
+        self.observe()  # commits published while we read get a stamp now, not after spooling
         ts = now_us()
         if result.transactions:
             self.last_commit_mono = time.monotonic()
@@ -606,8 +611,8 @@ class Shipper:
         after = self.shm.header()
         # The header read *after* the WAL usually matches where we stopped; the one read before
         # always names a commit boundary we have read past (unless the WAL was reset meanwhile).
-        if not self._verify(after):
-            self._verify(before)
+        if not self._verify(after) and not self._verify(before):
+            self._verify_observed()
         if self.unverified and ts - self.unverified[0][1] > UNVERIFIED_MAX_US:
             log.warning("commits could not be accounted for in time; reconciling")
             self._reconcile(late=False)
@@ -616,6 +621,21 @@ class Shipper:
             # committed before checked_us is in the spool (what heartbeats vouch for).
             self.spooled_through_us = checked_us
         return len(result.transactions)
+
+    def _verify_observed(self) -> None:
+        """Verify up to the last transaction read whose boundary an observation recorded.
+
+        A read batch that stopped short of the wal-index's end (READ_BATCH_BYTES under a burst)
+        matches neither header of its pass; without this, unverified transactions (with their
+        pages) would pile up in memory until the writer paused.
+        """
+        for txn, _ in reversed(self.unverified):
+            end = txn.end
+            change = self.observations.change_at(end.salt1, end.salt2, end.frame)
+            if change is not None:
+                salts = end.salt1.to_bytes(4, "big") + end.salt2.to_bytes(4, "big")
+                self._verify(ShmHeader(change, end.frame, 0, salts, 0, (), end.page_size))
+                return
 
     def _observe_changed(self) -> bool:
         """Observe; True when the wal-index shows a commit boundary not seen before."""
@@ -636,7 +656,7 @@ class Shipper:
         """
         hdr = self.shm.header()
         if hdr is not None:
-            self.observations.add(hdr.salts, hdr.max_frame, now_us())
+            self.observations.add(hdr.salts, hdr.max_frame, now_us(), hdr.change)
         return hdr
 
     def _verify(self, hdr: ShmHeader | None) -> bool:
@@ -666,6 +686,7 @@ class Shipper:
                 for n, (txn, seen) in enumerate(batch)
             ]
             self._spool(items)
+            self.observe()
             self.verified_pos = batch[-1][0].end
         self.anchor = hdr.change
         return True
@@ -786,18 +807,23 @@ class Shipper:
                     self.stats.wake_changes += 1
                 else:
                     self.stats.wake_timeouts += 1
-            if woke or expecting:
-                # SQLite writes the frames (inotify wakes us) and only then publishes the commit
-                # in the wal-index (no event): look again shortly until the commit shows up.
-                if self._observe_changed():
-                    # The file changes so far belong to this commit: forget them, unless another
-                    # write transaction is already under way (then keep looking for its commit).
-                    self._waker.drain()
-                    expect_until = time.monotonic() + EXPECT_SECONDS if self.shm.writer_active() else 0.0
-                    woke = True
-                elif woke:
-                    expect_until = time.monotonic() + EXPECT_SECONDS
-                    woke = False
+            # Every wake-up looks at the wal-index (an unchanged header costs one pread).  SQLite
+            # writes the frames (inotify wakes us) and only then publishes the commit in the
+            # wal-index (no event): look again shortly until the commit shows up.
+            if self._observe_changed():
+                # The file changes so far belong to this commit: forget them, unless another
+                # write transaction is already under way (then keep looking for its commit).  A
+                # commit published between our look and the drain is caught by looking again.
+                self._waker.drain()
+                while self._observe_changed():
+                    pass
+                expect_until = time.monotonic() + EXPECT_SECONDS if self.shm.writer_active() else 0.0
+                if not woke and not expecting:
+                    self.stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
+                woke = True
+            elif woke:
+                expect_until = time.monotonic() + EXPECT_SECONDS
+                woke = False
             try:
                 if self.pin.active and inotify:
                     if woke:

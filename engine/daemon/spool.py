@@ -26,10 +26,11 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..errors import DaemonError, StateLocked
 from ..fsutil import atomic_write, fsync_dir
-from ..replica.format import TxnRecord, decode_txns
+from ..replica.format import TXN, TxnRecord, decode_txns
 from ..sqlite.pagehash import PageHashes
 from ..sqlite.walfile import WalPosition
 
@@ -55,6 +56,18 @@ class SpoolCorrupted(DaemonError):
     """A failed append could not be cut off again; the file must not be appended to."""
 
 _META = struct.Struct("<H")
+
+
+@dataclass
+class RawSpooled:
+    """A spool record with its transaction still encoded (``TxnRecord.encode()`` bytes)."""
+
+    txid: int
+    commit_ts_us: int
+    position: WalPosition | None
+    through_ts_us: int
+    change: int | None
+    raw: bytes
 
 
 @dataclass
@@ -297,6 +310,36 @@ class StateDir:
         ).encode()
         body = _META.pack(len(meta)) + meta + item.record.encode()
         return _REC.pack(len(body), zlib.crc32(body)) + body
+
+    @staticmethod
+    def iter_raw(path: str, repair: bool = True) -> Iterator[RawSpooled]:
+        """Every intact record of a spool file, one at a time, pages left encoded.
+
+        Bounded memory for the uploader: one record is in memory at a time.  A torn tail is cut
+        off (when ``repair``), as :meth:`read_file` does.
+        """
+        off = 0
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while True:
+                head = f.read(_REC.size)
+                if len(head) < _REC.size:
+                    break
+                length, crc = _REC.unpack(head)
+                body = f.read(length)
+                if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
+                    break
+                (meta_len,) = _META.unpack_from(body, 0)
+                meta = json.loads(body[_META.size : _META.size + meta_len])
+                raw = body[_META.size + meta_len :]
+                txid, ts = TXN.unpack_from(raw, 0)[:2]
+                pos = WalPosition.from_json(meta["pos"]) if meta["pos"] else None
+                yield RawSpooled(txid, ts, pos, meta["through"], meta.get("change"), raw)
+                off += _REC.size + length
+        if off != size and repair:
+            with open(path, "r+b") as f:
+                f.truncate(off)
+                os.fsync(f.fileno())
 
     @staticmethod
     def read_file(path: str, page_size: int, repair: bool = True) -> list[SpooledTxn]:

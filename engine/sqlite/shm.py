@@ -15,6 +15,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .fds import close_shared, open_shared
+
 WAL_WRITE_LOCK = 120
 WAL_CKPT_LOCK = 121
 WAL_RECOVER_LOCK = 122
@@ -61,7 +63,7 @@ class ShmObserver:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = open_shared(path)  # one descriptor per file per process (engine/sqlite/fds.py)
         self._last_raw = b""
         self._last: ShmHeader | None = None
 
@@ -101,4 +103,4 @@ class ShmObserver:
         return self._held_by_other(WAL_CKPT_LOCK)
 
     def close(self) -> None:
-        os.close(self.fd)
+        close_shared(self.fd)
