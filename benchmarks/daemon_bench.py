@@ -287,7 +287,8 @@ def walrewind_last_txid(replica: str) -> int:
     for gen in os.listdir(root) if os.path.isdir(root) else []:
         seg = os.path.join(root, gen, "segments")
         for name in os.listdir(seg) if os.path.isdir(seg) else []:
-            top = max(top, int(name.split("-")[1], 16))
+            if name.endswith(".seg"):
+                top = max(top, int(name.split("-")[1], 16))
     return top
 
 

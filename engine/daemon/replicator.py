@@ -37,10 +37,10 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import DaemonError, ForeignReplica, LeaseError
 from ..fsutil import atomic_write
-from ..maintenance.scheduler import STATUS_FILE, Maintenance
 from ..replica import layout
 from ..replica.format import FLAG_LATE, FLAG_RESYNC, SnapshotWriter, TxnRecord
 from ..replica.lease import LEASE_SECONDS, Lease, ReplicaScan, scan
@@ -50,7 +50,7 @@ from ..sqlite.pagehash import PageHashes
 from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
-from ..storage import Storage, put_file_immutable
+from ..storage import Storage
 from ..timeparse import format_us
 from .observer import Observations
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
@@ -64,6 +64,9 @@ from .spool import (
 )
 from .uploader import Uploader
 from .waker import Waker
+
+if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported lazily
+    from ..maintenance.scheduler import Maintenance
 
 log = logging.getLogger("walrewind.shipper")
 
@@ -187,6 +190,8 @@ class Shipper:
         self._last_flush = time.monotonic()
         self._overflow_check = 0.0
         self.spooled_through_us = 0  # everything committed before this was spooled (tail thread)
+        # (key, local file) of a new generation's base snapshot the uploader has not shipped yet
+        self.pending_snapshot: tuple[str, str] | None = None
         self.uploader = Uploader(self)
 
     # ------------------------------------------------------------------ setup / teardown
@@ -345,13 +350,15 @@ class Shipper:
         snap, position, page_size, db_pages, ts, generation, hashes, writer, header = self.snapshots.under_snapshot(
             write_snapshot
         )
-        self.pin.release()
+        # The pin stays: its read transaction holds the WAL at exactly the snapshot's point, so
+        # every commit after it is still in the WAL when the tail reads on from there, however
+        # long the snapshot takes to upload.  (Releasing it here let the app's checkpoints
+        # overwrite commits not yet read while a big snapshot uploaded: a RESYNC at every start
+        # on a busy database.)  The uploader ships the snapshot before any segment.
         self.ensure_lease()  # a big snapshot can take longer than the lease
         header["lease_epoch"] = self.lease.epoch
         writer.finish(header)
-        key = layout.SnapshotKey(generation, base_txid, ts).key
-        put_file_immutable(self.storage, key, tmp)
-        os.unlink(tmp)
+        self.pending_snapshot = (layout.SnapshotKey(generation, base_txid, ts).key, tmp)
         self.generation = generation
         self.page_size = page_size
         self.pos = position
@@ -739,7 +746,8 @@ class Shipper:
             uploader = threading.Thread(target=self.uploader.run, name="walrewind-uploader", daemon=True)
             uploader.start()
             housekeeper = self._start_maintenance()
-            self.ready.set()
+            if self.pending_snapshot is None:
+                self.ready.set()  # else: once the uploader has shipped the base snapshot
             self._tail_loop(inotify)
             # Final sync: everything committed up to now is read, spooled and uploaded.
             if self.fatal is None:
@@ -884,6 +892,8 @@ class Shipper:
             # Snapshot builds and drills restore a whole database: the state directory is on the
             # daemon's own disk, while the system temp directory may be a small tmpfs.
             self.maintenance.workdir = self.state.path
+        from ..maintenance.scheduler import STATUS_FILE
+
         path = os.path.join(self.state.path, STATUS_FILE)
 
         def save(status: dict) -> None:

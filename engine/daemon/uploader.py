@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import DaemonError, LeaseError, ObjectConflict, ObjectCorrupt
 from ..replica import layout
 from ..replica.format import SegmentWriter, decode_segment, decode_txns
+from ..storage import put_file_immutable
 from ..timeparse import format_us
 from .spool import StateDir
 
@@ -56,6 +57,7 @@ class Uploader:
         what it wrote.
         """
         with self.lock:
+            self._upload_snapshot()
             if final or not self.shipper.state.sealed_files() or self.shipper.state.current_bytes() >= SEAL_MAX_BYTES:
                 through = self.shipper.spooled_through_us
                 self.shipper.state.seal()
@@ -65,6 +67,19 @@ class Uploader:
                 if self._upload_file(path):
                     uploaded += 1
             return uploaded
+
+    def _upload_snapshot(self) -> None:
+        """Ship a new generation's base snapshot first: no segment may precede it."""
+        pending = self.shipper.pending_snapshot
+        if pending is None:
+            return
+        key, path = pending
+        self.shipper.ensure_lease()
+        put_file_immutable(self.shipper.storage, key, path)
+        os.unlink(path)
+        self.shipper.pending_snapshot = None
+        self.shipper.ready.set()
+        log.info("base snapshot %s uploaded", key)
 
     def _upload_file(self, path: str) -> bool:
         """Stream one sealed spool file into a segment file, upload it, advance the saved point.
@@ -187,7 +202,8 @@ class Uploader:
             through = self.sealed_through_us
             stale_after_us = int(max(10.0, 10 * self.shipper.upload_interval) * 1_000_000)
             healthy = (
-                self.shipper.overflow is None
+                self.shipper.pending_snapshot is None
+                and self.shipper.overflow is None
                 and not self.shipper.state.sealed_files()
                 and now_us() - through < stale_after_us
                 and through > self._last_heartbeat_ts
@@ -207,7 +223,11 @@ class Uploader:
             self.last_beat_mono = time.monotonic()
 
     def run(self) -> None:
-        while not self.shipper.wait_for_stop(self.shipper.upload_interval + self._backoff):
+        first_wait = 0.0 if self.shipper.pending_snapshot is not None else None  # the base snapshot at once
+        while not self.shipper.wait_for_stop(
+            self.shipper.upload_interval + self._backoff if first_wait is None else first_wait
+        ):
+            first_wait = None
             try:
                 self.upload_pending()
                 if time.monotonic() - self.last_beat_mono >= self.shipper.heartbeat_interval:

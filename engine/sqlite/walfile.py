@@ -16,8 +16,17 @@ import os
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def _np():
+    """numpy, imported on first use: ~0.2-0.4 s that a CLI command reading no WAL never pays."""
+    import numpy
+
+    return numpy
 
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
@@ -122,11 +131,12 @@ def parse_header(buf: bytes) -> WalHeader | None:
 CHECKSUM_CHUNK_FRAMES = 128
 
 
-def _words(buf: bytes, big_endian: bool) -> np.ndarray:
+def _words(buf: bytes, big_endian: bool) -> "np.ndarray":
+    np = _np()
     return np.frombuffer(buf, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
 
 
-def checksum_words(words: np.ndarray, start: tuple[int, int]) -> tuple[int, int]:
+def checksum_words(words, start: tuple[int, int]) -> tuple[int, int]:
     """Reference implementation of SQLite's WAL checksum (used for headers and in tests)."""
     s0, s1 = start
     w = [int(x) for x in words]
@@ -137,13 +147,14 @@ def checksum_words(words: np.ndarray, start: tuple[int, int]) -> tuple[int, int]
 
 
 @lru_cache(maxsize=8)
-def _coefficients(nwords: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _coefficients(nwords: int) -> "tuple[np.ndarray, tuple[int, int, int, int]]":
     """How each of ``nwords`` input words and the incoming (s0, s1) reach the outgoing (s0, s1).
 
     Returns (C, A): C is (nwords, 2) so that ``words @ C`` gives the data part, and A is the 2x2
     matrix applied to the incoming state.  All arithmetic is mod 2**32, which uint64 wrap-around
     preserves because 2**32 divides 2**64.
     """
+    np = _np()
     n = nwords + 2
     s0 = np.zeros(n, dtype=np.uint64)
     s1 = np.zeros(n, dtype=np.uint64)
@@ -167,6 +178,7 @@ def frame_checksums(frames: bytes, page_size: int, big_endian: bool, start: tupl
     count = len(frames) // frame_size
     if count == 0:
         return []
+    np = _np()
     matrix = np.frombuffer(frames, dtype=">u4" if big_endian else "<u4", count=count * frame_size // 4)
     matrix = matrix.reshape(count, frame_size // 4)
     coeff, (a00, a01, a10, a11) = _coefficients(2 + page_size // 4)
