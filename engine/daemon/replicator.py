@@ -52,7 +52,7 @@ from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
 from ..timeparse import format_us
-from .observer import Observations
+from .observer import Observations, Observer
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
 from .spool import (
     DEFAULT_MIN_FREE,
@@ -75,8 +75,6 @@ PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpoin
 PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
 FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
 IDLE_POLL = 0.25  # fallback when inotify is quiet
-EXPECT_POLL = 0.002  # after a WAL write, how often to look for the commit in the wal-index
-EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames long before COMMIT)
 READ_DEFER_SECONDS = 0.1  # while pinned, read what was observed at most this often
 HOUSEKEEPING_SECONDS = 0.1  # while pinned and quiet, re-check the pin policy this often
 FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
@@ -127,6 +125,8 @@ class ShipperStats:
     wake_changes: int = 0
     wake_looks: int = 0
     wake_timeouts: int = 0
+    uncertain_stamps: int = 0  # commits whose stamp may be late by more than 5 ms (see observer.py)
+    max_stamp_gap_us: int = 0  # the largest such bound
     # Commits first seen by a timed wake-up (no file change woke us in time): their stamps may be
     # late by up to the probe/poll interval.  Logged when it happens; see docs/DESIGN.md.
     polled_stamps: int = 0
@@ -180,13 +180,12 @@ class Shipper:
         self.last_commit_mono = time.monotonic()
         self.unverified: list = []  # (WalTransaction, observed time) read but not yet vouched for
         self.observations = Observations()  # when each commit boundary was first seen
+        self.observer: Observer | None = None  # the observe stage's thread, while running
         self.verified_pos: WalPosition | None = None
         self.anchor: int | None = None  # SQLite's commit counter at verified_pos
         self.ready = threading.Event()
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
         self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
-        self._unread = False  # a WAL change was observed while pinned and not read yet
-        self._last_seen: tuple | None = None  # (iChange, salts, mxFrame) at the last observation
         self._last_flush = time.monotonic()
         self._overflow_check = 0.0
         self.spooled_through_us = 0  # everything committed before this was spooled (tail thread)
@@ -237,6 +236,10 @@ class Shipper:
         with self._waker_lock:
             if not self._waker_closed:  # never write to a descriptor number that may be reused
                 self._waker.wake()
+        observer = self.observer
+        if observer is not None:
+            with observer.cond:
+                observer.cond.notify_all()
 
     def _close_waker(self) -> None:
         with self._waker_lock:
@@ -644,17 +647,6 @@ class Shipper:
                 self._verify(ShmHeader(change, end.frame, 0, salts, 0, (), end.page_size))
                 return
 
-    def _observe_changed(self) -> bool:
-        """Observe; True when the wal-index shows a commit boundary not seen before."""
-        hdr = self.observe()
-        if hdr is None:
-            return False
-        seen = (hdr.change, hdr.salts, hdr.max_frame)
-        if seen == self._last_seen:
-            return False
-        self._last_seen = seen
-        return True
-
     def observe(self) -> ShmHeader | None:
         """Read the wal-index header and remember when each commit boundary was first seen.
 
@@ -743,12 +735,22 @@ class Shipper:
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
+            self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self._probe_interval,
+                                     IDLE_POLL, inotify, self.observations)
+            observer = threading.Thread(target=self.observer.run, args=(self._stop,), name="walrewind-observer",
+                                        daemon=True)
+            observer.start()
             uploader = threading.Thread(target=self.uploader.run, name="walrewind-uploader", daemon=True)
             uploader.start()
             housekeeper = self._start_maintenance()
             if self.pending_snapshot is None:
                 self.ready.set()  # else: once the uploader has shipped the base snapshot
-            self._tail_loop(inotify)
+            try:
+                self._tail_loop()
+            finally:
+                self._stop.set()
+                self._waker.wake()
+                observer.join()
             # Final sync: everything committed up to now is read, spooled and uploaded.
             if self.fatal is None:
                 try:
@@ -788,71 +790,57 @@ class Shipper:
             self._close_waker()
             self._close()
 
-    def _tail_loop(self, inotify: bool) -> None:
-        """Wake on every change of the WAL, observe it, and read in batches.
+    def _tail_loop(self) -> None:
+        """The read stage: read what the observer saw, in batches, and apply the pin policy.
 
-        While pinned, a wake-up with no WAL change only probes the lock bytes (one F_GETLK in the
-        common case: is a checkpointer waiting for us?).  A WAL change is observed at once (its
-        commits get their stamps now) but read at most every READ_DEFER_SECONDS: the pin keeps
-        its frames in place meanwhile, and one read pass, one pin hand-over and one fsync then
-        serve several commits.  Unpinned, anything new is pinned first and read at once.
+        Pinned, commits the observer reports are read at most every READ_DEFER_SECONDS (the pin
+        keeps their frames; one read pass, one hand-over and one fsync then serve several
+        commits; their stamps were taken by the observer as they happened).  A checkpointer
+        waiting for our read transaction interrupts at once.  Unpinned, anything new is pinned
+        first and read at once.  With nothing reported the loop still runs the pin policy
+        every HOUSEKEEPING_SECONDS pinned (idle release) or IDLE_POLL unpinned.
         """
-        last_full = 0.0
-        expect_until = 0.0  # the WAL was written but the wal-index showed no new commit yet
+        ob = self.observer
+        last_read = 0.0
         while not self._stop.is_set():
             if self.overflow is not None:
-                self._waker.wait(IDLE_POLL)
+                self._stop.wait(IDLE_POLL)
                 self._leave_overflow()
                 continue
-            expecting = expect_until > time.monotonic()
-            if expecting:
-                self._waker.wait(EXPECT_POLL, changes=False)
-                self.stats.wake_looks += 1
-                woke = False
-            else:
-                woke = self._waker.wait(self._probe_interval() if self.pin.active else IDLE_POLL)
-                if woke:
-                    self.stats.wake_changes += 1
-                else:
-                    self.stats.wake_timeouts += 1
-            # Every wake-up looks at the wal-index (an unchanged header costs one pread).  SQLite
-            # writes the frames (inotify wakes us) and only then publishes the commit in the
-            # wal-index (no event): look again shortly until the commit shows up.
-            if self._observe_changed():
-                # The file changes so far belong to this commit: forget them, unless another
-                # write transaction is already under way (then keep looking for its commit).  A
-                # commit published between our look and the drain is caught by looking again.
-                self._waker.drain()
-                while self._observe_changed():
-                    pass
-                expect_until = time.monotonic() + EXPECT_SECONDS if self.shm.writer_active() else 0.0
-                if not woke and not expecting:
-                    self.stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
-                woke = True
-            elif woke:
-                expect_until = time.monotonic() + EXPECT_SECONDS
-                woke = False
+            with ob.cond:
+                urgent, ob.checkpointer = ob.checkpointer, False
+                pending = ob.new_commits
+            pinned = self.pin.active
+            now = time.monotonic()
+            due = last_read + (READ_DEFER_SECONDS if pinned else 0.0)
             try:
-                if self.pin.active and inotify:
-                    if woke:
-                        self._unread = True
-                    if self.shm.checkpointer_waiting():
-                        self.pin_policy.yield_to_checkpointer()
-                        self._unread = False
-                        last_full = time.monotonic()
-                        continue
-                    since = time.monotonic() - last_full
-                    if since < (READ_DEFER_SECONDS if self._unread else HOUSEKEEPING_SECONDS):
-                        continue
-                last_full = time.monotonic()
-                self._unread = False
-                read_now = self.read_pass()
-                self.pin_policy.after_read(read_now)
-                if time.monotonic() - self._last_flush >= FSYNC_SECONDS:
-                    self.state.flush()
-                    self._last_flush = time.monotonic()
+                if urgent and pinned:
+                    self.pin_policy.yield_to_checkpointer()
+                    last_read = time.monotonic()
+                    continue
+                if (pending and now >= due) or now - last_read >= (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL):
+                    with ob.cond:
+                        ob.new_commits = False
+                    last_read = now
+                    read_now = self.read_pass()
+                    self.pin_policy.after_read(read_now)
+                    if time.monotonic() - self._last_flush >= FSYNC_SECONDS:
+                        self.state.flush()
+                        self._last_flush = time.monotonic()
+                    continue
             except SpoolFull as exc:
                 self._enter_overflow(exc)
+                continue
+            with ob.cond:
+                if ob.checkpointer or self._stop.is_set():
+                    continue
+                if ob.new_commits:  # deferring: only a checkpointer (or stop) wakes us early
+                    ob.reader_waiting_for_commits = False
+                    timeout = due - time.monotonic()
+                else:
+                    ob.reader_waiting_for_commits = True
+                    timeout = (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL) - (time.monotonic() - last_read)
+                ob.cond.wait(max(0.0, timeout))
 
     def _probe_interval(self) -> float:
         """How long a pinned, quiet loop sleeps before probing the lock bytes again.

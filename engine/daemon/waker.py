@@ -18,6 +18,10 @@ class Waker:
     def __init__(self) -> None:
         self._pipe_r, self._pipe_w = os.pipe()
         os.set_blocking(self._pipe_r, False)
+        self._epoll_stop = select.epoll()  # wake() only
+        self._epoll_stop.register(self._pipe_r, select.EPOLLIN)
+        self._epoll_all = select.epoll()  # wake() and file changes
+        self._epoll_all.register(self._pipe_r, select.EPOLLIN)
         self._fd: int | None = None
         self._needles: tuple[bytes, ...] = ()
 
@@ -49,6 +53,7 @@ class Waker:
             os.close(fd)
             return False
         os.set_blocking(fd, False)
+        self._epoll_all.register(fd, select.EPOLLIN)
         base = os.path.basename(db_path).encode()
         self._needles = (base + b"\0", base + b"-wal\0")
         self._fd = fd
@@ -61,8 +66,10 @@ class Waker:
         look-again delay, when more writes of the same commit would only wake us for nothing.
         Changes that happen meanwhile are still reported by the next wait.
         """
-        fds = [self._fd, self._pipe_r] if self._fd is not None and changes else [self._pipe_r]
-        ready, _, _ = select.select(fds, [], [], timeout)
+        # epoll, not select(): no limit on descriptor numbers (a daemon serving many databases
+        # has thousands open), and no per-call list of descriptors to build.
+        poll = self._epoll_all if self._fd is not None and changes else self._epoll_stop
+        ready = [fd for fd, _ev in poll.poll(max(0.0, timeout))]
         woke = False
         if self._pipe_r in ready:
             try:
@@ -99,6 +106,8 @@ class Waker:
             pass
 
     def close(self) -> None:
+        self._epoll_all.close()
+        self._epoll_stop.close()
         for fd in (self._fd, self._pipe_r, self._pipe_w):
             if fd is not None:
                 os.close(fd)

@@ -64,8 +64,7 @@ class ShmObserver:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = open_shared(path)  # one descriptor per file per process (engine/sqlite/fds.py)
-        self._last_raw = b""
-        self._last: ShmHeader | None = None
+        self._last: tuple[bytes, ShmHeader | None] = (b"", None)  # one attribute: read by two threads
 
     def header(self, attempts: int = 50) -> ShmHeader | None:
         """The current wal-index header (a consistent copy), or None if none could be read.
@@ -74,11 +73,12 @@ class ShmObserver:
         """
         for _ in range(attempts):
             raw = os.pread(self.fd, SHM_HEADER_BYTES, 0)
-            if raw == self._last_raw:
-                return self._last
+            last_raw, last = self._last
+            if raw == last_raw:
+                return last
             hdr = parse_shm_header(raw)
             if hdr is not None:
-                self._last_raw, self._last = raw, hdr
+                self._last = (raw, hdr)
                 return hdr
         return None
 
