@@ -51,10 +51,10 @@ def test_start_under_writes_with_slow_snapshot_upload_loses_nothing(tmp_path, mo
     txns, _ = read_log(log)
     assert shipper.stats.resyncs == 0, "the snapshot's read transaction must hold every later commit"
     records = assert_no_invented_states(replica, txns)
-    assert len(records) >= 200
+    assert len(records) > 50
     snapshot_ts = min(r.commit_ts_us for r in records)
     after = [t for t in txns[1:] if t["begin"] > snapshot_ts]
-    assert len(after) > 100
+    assert len(after) > 50
     for k, t in enumerate(after[:: max(1, len(after) // 6)]):
         out = str(tmp_path / f"t{k}.db")
         target = t["end"] + 60_000

@@ -217,9 +217,9 @@ def test_daemon_that_cannot_keep_up_lets_the_wal_reset(tmp_path):
 def test_stop_while_behind_reads_to_the_end(tmp_path, monkeypatch):
     """SIGTERM's final sync reads every batch still unread, not just one (a daemon behind by more
     than READ_BATCH_BYTES used to stop with the rest unshipped)."""
-    import walrewind.engine.daemon.replicator as shipper_module
+    import walrewind.engine.daemon.reader as reader_module
 
-    monkeypatch.setattr(shipper_module, "READ_BATCH_BYTES", 256 << 10)
+    monkeypatch.setattr(reader_module, "READ_BATCH_BYTES", 256 << 10)
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
     create_db(db)
     with DaemonThread(db, replica, str(tmp_path / "state"), upload_interval=1.0) as shipper:

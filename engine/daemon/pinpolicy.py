@@ -4,7 +4,7 @@ A read transaction (engine/pin.py) keeps SQLite from restarting the WAL over fra
 read, but it also keeps the WAL from resetting at all and makes an application's blocking
 checkpoints wait.  The policy:
 
-* **pin before reading** (``Shipper.read_pass``): whenever SQLite has published frames we have
+* **pin before reading** (``the read stage's read_pass``): whenever SQLite has published frames we have
   not read, pin first (tens of microseconds), then read; never read unprotected.
 * **hand over** after each read: a new read transaction at the current end, then the old one ends.
 * **release** only when it buys something: we have read everything, and the app's checkpoints
@@ -22,15 +22,36 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import apsw
 
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 
-if TYPE_CHECKING:
-    from .replicator import Shipper
+
+class PinHost(Protocol):
+    """What the pin policy is given (the daemon provides it; no import of the daemon here)."""
+
+    db_path: str
+    pin: ReadPin
+    shm: ShmObserver
+    stats: Any
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def last_commit_mono(self) -> float: ...
+
+    def caught_up(self, hdr: ShmHeader) -> bool: ...
+
+    def tick(self) -> int: ...
+
+    def read_pass(self) -> int: ...
 
 log = logging.getLogger("walrewind.shipper")
 
@@ -42,7 +63,7 @@ MAX_WAL_BYTES = 1 << 30  # past this, a daemon that cannot keep up stops holding
 
 
 class PinPolicy:
-    def __init__(self, shipper: "Shipper", checkpoint_frames: int = 0, max_wal_bytes: int = MAX_WAL_BYTES) -> None:
+    def __init__(self, shipper: PinHost, checkpoint_frames: int = 0, max_wal_bytes: int = MAX_WAL_BYTES) -> None:
         self.shipper = shipper
         # Daemon-driven checkpoints: off by default (the application's own checkpoints bound the
         # WAL).  Only for applications that disabled theirs; see docs/DESIGN.md for the SQLite
@@ -70,18 +91,8 @@ class PinPolicy:
             conn.close()
 
     def caught_up(self, hdr: ShmHeader) -> bool:
-        """No commit SQLite counted that we have not read.
-
-        Usually the wal-index ends exactly at our position.  After a RESTART or TRUNCATE
-        checkpoint with no commit since, it names a new, empty generation (mxFrame 0, new salts)
-        while our position is still the old generation's end: then SQLite's commit counter
-        decides (unchanged since the last commit we verified: nothing new).
-        """
-        sh = self.shipper
-        pos = sh.pos
-        if pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame):
-            return True
-        return hdr.max_frame == 0 and sh.anchor is not None and not sh.unverified and hdr.change == sh.anchor
+        """No commit SQLite counted that we have not read (the read stage decides)."""
+        return self.shipper.caught_up(hdr)
 
     @property
     def letting_go(self) -> bool:

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..errors import DaemonError, LeaseError, ObjectConflict, ObjectCorrupt
 from ..replica import layout
@@ -22,8 +22,44 @@ from ..storage import put_file_immutable
 from ..timeparse import format_us
 from .spool import StateDir
 
-if TYPE_CHECKING:
-    from .replicator import Shipper
+
+
+class UploadHost(Protocol):
+    """What the uploader is given (the daemon provides it; no import of the daemon here)."""
+
+    state: StateDir
+    storage: Any
+    stats: Any
+    lease: Any
+    ready: threading.Event
+    overflow: Any
+    fatal: BaseException | None
+    pending_snapshot: tuple[str, str] | None
+    upload_interval: float
+    heartbeat_interval: float
+
+    @property
+    def generation(self) -> str: ...
+
+    @property
+    def db_id(self) -> str: ...
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def uploaded_hashes(self) -> Any: ...
+
+    @property
+    def spooled_through_us(self) -> int: ...
+
+    def save_state(self, txid: int, ts: int, position: Any, change: int | None) -> None: ...
+
+    def ensure_lease(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wait_for_stop(self, timeout: float) -> bool: ...
 
 log = logging.getLogger("walrewind.shipper")
 
@@ -38,7 +74,7 @@ def now_us() -> int:
 class Uploader:
     """The daemon's upload thread; shares the tail's state through ``shipper``."""
 
-    def __init__(self, shipper: "Shipper") -> None:
+    def __init__(self, shipper: UploadHost) -> None:
         self.shipper = shipper
         self.lock = threading.Lock()  # the tail takes it to rewind the spool (a full spool)
         self.sealed_through_us = 0  # everything committed before this was in a sealed file at the last seal
