@@ -51,6 +51,13 @@ def writer_main(cfg: dict) -> None:
     top = conn.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()[0]
     rng = random.Random(cfg.get("seed", 1))
     rows, row_bytes, rate = cfg.get("rows", 5), cfg.get("row_bytes", 200), cfg.get("rate", 100)
+    update_rows = cfg.get("update_rows", 0)  # > 0: a fixed-size database, each txn updates rows
+    if update_rows and top < update_rows:
+        conn.execute("BEGIN")
+        for i in range(top + 1, update_rows + 1):
+            conn.execute("INSERT INTO t(id, v) VALUES (?, ?)", (i, rng_bytes(cfg.get("row_bytes", 200))))
+        conn.execute("COMMIT")
+        top = update_rows
     txns, deadline = cfg.get("txns", 10**12), time.monotonic() + cfg.get("seconds", 10**9)
     out = open(cfg["log"], "w")
     start = time.monotonic()
@@ -64,8 +71,11 @@ def writer_main(cfg: dict) -> None:
         begin = now_us()
         conn.execute("BEGIN IMMEDIATE")
         for _ in range(rows):
-            conn.execute("INSERT INTO t(id, v) VALUES (?, ?)", (next_id, rng.randbytes(row_bytes)))
-            next_id += 1
+            if update_rows:
+                conn.execute("UPDATE t SET v = ? WHERE id = ?", (rng.randbytes(row_bytes), rng.randrange(1, update_rows + 1)))
+            else:
+                conn.execute("INSERT INTO t(id, v) VALUES (?, ?)", (next_id, rng.randbytes(row_bytes)))
+                next_id += 1
         conn.execute("COMMIT")
         end = now_us()
         i += 1
@@ -74,6 +84,10 @@ def writer_main(cfg: dict) -> None:
     if cfg.get("truncate_at_end"):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+
+
+def rng_bytes(n: int) -> bytes:
+    return os.urandom(n)
 
 
 def read_writer_log(path: str) -> list[tuple[int, int, int]]:
@@ -324,7 +338,6 @@ def burst_run(tool: str, txns: int, scratch: str, seed: int) -> dict:
     db, replica, state = os.path.join(d, "app.db"), os.path.join(d, "replica"), os.path.join(d, "state")
     create(db)
     wcfg = {"db": db, "rate": 0, "txns": txns, "rows": 5, "row_bytes": 1000, "seed": seed}
-    alone = None
     if tool == "none":
         wlog = os.path.join(d, "writer.log")
         with WalPeak(db) as peak:
@@ -362,12 +375,72 @@ def burst(args) -> None:
             print(json.dumps(r), flush=True)
 
 
+def soak(args) -> None:
+    """RSS of the daemon every 10 s at 100 txn/s on a fixed-size database (updates only)."""
+    d = tempfile.mkdtemp(dir=args.scratch, prefix="soak-")
+    db, replica, state = os.path.join(d, "app.db"), os.path.join(d, "replica"), os.path.join(d, "state")
+    create(db)
+    subprocess.run([PY, os.path.abspath(__file__), "writer", json.dumps(
+        {"db": db, "txns": 0, "update_rows": 5000, "log": os.devnull})], check=True)
+    daemon = Walrewind(db, replica, state).start()
+    pid = daemon.proc.pid
+    writer = start_writer({"db": db, "rate": 100, "seconds": args.seconds, "log": os.path.join(d, "w.log"),
+                           "update_rows": 5000})
+    samples = []
+    t0 = time.monotonic()
+    while writer.poll() is None:
+        samples.append((round(time.monotonic() - t0), proc_status(pid, "VmRSS") / 1024))
+        time.sleep(10)
+    daemon.stop()
+    warm = [rss for t, rss in samples if t >= 60]
+    print(json.dumps({"samples": samples}))
+    if warm:
+        print(f"soak {args.seconds:.0f}s at 100 txn/s (fixed-size db): RSS after 60 s warm-up {warm[0]:.1f} MB, "
+              f"end {warm[-1]:.1f} MB, min {min(warm):.1f}, max {max(warm):.1f} (drift {warm[-1] - warm[0]:+.1f} MB)")
+
+
+def start_run(tool: str, size_mb: int, seconds: float, scratch: str, seed: int) -> dict:
+    """Start the replicator on an existing ~size_mb database while the app writes 100 txn/s."""
+    d = tempfile.mkdtemp(dir=scratch, prefix=f"start-{tool}-")
+    db, replica, state = os.path.join(d, "app.db"), os.path.join(d, "replica"), os.path.join(d, "state")
+    create(db)
+    subprocess.run([PY, os.path.abspath(__file__), "writer", json.dumps(
+        {"db": db, "rate": 0, "txns": size_mb, "rows": 1000, "row_bytes": 1000, "log": os.devnull, "seed": seed})],
+        check=True)
+    wlog = os.path.join(d, "writer.log")
+    writer = start_writer({"db": db, "rate": 100, "seconds": seconds + 10, "log": wlog, "seed": seed + 1})
+    time.sleep(2)
+    started = now_us()
+    daemon = (Walrewind(db, replica, state) if tool == "walrewind" else Litestream(db, replica)).start()
+    ready = now_us()
+    writer.wait()
+    time.sleep(3)
+    daemon.stop()
+    entries = [e for e in read_writer_log(wlog) if e[1] > ready]
+    resyncs = 0
+    if tool == "walrewind":
+        with open(daemon.log_path) as f:
+            resyncs = sum(1 for line in f if "RESYNC" in line or "history was lost" in line)
+    rng = random.Random(seed)
+    targets = [rng.randrange(entries[0][1], entries[-1][2]) for _ in range(6)]
+    exact, notes = judge_targets(tool, "file://" + replica, entries, targets, d)
+    return {"tool": tool, "ready_s": round((ready - started) / 1e6, 1), "resync_logs": resyncs, "exact": exact,
+            "notes": notes}
+
+
+def start(args) -> None:
+    for tool in ["walrewind"] + ([] if args.no_litestream else ["litestream"]):
+        r = start_run(tool, args.size_mb, args.seconds, args.scratch, seed=1)
+        print(json.dumps(r), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "writer":
         writer_main(json.loads(sys.argv[2]))
         return
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["steady", "burst"])
+    p.add_argument("mode", choices=["steady", "burst", "soak", "start"])
+    p.add_argument("--size-mb", type=int, default=300)
     p.add_argument("--txns", type=int, default=60000)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--runs", type=int, default=3)
@@ -376,7 +449,7 @@ def main() -> None:
     p.add_argument("--scratch", default=os.environ.get("BENCH_TMP", "/tmp"))
     args = p.parse_args()
     args.scratch = tempfile.mkdtemp(dir=args.scratch, prefix="daemon-bench-")
-    {"steady": steady, "burst": burst}[args.mode](args)
+    {"steady": steady, "burst": burst, "soak": soak, "start": start}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ this returns, so the WAL still holds every later commit while the snapshot is up
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from ..replica import layout
@@ -18,6 +17,7 @@ from ..sqlite.capture import SnapshotReader
 from ..sqlite.pagehash import PageHashes
 from ..sqlite.shm import ShmHeader
 from ..sqlite.walfile import WalPosition
+from . import clock
 
 log = logging.getLogger("walrewind.shipper")
 PAGES_PER_WRITE = 256
@@ -38,7 +38,7 @@ class BaseSnapshot:
 
 def write_base_snapshot(snapshots: SnapshotReader, tmp: str, db_id: str, base_txid: int) -> BaseSnapshot:
     def write(snap, position, page_size, db_pages, pages) -> BaseSnapshot:
-        ts = time.time_ns() // 1000
+        ts = clock.now_us()
         generation = layout.new_generation_id(ts)
         hashes = PageHashes(page_size)
         header = {

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from typing import Callable, Protocol
+from . import clock
 
 log = logging.getLogger("walrewind.observer")
 
@@ -96,10 +97,6 @@ class FileWaker(Protocol):
     def drain(self) -> None: ...
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class Observer:
     """The observe stage: its own thread, waking at every change of the WAL.
 
@@ -141,7 +138,7 @@ class Observer:
         """
         hdr = self.wal_index.header()
         if hdr is not None:
-            self.observations.add(hdr.salts, hdr.max_frame, now_us(), hdr.change)
+            self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
         return hdr
 
     def _observe_changed(self) -> bool:

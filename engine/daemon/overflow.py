@@ -14,6 +14,7 @@ import time
 from typing import Any, Protocol
 
 from ..timeparse import format_us
+from . import clock
 from .spool import SpoolFull
 
 log = logging.getLogger("walrewind.shipper")
@@ -32,10 +33,6 @@ class OverflowHost(Protocol):
     _overflow_check: float
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 def enter_overflow(daemon: OverflowHost, exc: SpoolFull) -> None:
     """Stop reading; forget what was read but not durably spooled; say so loudly.
 
@@ -46,7 +43,7 @@ def enter_overflow(daemon: OverflowHost, exc: SpoolFull) -> None:
     daemon.pin.release()
     if daemon.overflow is None:
         daemon.stats.spool_full = True
-        daemon.stats.spool_full_since_us = now_us()
+        daemon.stats.spool_full_since_us = clock.now_us()
         daemon.stats.spool_full_events += 1
         log.error(
             "SPOOL FULL: %s. Replication of new transactions is PAUSED (the application is not "

@@ -135,13 +135,15 @@ class PinPolicy:
             if caught_up and (resettable or idle):
                 self.pin.release()
                 self.stats.releases += resettable  # idle releases recur at every poll: not counted
-            elif read_now:
+            elif read_now and (caught_up or (hdr.salts, hdr.max_frame) != (snap.salts, snap.max_frame)):
                 # Hand over after every read, caught up or not, so the app's checkpoints can
-                # backfill what we read.  The new read transaction is opened while the old one
-                # still holds its mark: backfill cannot pass that mark (and a slot-0 pin blocks
-                # backfill altogether), so unless nothing was committed since the old pin, the
-                # WAL is not fully backfilled and the new pin gets a slot >= 1, which keeps the
-                # WAL from restarting over the frames we have not read yet.
+                # backfill what we read (else, under a busy writer, the WAL only grows).  Behind,
+                # only if something was committed since the old pin: the new read transaction
+                # opens while the old one still holds its mark, and backfill cannot pass that
+                # mark (a slot-0 pin blocks backfill altogether), so the WAL is then not fully
+                # backfilled and the new pin gets a slot >= 1, which keeps the WAL from
+                # restarting over frames we have not read.  (With nothing new since the old pin
+                # and everything backfilled, the new pin could get slot 0: no hand-over then.)
                 self.pin.acquire(self.shm)
         elif read_now:
             self.pin.acquire(self.shm)

@@ -20,6 +20,7 @@ from ..sqlite.capture import SnapshotReader
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
+from . import clock
 from .observer import Observations
 from .spool import SpooledTxn, StateDir
 from .state import ReplicationState
@@ -30,10 +31,6 @@ log = logging.getLogger("walrewind.shipper")
 MASK = 0xFFFFFFFF
 READ_BATCH_BYTES = 8 << 20  # per read pass: bounds the memory of a pass and the stamps' delay
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class Reader:
@@ -74,7 +71,7 @@ class Reader:
         """
         hdr = self.shm.header()
         if hdr is not None:
-            self.observations.add(hdr.salts, hdr.max_frame, now_us(), hdr.change)
+            self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
         return hdr
 
     def read_pass(self) -> int:
@@ -89,7 +86,7 @@ class Reader:
         WAL we cannot keep up with reads unpinned on purpose, see engine/pinpolicy.py.)
         """
         if not self.pin.active and not self.letting_go():
-            checked_us = now_us()
+            checked_us = clock.now_us()
             hdr = self.shm.header()
             if hdr is not None and self.caught_up(hdr) and not self.unverified:
                 if self.rs.anchor is not None and hdr.change == self.rs.anchor:
@@ -114,7 +111,7 @@ class Reader:
             self.rs.pos = self.rs.verified_pos
             result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published)
         self.observe()  # commits published while we read get a stamp now, not after spooling
-        ts = now_us()
+        ts = clock.now_us()
         if result.transactions:
             self.last_commit_mono = time.monotonic()
         for txn in result.transactions:
@@ -123,7 +120,7 @@ class Reader:
         if result.position is not None and result.position.cksum is not None:
             if result.transactions or result.generation != "empty":
                 self.rs.pos = result.position
-        checked_us = now_us()
+        checked_us = clock.now_us()
         after = self.shm.header()
         # The header read *after* the WAL usually matches where we stopped; the one read before
         # always names a commit boundary we have read past (unless the WAL was reset meanwhile).
@@ -248,10 +245,10 @@ class Reader:
         the database never had.
         """
         def compare(snap, position, page_size, db_pages, pages):
-            ts = now_us()
+            ts = clock.now_us()
             kept = list(self.unverified)
             if self.rs.pos is not None:
-                for txn in self.wal.read(self.rs.pos).transactions:
+                for txn in self.wal.read(self.rs.pos, published=(snap.salts, snap.max_frame)).transactions:
                     if (txn.end.salt1, txn.end.salt2) == (snap.salt1, snap.salt2) and txn.end.frame > snap.max_frame:
                         break
                     kept.append((txn, ts))

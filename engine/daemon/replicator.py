@@ -68,10 +68,6 @@ FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behi
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 def _through(owner: str, name: str) -> property:
     """A read-only attribute of one of the daemon's parts, seen on the daemon."""
     return property(lambda self: getattr(getattr(self, owner), name), doc=f"{owner}.{name}")

@@ -20,6 +20,7 @@ from ..replica import layout
 from ..replica.format import SegmentWriter, decode_segment, decode_txns
 from ..storage import put_file_immutable
 from ..timeparse import format_us
+from . import clock
 from .spool import StateDir
 
 
@@ -65,10 +66,6 @@ log = logging.getLogger("walrewind.shipper")
 
 SEAL_MAX_BYTES = 16 << 20  # while a backlog waits, keep appending to one spool file up to this size
 UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class Uploader:
@@ -173,7 +170,7 @@ class Uploader:
             self.put_segment_file(key.key, tmp)
         finally:
             os.unlink(tmp)
-        now = now_us()
+        now = clock.now_us()
         for rec in StateDir.iter_raw(path, repair=False):
             if rec.txid > uploaded_txid:
                 (record,) = decode_txns(rec.raw, sh.page_size, path)
@@ -241,7 +238,7 @@ class Uploader:
                 self.shipper.pending_snapshot is None
                 and self.shipper.overflow is None
                 and not self.shipper.state.sealed_files()
-                and now_us() - through < stale_after_us
+                and clock.now_us() - through < stale_after_us
                 and through > self._last_heartbeat_ts
             )
             if healthy:
@@ -286,7 +283,7 @@ class Uploader:
         self.shipper.stats.last_error = str(exc)
         self._backoff = min(UPLOAD_BACKOFF_MAX, max(self.shipper.upload_interval, self._backoff * 2))
         if not self.shipper.stats.replica_unreachable_since_us:
-            self.shipper.stats.replica_unreachable_since_us = now_us()
+            self.shipper.stats.replica_unreachable_since_us = clock.now_us()
             log.error(
                 "upload to %s failed; transactions keep being spooled locally in %s and are uploaded "
                 "in order when it works again: %s", self.shipper.storage.url, self.shipper.state.spool_dir, exc,
