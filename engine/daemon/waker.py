@@ -1,10 +1,11 @@
-"""Wake the tail loop the instant the database's -wal changes.
+"""Wake the observer the instant the database's -wal changes.
 
-Commit timestamps are the moment the daemon *sees* a commit, so every hop between the kernel's
-inotify event and the tail loop is an error in every timestamp.  The loop therefore waits on the
-inotify descriptor itself (through watchdog's ctypes bindings), with no observer or dispatch
-threads in between.  A self-pipe lets stop() interrupt the wait; where inotify is unavailable the
-wait degrades to the caller's polling interval.
+Commit stamps are taken when the observer (engine/daemon/observer.py) first sees a commit, so
+every hop between the kernel's inotify event and that look is an error in every stamp.  The
+observer therefore waits on the inotify descriptor itself (created through watchdog's ctypes
+bindings, without watchdog's own observer and dispatch threads), through epoll.  A self-pipe lets
+stop() interrupt the wait; where inotify is unavailable the wait degrades to the caller's
+polling interval.
 """
 
 from __future__ import annotations
