@@ -57,7 +57,7 @@ log = logging.getLogger("walrewind.shipper")
 
 RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 IDLE_RELEASE_SECONDS = 1.0
-CATCH_UP_TRIES = 3  # quick extra reads to catch up with a busy writer when the WAL could reset
+CATCH_UP_SECONDS = 0.02  # quick extra reads to catch up with a busy writer when the WAL could reset
 YIELD_MAX_SECONDS = 10.0
 MAX_WAL_BYTES = 1 << 30  # past this, a daemon that cannot keep up stops holding the WAL back
 
@@ -124,14 +124,16 @@ class PinPolicy:
             app_caught_up = snap.max_frame > 0 and hdr.salts == snap.salts and hdr.backfilled >= snap.max_frame
             idle = time.monotonic() - self.shipper.last_commit_mono > IDLE_RELEASE_SECONDS
             resettable = app_caught_up and hdr.max_frame >= RELEASE_FRAMES
-            for _ in range(CATCH_UP_TRIES if resettable and not caught_up else 0):
-                # A busy writer commits while we read: read the last few commits at once, so there
-                # is a moment we are caught up and can let the WAL reset (else it only grows).
-                self.shipper.tick()
-                hdr = self.shm.header() or hdr
-                caught_up = self.caught_up(hdr)
-                if caught_up:
-                    break
+            if resettable and not caught_up:
+                # A busy writer commits while we read: keep reading the last few commits for up to
+                # CATCH_UP_SECONDS, so there is a moment we are caught up and can let the WAL
+                # reset (else, under a writer committing every millisecond, it only grows: a
+                # fixed 3 tries left a 60k-transaction burst's WAL at 494 MB).
+                deadline = time.monotonic() + CATCH_UP_SECONDS
+                while not caught_up and time.monotonic() < deadline:
+                    self.shipper.tick()
+                    hdr = self.shm.header() or hdr
+                    caught_up = self.caught_up(hdr)
             if caught_up and (resettable or idle):
                 self.pin.release()
                 self.stats.releases += resettable  # idle releases recur at every poll: not counted
