@@ -7,6 +7,8 @@ never say one thing in the docs and do another.  Durations are written the way a
 
 from __future__ import annotations
 
+import os
+
 # The daemon
 UPLOAD_INTERVAL_SECONDS = 1.0  # one segment per interval while there are commits
 MAX_WAL_MB = 1024  # a daemon that cannot keep up stops holding the WAL past this (0: never)
@@ -30,3 +32,15 @@ VERIFY_INTERVAL = "off"  # restore drills this often
 # The workspace
 DATA_DIR = "walrewind-data"  # restored databases + catalog, relative to the config file
 CONFIG_NAME = "walrewind.toml"
+
+
+def state_root(environ=None) -> str:
+    """``$XDG_STATE_HOME/walrewind`` (else ~/.local/state/walrewind): daemons' state, fleets' health."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "walrewind")
+
+
+def state_dir_for(db_path: str, environ=None) -> str:
+    """Where a daemon keeps its spool and state for ``db_path`` when not told otherwise."""
+    return os.path.join(state_root(environ), os.path.abspath(db_path).strip("/").replace("/", "__"))

@@ -6,7 +6,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-from walrewind.engine.daemon.metrics import DatabaseSample, MetricsServer, judge, parse_addr, render
+from walrewind.engine.daemon.metrics import (
+    DatabaseSample,
+    MetricsServer,
+    judge,
+    parse_addr,
+    render,
+)
 from walrewind.engine.errors import UsageError
 
 

@@ -170,7 +170,7 @@ def test_refused_second_daemon_in_one_process_leaves_the_first_ones_locks(tmp_pa
     on that file.  The first daemon then holds no DMS lock on the -shm: the next application
     process to open the database reinitialises (or deletes) the -shm under it, which showed up as
     a SIGBUS killing the whole test run in test_s3_lease, or as a bogus RESYNC.  Fixed by sharing
-    those descriptors per file within the process (engine/sqlite/sharedfd.py)."""
+    those descriptors per file within the process (engine/sqlite/fds.py)."""
     db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
     create_db(db)
     with DaemonThread(db, replica, str(tmp_path / "a"), heartbeat_interval=0.3, lease_seconds=30):

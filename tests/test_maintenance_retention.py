@@ -1,7 +1,7 @@
 """Retention: the exact window, restore-safe deletion (grace), GFS tiers and `walrewind prune`.
 
 Replicas are written by the real daemon.  The first generation is shipped with the daemon's
-clock moved three days back (``shipper.now_us``), so the replica holds history on two UTC days
+clock moved three days back (``engine.daemon.clock.now_us``), so the replica holds history on two UTC days
 and the tiers have something to keep beyond the window; everything else is real.
 """
 
@@ -12,7 +12,7 @@ import random
 import shutil
 
 import pytest
-import walrewind.engine.daemon.replicator as shipper_mod
+import walrewind.engine.daemon.clock as daemon_clock
 from click.testing import CliRunner
 from harness import (
     DaemonThread,
@@ -52,14 +52,14 @@ def history(tmp_path_factory, request):
     base = tmp_path_factory.mktemp("ret")
     db, replica = str(base / "app.db"), str(base / "replica")
     create_db(db)
-    real = shipper_mod.now_us
-    shipper_mod.now_us = lambda: real() - 3 * DAY
+    real = daemon_clock.now_us
+    daemon_clock.now_us = lambda: real() - 3 * DAY
     try:
         with DaemonThread(db, replica, str(base / "state-a")):
             run_writer({"db": db, "log": str(base / "log-a"), "checksums": True, "rate": 200, "txns": 40, "seed": 5})
         build_snapshot(open_storage(replica, create=False), workdir=str(base))
     finally:
-        shipper_mod.now_us = real
+        daemon_clock.now_us = real
     with DaemonThread(db, replica, str(base / "state-b")):
         run_writer({"db": db, "log": str(base / "log-b"), "checksums": True, "rate": 100, "txns": 150, "seed": 6,
                     "big_every": 40})

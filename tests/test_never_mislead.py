@@ -48,8 +48,10 @@ def test_restore_refuses_to_overwrite_a_database_a_daemon_replicates(tmp_path, r
                                            "--state-dir", str(tmp_path / "live-state")],
                               stderr=subprocess.PIPE, text=True, env=env)
     try:
-        line = daemon.stderr.readline()
-        assert "replicating" in line, line
+        lines = []
+        while not any(line.startswith("replicating") for line in lines):
+            lines.append(daemon.stderr.readline())
+            assert lines[-1], f"the daemon exited: {lines}"
         registry = tmp_path / "xdg" / "walrewind" / "fleets"  # engine/daemon/health.py
         deadline = time.monotonic() + 30
         while not (registry.is_dir() and any(registry.iterdir())):

@@ -313,3 +313,18 @@ def test_snapshot_with_undecodable_payload():
 def test_segment_with_incomplete_header_is_a_format_error(header):
     with pytest.raises(ObjectCorrupt):
         decode_segment(envelope(SEGMENT_MAGIC, header, zstd(b"")), "h.seg")
+
+
+def test_streamed_segment_decodes_like_an_encoded_one(tmp_path):
+    """The daemon's uploader streams records into a file (SegmentWriter): same records, same header."""
+    from walrewind.engine.replica.format import SegmentWriter
+
+    records = sample_records()
+    writer = SegmentWriter(str(tmp_path / "seg"))
+    for rec in records:
+        writer.add_record(rec.encode())
+    writer.finish(HEADER)
+    header, got = decode_segment((tmp_path / "seg").read_bytes())
+    assert got == records
+    assert header == dict(HEADER, raw_length=sum(len(r.encode()) for r in records), txn_count=len(records))
+    assert not (tmp_path / "seg.payload").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from walrewind.engine.sqlite.sharedfd import close_shared, open_shared
+from walrewind.engine.sqlite.fds import close_shared, open_shared
 
 
 def test_shared_descriptors_are_reference_counted(tmp_path):

@@ -232,24 +232,11 @@ def test_sigterm_stops_every_daemon_within_10s(run):
     assert not slow, f"SIGTERM to exit took {slow} s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PinPolicy.caught_up() compares our WAL position (salts, frame) with the wal-index header; after "
-    "sqld's TRUNCATE checkpoint the header has mxFrame 0 and salt-1 advanced (once per checkpoint, with "
-    "no commit) while the -wal is empty, so the position can never match: _final_read logs 'stopping 30 s "
-    "into the final sync while still behind the writer' at once although every commit was shipped "
-    "(and prints the cap, not the time spent). Fix: caught up = no unverified commits and iChange equals "
-    "the counter at our last verified commit (docs/SQLD.md)"))
 def test_sigterm_final_sync_does_not_claim_to_be_behind(run):
     claims = {ns: log for ns, log in run["daemon_logs"].items() if BEHIND_MESSAGE in log}
     assert not claims, claims
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the same caught_up() verdict steers pinning: against an idle sqld namespace after a TRUNCATE "
-    "checkpoint the daemon is never 'caught up', so PinPolicy.after_read neither releases nor hands "
-    "over; read_pass re-pins after every yield and the tail loop probes locks every 2 ms (PROBE_INTERVAL) "
-    "instead of idling at 250 ms: a read transaction held forever and ~5-10 % of a core per idle "
-    "namespace (docs/SQLD.md)"))
 def test_idle_daemon_lets_go_of_an_idle_sqld_namespace(run):
     pinned = {ns: n for ns, n in run["pinned"].items() if n}
     assert not pinned, f"read lock held in {pinned} of {run['samples']} samples; idle CPU {run['idle_cpu']}"

@@ -9,6 +9,7 @@ Usage: python writer.py '<json config>'.  Config keys (all optional but ``db``):
   checksums       record the whole-database checksum after every commit (needs serialize())
   page_size, auto_vacuum ("full"), autocheckpoint (pages; 0 disables), busy_timeout_ms
   truncate_every  seconds between wal_checkpoint(TRUNCATE) calls made by the app itself
+  truncate_at_end wal_checkpoint(TRUNCATE) after the last commit (sqld's timer, reproduced)
   big_every, rollback_every, vacuum_every, shrink_every   every N transactions, do that instead
   row_bytes       payload size of each inserted row (default 200)
   big_updates     big transactions rewrite big_rows existing rows instead of inserting (the database
@@ -153,6 +154,10 @@ def run(cfg: dict) -> None:
             ex("COMMIT")
         end = now_us()
         log.write(json.dumps({"i": i, "begin": begin, "end": end, "checksum": checksum(), "kind": kind}) + "\n")
+    if cfg.get("truncate_at_end"):  # like sqld's timer: the WAL is empty, under new salts, at the end
+        t0 = now_us()
+        row = ex("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
+        log.write(json.dumps({"ckpt": "TRUNCATE", "start": t0, "dur_us": now_us() - t0, "busy": row[0]}) + "\n")
     log.close()
     if cfg.get("keep_wal"):
         os._exit(0)  # leave the -wal as it is (no checkpoint on close)

@@ -13,12 +13,12 @@ import json
 import os
 import socket
 
+from .. import defaults
 from ..fsutil import atomic_write
-from ..workspace.config import default_state_root
 
 
 def fleets_dir(environ=None) -> str:
-    return os.path.join(default_state_root(environ), "fleets")
+    return os.path.join(defaults.state_root(environ), "fleets")
 
 
 def _alive(pid: int) -> bool:

@@ -4,7 +4,7 @@ A read transaction (engine/pin.py) keeps SQLite from restarting the WAL over fra
 read, but it also keeps the WAL from resetting at all and makes an application's blocking
 checkpoints wait.  The policy:
 
-* **pin before reading** (``Shipper.read_pass``): whenever SQLite has published frames we have
+* **pin before reading** (``the read stage's read_pass``): whenever SQLite has published frames we have
   not read, pin first (tens of microseconds), then read; never read unprotected.
 * **hand over** after each read: a new read transaction at the current end, then the old one ends.
 * **release** only when it buys something: we have read everything, and the app's checkpoints
@@ -22,26 +22,48 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import apsw
 
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 
-if TYPE_CHECKING:
-    from .replicator import Shipper
+
+class PinHost(Protocol):
+    """What the pin policy is given (the daemon provides it; no import of the daemon here)."""
+
+    db_path: str
+    pin: ReadPin
+    shm: ShmObserver
+    stats: Any
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def last_commit_mono(self) -> float: ...
+
+    def caught_up(self, hdr: ShmHeader) -> bool: ...
+
+    def tick(self) -> int: ...
+
+    def read_pass(self) -> int: ...
 
 log = logging.getLogger("walrewind.shipper")
 
 RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 IDLE_RELEASE_SECONDS = 1.0
+CATCH_UP_SECONDS = 0.02  # quick extra reads to catch up with a busy writer when the WAL could reset
 YIELD_MAX_SECONDS = 10.0
 MAX_WAL_BYTES = 1 << 30  # past this, a daemon that cannot keep up stops holding the WAL back
 
 
 class PinPolicy:
-    def __init__(self, shipper: "Shipper", checkpoint_frames: int = 0, max_wal_bytes: int = MAX_WAL_BYTES) -> None:
+    def __init__(self, shipper: PinHost, checkpoint_frames: int = 0, max_wal_bytes: int = MAX_WAL_BYTES) -> None:
         self.shipper = shipper
         # Daemon-driven checkpoints: off by default (the application's own checkpoints bound the
         # WAL).  Only for applications that disabled theirs; see docs/DESIGN.md for the SQLite
@@ -50,6 +72,7 @@ class PinPolicy:
         self.max_wal_bytes = max_wal_bytes  # 0: never let go
         self._checkpoint_conn: list[apsw.Connection] | None = None
         self._let_go = False
+        self.last_yield_mono = 0.0  # when we last stepped aside for a blocking checkpoint
 
     @property
     def pin(self) -> ReadPin:
@@ -68,8 +91,8 @@ class PinPolicy:
             conn.close()
 
     def caught_up(self, hdr: ShmHeader) -> bool:
-        pos = self.shipper.pos
-        return pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
+        """No commit SQLite counted that we have not read (the read stage decides)."""
+        return self.shipper.caught_up(hdr)
 
     @property
     def letting_go(self) -> bool:
@@ -101,14 +124,28 @@ class PinPolicy:
             app_caught_up = snap.max_frame > 0 and hdr.salts == snap.salts and hdr.backfilled >= snap.max_frame
             idle = time.monotonic() - self.shipper.last_commit_mono > IDLE_RELEASE_SECONDS
             resettable = app_caught_up and hdr.max_frame >= RELEASE_FRAMES
+            if resettable and not caught_up:
+                # A busy writer commits while we read: keep reading the last few commits for up to
+                # CATCH_UP_SECONDS, so there is a moment we are caught up and can let the WAL
+                # reset (else, under a writer committing every millisecond, it only grows: a
+                # fixed 3 tries left a 60k-transaction burst's WAL at 494 MB).
+                deadline = time.monotonic() + CATCH_UP_SECONDS
+                while not caught_up and time.monotonic() < deadline:
+                    self.shipper.tick()
+                    hdr = self.shm.header() or hdr
+                    caught_up = self.caught_up(hdr)
             if caught_up and (resettable or idle):
                 self.pin.release()
                 self.stats.releases += resettable  # idle releases recur at every poll: not counted
-            elif read_now and caught_up:
-                # Hand over only once everything is read.  Behind, a new read transaction could land
-                # in slot 0 (when the app's checkpoints have backfilled the whole WAL), which lets the
-                # next writer restart the WAL over frames we have not read; the pin we hold (slot >= 1,
-                # or slot 0 taken while caught up) already keeps every unread frame in place.
+            elif read_now and (caught_up or (hdr.salts, hdr.max_frame) != (snap.salts, snap.max_frame)):
+                # Hand over after every read, caught up or not, so the app's checkpoints can
+                # backfill what we read (else, under a busy writer, the WAL only grows).  Behind,
+                # only if something was committed since the old pin: the new read transaction
+                # opens while the old one still holds its mark, and backfill cannot pass that
+                # mark (a slot-0 pin blocks backfill altogether), so the WAL is then not fully
+                # backfilled and the new pin gets a slot >= 1, which keeps the WAL from
+                # restarting over frames we have not read.  (With nothing new since the old pin
+                # and everything backfilled, the new pin could get slot 0: no hand-over then.)
                 self.pin.acquire(self.shm)
         elif read_now:
             self.pin.acquire(self.shm)
@@ -168,6 +205,7 @@ class PinPolicy:
     def yield_to_checkpointer(self) -> None:
         """Another process is checkpointing and waiting for readers: copy to the end and step aside."""
         self.stats.yields += 1
+        self.last_yield_mono = time.monotonic()
         self.shipper.tick()
         self.pin.release()
         deadline = time.monotonic() + YIELD_MAX_SECONDS

@@ -26,10 +26,11 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..errors import DaemonError, StateLocked
 from ..fsutil import atomic_write, fsync_dir
-from ..replica.format import TxnRecord, decode_txns
+from ..replica.format import TXN, TxnRecord, decode_txns
 from ..sqlite.pagehash import PageHashes
 from ..sqlite.walfile import WalPosition
 
@@ -40,13 +41,6 @@ DEFAULT_SPOOL_LIMIT = 4 << 30  # bytes of spool waiting for upload (hours of a b
 DEFAULT_MIN_FREE = 256 << 20  # never take the spool's filesystem below this much free space
 
 
-def default_state_dir(db_path: str) -> str:
-    """Where a daemon keeps its spool and state for ``db_path`` when not told otherwise."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    safe = os.path.abspath(db_path).strip("/").replace("/", "__")
-    return os.path.join(base, "walrewind", safe)
-
-
 class SpoolFull(DaemonError):
     """Nothing was appended: the spool is at its limit or the disk is (nearly) full."""
 
@@ -55,6 +49,18 @@ class SpoolCorrupted(DaemonError):
     """A failed append could not be cut off again; the file must not be appended to."""
 
 _META = struct.Struct("<H")
+
+
+@dataclass
+class RawSpooled:
+    """A spool record with its transaction still encoded (``TxnRecord.encode()`` bytes)."""
+
+    txid: int
+    commit_ts_us: int
+    position: WalPosition | None
+    through_ts_us: int
+    change: int | None
+    raw: bytes
 
 
 @dataclass
@@ -79,6 +85,7 @@ class StateDir:
         self._current: tuple[str, int] | None = None  # (path, O_APPEND descriptor) being appended to
         self._current_size = 0
         self._pending = self.pending_bytes()  # bytes in spool files, kept up to date without listing
+        self._dirty = False  # the file being appended to has records not fsynced yet
 
     def lock(self) -> None:
         """Take the state directory for this process; a second daemon on it is refused.
@@ -142,8 +149,12 @@ class StateDir:
             self._current_size = 0
 
     # -- the spool ------------------------------------------------------------------------------
-    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
-        """Append and fsync; called by the tailing thread after each read pass.
+    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False, sync: bool = True) -> None:
+        """Append (and fsync unless ``sync`` is False); called by the tailing thread after each read pass.
+
+        With ``sync=False`` the records are written but fsynced only by the next :meth:`flush`
+        (or :meth:`seal`): the daemon flushes before it lets SQLite drop the frames they came from
+        (docs/DESIGN.md, "Grouped fsync").
 
         All or nothing: raises SpoolFull (nothing appended) when the limit or the free-space floor
         would be crossed or the disk is full.  ``allow_over_limit`` lets one write past the size
@@ -167,7 +178,11 @@ class StateDir:
                 view = memoryview(blob)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
+                    self._dirty = False
+                else:
+                    self._dirty = True
             except OSError as exc:
                 self._cut(name, fd, start, exc)
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -226,6 +241,15 @@ class StateDir:
                 "tail will be discarded at the next start, and the daemon repairs the gap there"
             ) from exc
 
+    def flush(self) -> bool:
+        """fsync what ``append(sync=False)`` wrote; True when there was something to sync."""
+        with self._lock:
+            if not self._dirty or self._current is None:
+                return False
+            os.fsync(self._current[1])
+            self._dirty = False
+            return True
+
     def seal(self) -> None:
         """Close the file being appended to and mark it ready, so it is uploaded as one segment.
 
@@ -235,6 +259,9 @@ class StateDir:
         """
         with self._lock:
             if self._current is not None:
+                if self._dirty:
+                    os.fsync(self._current[1])
+                    self._dirty = False
                 os.close(self._current[1])
                 self._current = None
                 self._current_size = 0
@@ -276,6 +303,36 @@ class StateDir:
         ).encode()
         body = _META.pack(len(meta)) + meta + item.record.encode()
         return _REC.pack(len(body), zlib.crc32(body)) + body
+
+    @staticmethod
+    def iter_raw(path: str, repair: bool = True) -> Iterator[RawSpooled]:
+        """Every intact record of a spool file, one at a time, pages left encoded.
+
+        Bounded memory for the uploader: one record is in memory at a time.  A torn tail is cut
+        off (when ``repair``), as :meth:`read_file` does.
+        """
+        off = 0
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while True:
+                head = f.read(_REC.size)
+                if len(head) < _REC.size:
+                    break
+                length, crc = _REC.unpack(head)
+                body = f.read(length)
+                if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
+                    break
+                (meta_len,) = _META.unpack_from(body, 0)
+                meta = json.loads(body[_META.size : _META.size + meta_len])
+                raw = body[_META.size + meta_len :]
+                txid, ts = TXN.unpack_from(raw, 0)[:2]
+                pos = WalPosition.from_json(meta["pos"]) if meta["pos"] else None
+                yield RawSpooled(txid, ts, pos, meta["through"], meta.get("change"), raw)
+                off += _REC.size + length
+        if off != size and repair:
+            with open(path, "r+b") as f:
+                f.truncate(off)
+                os.fsync(f.fileno())
 
     @staticmethod
     def read_file(path: str, page_size: int, repair: bool = True) -> list[SpooledTxn]:

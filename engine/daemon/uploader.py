@@ -10,33 +10,67 @@ uploading more could interleave two histories.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..errors import DaemonError, LeaseError, ObjectConflict, ObjectCorrupt
 from ..replica import layout
-from ..replica.format import decode_segment, encode_segment
+from ..replica.format import SegmentWriter, decode_segment, decode_txns
+from ..storage import put_file_immutable
 from ..timeparse import format_us
+from . import clock
 from .spool import StateDir
 
-if TYPE_CHECKING:
-    from .replicator import Shipper
+
+class UploadHost(Protocol):
+    """What the uploader is given (the daemon provides it; no import of the daemon here)."""
+
+    state: StateDir
+    storage: Any
+    stats: Any
+    lease: Any
+    ready: threading.Event
+    overflow: Any
+    fatal: BaseException | None
+    pending_snapshot: tuple[str, str] | None
+    upload_interval: float
+    heartbeat_interval: float
+
+    @property
+    def generation(self) -> str: ...
+
+    @property
+    def db_id(self) -> str: ...
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def uploaded_hashes(self) -> Any: ...
+
+    @property
+    def spooled_through_us(self) -> int: ...
+
+    def save_state(self, txid: int, ts: int, position: Any, change: int | None) -> None: ...
+
+    def ensure_lease(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wait_for_stop(self, timeout: float) -> bool: ...
 
 log = logging.getLogger("walrewind.shipper")
 
-SEAL_MAX_BYTES = 64 << 20  # while a backlog waits, keep appending to one spool file up to this size
+SEAL_MAX_BYTES = 16 << 20  # while a backlog waits, keep appending to one spool file up to this size
 UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class Uploader:
     """The daemon's upload thread; shares the tail's state through ``shipper``."""
 
-    def __init__(self, shipper: "Shipper") -> None:
+    def __init__(self, shipper: UploadHost) -> None:
         self.shipper = shipper
         self.lock = threading.Lock()  # the tail takes it to rewind the spool (a full spool)
         self.sealed_through_us = 0  # everything committed before this was in a sealed file at the last seal
@@ -55,63 +89,116 @@ class Uploader:
         what it wrote.
         """
         with self.lock:
+            self._upload_snapshot()
             if final or not self.shipper.state.sealed_files() or self.shipper.state.current_bytes() >= SEAL_MAX_BYTES:
                 through = self.shipper.spooled_through_us
                 self.shipper.state.seal()
                 self.sealed_through_us = through
             uploaded = 0
             for path in self.shipper.state.sealed_files():
-                items = StateDir.read_file(path, self.shipper.page_size)
-                items = [i for i in items if i.record.txid > self.shipper.stats.uploaded_txid]
-                if not items:
-                    self.shipper.state.remove(path)
-                    continue
-                first, last = items[0].record, items[-1].record
-                if first.txid != self.shipper.stats.uploaded_txid + 1:
-                    raise DaemonError(
-                        f"spool file {path} starts at txid {first.txid} but the replica ends at "
-                        f"{self.shipper.stats.uploaded_txid}; refusing to upload a history with a hole"
-                    )
-                self.shipper.ensure_lease()
-                key = layout.SegmentKey(self.shipper.generation, first.txid, last.txid, first.commit_ts_us, last.commit_ts_us)
-                blob = encode_segment(
-                    {
-                        "db_id": self.shipper.db_id,
-                        "generation": self.shipper.generation,
-                        "page_size": self.shipper.page_size,
-                        "first_txid": first.txid,
-                        "last_txid": last.txid,
-                        "through_ts_us": max(i.through_ts_us for i in items),
-                        "lease_epoch": self.shipper.lease.epoch,
-                    },
-                    [i.record for i in items],
-                )
-                self.put_segment(key.key, blob)
-                for item in items:
-                    self.shipper.uploaded_hashes.apply(item.record.pages, item.record.db_pages)
-                position = next((i.position for i in reversed(items) if i.position is not None), None)
-                change = next((i.change for i in reversed(items) if i.change is not None), None)
-                self.shipper.save_state(last.txid, last.commit_ts_us, position, change)
-                self.shipper.state.remove(path)
-                self.shipper.stats.uploaded_txid = last.txid
-                self.shipper.stats.uploaded_commit_us = last.commit_ts_us
-                self.shipper.stats.segments += 1
-                self.shipper.stats.backlog_bytes = self.shipper.state.pending
-                now = now_us()
-                self.shipper.stats.lag_samples_us.extend(now - i.record.commit_ts_us for i in items)
-                del self.shipper.stats.lag_samples_us[:-100000]
-                self._last_upload_mono = time.monotonic()
-                uploaded += 1
+                if self._upload_file(path):
+                    uploaded += 1
             return uploaded
 
-    def put_segment(self, key: str, blob: bytes) -> None:
+    def _upload_snapshot(self) -> None:
+        """Ship a new generation's base snapshot first: no segment may precede it."""
+        pending = self.shipper.pending_snapshot
+        if pending is None:
+            return
+        key, path = pending
+        self.shipper.ensure_lease()
+        put_file_immutable(self.shipper.storage, key, path)
+        os.unlink(path)
+        self.shipper.pending_snapshot = None
+        self.shipper.ready.set()
+        log.info("base snapshot %s uploaded", key)
+
+    def _upload_file(self, path: str) -> bool:
+        """Stream one sealed spool file into a segment file, upload it, advance the saved point.
+
+        Two sequential passes over the file (the second from the page cache) and one record in
+        memory at a time: the segment is compressed into a file under the state directory and
+        uploaded from there; the uploaded page hashes are advanced only after the upload.
+        """
+        sh = self.shipper
+        uploaded_txid = sh.stats.uploaded_txid
+        tmp = os.path.join(sh.state.path, "segment.tmp")
+        writer = SegmentWriter(tmp)
+        first = last = None
+        through = 0
+        position = change = None
+        try:
+            for rec in StateDir.iter_raw(path):
+                if rec.txid <= uploaded_txid:
+                    continue
+                if first is None:
+                    if rec.txid != uploaded_txid + 1:
+                        raise DaemonError(
+                            f"spool file {path} starts at txid {rec.txid} but the replica ends at "
+                            f"{uploaded_txid}; refusing to upload a history with a hole"
+                        )
+                    first = rec
+                last = rec
+                through = max(through, rec.through_ts_us)
+                if rec.position is not None:
+                    position = rec.position
+                if rec.change is not None:
+                    change = rec.change
+                writer.add_record(rec.raw)
+        except BaseException:
+            writer.abort()
+            raise
+        if first is None or last is None:
+            writer.abort()
+            sh.state.remove(path)
+            return False
+        sh.ensure_lease()
+        key = layout.SegmentKey(sh.generation, first.txid, last.txid, first.commit_ts_us, last.commit_ts_us)
+        writer.finish(
+            {
+                "db_id": sh.db_id,
+                "generation": sh.generation,
+                "page_size": sh.page_size,
+                "first_txid": first.txid,
+                "last_txid": last.txid,
+                "through_ts_us": through,
+                "lease_epoch": sh.lease.epoch,
+            }
+        )
+        try:
+            self.put_segment_file(key.key, tmp)
+        finally:
+            os.unlink(tmp)
+        now = clock.now_us()
+        for rec in StateDir.iter_raw(path, repair=False):
+            if rec.txid > uploaded_txid:
+                (record,) = decode_txns(rec.raw, sh.page_size, path)
+                sh.uploaded_hashes.apply(record.pages, record.db_pages)
+                sh.stats.lag_samples_us.append(now - rec.commit_ts_us)
+        sh.save_state(last.txid, last.commit_ts_us, position, change)
+        sh.state.remove(path)
+        sh.stats.uploaded_txid = last.txid
+        sh.stats.uploaded_commit_us = last.commit_ts_us
+        sh.stats.segments += 1
+        sh.stats.backlog_bytes = sh.state.pending
+        self._last_upload_mono = time.monotonic()
+        return True
+
+    def put_segment_file(self, key: str, path: str) -> None:
+        """Create-only upload from a file; an existing object must hold the same history."""
+        if self.shipper.storage.put_file_if_absent(key, path):
+            return
+        with open(path, "rb") as f:  # rare: a retry, or a restart re-uploading a spool file
+            self.put_segment(key, f.read(), already_tried=True)
+
+    def put_segment(self, key: str, blob: bytes, already_tried: bool = False) -> None:
         """Create-only upload; an existing object must hold the same history.
 
         Identical bytes: a retry whose first answer was lost.  Same header and records but another
         ``lease_epoch``: the same spool file uploaded before a restart or a lease re-acquisition.
         Anything else is another writer's history under our key: ObjectConflict (never overwrite).
         """
-        if self.shipper.storage.put_if_absent(key, blob):
+        if not already_tried and self.shipper.storage.put_if_absent(key, blob):
             return
         existing = self.shipper.storage.get(key)
         if existing == blob:
@@ -147,9 +234,10 @@ class Uploader:
             through = self.sealed_through_us
             stale_after_us = int(max(10.0, 10 * self.shipper.upload_interval) * 1_000_000)
             healthy = (
-                self.shipper.overflow is None
+                self.shipper.pending_snapshot is None
+                and self.shipper.overflow is None
                 and not self.shipper.state.sealed_files()
-                and now_us() - through < stale_after_us
+                and clock.now_us() - through < stale_after_us
                 and through > self._last_heartbeat_ts
             )
             if healthy:
@@ -167,7 +255,11 @@ class Uploader:
             self.last_beat_mono = time.monotonic()
 
     def run(self) -> None:
-        while not self.shipper.wait_for_stop(self.shipper.upload_interval + self._backoff):
+        first_wait = 0.0 if self.shipper.pending_snapshot is not None else None  # the base snapshot at once
+        while not self.shipper.wait_for_stop(
+            self.shipper.upload_interval + self._backoff if first_wait is None else first_wait
+        ):
+            first_wait = None
             try:
                 self.upload_pending()
                 if time.monotonic() - self.last_beat_mono >= self.shipper.heartbeat_interval:
@@ -190,7 +282,7 @@ class Uploader:
         self.shipper.stats.last_error = str(exc)
         self._backoff = min(UPLOAD_BACKOFF_MAX, max(self.shipper.upload_interval, self._backoff * 2))
         if not self.shipper.stats.replica_unreachable_since_us:
-            self.shipper.stats.replica_unreachable_since_us = now_us()
+            self.shipper.stats.replica_unreachable_since_us = clock.now_us()
             log.error(
                 "upload to %s failed; transactions keep being spooled locally in %s and are uploaded "
                 "in order when it works again: %s", self.shipper.storage.url, self.shipper.state.spool_dir, exc,

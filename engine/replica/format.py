@@ -237,6 +237,45 @@ class SnapshotWriter:
         return size
 
 
+class SegmentWriter:
+    """Stream encoded transaction records into a segment file in bounded memory.
+
+    The daemon's uploader feeds it one spooled record at a time (``TxnRecord.encode()`` bytes),
+    so a 16 MB spool file never exists in memory as records, raw payload and compressed blob at
+    once.  The payload is one streamed zstd frame; decode_segment reads it like any other.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._payload_path = path + ".payload"
+        self._payload = open(self._payload_path, "w+b")
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+        self.raw_length = 0
+        self.count = 0
+
+    def add_record(self, raw: bytes) -> None:
+        chunk = self._compressor.compress(raw)
+        if chunk:
+            self._payload.write(chunk)
+        self.raw_length += len(raw)
+        self.count += 1
+
+    def abort(self) -> None:
+        self._payload.close()
+        os.unlink(self._payload_path)
+
+    def finish(self, header: dict) -> int:
+        """Write the segment to ``path`` (fsynced); returns its size."""
+        self._payload.write(self._compressor.flush())
+        payload_len = self._payload.tell()
+        self._payload.seek(0)
+        full = dict(header, raw_length=self.raw_length, txn_count=self.count)
+        size = write_envelope_file(self.path, SEGMENT_MAGIC, full, self._payload, payload_len)
+        self._payload.close()
+        os.unlink(self._payload_path)
+        return size
+
+
 def write_envelope_file(path: str, magic: bytes, header: dict, payload, payload_len: int) -> int:
     """Write an object (section 2 of docs/FORMAT.md) to ``path`` from a payload file object,
     streaming, and fsync it; the same bytes ``_envelope`` builds in memory.  Returns its size."""

@@ -53,7 +53,9 @@ class SnapshotReader:
         if header is not None and header.salts == snap.salts:
             start = WalPosition(header.salt1, header.salt2, 0, header.cksum, page_size, header.big_endian)
             position = start if snap.max_frame == 0 else position
-            for txn in self.wal.read(None).transactions:
+            # Only up to the snapshot: what the writer appended since is not ours to overlay, and
+            # reading it would make a capture under a busy writer slower the longer the WAL is.
+            for txn in self.wal.read(None, published=(snap.salts, snap.max_frame)).transactions:
                 if txn.end.frame > snap.max_frame:
                     break
                 overlay.update(txn.pages)

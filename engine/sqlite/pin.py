@@ -12,6 +12,7 @@ writes to the user's database, never checkpoints it, and leaves no tables or row
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import apsw
 
@@ -36,8 +37,11 @@ def _same_snapshot(a: ShmHeader, b: ShmHeader) -> bool:
 
 
 class ReadPin:
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, before_release: Callable[[], None] | None = None) -> None:
         self._conns = [open_readonly(db_path), open_readonly(db_path)]
+        # Called before any read transaction ends (hand-over or release): the moment SQLite may
+        # checkpoint and reuse frames we read, so what we made of them must be durable first.
+        self._before_release = before_release
         self._active: int | None = None
         self.snapshot: ShmHeader | None = None
         self.since = 0.0
@@ -75,6 +79,8 @@ class ReadPin:
         else:
             raise PinError("could not open a read transaction with a stable snapshot (100 attempts)")
         if self._active is not None:
+            if self._before_release is not None:
+                self._before_release()
             self._conns[self._active].execute("COMMIT")
         self._active = idle
         self.snapshot = snapshot
@@ -83,6 +89,8 @@ class ReadPin:
 
     def release(self) -> None:
         if self._active is not None:
+            if self._before_release is not None:
+                self._before_release()
             self._conns[self._active].execute("COMMIT")
             self._active = None
             self.snapshot = None

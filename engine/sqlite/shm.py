@@ -15,7 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from .sharedfd import close_shared, open_shared
+from .fds import close_shared, open_shared
 
 WAL_WRITE_LOCK = 120
 WAL_CKPT_LOCK = 121
@@ -63,12 +63,22 @@ class ShmObserver:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = open_shared(path)
+        self.fd = open_shared(path)  # one descriptor per file per process (engine/sqlite/fds.py)
+        self._last: tuple[bytes, ShmHeader | None] = (b"", None)  # one attribute: read by two threads
 
     def header(self, attempts: int = 50) -> ShmHeader | None:
+        """The current wal-index header (a consistent copy), or None if none could be read.
+
+        Called at every wake-up, so an unchanged header costs one pread and one compare.
+        """
         for _ in range(attempts):
-            hdr = parse_shm_header(os.pread(self.fd, SHM_HEADER_BYTES, 0))
+            raw = os.pread(self.fd, SHM_HEADER_BYTES, 0)
+            last_raw, last = self._last
+            if raw == last_raw:
+                return last
+            hdr = parse_shm_header(raw)
             if hdr is not None:
+                self._last = (raw, hdr)
                 return hdr
         return None
 
@@ -84,6 +94,10 @@ class ShmObserver:
         holds the write lock so no commit can land, and polls our read lock with its busy handler.
         """
         return self._held_by_other(WAL_CKPT_LOCK) and self._held_by_other(WAL_WRITE_LOCK)
+
+    def writer_active(self) -> bool:
+        """True while another process holds the write lock (a write transaction is under way)."""
+        return self._held_by_other(WAL_WRITE_LOCK)
 
     def checkpoint_running(self) -> bool:
         return self._held_by_other(WAL_CKPT_LOCK)

@@ -16,15 +16,25 @@ import os
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def _np():
+    """numpy, imported on first use: ~0.2-0.4 s that a CLI command reading no WAL never pays."""
+    import numpy
+
+    return numpy
 
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
 MAGIC_LE = 0x377F0682
 MAGIC_BE = 0x377F0683
 MASK = 0xFFFFFFFF
-READ_CHUNK = 8 << 20
+READ_CHUNK = 8 << 20  # the largest single pread of frames
+FIRST_CHUNK_FRAMES = 16  # the first pread past a position; chunks double up to READ_CHUNK
 
 
 @dataclass(frozen=True)
@@ -121,11 +131,12 @@ def parse_header(buf: bytes) -> WalHeader | None:
 CHECKSUM_CHUNK_FRAMES = 128
 
 
-def _words(buf: bytes, big_endian: bool) -> np.ndarray:
+def _words(buf: bytes, big_endian: bool) -> "np.ndarray":
+    np = _np()
     return np.frombuffer(buf, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
 
 
-def checksum_words(words: np.ndarray, start: tuple[int, int]) -> tuple[int, int]:
+def checksum_words(words, start: tuple[int, int]) -> tuple[int, int]:
     """Reference implementation of SQLite's WAL checksum (used for headers and in tests)."""
     s0, s1 = start
     w = [int(x) for x in words]
@@ -136,13 +147,14 @@ def checksum_words(words: np.ndarray, start: tuple[int, int]) -> tuple[int, int]
 
 
 @lru_cache(maxsize=8)
-def _coefficients(nwords: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _coefficients(nwords: int) -> "tuple[np.ndarray, tuple[int, int, int, int]]":
     """How each of ``nwords`` input words and the incoming (s0, s1) reach the outgoing (s0, s1).
 
     Returns (C, A): C is (nwords, 2) so that ``words @ C`` gives the data part, and A is the 2x2
     matrix applied to the incoming state.  All arithmetic is mod 2**32, which uint64 wrap-around
     preserves because 2**32 divides 2**64.
     """
+    np = _np()
     n = nwords + 2
     s0 = np.zeros(n, dtype=np.uint64)
     s1 = np.zeros(n, dtype=np.uint64)
@@ -166,6 +178,7 @@ def frame_checksums(frames: bytes, page_size: int, big_endian: bool, start: tupl
     count = len(frames) // frame_size
     if count == 0:
         return []
+    np = _np()
     matrix = np.frombuffer(frames, dtype=">u4" if big_endian else "<u4", count=count * frame_size // 4)
     matrix = matrix.reshape(count, frame_size // 4)
     coeff, (a00, a01, a10, a11) = _coefficients(2 + page_size // 4)
@@ -190,6 +203,7 @@ class WalFile:
         self.path = path
         self._fd: int | None = None
         self._ino: int | None = None
+        self._published: tuple[bytes, int] | None = None  # of the read() in progress
 
     def _ensure_open(self) -> int | None:
         try:
@@ -221,8 +235,17 @@ class WalFile:
     def header(self) -> WalHeader | None:
         return parse_header(self.read_at(0, WAL_HEADER_SIZE))
 
-    def read(self, pos: WalPosition | None, max_bytes: int | None = None) -> ReadResult:
-        """Every committed transaction after ``pos`` (from the start of the WAL when None)."""
+    def read(self, pos: WalPosition | None, max_bytes: int | None = None,
+             published: tuple[bytes, int] | None = None) -> ReadResult:
+        """Every committed transaction after ``pos`` (from the start of the WAL when None).
+
+        ``published`` = (salts, mxFrame) from the wal-index, read under our pin: SQLite has
+        committed exactly the frames up to mxFrame of that generation, so a scan of it stops there
+        instead of reading (and checksumming) whatever stale frames of earlier generations follow
+        in the file.  Every frame is still read and chain-verified once, from our position only:
+        per commit the cost is the commit's own frames, never the WAL's length.
+        """
+        self._published = published
         header = self.header()
         result = ReadResult(header=header, position=pos)
         if header is None:
@@ -296,10 +319,23 @@ class WalFile:
         pending_frames = 0
         last_commit: tuple[int, int, bytes] | None = None
         scanned = 0
-        want = max(READ_CHUNK - READ_CHUNK % frame_size, frame_size)
+        limit = None
+        published = self._published
+        if published is not None and published[0] == salts:
+            limit = published[1]  # SQLite committed no frame of this generation past it
+        max_want = max(READ_CHUNK - READ_CHUNK % frame_size, frame_size)
+        # Start small and double: past the valid end the file may hold megabytes of an earlier
+        # generation's frames, which must not be read and checksummed at every wake-up.
+        want = min(max_want, FIRST_CHUNK_FRAMES * frame_size)
         while True:
+            if limit is not None:
+                if frame >= limit:
+                    break
+                want = min(want, (limit - frame) * frame_size)
             offset = WAL_HEADER_SIZE + frame * frame_size
+            asked = want
             buf = self.read_at(offset, want)
+            want = min(max_want, want * 2)
             count = len(buf) // frame_size
             if count == 0:
                 break
@@ -337,7 +373,7 @@ class WalFile:
                     result.position = end
                     pending = {}
                     pending_frames = 0
-            if stop or count * frame_size < want:
+            if stop or count * frame_size < asked:
                 break
             frame += count
             cksum = sums[-1]

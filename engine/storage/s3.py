@@ -1,21 +1,7 @@
 """S3 (and S3-compatible) replica backend: AWS S3, MinIO, Ceph RGW, R2, SeaweedFS, ...
 
-URL form::
-
-    s3://bucket/optional/prefix?endpoint=http://127.0.0.1:8333&region=us-east-1&path_style=true
-
-Query parameters (all optional):
-
-``endpoint``
-    S3 endpoint URL.  Without it boto3 uses ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` or AWS.
-``region``
-    Signing region; else boto3's chain (``AWS_REGION``, profile, ...), else ``us-east-1``.
-``path_style``
-    ``true``/``false``.  Defaults to true with a custom endpoint (self-hosted servers rarely have
-    wildcard DNS for virtual-hosted buckets), else boto3's automatic choice.
-``connect_timeout``, ``read_timeout``, ``max_attempts``
-    Socket timeouts in seconds (default 10 / 30) and total attempts per request including the
-    first (default 5).  Mostly useful to make "is the server there?" checks fail fast.
+The URL grammar (bucket, prefix, ``endpoint``, ``region``, ``path_style``, timeouts) is
+documented and parsed in s3common.py, shared with the read-only backend (s3read.py).
 
 Credentials come from boto3's normal chain (environment, profile, instance role).  A URL may also
 carry ``ACCESS_KEY:SECRET@`` (percent-encoded: secrets often contain ``/``) before the bucket; it is
@@ -48,7 +34,6 @@ import re
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, NoReturn, TypeVar
-from urllib.parse import parse_qs, unquote, urlparse
 
 import boto3
 import urllib3.exceptions
@@ -68,26 +53,12 @@ from botocore.parsers import ResponseParserError
 from ..errors import ObjectNotFound, StorageError, WalrewindError
 from . import retry
 from .base import ObjectInfo, Storage
+from .s3common import EXISTS_CODES, NOT_FOUND_CODES, TRANSIENT_CODES, S3Url
 
 T = TypeVar("T")
 MiB = 1 << 20
-_QUERY_PARAMS = {"endpoint", "region", "path_style", "connect_timeout", "read_timeout", "max_attempts"}
-# Codes meaning "an object already exists under this key" for a create-only write.  409 is what AWS
-# answers when a concurrent conditional write to the same key is in flight; treating it as "exists"
-# lets put_immutable() fall through to comparing content.
-_EXISTS_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 # Ways a server that does not implement If-None-Match on CompleteMultipartUpload says so.
 _UNSUPPORTED_CODES = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
-# Error codes that mean "try again later" whatever the status (AWS, MinIO, Ceph, SeaweedFS).
-_TRANSIENT_CODES = {
-    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "SlowDown", "Throttling",
-    "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
-    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded", "InternalError",
-    "ServiceUnavailable", "XMinioServerNotInitialized",
-    # The body arrived damaged or short (the server checked botocore's CRC32 / Content-Length).
-    "BadDigest", "IncompleteBody", "XAmzContentChecksumMismatch",
-}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -107,11 +78,11 @@ def _status(exc: ClientError) -> int:
 
 
 def _is_not_found(exc: ClientError) -> bool:
-    return _code(exc) in _NOT_FOUND_CODES or (_status(exc) == 404 and _code(exc) != "NoSuchBucket")
+    return _code(exc) in NOT_FOUND_CODES or (_status(exc) == 404 and _code(exc) != "NoSuchBucket")
 
 
 def _exists_answer(exc: ClientError) -> bool:
-    return _code(exc) in _EXISTS_CODES or _status(exc) in (409, 412)
+    return _code(exc) in EXISTS_CODES or _status(exc) in (409, 412)
 
 
 # Failures below the HTTP layer that may succeed when repeated: timeouts, resets, refused or
@@ -133,16 +104,8 @@ def transient(exc: BaseException) -> bool:
     """Whether repeating the request may succeed (see the module docstring)."""
     if isinstance(exc, ClientError):
         status = _status(exc)
-        return status in (408, 429) or (status >= 500 and status != 501) or _code(exc) in _TRANSIENT_CODES
+        return status in (408, 429) or (status >= 500 and status != 501) or _code(exc) in TRANSIENT_CODES
     return isinstance(exc, _NETWORK_ERRORS)
-
-
-def _flag(value: str, name: str, url: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise StorageError(f"{url}: {name} must be true or false, not {value!r}")
 
 
 def _read_body(resp: dict) -> bytes:
@@ -195,43 +158,24 @@ class S3Storage(Storage):
         Buckets are never created here: that is an account-level decision (region, retention,
         access policy) which a backup tool should not make silently.
         """
-        parsed = urlparse(url)
-        userinfo, _, bucket = parsed.netloc.rpartition("@")
-        safe_url = parsed._replace(netloc=bucket).geturl()
-        if not bucket:
-            raise StorageError(f"{safe_url}: S3 URL has no bucket (use s3://bucket/prefix)")
-        query = {k: v[-1] for k, v in parse_qs(parsed.query, keep_blank_values=True).items()}
-        unknown = sorted(set(query) - _QUERY_PARAMS)
-        if unknown:
-            raise StorageError(
-                f"{safe_url}: unknown query parameter(s) {', '.join(unknown)} "
-                f"(supported: {', '.join(sorted(_QUERY_PARAMS))})"
-            )
-
-        endpoint = query.get("endpoint") or None
+        u = S3Url.parse(url)
+        safe_url = u.safe_url
+        endpoint = u.endpoint
         # boto3 reads these env vars itself; we only need to know that a custom endpoint is in use.
         custom_endpoint = bool(
             endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         )
-        path_style = _flag(query["path_style"], "path_style", safe_url) if "path_style" in query else None
-        if path_style is None:
+        if u.path_style is None:
             addressing = "path" if custom_endpoint else "auto"
         else:
-            addressing = "path" if path_style else "virtual"
-        try:
-            connect_timeout = float(query.get("connect_timeout", 10))
-            read_timeout = float(query.get("read_timeout", 30))
-            max_attempts = int(query.get("max_attempts", 5))
-        except ValueError as exc:
-            raise StorageError(f"{safe_url}: bad timeout or attempt count: {exc}") from None
+            addressing = "path" if u.path_style else "virtual"
 
         try:
             session = boto3.session.Session()
-            region = query.get("region") or session.region_name or "us-east-1"
+            region = u.region or session.region_name or "us-east-1"
             credentials: dict[str, str] = {}
-            if userinfo:
-                key_id, _, secret = userinfo.partition(":")
-                credentials = {"aws_access_key_id": unquote(key_id), "aws_secret_access_key": unquote(secret)}
+            if u.access_key is not None:
+                credentials = {"aws_access_key_id": u.access_key, "aws_secret_access_key": u.secret_key or ""}
             elif custom_endpoint and session.get_credentials() is None:
                 credentials = {"aws_access_key_id": "walrewind", "aws_secret_access_key": "walrewind"}
         except BotoCoreError as exc:  # e.g. AWS_PROFILE names a profile that does not exist
@@ -243,8 +187,8 @@ class S3Storage(Storage):
             # One attempt per call: retries (with backoff and jitter) are done by this module, per
             # request, so multipart parts and ranged GETs are retried individually.
             retries={"mode": "standard", "total_max_attempts": 1},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+            connect_timeout=u.connect_timeout,
+            read_timeout=u.read_timeout,
             max_pool_connections=16,
         )
         # endpoint_url=None lets boto3 apply AWS_ENDPOINT_URL*; verify is left alone so that
@@ -253,7 +197,7 @@ class S3Storage(Storage):
             client = session.client("s3", endpoint_url=endpoint, config=config, **credentials)
         except (BotoCoreError, ValueError) as exc:  # e.g. a malformed endpoint URL
             raise StorageError(f"{safe_url}: cannot configure S3 client: {exc}") from exc
-        store = cls(client, bucket, parsed.path, safe_url, retry.RetryPolicy(attempts=max(1, max_attempts)))
+        store = cls(client, u.bucket, u.prefix, safe_url, retry.RetryPolicy(attempts=u.max_attempts))
         if not create:
             store._check_bucket()
         return store

@@ -24,25 +24,19 @@ import http.client
 import os
 import threading
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, TypeVar
-from urllib.parse import parse_qs, quote, unquote, urlparse
+from urllib.parse import quote, urlparse
 
 from ..errors import ObjectNotFound, StorageError, WalrewindError
 from . import retry
 from .base import ObjectInfo, Storage
+from .s3common import NOT_FOUND_CODES, TRANSIENT_CODES, S3Url
 
 if TYPE_CHECKING:
     import ssl
 
 T = TypeVar("T")
-QUERY_PARAMS = {"endpoint", "region", "path_style", "connect_timeout", "read_timeout", "max_attempts"}
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_TRANSIENT_CODES = {
-    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "SlowDown", "Throttling",
-    "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
-    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded", "InternalError",
-    "ServiceUnavailable", "XMinioServerNotInitialized",
-}
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)  # resets, refusals, timeouts, short bodies
 
 
@@ -56,21 +50,15 @@ class _HTTPError(WalrewindError):
 
 def transient(exc: BaseException) -> bool:
     if isinstance(exc, _HTTPError):
-        return exc.status in (408, 429) or (exc.status >= 500 and exc.status != 501) or exc.code in _TRANSIENT_CODES
+        return exc.status in (408, 429) or (exc.status >= 500 and exc.status != 501) or exc.code in TRANSIENT_CODES
     if type(exc).__name__ == "SSLCertVerificationError":
         return False  # a certificate that does not verify will not verify on the next try either
     return isinstance(exc, _NETWORK_ERRORS)
 
 
-def _flag(value: str) -> bool | None:
-    low = value.lower()
-    return True if low in ("1", "true", "yes", "on") else False if low in ("0", "false", "no", "off") else None
-
-
-def _credentials(userinfo: str) -> tuple[str, str, str | None] | None:
-    if userinfo:
-        key_id, _, secret = userinfo.partition(":")
-        return unquote(key_id), unquote(secret), None
+def _credentials(u: S3Url) -> tuple[str, str, str | None] | None:
+    if u.access_key is not None:
+        return u.access_key, u.secret_key or "", None
     if os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE"):
         return None  # boto3 would prefer the profile over the environment's keys
     key_id, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
@@ -118,32 +106,26 @@ class S3Reader(Storage):
     @classmethod
     def from_url(cls, url: str) -> "S3Reader | None":
         """The reader for ``url``, or None when only boto3 can resolve its credentials or region."""
-        parsed = urlparse(url)
-        userinfo, _, bucket = parsed.netloc.rpartition("@")
-        safe_url = parsed._replace(netloc=bucket).geturl()
-        query = {k: v[-1] for k, v in parse_qs(parsed.query, keep_blank_values=True).items()}
-        if not bucket or set(query) - QUERY_PARAMS:
+        try:
+            u = S3Url.parse(url)
+        except StorageError:
             return None  # S3Storage gives the precise error
-        creds = _credentials(userinfo)
-        endpoint = query.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        creds = _credentials(u)
+        endpoint = u.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = u.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if creds is None or (endpoint and urlparse(endpoint).scheme not in ("http", "https")):
             return None
         if region is None:
             if not endpoint or _aws_config_exists():
                 return None
             region = "us-east-1"
-        path_style = _flag(query["path_style"]) if "path_style" in query else bool(endpoint)
-        if path_style is None or (not path_style and "." in bucket):
+        path_style = u.path_style if u.path_style is not None else bool(endpoint)
+        if not path_style and "." in u.bucket:
             return None
-        try:
-            connect_timeout = float(query.get("connect_timeout", 10))
-            read_timeout = float(query.get("read_timeout", 30))
-            attempts = int(query.get("max_attempts", 5))
-        except ValueError:
-            return None
+        bucket, safe_url = u.bucket, u.safe_url
+        connect_timeout, read_timeout, attempts = u.connect_timeout, u.read_timeout, u.max_attempts
         endpoint = endpoint or f"https://s3.{region}.amazonaws.com"
-        return cls(bucket, parsed.path, safe_url, endpoint, region, path_style, creds, connect_timeout,
+        return cls(bucket, u.prefix, safe_url, endpoint, region, path_style, creds, connect_timeout,
                    read_timeout, attempts)
 
     # ------------------------------------------------------------------------------ HTTP
@@ -226,7 +208,7 @@ class S3Reader(Storage):
         except _HTTPError as exc:
             if exc.code == "NoSuchBucket":
                 raise StorageError(f"{self._where}: {action} failed: bucket '{self.bucket}' does not exist") from None
-            if key is not None and (exc.code in ("NoSuchKey", "NotFound") or exc.status == 404):
+            if key is not None and (exc.code in NOT_FOUND_CODES or exc.status == 404):
                 raise ObjectNotFound(f"{self._key_url(key)}: object {key} not found") from None
             self._fail(exc, action, key)
         except _NETWORK_ERRORS as exc:

@@ -120,13 +120,6 @@ def join_replica(base: str, name: str) -> str:
     return os.path.join(base, name)
 
 
-def default_state_root(environ=None) -> str:
-    """``$XDG_STATE_HOME/walrewind`` (or ~/.local/state/walrewind): where state directories live."""
-    environ = os.environ if environ is None else environ
-    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "walrewind")
-
-
 @dataclass
 class SqldConfig:
     """``[sqld]``: every namespace of one sqld data directory, each replicated like a database.
@@ -155,7 +148,7 @@ class SqldConfig:
         return os.path.join(self.dbs_dir, namespace, "data")
 
     def state_root(self) -> str:
-        return self.state_dir or os.path.join(default_state_root(), "sqld")
+        return self.state_dir or os.path.join(defaults.state_root(), "sqld")
 
     def namespace(self, namespace: str, namespace_id: str | None = None) -> DatabaseConfig:
         """The settings of namespace ``namespace``, as for a configured database."""

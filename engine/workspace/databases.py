@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import apsw
 
+from .. import defaults
 from ..daemon.health import database_health
-from ..daemon.spool import default_state_dir
 from ..errors import DatabaseError, UnknownSource, UsageError, WalrewindError
 from ..maintenance.scheduler import read_status
 from ..sqlite.dbinfo import file_url, journal_mode, open_readonly, page_info, tables
@@ -133,7 +133,7 @@ def describe(config: Config, catalog: Catalog, name: str) -> dict:
             info["note"] = "the namespace is not on disk (deleted?); its replica is kept"
     info.update(replica=src.replica_display, retention=src.retention, retention_policy=src.retention_policy().describe())
     info["daemon"] = database_health(src.path)
-    info["maintenance"] = read_status(src.state_dir or default_state_dir(src.path))
+    info["maintenance"] = read_status(src.state_dir or defaults.state_dir_for(src.path))
     try:
         info["replication"] = replication_status(src.path, Source(name, src.replica, src).replica())
     except WalrewindError as exc:

@@ -1,0 +1,223 @@
+"""When each commit was first seen, independent of when its frames are read.
+
+The wal-index header (salts, mxFrame) changes with every commit.  Each time the daemon looks at it
+(every inotify wake-up, every read pass) it records ``(generation salts, mxFrame, time)``, the
+time taken *after* the header was read.  A transaction read later, perhaps seconds later under a
+burst, takes the time of the first observation whose mxFrame had reached its commit frame in the
+same generation: the commit had happened by then (the stamp never precedes it), and it was seen
+within one wake-up of happening.  Without a matching observation the reader's own time is used,
+which is later still, so a lost observation makes a stamp late, never early.
+
+Memory is bounded: observations older than the last stamped commit are dropped, and at most
+``MAX_OBSERVATIONS`` are kept (the oldest go first; their commits fall back to a later stamp).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable, Protocol
+
+from . import clock
+
+log = logging.getLogger("walrewind.observer")
+
+MAX_OBSERVATIONS = 1 << 16
+EXPECT_POLL = 0.002  # after a WAL write, how often to look for the commit in the wal-index
+EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames long before COMMIT)
+STAMP_SLACK_US = 5_000  # a commit first seen more than this after the previous look: stamp uncertain
+UNCERTAIN_LOG_SECONDS = 60.0  # at most one warning about uncertain stamps per minute
+
+
+class Observations:
+    def __init__(self, limit: int = MAX_OBSERVATIONS) -> None:
+        # (salts as one int, mxFrame, time us, iChange): in time order
+        self._seen: deque[tuple[int, int, int, int]] = deque()
+        self._limit = limit
+        self._lock = threading.Lock()  # the observer thread adds, the reader stamps
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, salts: bytes, max_frame: int, at_us: int, change: int) -> None:
+        key = int.from_bytes(salts, "big")
+        with self._lock:
+            seen = self._seen
+            if seen and seen[-1][0] == key and seen[-1][1] >= max_frame:
+                return  # nothing new since the last observation
+            seen.append((key, max_frame, at_us, change))
+            if len(seen) > self._limit:
+                seen.popleft()
+
+    def stamp(self, salt1: int, salt2: int, frame: int, fallback_us: int) -> int:
+        """The time of the first observation showing commit ``frame`` of generation (salt1, salt2)."""
+        key = (salt1 << 32) | salt2
+        with self._lock:
+            seen = self._seen
+            for i, (k, max_frame, at_us, _change) in enumerate(seen):
+                if k == key and max_frame >= frame:
+                    for _ in range(i):  # older ones only served commits already stamped
+                        seen.popleft()
+                    return min(at_us, fallback_us)
+        return fallback_us
+
+    def change_at(self, salt1: int, salt2: int, frame: int) -> int | None:
+        """SQLite's commit counter when the wal-index ended exactly at this commit, if observed.
+
+        Lets the reader account for a batch that ended short of the current end (a burst): the
+        commits read up to an observed boundary must equal the counter's advance up to it.
+        """
+        key = (salt1 << 32) | salt2
+        with self._lock:
+            for k, max_frame, _at, change in reversed(self._seen):
+                if k == key and max_frame == frame:
+                    return change
+                if k == key and max_frame < frame:
+                    return None
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+class WalIndex(Protocol):
+    """What the observer needs of the wal-index (engine/sqlite/shm.ShmObserver)."""
+
+    def header(self): ...
+    def writer_active(self) -> bool: ...
+    def checkpointer_waiting(self) -> bool: ...
+
+
+class FileWaker(Protocol):
+    """What the observer needs of the file-change waker (engine/daemon/waker.Waker)."""
+
+    def wait(self, timeout: float, changes: bool = True) -> bool: ...
+    def drain(self) -> None: ...
+
+
+class Observer:
+    """The observe stage: its own thread, waking at every change of the WAL.
+
+    It only looks (wal-index header, lock bytes) and records; it never reads frames.  So commits
+    are stamped within a wake-up of being published however busy the reader is (a burst, a
+    big fsync), and a checkpointer waiting for our read transaction is noticed within
+    ``probe_interval()`` even while the reader works.  The reader is told through ``signal``:
+    ``new_commits`` (something to read) and ``checkpointer`` (step aside now).
+
+    One database per observer today; for many databases one such thread would wait on one
+    epoll set of inotify descriptors and look at each database's header on its events.
+    """
+
+    def __init__(self, wal_index: WalIndex, waker: FileWaker, stats, pinned: Callable[[], bool],
+                 probe_interval: Callable[[], float], idle_poll: float, inotify: bool,
+                 observations: Observations | None = None) -> None:
+        self.wal_index = wal_index
+        self.waker = waker
+        self.stats = stats
+        self.pinned = pinned
+        self.probe_interval = probe_interval
+        self.idle_poll = idle_poll
+        self.inotify = inotify
+        self.observations = observations if observations is not None else Observations()
+        self.cond = threading.Condition()
+        self.new_commits = False  # a commit boundary observed that the reader has not taken
+        self.checkpointer = False  # a blocking checkpoint waits for our read transaction
+        self.reader_waiting_for_commits = True  # the reader wants to hear of every new commit
+        self._last_seen: tuple | None = None
+        self._last_uncertain_log = 0.0
+        self.uncertain_since_log = 0
+
+    def observe(self):
+        """Read the wal-index header and remember when each commit boundary was first seen.
+
+        The time is taken *after* the header is read, so every commit the header shows had
+        happened by then: a stamp never precedes its commit.  Thread-safe (the reader calls it
+        around its reads too).
+        """
+        hdr = self.wal_index.header()
+        if hdr is not None:
+            self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
+        return hdr
+
+    def _observe_changed(self) -> bool:
+        """Observe; True when the wal-index shows a commit boundary not seen before."""
+        hdr = self.observe()
+        if hdr is None:
+            return False
+        seen = (hdr.change, hdr.salts, hdr.max_frame)
+        if seen == self._last_seen:
+            return False
+        self._last_seen = seen
+        return True
+
+    def _uncertain(self, bound_us: int) -> None:
+        """A commit first seen by a timed look, or after the thread overslept: its stamp may be
+        late by up to ``bound_us``.  Counted, and logged at most once a minute."""
+        self.stats.uncertain_stamps += 1
+        self.stats.max_stamp_gap_us = max(self.stats.max_stamp_gap_us, bound_us)
+        self.uncertain_since_log += 1
+
+    def _notify(self, checkpointer: bool = False) -> None:
+        with self.cond:
+            if checkpointer:
+                self.checkpointer = True
+                self.cond.notify_all()
+            else:
+                self.new_commits = True
+                if self.reader_waiting_for_commits:
+                    self.cond.notify_all()
+
+    def run(self, stop: threading.Event) -> None:
+        expect_until = 0.0  # the WAL was written but the wal-index showed no new commit yet
+        while not stop.is_set():
+            expecting = expect_until > time.monotonic()
+            started = time.monotonic()
+            if expecting:
+                timeout = EXPECT_POLL
+                self.waker.wait(timeout, changes=False)
+                self.stats.wake_looks += 1
+                woke = False
+            else:
+                timeout = self.probe_interval() if self.pinned() else self.idle_poll
+                woke = self.waker.wait(timeout)
+                if woke:
+                    self.stats.wake_changes += 1
+                else:
+                    self.stats.wake_timeouts += 1
+            overslept_us = 0 if woke else int((time.monotonic() - started - timeout) * 1e6)
+            if stop.is_set():
+                break
+            # Every wake-up looks at the wal-index (an unchanged header costs one pread).  SQLite
+            # writes the frames (inotify wakes us) and only then publishes the commit in the
+            # wal-index (no event): look again shortly until the commit shows up.
+            if self._observe_changed():
+                # The file changes so far belong to this commit: forget them, unless another
+                # write transaction is already under way (then keep looking for its commit).  A
+                # commit published between our look and the drain is caught by looking again.
+                self.waker.drain()
+                while self._observe_changed():
+                    pass
+                expect_until = time.monotonic() + EXPECT_SECONDS if self.wal_index.writer_active() else 0.0
+                if not woke and not expecting:
+                    self.stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
+                    self._uncertain(int(timeout * 1e6) + max(0, overslept_us))
+                elif overslept_us > STAMP_SLACK_US:
+                    self._uncertain(overslept_us + int(timeout * 1e6))
+                self._notify()
+            elif woke:
+                expect_until = time.monotonic() + EXPECT_SECONDS
+            elif not self.inotify:
+                self._notify()  # polling only: let the reader look for itself
+            if self.pinned() and self.wal_index.checkpointer_waiting():
+                self._notify(checkpointer=True)
+            if self.uncertain_since_log and time.monotonic() - self._last_uncertain_log > UNCERTAIN_LOG_SECONDS:
+                log.warning(
+                    "%d commits were first seen more than %.0f ms after the previous look (largest gap %.0f ms): "
+                    "their stamps may be that late (the daemon was starved of CPU or busy)",
+                    self.uncertain_since_log, STAMP_SLACK_US / 1000, self.stats.max_stamp_gap_us / 1000,
+                )
+                self.uncertain_since_log = 0
+                self._last_uncertain_log = time.monotonic()

@@ -1,0 +1,295 @@
+"""The read stage: committed transactions out of the WAL, accounted for, into the spool.
+
+Reads under the pin (engine/sqlite/pin.py) what the observer saw committed, verifies every
+batch against SQLite's commit counter (the wal-index ``iChange``: commits read must equal its
+advance, or history was lost and is reconciled visibly), stamps each transaction with the time
+the observer first saw it, and appends it to the spool.  It never uploads and never decides
+about the pin: it is given the pin, the wal-index, the WAL, the replication state and the spool,
+and the pin policy asks it to read (``tick``/``read_pass``) and whether it is caught up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from ..errors import DaemonError
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord
+from ..sqlite.capture import SnapshotReader
+from ..sqlite.pin import ReadPin
+from ..sqlite.shm import ShmHeader, ShmObserver
+from ..sqlite.walfile import WalFile, WalPosition
+from . import clock
+from .observer import Observations
+from .spool import SpooledTxn, StateDir
+from .state import ReplicationState
+from .stats import ReplicatorStats
+
+log = logging.getLogger("walrewind.shipper")
+
+MASK = 0xFFFFFFFF
+READ_BATCH_BYTES = 8 << 20  # per read pass: bounds the memory of a pass and the stamps' delay
+UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
+
+
+class Reader:
+    def __init__(self, rs: ReplicationState, spool_dir: StateDir, stats: ReplicatorStats, pin: ReadPin,
+                 shm: ShmObserver, wal: WalFile, snapshots: SnapshotReader, observations: Observations,
+                 letting_go: Callable[[], bool]) -> None:
+        self.rs = rs
+        self.state = spool_dir
+        self.stats = stats
+        self.pin = pin
+        self.shm = shm
+        self.wal = wal
+        self.snapshots = snapshots
+        self.observations = observations
+        self.letting_go = letting_go  # the pin policy reads unpinned on purpose (a WAL too big)
+        self.unverified: list = []  # (WalTransaction, stamp) read but not yet vouched for
+        self.last_commit_mono = time.monotonic()
+        self.spooled_through_us = 0  # everything committed before this was spooled
+
+    def caught_up(self, hdr: ShmHeader) -> bool:
+        """No commit SQLite counted that we have not read.
+
+        Usually the wal-index ends exactly at our position.  After a RESTART or TRUNCATE
+        checkpoint with no commit since, it names a new, empty generation (mxFrame 0, new salts)
+        while our position is still the old generation's end: then SQLite's commit counter
+        decides (unchanged since the last commit we verified: nothing new).
+        """
+        pos = self.rs.pos
+        if pos is not None and (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame):
+            return True
+        return hdr.max_frame == 0 and self.rs.anchor is not None and not self.unverified and hdr.change == self.rs.anchor
+
+    def observe(self) -> ShmHeader | None:
+        """Read the wal-index header and remember when each commit boundary was first seen.
+
+        The time is taken *after* the header is read, so every commit the header shows had
+        happened by then: a stamp never precedes its commit.
+        """
+        hdr = self.shm.header()
+        if hdr is not None:
+            self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
+        return hdr
+
+    def read_pass(self) -> int:
+        """One wake-up: read under a pin, or note that SQLite published nothing new.
+
+        Unpinned, the wal-index decides: nothing past our position means nothing to read (and no
+        pin: an idle daemon holds none, and the app's checkpoint after its next commit can then
+        backfill everything, which is what lets the WAL reset).  Anything new: pin *first*, then
+        read.  Reading unpinned left what the read had not reached yet unprotected for as long as
+        the read took: a writer faster than our read could fill the WAL, checkpoint and restart it
+        meanwhile, and the new generation overwrote the old one's unread tail.  (Letting go of a
+        WAL we cannot keep up with reads unpinned on purpose, see engine/pinpolicy.py.)
+        """
+        if not self.pin.active and not self.letting_go():
+            checked_us = clock.now_us()
+            hdr = self.shm.header()
+            if hdr is not None and self.caught_up(hdr) and not self.unverified:
+                if self.rs.anchor is not None and hdr.change == self.rs.anchor:
+                    self.spooled_through_us = checked_us  # as tick() does when it finds nothing
+                return 0
+            self.pin.acquire(self.shm)
+        return self.tick()
+
+    def tick(self) -> int:
+        """One read pass: read new commits, then spool those SQLite's commit counter vouches for.
+
+        Returns how many transactions were read.
+        """
+        before = self.observe()
+        published = (before.salts, before.max_frame) if before is not None else None
+        result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published)
+        if result.generation == "new" and self.unverified and self.rs.verified_pos is not None:
+            # What we read past the last verified commit is gone from the WAL: SQLite never
+            # published it (a writer died between writing its commit frame and updating the
+            # wal-index) and the next writer reused those frames.  Forget it; read again.
+            self.unverified = []
+            self.rs.pos = self.rs.verified_pos
+            result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published)
+        self.observe()  # commits published while we read get a stamp now, not after spooling
+        ts = clock.now_us()
+        if result.transactions:
+            self.last_commit_mono = time.monotonic()
+        for txn in result.transactions:
+            self.unverified.append((txn, self.observations.stamp(txn.end.salt1, txn.end.salt2, txn.end.frame, ts)))
+            self.stats.wal_bytes += txn.frames * (24 + self.rs.page_size)
+        if result.position is not None and result.position.cksum is not None:
+            if result.transactions or result.generation != "empty":
+                self.rs.pos = result.position
+        checked_us = clock.now_us()
+        after = self.shm.header()
+        # The header read *after* the WAL usually matches where we stopped; the one read before
+        # always names a commit boundary we have read past (unless the WAL was reset meanwhile).
+        if not self._verify(after) and not self._verify(before):
+            self._verify_observed()
+        if self.unverified and ts - self.unverified[0][1] > UNVERIFIED_MAX_US:
+            log.warning("commits could not be accounted for in time; reconciling")
+            self.reconcile(late=False)
+        if not self.unverified and after is not None and self.rs.anchor is not None and after.change == self.rs.anchor:
+            # SQLite had counted no commit we have not spooled when ``after`` was read: everything
+            # committed before checked_us is in the spool (what heartbeats vouch for).
+            self.spooled_through_us = checked_us
+        return len(result.transactions)
+
+    def _verify(self, hdr: ShmHeader | None) -> bool:
+        """Spool the read transactions up to ``hdr``'s commit boundary if the counts agree.
+
+        SQLite increments the wal-index ``iChange`` once per commit.  If it advanced by exactly
+        the number of commits we read up to that boundary, nothing was missed; otherwise history
+        was lost and we reconcile.  Returns False when ``hdr`` is no boundary we know.
+        """
+        if hdr is None or self.rs.anchor is None:
+            return False
+        if self.rs.verified_pos is not None and self._matches(hdr, self.rs.verified_pos):
+            count = 0
+        else:
+            count = next((n + 1 for n, (txn, _) in enumerate(self.unverified) if self._matches(hdr, txn.end)), None)
+            if count is None:
+                return False
+        advanced = (hdr.change - self.rs.anchor) & MASK
+        if advanced != count:
+            log.warning("SQLite counted %d commits but %d were read: history was lost; reconciling", advanced, count)
+            self.reconcile(late=False)
+            return True
+        if count:
+            batch, self.unverified = self.unverified[:count], self.unverified[count:]
+            items = [
+                self._emit(txn.pages, txn.db_pages, seen, 0, txn.end, hdr.change if n == count - 1 else None)
+                for n, (txn, seen) in enumerate(batch)
+            ]
+            self.spool(items)
+            self.observe()
+            self.rs.verified_pos = batch[-1][0].end
+        self.rs.anchor = hdr.change
+        return True
+
+    def _verify_observed(self) -> None:
+        """Verify up to the last transaction read whose boundary an observation recorded.
+
+        A read batch that stopped short of the wal-index's end (READ_BATCH_BYTES under a burst)
+        matches neither header of its pass; without this, unverified transactions (with their
+        pages) would pile up in memory until the writer paused.
+        """
+        for txn, _ in reversed(self.unverified):
+            end = txn.end
+            change = self.observations.change_at(end.salt1, end.salt2, end.frame)
+            if change is not None:
+                salts = end.salt1.to_bytes(4, "big") + end.salt2.to_bytes(4, "big")
+                self._verify(ShmHeader(change, end.frame, 0, salts, 0, (), end.page_size))
+                return
+
+    def _emit(self, pages: dict[int, bytes], db_pages: int, ts: int, flags: int, position, change) -> SpooledTxn:
+        ts = max(ts, self.rs.last_ts)  # commit times never run backwards, even if the wall clock does
+        checksum = self.rs.hashes.apply(pages, db_pages)
+        record = TxnRecord(self.rs.next_txid, ts, db_pages, flags, checksum, pages)
+        self.rs.next_txid += 1
+        self.rs.last_ts = ts
+        self.stats.transactions += 1
+        self.stats.last_txid = record.txid
+        self.stats.last_commit_us = ts
+        return SpooledTxn(record, position, ts, change)
+
+    def spool(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
+        # fsynced before the pin is released or handed over (ReadPin's before_release), before a
+        # seal, and at least every FSYNC_SECONDS: see docs/DESIGN.md, "Grouped fsync".
+        self.state.append(items, allow_over_limit, sync=False)
+        self.stats.backlog_bytes = self.state.pending
+
+    def replay_spool(self) -> None:
+        """Rebuild the in-memory state from what is durable: the uploaded point plus the spool.
+
+        Used at start-up and when an append failed (spool full), so the tail continues exactly
+        after the last record that is really on disk.
+        """
+        self.rs.hashes = self.rs.uploaded_hashes.copy()
+        self.rs.pos = self.rs.uploaded_pos
+        self.rs.anchor = self.rs.uploaded_change
+        self.rs.next_txid = self.stats.uploaded_txid + 1
+        self.rs.last_ts = self.stats.uploaded_commit_us
+        self.state.seal()
+        for path in self.state.sealed_files():
+            for item in StateDir.read_file(path, self.rs.page_size):
+                if item.record.txid < self.rs.next_txid:
+                    continue
+                if item.record.txid != self.rs.next_txid:
+                    raise DaemonError(
+                        f"spool file {path}: expected txid {self.rs.next_txid}, found {item.record.txid}; "
+                        "the spool is inconsistent (refusing to ship a history with a hole)"
+                    )
+                self.rs.hashes.apply(item.record.pages, item.record.db_pages)
+                if self.rs.hashes.checksum != item.record.db_checksum:
+                    raise DaemonError(f"spool file {path}: checksum mismatch at txid {item.record.txid}")
+                self.rs.next_txid = item.record.txid + 1
+                self.rs.last_ts = item.record.commit_ts_us
+                if item.position is not None:
+                    self.rs.pos = item.position
+                if item.change is not None:
+                    self.rs.anchor = item.change
+        self.state.remeasure()
+        self.stats.backlog_bytes = self.state.pending
+        self.stats.last_txid = self.rs.next_txid - 1
+        self.stats.last_commit_us = self.rs.last_ts
+        self.rs.verified_pos = self.rs.pos
+        self.unverified = []
+
+    def reconcile(self, late: bool, allow_over_limit: bool = False) -> None:
+        """Bring the replica's state to the live database's, proving continuity or marking a resync.
+
+        Transactions still readable are kept as individual records only when SQLite's commit
+        counter proves none is missing between them; otherwise their changes are folded into one
+        RESYNC record, because a record built on top of a missing commit would describe a state
+        the database never had.
+        """
+        def compare(snap, position, page_size, db_pages, pages):
+            ts = clock.now_us()
+            kept = list(self.unverified)
+            if self.rs.pos is not None:
+                for txn in self.wal.read(self.rs.pos, published=(snap.salts, snap.max_frame)).transactions:
+                    if (txn.end.salt1, txn.end.salt2) == (snap.salt1, snap.salt2) and txn.end.frame > snap.max_frame:
+                        break
+                    kept.append((txn, ts))
+            if kept:
+                last = kept[-1][0].end
+                at_snapshot = (last.salt1, last.salt2, last.frame) == (snap.salt1, snap.salt2, snap.max_frame)
+            else:
+                at_snapshot = self.rs.verified_pos is not None and self._matches(snap, self.rs.verified_pos)
+            proven = self.rs.anchor is not None and at_snapshot and ((snap.change - self.rs.anchor) & MASK) == len(kept)
+            expected = self.rs.hashes.copy()
+            if proven:
+                for txn, _ in kept:
+                    expected.apply(txn.pages, txn.db_pages)
+            diff = {pgno: data for pgno, data in pages() if expected.differs(pgno, data)}
+            resize = db_pages != expected.db_pages
+            return snap, position, db_pages, ts, kept, proven, diff, resize
+
+        # The pin stays: it holds exactly the snapshot we are now positioned at.
+        snap, position, db_pages, ts, kept, proven, diff, resize = self.snapshots.under_snapshot(compare)
+        self.unverified = []
+        items: list[SpooledTxn] = []
+        if proven:
+            flags = FLAG_LATE if late else 0
+            for n, (txn, seen) in enumerate(kept):
+                change = snap.change if n == len(kept) - 1 else None
+                items.append(self._emit(txn.pages, txn.db_pages, ts if late else seen, flags, txn.end, change))
+        elif kept:
+            log.warning("%d transactions cannot be proven complete; folding them into a RESYNC", len(kept))
+        if diff or resize or db_pages != self.rs.hashes.db_pages:
+            log.warning(
+                "history gap detected: %d pages differ from the replica; shipping a RESYNC transaction", len(diff)
+            )
+            items.append(self._emit(diff, db_pages, ts, FLAG_RESYNC, position, snap.change))
+            self.stats.resyncs += 1
+        if items:
+            items[-1].position = position
+            items[-1].change = snap.change
+        self.rs.pos = self.rs.verified_pos = position
+        self.spool(items, allow_over_limit)
+        self.rs.anchor = snap.change
+
+    @staticmethod
+    def _matches(hdr: ShmHeader, pos: WalPosition) -> bool:
+        return (hdr.salt1, hdr.salt2, hdr.max_frame) == (pos.salt1, pos.salt2, pos.frame)
