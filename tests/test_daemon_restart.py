@@ -141,6 +141,13 @@ def test_downtime_while_app_truncates_is_resynced_visibly(tmp_path):
     out = str(tmp_path / "before.db")
     restore(storage, out, target_us=target)
     assert judge(out, result.page_size, txns, txns[0]["checksum"], target).exact
+    # inside the gap the daemon could not observe, a restore says so and does not claim exactness
+    resync = next(r for r in records if r.flags & FLAG_RESYNC)
+    previous = next(r for r in reversed(records) if r.txid < resync.txid)
+    inside = restore(storage, str(tmp_path / "gap.db"), target_us=(previous.commit_ts_us + resync.commit_ts_us) // 2)
+    assert inside.txid == previous.txid and not inside.exact
+    assert any("history gap" in w for w in inside.warnings), inside.warnings
+    assert restore(storage, str(tmp_path / "after-gap.db"), target_us=resync.commit_ts_us).exact
 
 
 def test_second_daemon_on_same_state_dir_is_refused(tmp_path):

@@ -85,6 +85,7 @@ class Outcome:
     segments_read: int
     warnings: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    inexact: bool = False  # see Replay.inexact
 
 
 def storage_failure(storage: Storage, key: str, exc: Exception, last_good: tuple[int, int | None] | None) -> Exception:
@@ -110,6 +111,10 @@ class Replay:
         self.limit: int | None = None  # smallest db_pages from the newest applied record down
         self.expected: int | None = None  # txid the next (older) record to apply must have
         self.warnings: list[str] = []
+        # True when the point restored may not be what the target asked for: the target lies in a
+        # gap the daemon could not observe (RESYNC), or next to a commit time known only as a bound
+        # (LATE).  The result then says "exact": false next to the warning that explains it.
+        self.inexact = False
         self.stages: dict[str, float] = {}
         sizes = replica.sizes
         self.total = sizes.get(plan.snapshot.key, 0) + sum(sizes.get(s.key, 0) for s in plan.segments)
@@ -169,7 +174,7 @@ class Replay:
                 self.sink.close()
         assert self.sink is not None and self.final is not None
         return Outcome(self.final, self.sink.checksum, self.sink.page_size, header.get("db_id"),
-                       self.sink.pages_written, segments_read, self.warnings, self.stages)
+                       self.sink.pages_written, segments_read, self.warnings, self.stages, self.inexact)
 
     # ------------------------------------------------------------------------------ segments
     def _segments(self, fetcher: SegmentFetcher) -> int:
@@ -321,17 +326,21 @@ class Replay:
         if self.target_us is not None and self.first_past is not None:
             past, previous = self.first_past, final.commit_us
             if past.flags & FLAG_RESYNC:
+                self.inexact = True
                 self.warnings.append(
                     f"the replica has no record of changes between {format_us(previous)} and "
                     f"{format_us(past.commit_ts_us)} (history gap, repaired by a resync at txid {past.txid}); "
                     "restored the last point before the gap")
             elif past.flags & FLAG_LATE:
+                self.inexact = True
                 self.warnings.append(
                     f"transaction {past.txid} was read after a daemon restart: it committed between "
                     f"{format_us(previous)} and {format_us(past.commit_ts_us)}, so the target may be missing it")
         if self.target_txid is not None and plan.exact and final.txid != self.target_txid:
             raise RestoreError(f"transaction {self.target_txid} was not found in {self.storage.url} "
                                f"(history ends at {final.txid})")
+        if final.flags & FLAG_LATE and self.target_us is not None:
+            self.inexact = True
         if final.flags & FLAG_LATE:
             self.warnings.append(f"transaction {final.txid} was read after a daemon restart; its commit time is "
                                  f"known only as 'at or before {format_us(final.commit_us)}'")

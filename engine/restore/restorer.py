@@ -54,7 +54,9 @@ class RestoreResult:
     segments_read: int
     notes: list[str]
     warnings: list[str]
-    exact: bool = True  # False: restored a kept snapshot from before the transaction-exact window
+    # False: a kept snapshot from before the transaction-exact window was restored, or the target
+    # lies in a gap the daemon could not observe (a warning says which)
+    exact: bool = True
     check: str = "quick"
     db_id: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # damaged snapshot key -> why it was skipped
@@ -180,6 +182,6 @@ def _restore_plan(storage: Storage, replica: Replica, plan: RestorePlan, out_pat
     return RestoreResult(
         out_path, point.txid, point.commit_us, point.db_pages, outcome.page_size, point.checksum, verdict,
         time.monotonic() - started, outcome.pages_written * outcome.page_size, outcome.segments_read,
-        plan.notes, outcome.warnings, exact=plan.exact, check=check, db_id=outcome.db_id,
+        plan.notes, outcome.warnings, exact=plan.exact and not outcome.inexact, check=check, db_id=outcome.db_id,
         stage_seconds={k: round(v, 4) for k, v in outcome.stage_seconds.items()},
     )
