@@ -54,11 +54,13 @@ class Probe:
     commit_us: int
     changed: bool
     records_applied: int  # to reach this state from the previous lower end
-    seconds: float
+    seconds: float  # moving the working copy plus the query
+    query_seconds: float
 
     def to_json(self) -> dict:
         return {"txid": self.txid, "committed_at": format_us(self.commit_us), "changed": self.changed,
-                "records_applied": self.records_applied, "seconds": round(self.seconds, 4)}
+                "records_applied": self.records_applied, "seconds": round(self.seconds, 4),
+                "query_seconds": round(self.query_seconds, 4)}
 
 
 @dataclass
@@ -72,6 +74,7 @@ class BisectOutcome:
     probes: list[Probe] = field(default_factory=list)
     seconds: float = 0.0
     restore_seconds: float = 0.0
+    query_seconds: float = 0.0  # every run of the query, the one at ``since`` included
     downloads: int = 0  # segment objects fetched from the replica during the search
     warnings: list[str] = field(default_factory=list)
 
@@ -97,6 +100,7 @@ class BisectOutcome:
             "probe_log": [p.to_json() for p in self.probes],
             "seconds": round(self.seconds, 3),
             "restore_seconds": round(self.restore_seconds, 3),
+            "query_seconds": round(self.query_seconds, 3),
             "segments_downloaded": self.downloads,
             "notes": r.notes,
             "warnings": self.warnings,
@@ -165,7 +169,9 @@ def _search(storage: Storage, replica: Replica, cache: SegmentCache, found: Sear
                                      os.path.join(tmp, "undo.pages"))
     outcome = BisectOutcome(found, QueryResult(()), restore_seconds=time.monotonic() - mark)
     try:
+        mark = time.monotonic()
         outcome.before = before = run_query(path, query)
+        outcome.query_seconds = time.monotonic() - mark
         if before.error is not None:
             raise QueryFailed(
                 f"the query fails on the database as of txid {found.since_txid} ({format_us(found.since_us)}), where "
@@ -194,9 +200,12 @@ def _probe_loop(copy: WorkingCopy, cache: SegmentCache, found: SearchRange, quer
         applied = copy.advance(cache.records(copy.txid + 1, mid))
         if on_probe is not None:
             on_probe(mid, copy.path)
+        asked = time.monotonic()
         result = run_query(copy.path, query)
+        done = time.monotonic()
+        outcome.query_seconds += done - asked
         changed = not result.same_as(outcome.before)
-        outcome.probes.append(Probe(mid, copy.commit_us, changed, applied, time.monotonic() - mark))
+        outcome.probes.append(Probe(mid, copy.commit_us, changed, applied, done - mark, done - asked))
         if not changed:
             copy.commit()
             lo, lo_us = mid, copy.commit_us
