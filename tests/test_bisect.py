@@ -319,6 +319,36 @@ def test_history_gap_and_usage_errors(synthetic, tmp_path):
     assert os.listdir(tmp_path) == ["synthetic"], "nothing is left in the work directory"
 
 
+def test_a_search_stays_in_one_generation(tmp_path):
+    """A daemon that lost its local state starts a new generation (a break in history): the
+    default search covers the newest one and says so; a range across the break is refused,
+    naming it; the older generation can be searched on its own."""
+    db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    app = App(db)
+    app.sql(seed_sql(10))
+    for state in ("state-a", "state-b"):  # the second daemon has no saved state: a new generation
+        with DaemonThread(db, replica, str(tmp_path / state), upload_interval=0.05) as shipper:
+            stats = shipper.stats
+            target = stats.last_txid + 3  # the snapshot's txid + one per commit
+            if state == "state-b":
+                app.sql("DELETE FROM t WHERE id % 2 = 0")
+                target += 1
+            for i in range(3):
+                app.sql(f"INSERT INTO u(k) VALUES ({i})")
+            wait_for(lambda: stats.uploaded_txid >= target, what=f"txid {target} to be uploaded")
+    app.quit()
+    old, new = Replica(open_storage(replica, create=False)).generations
+    run = invoke(replica, "-q", COUNT, "--json")
+    assert run.exit_code == 0, run.output
+    out = json.loads(run.stdout)
+    assert out["txid"] == new.first_txid + 1 and out["since"]["txid"] == new.first_txid
+    assert out["generation"] == new.id and "generation" in out["notes"][0]
+    across = invoke(replica, "-q", COUNT, "--since-txid", str(old.first_txid))
+    assert across.exit_code == 2 and "different generations" in across.stderr and format_us(new.start_us) in across.stderr
+    older = invoke(replica, "-q", "SELECT count(*) FROM u", "--until-txid", str(old.last_txid), "--json")
+    assert older.exit_code == 0 and json.loads(older.stdout)["txid"] == old.first_txid + 1
+
+
 # ---------------------------------------------------------------------------------------- RESYNC
 def start_daemon(db: str, replica: str, state: str) -> subprocess.Popen:
     return subprocess.Popen(
