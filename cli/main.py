@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("db_cmd:db_group", "Named databases: create/show/list/shell/destroy."),
     "history": ("history_cmd:history_command", "The recovery log: who restored what, when, and why."),
     "diff": ("diff_cmd:diff_command", "Rows deleted/added/changed in a table between two databases."),
+    "bisect": ("bisect_cmd:bisect_command", "Find the transaction that changed a query's result (binary search)."),
     "timeline": ("timeline_cmd:timeline_command", "Transactions and pages changed per minute/hour."),
     "verify": ("verify_cmd:verify_command", "Restore drills: prove the replica restores, PASSED/FAILED."),
     "snapshot": ("verify_cmd:snapshot_command", "Write a new base snapshot built from the replica itself."),
@@ -64,6 +65,7 @@ def cli(ctx, config_file):
                     walrewind db create NEW --from-db app --timestamp T
                     walrewind db list | db show | db shell | db destroy
                     walrewind timeline app | diff NEW --from-db app --table T | history
+                    walrewind bisect app --query "SELECT count(*) FROM t"   (which txid changed it)
     Drills:         walrewind verify app --random 5        (restore, checksum, integrity_check)
     Retention:      walrewind prune app --dry-run          (what the daemon deletes hourly)
 

@@ -46,6 +46,10 @@ class OutputExists(UsageError):
     """The restore's output file exists (pass --force to replace it) or cannot be created there."""
 
 
+class QueryFailed(UsageError):
+    """A query given to ``bisect`` cannot be parsed, or fails where the search starts (the message says where)."""
+
+
 class ConfigError(WalrewindError):
     """The configuration file is missing, malformed, or names something invalid."""
 

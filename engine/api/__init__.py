@@ -3,6 +3,8 @@
     import walrewind
     result = walrewind.restore("prod", "/tmp/before.db", timestamp="2024-01-15T10:29:00Z")
     print(result.txid, result.committed_at, result.checksum)
+    found = walrewind.bisect("prod", "SELECT sum(amount) FROM ledger", since="2 hours ago")
+    print(found.txid, found.committed_at, found.before, found.after)
 
 ``source`` is a configured database name (the config file found the way the CLI finds it, or
 ``config=PATH``) or a replica URL/path; a configured name wins.  Every error is a
@@ -20,6 +22,7 @@ from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the A
     HistoryGap,
     ObjectCorrupt,
     OutputExists,
+    QueryFailed,
     ReplicaEmpty,
     RestoreError,
     StorageError,
@@ -31,10 +34,10 @@ from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the A
     WalrewindError,
 )
 
-from .calls import RestoreResult, Window, restore, window  # noqa: F401
+from .calls import BisectResult, RestoreResult, Window, bisect, restore, window  # noqa: F401
 
 __all__ = [
-    "restore", "window", "RestoreResult", "Window",
+    "restore", "window", "bisect", "RestoreResult", "Window", "BisectResult", "QueryFailed",
     "WalrewindError", "UsageError", "TimestampError", "TargetTooOld", "UnknownSource", "ConfigError",
     "RestoreError", "ReplicaEmpty", "HistoryGap", "VerificationFailed", "OutputExists", "ObjectCorrupt",
     "StorageError", "DaemonError",

@@ -32,6 +32,31 @@ class Window:
     holes: list[tuple[int, int]]  # missing transactions, as (first, last) txid ranges
 
 
+@dataclass(frozen=True)
+class BisectResult:
+    """Which transaction changed a query's result (``changed`` False: none in the range did).
+
+    ``before`` is the result at the start (rows as tuples); ``after`` the result right after
+    transaction ``txid``, or None with ``after_error`` set when the query failed there (a table
+    dropped).  ``since_txid``/``until_txid`` are the range searched, ``probes`` the states queried.
+    """
+
+    changed: bool
+    txid: int | None
+    committed_at: datetime | None  # aware, UTC, microsecond precision
+    before: list[tuple]
+    after: list[tuple] | None
+    after_error: str | None
+    since_txid: int
+    since_at: datetime
+    until_txid: int
+    until_at: datetime
+    probes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 def _dt(us: int | None) -> datetime | None:
     if us is None:
         return None
@@ -92,3 +117,41 @@ def window(source: str, *, config: str | os.PathLike | None = None) -> Window:
     return Window(_dt(replica.earliest_us()), _dt(exact[1].ts_us) if exact else None,
                   _dt(latest[1]) if latest else None, latest[0] if latest else None, _dt(complete),
                   [h for g in replica.generations for h in g.holes])
+
+
+def bisect(
+    source: str,
+    query: str,
+    *,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    since_txid: int | None = None,
+    until_txid: int | None = None,
+    config: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+) -> BisectResult:
+    """The first transaction in (since, until] after which ``query``'s result differs from its
+    result at ``since`` (default: the start of the transaction-exact window; ``until``: the newest
+    transaction).  Bounds are moments (text as the CLI takes it, or a datetime; naive means UTC) or
+    transaction ids.  O(log n) probes on one working copy moved by whole, checksum-verified
+    transactions; it lives in ``work_dir`` (default: the temporary directory) and is removed after."""
+    from walrewind.engine.restore.bisect import bisect as run_bisect
+    from walrewind.engine.workspace.recovery import parse_target
+
+    src, _loaded = _source(source, config)
+    since_text, until_text = _timestamp_text(since), _timestamp_text(until)
+    outcome = run_bisect(
+        src.storage(), query,
+        since_us=parse_target(since_text) if since_text is not None else None, since_txid=since_txid,
+        until_us=parse_target(until_text) if until_text is not None else None, until_txid=until_txid,
+        work_dir=os.fspath(work_dir) if work_dir is not None else None,
+    )
+    r = outcome.range
+    after = outcome.after
+    return BisectResult(
+        outcome.changed, outcome.txid, _dt(outcome.commit_us), list(outcome.before.rows or ()),
+        list(after.rows) if after is not None and after.rows is not None else None,
+        after.error if after is not None else None,
+        r.since_txid, _dt(r.since_us), r.until_txid, _dt(r.until_us),  # type: ignore[arg-type]
+        len(outcome.probes), outcome.seconds, list(r.notes), list(outcome.warnings),
+    )

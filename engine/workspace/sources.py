@@ -2,7 +2,7 @@
 
 A source is typed as a configured database name (``app``) or as a replica location
 (``file:///backups/app``, ``s3://bucket/prefix?endpoint=...``, or a plain directory path).  The
-rule, the same for ``restore``, ``ls``, ``verify``, ``prune``, ``compact``, ``snapshot``,
+rule, the same for ``restore``, ``ls``, ``verify``, ``prune``, ``compact``, ``snapshot``, ``bisect``,
 ``timeline`` and ``db create --from-db``:
 
 1. a name configured in the config file wins (so ``app`` never silently means ``./app``);
