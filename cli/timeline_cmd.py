@@ -9,7 +9,14 @@ from ..engine.replica.format import FLAG_LATE, FLAG_RESYNC
 from ..engine.restore.planning import window_text
 from ..engine.timeparse import format_us
 from ..engine.workspace.recovery import parse_target
-from ..engine.workspace.timeline import BUCKETS_US, Gap, build_timeline, transactions
+from ..engine.workspace.timeline import (
+    BUCKETS_US,
+    Gap,
+    build_timeline,
+    name_tables,
+    tables_as_of,
+    transactions,
+)
 from .common import config_option, emit_json, friendly, get_source, make_progress, table
 
 BAR_WIDTH = 40
@@ -31,10 +38,13 @@ def _label(us: int, by: str) -> str:
               show_default=True, help="Bucket size, or 'transaction' for one row per transaction.")
 @click.option("--since", help="Only from this moment (same forms as --timestamp).")
 @click.option("--until", help="Only up to this moment.")
+@click.option("--tables", is_flag=True,
+              help="With --by transaction: name the tables each transaction touched (restores the last one of "
+              "the range once, verified, to see which table owns each page).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
 @friendly
-def timeline_command(src, by, since, until, as_json):
+def timeline_command(src, by, since, until, tables, as_json):
     """Show transactions and pages changed per minute (or hour, ...) across SRC's restorable window.
 
     SRC is a configured database name or a replica URL/path (a configured name wins).  A spike in pages changed is
@@ -54,18 +64,23 @@ def timeline_command(src, by, since, until, as_json):
     window = window_text(replica)
     if by == "transaction":
         rows = transactions(replica, since_us, until_us, progress)
+        if tables and rows:
+            name_tables(rows, tables_as_of(replica, rows[-1].txid))
         if as_json:
             emit_json({"source": name, "replica": replica.storage.url, "window": window, "by": by, "transactions": [
                 {"txid": t.txid, "commit_time": format_us(t.commit_us), "pages": t.pages, "db_pages": t.db_pages,
-                 "resync": bool(t.flags & FLAG_RESYNC), "late": bool(t.flags & FLAG_LATE)} for t in rows]})
+                 "resync": bool(t.flags & FLAG_RESYNC), "late": bool(t.flags & FLAG_LATE),
+                 **({"tables": list(t.tables)} if tables else {})} for t in rows]})
             return
         click.echo(f"{name}: {replica.storage.url}, restorable {window}")
         holes = [h for g in replica.generations for h in g.holes]
         top = max((t.pages for t in rows), default=0) or 1
+        extra = (lambda t: [", ".join(t.tables)]) if tables else (lambda t: [])
         click.echo(table(
             [[str(t.txid), format_us(t.commit_us), str(t.pages), str(t.db_pages), _bar(t.pages, top),
-              _flags(t.flags)] for t in rows],
-            ["TXID", "COMMITTED (UTC)", "PAGES", "DB PAGES", "PAGES CHANGED", "NOTE"], right={0, 2, 3}))
+              _flags(t.flags), *extra(t)] for t in rows],
+            ["TXID", "COMMITTED (UTC)", "PAGES", "DB PAGES", "PAGES CHANGED", "NOTE"] + (["TABLES"] if tables else []),
+            right={0, 2, 3}))
         _print_missing(holes, [])
         return
     gaps: list[Gap] = []

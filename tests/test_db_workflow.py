@@ -371,6 +371,11 @@ def test_timeline_shows_when_the_delete_happened(world):
                             "--until", format_us(w.marks["before_migration"]), "--json").stdout)["transactions"]
     assert len(txns) == 2  # the DELETE and the inserts after it
     assert txns[0]["pages"] >= 1 and txns[0]["commit_time"] >= format_us(w.marks["delete_begin"])
+    named = json.loads(w.cli("timeline", "app", "--by", "transaction", "--since", format_us(w.marks["delete_begin"]),
+                             "--until", format_us(w.marks["before_migration"]), "--tables", "--json").stdout)
+    assert "customers" in named["transactions"][0]["tables"]  # the DELETE touched the customers table
+    human = w.cli("timeline", "app", "--by", "transaction", "--since", format_us(w.marks["delete_begin"]), "--tables")
+    assert human.exit_code == 0 and "TABLES" in human.output and "customers" in human.output
     human = w.cli("timeline", "app")
     assert human.exit_code == 0 and "MINUTE (UTC)" in human.output and "snapshot" in human.output
     by_url = CliRunner().invoke(cli, ["timeline", w.replicas + "/app", "--by", "hour"])  # no config needed

@@ -27,7 +27,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..errors import HistoryGap, ObjectCorrupt, ObjectNotFound, RestoreError, StorageError
+from ..errors import (
+    HistoryGap,
+    ObjectCorrupt,
+    ObjectNotFound,
+    RestoreError,
+    StorageError,
+)
 from ..replica import layout
 from ..replica.format import SEGMENT_MAGIC, RecordRef, open_envelope, unpack_segment
 from ..replica.index import Generation, Replica

@@ -7,11 +7,15 @@ usually the bad ``DELETE`` or migration a user is looking for before choosing ``
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
 from ..replica.format import FLAG_LATE, FLAG_RESYNC
 from ..replica.index import Replica
+from ..restore.restorer import restore
+from ..sqlite.dbinfo import open_readonly
 
 BUCKETS_US = {
     "second": 1_000_000,
@@ -102,7 +106,8 @@ class TxnSummary:
     pages: int
     db_pages: int
     flags: int
-
+    page_numbers: tuple[int, ...] = ()
+    tables: tuple[str, ...] = ()  # filled by ``name_tables``
 
 def transactions(
     replica: Replica, since_us: int | None = None, until_us: int | None = None,
@@ -118,7 +123,39 @@ def transactions(
         _header, records = replica.load_segment(seg)
         for rec in records:
             if (since_us is None or rec.commit_ts_us >= since_us) and (until_us is None or rec.commit_ts_us <= until_us):
-                out.append(TxnSummary(rec.txid, rec.commit_ts_us, len(rec.pages), rec.db_pages, rec.flags))
+                out.append(TxnSummary(rec.txid, rec.commit_ts_us, len(rec.pages), rec.db_pages, rec.flags,
+                                      tuple(sorted(rec.pages))))
         if progress:
             progress("segments", n, len(segments))
     return out
+
+
+FREE = "(free pages)"
+
+
+def page_owners(db_path: str) -> dict[int, str]:
+    """Page number -> the table a page belongs to (an index's, overflow or interior pages count
+    for their table), from SQLite's dbstat of one database file."""
+    conn = open_readonly(db_path)
+    try:
+        table_of = {name: tbl for name, tbl in conn.execute("SELECT name, tbl_name FROM sqlite_schema")}
+        table_of["sqlite_schema"] = "sqlite_schema"
+        return {pgno: table_of.get(name, name) for name, pgno in conn.execute("SELECT name, pageno FROM dbstat")}
+    finally:
+        conn.close()
+
+
+def name_tables(rows: list[TxnSummary], owners: dict[int, str]) -> None:
+    """Which tables each transaction touched, judged by who owns its pages in the database the
+    owners were read from (a page that changed owners in between is attributed to the later one;
+    a page nothing owns there is counted as free)."""
+    for row in rows:
+        row.tables = tuple(sorted({owners.get(pgno, FREE) for pgno in row.page_numbers}))
+
+
+def tables_as_of(replica: Replica, txid: int, workdir: str | None = None) -> dict[int, str]:
+    """``page_owners`` of the database restored (verified) at ``txid`` into a temporary file."""
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="walrewind-timeline-") as tmp:
+        path = os.path.join(tmp, "at.db")
+        restore(replica.storage, path, target_txid=txid, replica=replica, check="none")
+        return page_owners(path)
