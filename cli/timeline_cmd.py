@@ -10,7 +10,7 @@ from ..engine.restore.planning import window_text
 from ..engine.timeparse import format_us
 from ..engine.workspace.recovery import parse_target
 from ..engine.workspace.timeline import BUCKETS_US, Gap, build_timeline, transactions
-from .common import config_option, emit_json, friendly, get_source, make_progress, table
+from .common import config_option, emit_json, friendly, get_source, key_option, make_progress, table
 
 BAR_WIDTH = 40
 _LABEL_LEN = {"second": 19, "minute": 16, "hour": 13, "day": 10}
@@ -33,6 +33,7 @@ def _label(us: int, by: str) -> str:
 @click.option("--until", help="Only up to this moment.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
+@key_option
 @friendly
 def timeline_command(src, by, since, until, as_json):
     """Show transactions and pages changed per minute (or hour, ...) across SRC's restorable window.

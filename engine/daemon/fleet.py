@@ -34,7 +34,7 @@ from typing import Callable
 from ..errors import ConfigError, WalrewindError
 from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
-from ..storage import open_storage
+from ..storage import check_replica_encryption, open_storage
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
 from .health import HealthFile
@@ -67,7 +67,11 @@ class Outcome:
 def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
     """A replicator for ``db`` with every setting taken from its configuration."""
     check_replicable(db.path)  # before anything (replica directory, state directory) is created
-    storage = open_storage(db.replica)
+    keyring = db.keyring()
+    storage = open_storage(db.replica, keyring=keyring)
+    note = check_replica_encryption(storage, keyring)  # refuses a key mismatch before anything is written
+    if note:
+        log.warning("%s", note)  # TODO(lead): the replicator must start a new generation here
     return Shipper(
         db.path, storage,
         state_dir=db.state_dir,
