@@ -13,9 +13,11 @@ import base64
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import uuid
+from urllib.parse import quote
 
 import pytest
 import zstandard
@@ -139,10 +141,43 @@ def replicate_and_restore(tmp_path, url: str, env: dict) -> None:
         assert "Error:" in res.stderr and "key id " + key_id in res.stderr, (label, res.stderr)
         assert "Traceback" not in res.stderr
         assert not os.path.exists(bad_out) and not any(p.startswith(f".{label}.db") for p in os.listdir(tmp_path))
-        everything = res.stdout + res.stderr
-        assert open(good).read().strip() not in everything and FAKE_SECRET not in everything
+        said += res.stdout + res.stderr
     ls = cli(["ls", url, "--check", "--json", "--encryption-key-file", good], tmp_path, env)
     assert ls.returncode == 0 and json.loads(ls.stdout)["check"]["ok"], ls.stdout + ls.stderr
+    said += snap.stdout + snap.stderr + ls.stdout + ls.stderr
+    said += every_command_through_a_config(tmp_path, url, good, env)
+    secrets = [open(good).read().strip(), open(wrong).read().strip(), FAKE_SECRET, quote(FAKE_SECRET, safe="")]
+    assert not [s for s in secrets if s in said]
+    for dirpath, _dirs, files in os.walk(tmp_path):  # state, health, catalog, history, restored copies
+        for name in files:
+            if not name.endswith((".key", ".toml")):  # where the test put them
+                data = open(os.path.join(dirpath, name), "rb").read()
+                assert not [s for s in secrets if s.encode() in data], os.path.join(dirpath, name)
+
+
+def every_command_through_a_config(tmp_path, url: str, key: str, env: dict) -> str:
+    """Each command that opens the replica, by a configured name whose config holds the key file and
+    the URL (with its credentials, for S3): everything they print, for the secrets check."""
+    (tmp_path / "walrewind.toml").write_text(
+        f'data_dir = "data"\n[databases.app]\npath = "app.db"\nreplica = "{url}"\n'
+        f'encryption_key_file = "{os.path.basename(key)}"\nstate_dir = "state"\n')
+    out = ""
+    for args in (["db", "create", "copy", "--from-db", "app", "--json"], ["db", "show", "app", "--json"],
+                 ["db", "show", "copy", "--json"], ["history", "--json"], ["timeline", "app", "--json"],
+                 ["verify", "app", "--json"], ["prune", "app", "--dry-run", "--json"],
+                 ["compact", "app", "--dry-run", "--json"], ["rekey", "app", "--dry-run", "--json"],
+                 ["ls", "app", "--json"], ["restore", "app", "-o", "via-config.db", "--json"]):
+        res = cli(args, tmp_path, env)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        out += res.stdout + res.stderr
+    assert rows(str(tmp_path / "data" / "databases" / "copy.db")) == rows(str(tmp_path / "app.db"))
+    for path, mode in (("state", 0o700), ("data", 0o700), ("data/catalog.db", 0o600)):  # docs/SECURITY.md
+        assert stat.S_IMODE(os.stat(tmp_path / path).st_mode) == mode, path
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key: " + FAKE_SECRET + "\n")
+    res = cli(["restore", "app", "-o", "x.db", "--encryption-key-file", str(bad)], tmp_path, env)
+    assert res.returncode == 1 and "bad.key line 1: not a base64" in res.stderr
+    return out + res.stdout + res.stderr
 
 
 def test_local_replica_holds_no_plaintext_and_restores_only_with_the_key(tmp_path):
@@ -153,10 +188,10 @@ def test_local_replica_holds_no_plaintext_and_restores_only_with_the_key(tmp_pat
 
 @pytest.mark.s3
 def test_s3_replica_holds_no_plaintext_and_restores_only_with_the_key(tmp_path, seaweed_s3):
-    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg"), AWS_ACCESS_KEY_ID="AKIAFAKEACCESSKEY",
-               AWS_SECRET_ACCESS_KEY=FAKE_SECRET)
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg"))
     env.pop("WALREWIND_ENCRYPTION_KEY", None)
-    replicate_and_restore(tmp_path, seaweed_s3.url(f"enc/{uuid.uuid4().hex}"), env)
+    url = seaweed_s3.url(f"enc/{uuid.uuid4().hex}").replace("s3://", f"s3://AKIAFAKE:{quote(FAKE_SECRET, safe='')}@", 1)
+    replicate_and_restore(tmp_path, url, env)
 
 
 def test_the_scan_finds_plaintext_in_an_unencrypted_replica(tmp_path):

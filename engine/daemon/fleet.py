@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ConfigError, WalrewindError
+from ..fsutil import private_dir
 from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
 from ..storage import check_replica_encryption, open_storage
@@ -40,6 +41,7 @@ from ..workspace.sqld import namespace_id
 from .health import HealthFile
 from .namespaces import NamespaceWatcher, prepare_state_dir
 from .replicator import Shipper
+from .spool import default_state_dir
 
 log = logging.getLogger("walrewind.fleet")
 
@@ -67,6 +69,7 @@ class Outcome:
 def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
     """A replicator for ``db`` with every setting taken from its configuration."""
     check_replicable(db.path)  # before anything (replica directory, state directory) is created
+    private_dir(db.state_dir or default_state_dir(db.path), tighten=True)  # 0700: it holds database pages
     keyring = db.keyring()
     storage = open_storage(db.replica, keyring=keyring)
     note = check_replica_encryption(storage, keyring)  # refuses a key mismatch before anything is written
