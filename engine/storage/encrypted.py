@@ -170,7 +170,10 @@ class EncryptedStorage(Storage):
             else:
                 out.append(opener.chunk_either(index, piece))
         skip = start - first * size
-        return b"".join(out)[skip:skip + length]
+        if skip == 0 and len(out) == 1 and len(out[0]) <= length:
+            return out[0]
+        joined = b"".join(out)
+        return joined if skip == 0 and len(joined) <= length else joined[skip:skip + length]
 
     def get_to_file(self, key: str, path: str) -> int:
         entry = self._header(key)

@@ -75,10 +75,6 @@ class Header:
             raise ObjectCorrupt(f"{where}: encrypted object header is damaged (chunk shift {shift}, flags {flags})")
         return cls(bytes(head[:HEADER_SIZE]), version, 1 << shift, key_id.hex(), prefix)
 
-    def chunk_span(self, index: int) -> int:
-        """Stored bytes of one full chunk."""
-        return self.chunk + TAG
-
 
 def key_for(keyring: Keyring | None, key_id: str, where: str) -> MasterKey:
     """The master key with ``key_id``, or an EncryptionKeyError naming it (and never a key)."""
@@ -117,7 +113,7 @@ class Opener:
     def chunk(self, index: int, sealed: bytes | memoryview, last: bool) -> bytes:
         aad = self.header.raw + _AAD_TAIL.pack(index, last) + self.name
         try:
-            return self.aead.decrypt(self.header.nonce_prefix + index.to_bytes(4, "big"), bytes(sealed), aad)
+            return self.aead.decrypt(self.header.nonce_prefix + index.to_bytes(4, "big"), sealed, aad)
         except InvalidTag:
             raise ObjectCorrupt(
                 f"{self.where}: chunk {index} does not authenticate under key id {self.header.key_id} "
