@@ -145,6 +145,10 @@ def replicate_and_restore(tmp_path, url: str, env: dict) -> None:
     ls = cli(["ls", url, "--check", "--json", "--encryption-key-file", good], tmp_path, env)
     assert ls.returncode == 0 and json.loads(ls.stdout)["check"]["ok"], ls.stdout + ls.stderr
     said += snap.stdout + snap.stderr + ls.stdout + ls.stderr
+    keyless = cli(["replicate", db, url, "--state-dir", str(tmp_path / "state2")],
+                  tmp_path, {k: v for k, v in env.items() if k != "WALREWIND_ENCRYPTION_KEY"})
+    assert keyless.returncode == 1 and f"is encrypted (key ids {key_id})" in keyless.stderr, keyless.stderr
+    said += keyless.stdout + keyless.stderr
     said += every_command_through_a_config(tmp_path, url, good, env)
     secrets = [open(good).read().strip(), open(wrong).read().strip(), FAKE_SECRET, quote(FAKE_SECRET, safe="")]
     assert not [s for s in secrets if s in said]

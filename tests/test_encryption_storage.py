@@ -226,3 +226,26 @@ def test_keys_files_environment_and_ids(tmp_path):
         load_keyring(environ={"WALREWIND_ENCRYPTION_KEY": base64.b64encode(b"x" * 16).decode()})
     with pytest.raises(EncryptionKeyError, match="cannot read"):
         load_keyring([str(tmp_path / "missing")], environ={})
+
+
+def test_config_encryption_key_file_per_database_and_for_sqld(tmp_path, monkeypatch):
+    monkeypatch.delenv("WALREWIND_ENCRYPTION_KEY", raising=False)
+    from walrewind.engine.errors import ConfigError
+    from walrewind.engine.workspace.config import load_config
+    from walrewind.engine.workspace.sources import resolve_source
+
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    k1.write_text(fixed_key(1) + "\n")
+    k2.write_text(fixed_key(2) + "\n")
+    cfg = tmp_path / "walrewind.toml"
+    cfg.write_text('[databases.app]\npath = "app.db"\nreplica = "r/app"\nencryption_key_file = "k1"\n'
+                   '[sqld]\ndata_dir = "sqld"\nreplica = "r/sqld"\nencryption_key_file = ["k2", "k1"]\n')
+    config = load_config(str(cfg))
+    assert config.databases["app"].encryption_key_files == (str(k1),)
+    assert config.sqld.namespace("ns").keyring(environ={}).ids == [ring.current.key_id for ring in (
+        keyring(fixed_key(2)), keyring(fixed_key(1)))]
+    src = resolve_source("app", config, key_files=(str(k2),))  # --encryption-key-file writes first
+    assert src.keyring().ids == [keyring(fixed_key(2)).current.key_id, keyring(fixed_key(1)).current.key_id]
+    cfg.write_text('[databases.app]\npath = "app.db"\nreplica = "r/app"\nencryption_key_file = 7\n')
+    with pytest.raises(ConfigError, match="encryption_key_file must be a file path"):
+        load_config(str(cfg))
