@@ -34,6 +34,7 @@ TAG = 16
 _HEADER = struct.Struct("<4sHBB8s8s")
 HEADER_SIZE = _HEADER.size  # 24
 _AAD_TAIL = struct.Struct("<IB")
+DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
 KEY_HINT = f"give it with --encryption-key-file FILE, encryption_key_file in the config, or {ENV_VAR}"
 
 
@@ -114,6 +115,22 @@ class Opener:
         aad = self.header.raw + _AAD_TAIL.pack(index, last) + self.name
         try:
             return self.aead.decrypt(self.header.nonce_prefix + index.to_bytes(4, "big"), sealed, aad)
+        except InvalidTag:
+            raise ObjectCorrupt(
+                f"{self.where}: chunk {index} does not authenticate under key id {self.header.key_id} "
+                "(the object was damaged, cut short, renamed or swapped for another)") from None
+
+    def chunk_into(self, index: int, sealed: memoryview, last: bool | None, out: memoryview) -> None:
+        """Decrypt into ``out`` (``len(sealed) - TAG`` bytes): no intermediate copy (cryptography >= 46).
+        ``last=None``: a full chunk read without knowing whether the object goes on after it."""
+        if last is None:
+            try:
+                return self.chunk_into(index, sealed, False, out)
+            except ObjectCorrupt:
+                return self.chunk_into(index, sealed, True, out)
+        aad = self.header.raw + _AAD_TAIL.pack(index, last) + self.name
+        try:
+            self.aead.decrypt_into(self.header.nonce_prefix + index.to_bytes(4, "big"), sealed, aad, out)
         except InvalidTag:
             raise ObjectCorrupt(
                 f"{self.where}: chunk {index} does not authenticate under key id {self.header.key_id} "
