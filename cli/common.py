@@ -73,6 +73,33 @@ def config_option(func):
     )(func)
 
 
+def _store_key_files(ctx: click.Context, _param, value):
+    if value:
+        obj = ctx.find_root().ensure_object(dict)
+        obj["key_files"] = tuple(obj.get("key_files", ())) + tuple(value)
+    return value
+
+
+KEY_HELP = ("File holding an encryption key (base64, one per line; repeatable). The first key found writes, all "
+            "of them read. Also: encryption_key_file in the config, WALREWIND_ENCRYPTION_KEY "
+            "(after this option, in that order). `walrewind keygen` makes one.")
+
+
+def key_option(func):
+    """``--encryption-key-file FILE`` (repeatable) for every command that opens a replica."""
+    return click.option(
+        "--encryption-key-file", "key_files", type=click.Path(dir_okay=False), multiple=True, expose_value=False,
+        callback=_store_key_files, metavar="FILE", help=KEY_HELP,
+    )(func)
+
+
+def key_files() -> tuple[str, ...]:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return ()
+    return tuple((ctx.find_root().obj or {}).get("key_files", ()))
+
+
 def config_path() -> str | None:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
@@ -102,7 +129,7 @@ def get_source(text: str):
 
     config = get_config(required=False)
     restored = frozenset(e.name for e in open_catalog(config).entries()) if config is not None else frozenset()
-    return resolve_source(text, config, restored), config
+    return resolve_source(text, config, restored, key_files()), config
 
 
 class DurationText(click.ParamType):

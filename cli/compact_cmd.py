@@ -8,7 +8,7 @@ import click
 
 from ..engine.maintenance.compaction import compact
 from ..engine.timeparse import format_duration_us, parse_duration_us
-from .common import config_option, emit_json, friendly, get_source
+from .common import config_option, emit_json, friendly, get_source, key_option
 
 
 def _duration(_ctx, param, value: str) -> int:
@@ -33,6 +33,7 @@ def _progress(stage: str, done: int, total: int) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be merged; read and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
+@key_option
 @friendly
 def compact_command(source, older_than, span, dry_run, as_json):
     """Merge runs of consecutive segments of SOURCE (a configured database name or a replica URL/path) older

@@ -22,6 +22,7 @@ from .common import (
     get_config,
     get_source,
     human_size,
+    key_option,
     open_catalog,
     table,
 )
@@ -59,6 +60,7 @@ def db_group():
                    "writable by this user, else dump).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
+@key_option
 @friendly
 def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, check, load_method, as_json):
     """Create database NAME by restoring SRC's replica as of a moment (a new file; SRC is never touched).

@@ -7,7 +7,14 @@ import sys
 import click
 
 from ..engine.restore.objects import check_replica
-from .common import config_option, emit_json, friendly, get_source, make_progress
+from .common import (
+    config_option,
+    emit_json,
+    friendly,
+    get_source,
+    key_option,
+    make_progress,
+)
 
 
 @click.command("ls")
@@ -17,6 +24,7 @@ from .common import config_option, emit_json, friendly, get_source, make_progres
               "Exit 1 if any is damaged.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
+@key_option
 @friendly
 def ls_command(source, check, as_json):
     """List the restorable window, generations, snapshots, transaction counts and holes (missing

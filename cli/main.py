@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("verify_cmd:snapshot_command", "Write a new base snapshot built from the replica itself."),
     "prune": ("prune_cmd:prune_command", "Apply the retention policy now: delete what it no longer needs."),
     "compact": ("compact_cmd:compact_command", "Merge old small segments into large ones (same history, fewer objects)."),
+    "keygen": ("keygen_cmd:keygen_command", "Make a new encryption key (base64 of 32 random bytes)."),
+    "rekey": ("rekey_cmd:rekey_command", "Rewrite objects encrypted under older keys with the current key."),
 }
 
 

@@ -13,6 +13,7 @@ from .common import (
     friendly,
     get_source,
     human_size,
+    key_option,
 )
 
 
@@ -55,6 +56,7 @@ def _print(report: PruneReport, source: str) -> None:
 @click.option("--grace", type=DurationText(allow_off=False), help="Extra margin so restores in progress keep their objects. [default: 1h]")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
+@key_option
 @friendly
 def prune_command(source, dry_run, retention, keep_daily, keep_weekly, keep_monthly, grace, as_json):
     """Apply retention to SOURCE (a configured database name or a replica URL/path) now.

@@ -12,7 +12,14 @@ import click
 from ..engine import defaults
 from ..engine.errors import ConfigError, DaemonError, UnknownSource
 from ..engine.timeparse import parse_duration_or_off
-from .common import DurationText, config_option, friendly, get_config
+from .common import (
+    DurationText,
+    config_option,
+    friendly,
+    get_config,
+    key_files,
+    key_option,
+)
 
 
 @click.command("replicate", short_help="Run the daemon (one database, or every database and sqld namespace in the config).")
@@ -60,6 +67,7 @@ from .common import DurationText, config_option, friendly, get_config
               "when it exits: final sync, then exit with its exit code (Litestream's -exec).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every upload.")
 @config_option
+@key_option
 @friendly
 def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, sqld_admin_url, upload_interval, state_dir,
                       checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command, verbose):
@@ -98,9 +106,13 @@ def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, s
     else:
         selected, sqld = _configured(only, state_dir, sqld_flags)
     overrides = _overrides(retention, verify_interval, upload_interval, checkpoint_frames, max_wal_mb)
-    selected = [dataclasses.replace(db, **overrides) for db in selected]
+    files = key_files()  # --encryption-key-file: before each database's own key files (the first key writes)
+    selected = [dataclasses.replace(db, **overrides, encryption_key_files=files + db.encryption_key_files)
+                for db in selected]
     if sqld is not None:
-        sqld = dataclasses.replace(sqld, settings=dataclasses.replace(sqld.settings, **overrides))
+        settings = sqld.settings
+        sqld = dataclasses.replace(sqld, settings=dataclasses.replace(
+            settings, **overrides, encryption_key_files=files + settings.encryption_key_files))
     _run(selected, sqld, takeover, single=db_path is not None, exec_command=exec_command)
 
 

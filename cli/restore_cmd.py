@@ -9,7 +9,7 @@ import click
 from ..engine.timeparse import format_us
 from ..engine.workspace.recovery import Target, restore_to_file
 from ..engine.workspace.recovery import dry_run as dry_run_plan
-from .common import config_option, emit_json, friendly, get_source
+from .common import config_option, emit_json, friendly, get_source, key_option
 from .progress import showing_progress
 from .validation import VALIDATE_HELP, print_validation
 
@@ -38,6 +38,7 @@ TIMESTAMP_HELP = (
 @click.option("--check", type=click.Choice(["quick", "full", "none"]), default="quick", show_default=True, help=CHECK_HELP)
 @click.option("--reason", help="Why (kept in the recovery history when a config file is in use).")
 @config_option
+@key_option
 @friendly
 def restore_command(source, output, timestamp, txid, exclusive, force, dry_run, as_json, validate, check, reason):
     """Restore SOURCE into a new database file (latest point by default).

@@ -17,7 +17,15 @@ from ..engine.workspace.timeline import (
     tables_as_of,
     transactions,
 )
-from .common import config_option, emit_json, friendly, get_source, make_progress, table
+from .common import (
+    config_option,
+    emit_json,
+    friendly,
+    get_source,
+    key_option,
+    make_progress,
+    table,
+)
 
 BAR_WIDTH = 40
 _LABEL_LEN = {"second": 19, "minute": 16, "hour": 13, "day": 10}
@@ -43,6 +51,7 @@ def _label(us: int, by: str) -> str:
               "the range once, verified, to see which table owns each page).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
+@key_option
 @friendly
 def timeline_command(src, by, since, until, tables, as_json):
     """Show transactions and pages changed per minute (or hour, ...) across SRC's restorable window.

@@ -8,7 +8,7 @@ from ..engine.maintenance.snapshots import build_snapshot
 from ..engine.restore.drills import drill, random_targets
 from ..engine.timeparse import format_us
 from ..engine.workspace.recovery import parse_target, record_drills
-from .common import config_option, emit_json, friendly, get_source
+from .common import config_option, emit_json, friendly, get_source, key_option
 from .progress import showing_progress
 
 
@@ -19,6 +19,7 @@ from .progress import showing_progress
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @config_option
+@key_option
 @friendly
 def verify_command(source, at, random_n, seed, as_json):
     """Restore SOURCE (a configured database name or a replica URL/path) into a temporary file, check the
@@ -55,6 +56,7 @@ def verify_command(source, at, random_n, seed, as_json):
 @click.option("--txid", type=int, help="Snapshot at this transaction (default: the newest).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 @config_option
+@key_option
 @friendly
 def snapshot_command(source, txid, as_json):
     """Build a snapshot of SOURCE's newest generation from the replica (previous snapshot +

@@ -96,6 +96,20 @@ class ObjectConflict(StorageError):
     """A create-only write found a different object under the key (another writer)."""
 
 
+class EncryptionError(WalrewindError):
+    """Encryption at rest refused an operation: see the two subclasses.  Never a StorageError or
+    ObjectCorrupt, so a restore does not mistake a missing key for a damaged object and fall back."""
+
+
+class EncryptionKeyError(EncryptionError):
+    """A key is missing, wrong or malformed: the message names the key id needed, never a key."""
+
+
+class EncryptionRefused(EncryptionError):
+    """A writer with a key was asked to add plaintext to a replica (or a generation) that is not
+    encrypted, or a writer without a key to add to an encrypted one."""
+
+
 # --------------------------------------------------------------------------- the daemon
 class DaemonError(WalrewindError):
     """The replication daemon cannot start or had to stop; the message says why."""

@@ -29,7 +29,7 @@ from walrewind.engine.errors import TimestampError
 from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.sqlite.pagehash import checksum_file
-from walrewind.engine.storage import open_storage
+from walrewind.engine.storage import check_replica_encryption, open_storage
 from walrewind.engine.timeparse import format_us
 
 WRITER = os.path.join(os.path.dirname(__file__), "writer.py")
@@ -104,8 +104,13 @@ def create_db(path: str, lib: str = "sqlite3", page_size: int = 4096) -> None:
 class DaemonThread:
     """The shipper running in a thread of the test process, stopped cleanly on exit."""
 
-    def __init__(self, db: str, replica: str, state: str, upload_interval: float = 0.2, **kwargs) -> None:
-        self.shipper = Shipper(db, open_storage(replica), state_dir=state, upload_interval=upload_interval, **kwargs)
+    def __init__(self, db: str, replica: str, state: str, upload_interval: float = 0.2, keyring=None, **kwargs) -> None:
+        storage = open_storage(replica, keyring=keyring)
+        note = None
+        if keyring is not None:  # what `walrewind replicate` does before the daemon starts (fleet.build)
+            note = check_replica_encryption(storage, keyring)
+        self.shipper = Shipper(db, storage, state_dir=state, upload_interval=upload_interval,
+                               new_generation_reason=note, **kwargs)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.started_us = 0  # before the daemon began: nothing before this can be restorable

@@ -23,7 +23,12 @@ from click.testing import CliRunner
 from harness import DaemonThread, replica_records, wait_for
 from synth_history import build_history
 from walrewind.cli.main import cli
-from walrewind.engine.errors import HistoryGap, QueryFailed, UsageError, VerificationFailed
+from walrewind.engine.errors import (
+    HistoryGap,
+    QueryFailed,
+    UsageError,
+    VerificationFailed,
+)
 from walrewind.engine.maintenance.compaction import compact
 from walrewind.engine.replica.format import FLAG_RESYNC
 from walrewind.engine.replica.index import Replica

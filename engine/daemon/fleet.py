@@ -31,10 +31,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import defaults
 from ..errors import ConfigError, WalrewindError
+from ..fsutil import private_dir
 from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
-from ..storage import open_storage
+from ..storage import check_replica_encryption, open_storage
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
 from .child import ChildApp
@@ -68,7 +70,10 @@ class Outcome:
 def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
     """A replicator for ``db`` with every setting taken from its configuration."""
     check_replicable(db.path)  # before anything (replica directory, state directory) is created
-    storage = open_storage(db.replica)
+    private_dir(db.state_dir or defaults.state_dir_for(db.path), tighten=True)  # 0700: it holds database pages
+    keyring = db.keyring()
+    storage = open_storage(db.replica, keyring=keyring)
+    note = check_replica_encryption(storage, keyring)  # refuses a key mismatch before anything is written
     return Shipper(
         db.path, storage,
         state_dir=db.state_dir,
@@ -77,6 +82,7 @@ def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
         max_wal_bytes=db.max_wal_mb << 20,
         takeover=takeover,
         maintenance=for_database(storage, db),
+        new_generation_reason=note,
     )
 
 

@@ -88,8 +88,10 @@ class Replicator:
         spool_min_free_bytes: int = DEFAULT_MIN_FREE,
         max_wal_bytes: int = MAX_WAL_BYTES,
         maintenance: Maintenance | None = None,
+        new_generation_reason: str | None = None,
     ) -> None:
         self.db_path = os.path.abspath(db_path)
+        self.new_generation_reason = new_generation_reason  # e.g. encrypting over plaintext history
         self.storage = storage
         self.state = StateDir(state_dir or defaults.state_dir_for(self.db_path), spool_limit_bytes, spool_min_free_bytes)
         self.upload_interval = upload_interval
@@ -300,6 +302,9 @@ class Replicator:
             raise
         try:
             saved = load_matching(self.state, self.db_path, self.storage.url)
+            if self.new_generation_reason:  # never append to that history: a new generation, a fresh snapshot
+                log.warning("%s", self.new_generation_reason)
+                saved = None
             try:
                 found = self._acquire(saved)
             except LeaseError as exc:

@@ -7,21 +7,27 @@ from urllib.parse import urlparse
 
 from ..errors import ObjectConflict, ObjectNotFound, StorageError
 from .base import ObjectInfo, Storage, put_file_immutable, put_immutable
+from .encrypted import EncryptedStorage, check_replica_encryption, protect
+from .keys import Keyring, load_keyring
 from .local import LocalStorage
 
 __all__ = [
+    "EncryptedStorage",
+    "Keyring",
     "ObjectConflict",
     "ObjectInfo",
     "ObjectNotFound",
     "Storage",
     "StorageError",
+    "check_replica_encryption",
+    "load_keyring",
     "open_storage",
     "put_file_immutable",
     "put_immutable",
 ]
 
 
-def open_storage(url: str, create: bool = True, read_only: bool = False) -> Storage:
+def open_storage(url: str, create: bool = True, read_only: bool = False, keyring: Keyring | None = None) -> Storage:
     """Open a replica by URL: ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
 
     ``create=False`` is for readers (restore, ls): a missing local replica is then an error instead
@@ -29,7 +35,16 @@ def open_storage(url: str, create: bool = True, read_only: bool = False) -> Stor
     only LIST and GET) lets an ``s3://`` URL with explicit credentials and region use
     ``s3read.S3Reader``, which does not import boto3 (~0.9 s of CPU saved per process); writes
     through it raise StorageError.  Other URLs get the full backend either way.
+
+    ``keyring`` (keys.py) encrypts what is written and decrypts what is read (encrypted.py).
+    Without one, readers (``create=False`` or ``read_only``) look for the replica's encryption
+    marker (one GET) so that an encrypted replica fails with a message about its key instead of
+    looking damaged; writers leave that to the daemon's start-up check.
     """
+    return protect(_backend(url, create, read_only), keyring, probe=not create or read_only)
+
+
+def _backend(url: str, create: bool, read_only: bool) -> Storage:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):

@@ -47,6 +47,12 @@ class Storage(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
 
+    def put_file(self, key: str, path: str) -> None:
+        """Replace ``key`` with a local file's content, atomically for readers (``walrewind rekey``
+        only: everything else is create-only).  Backends override this to stream large files."""
+        with open(path, "rb") as f:
+            self.put(key, f.read())
+
     def put_file_if_absent(self, key: str, path: str) -> bool:
         """Create-only upload of a local file.  Backends override this to stream large files."""
         with open(path, "rb") as f:

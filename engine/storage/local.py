@@ -62,6 +62,12 @@ class LocalStorage(Storage):
         os.replace(tmp, final)
         fsync_dir(os.path.dirname(final))
 
+    def put_file(self, key: str, path: str) -> None:
+        final = self._path(key)
+        tmp = self._write_temp(final, None, path)
+        os.replace(tmp, final)
+        fsync_dir(os.path.dirname(final))
+
     def _link_into_place(self, tmp: str, final: str) -> bool:
         try:
             os.link(tmp, final)

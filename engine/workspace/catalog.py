@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 import apsw
 
 from ..errors import NameTaken
+from ..fsutil import private_dir, private_file
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -114,7 +115,7 @@ class Catalog:
     def __init__(self, path: str, create: bool = True) -> None:
         self.path = os.path.abspath(path)
         if create:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            private_dir(os.path.dirname(self.path))  # the data directory: catalog and restored copies
         self._conn: apsw.Connection | None = None
         self._create = create
 
@@ -124,6 +125,8 @@ class Catalog:
 
     def _db(self) -> apsw.Connection:
         if self._conn is None:
+            if self._create:
+                private_file(self.path)  # 0600: names, paths, reasons, replica URLs
             flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if self._create else 0)
             conn = apsw.Connection(self.path, flags=flags)
             conn.set_busy_timeout(10_000)

@@ -5,6 +5,7 @@
     path = "/var/lib/app/prod.db"
     replica = "s3://backups/prod?endpoint=http://127.0.0.1:8333"
     retention = "7d"                       # "off": never delete (lifecycle rules / no delete permission)
+    encryption_key_file = "/etc/walrewind/prod.key"   # encrypt at rest (or a list; docs/SECURITY.md)
     keep_daily = 7                         # snapshots kept beyond the window (0 disables a tier)
     keep_weekly = 4
     keep_monthly = 12
@@ -45,7 +46,7 @@ _TOP_KEYS = {"data_dir", "databases", "sqld"}
 _PER_DB_KEYS = {
     "retention", "upload_interval", "checkpoint_frames", "max_wal_mb",
     "keep_daily", "keep_weekly", "keep_monthly",
-    "snapshot_interval", "snapshot_volume", "compact_after", "verify_interval",
+    "snapshot_interval", "snapshot_volume", "compact_after", "verify_interval", "encryption_key_file",
 }
 _DB_KEYS = {"path", "replica", "state_dir"} | _PER_DB_KEYS
 _SQLD_KEYS = {"data_dir", "replica", "admin_url", "http_url", "client_url", "state_dir"} | _PER_DB_KEYS
@@ -89,6 +90,14 @@ class DatabaseConfig:
     # tells a namespace re-created under the same name from the one before.
     namespace: str | None = None
     namespace_id: str | None = None
+    # Encryption at rest (engine/storage/keys.py): key files, the writing key's first.
+    encryption_key_files: tuple[str, ...] = ()
+
+    def keyring(self, files: tuple[str, ...] = (), environ=None):
+        """The keys for this database: ``files`` (command line), its key files, then the environment."""
+        from ..storage.keys import load_keyring
+
+        return load_keyring(files, self.encryption_key_files, environ)
 
     @property
     def kind(self) -> str:
@@ -289,7 +298,7 @@ def load_config(path: str, environ=None) -> Config:
             if not isinstance(settings.get(required), str) or not settings[required]:
                 raise ConfigError(f"{where}: '{required}' is required (a string)")
         db = DatabaseConfig(name, _resolve_path(base, settings["path"]), _resolve_replica(base, settings["replica"]))
-        _apply_settings(db, settings, where)
+        _apply_settings(db, settings, where, base)
         if settings.get("state_dir") is not None:
             db.state_dir = _resolve_path(base, str(settings["state_dir"]))
         for other in config.databases.values():
@@ -307,9 +316,15 @@ def load_config(path: str, environ=None) -> Config:
     return config
 
 
-def _apply_settings(db: DatabaseConfig, settings: dict, where: str) -> None:
+def _apply_settings(db: DatabaseConfig, settings: dict, where: str, base: str = "") -> None:
     """The daemon and maintenance settings of one database (or of every namespace)."""
     _apply_maintenance(db, settings, where)
+    files = settings.get("encryption_key_file")
+    if files is not None:
+        files = [files] if isinstance(files, str) else files
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) and f for f in files):
+            raise ConfigError(f"{where}: encryption_key_file must be a file path or a list of them")
+        db.encryption_key_files = tuple(_resolve_path(base, f) for f in files)
     try:
         db.upload_interval = float(settings.get("upload_interval", defaults.UPLOAD_INTERVAL_SECONDS))
         db.checkpoint_frames = int(settings.get("checkpoint_frames", defaults.CHECKPOINT_FRAMES))
@@ -355,7 +370,7 @@ def load_sqld(raw, base: str, where: str, environ=None) -> SqldConfig:
         if not isinstance(raw["state_dir"], str) or not raw["state_dir"]:
             raise ConfigError(f"{where}: state_dir must be a directory path")
         sqld.state_dir = _resolve_path(base, raw["state_dir"])
-    _apply_settings(sqld.settings, raw, where)
+    _apply_settings(sqld.settings, raw, where, base)
     return sqld
 
 

@@ -17,11 +17,11 @@ rule, the same for ``restore``, ``ls``, ``verify``, ``prune``, ``compact``, ``sn
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import StorageError, UnknownSource
 from ..replica.index import Replica
-from ..storage import Storage, open_storage
+from ..storage import Keyring, Storage, load_keyring, open_storage
 from .config import Config, DatabaseConfig, SqldConfig, redact_url
 from .sqld import DISK_NAME_RE, is_namespace, namespace_id, namespace_names
 
@@ -36,6 +36,7 @@ class Source:
     text: str  # as typed
     replica_url: str  # may carry credentials: show ``display`` instead
     database: DatabaseConfig | None = None
+    key_files: tuple[str, ...] = ()  # --encryption-key-file (before the database's own key files)
 
     @property
     def name(self) -> str | None:
@@ -51,11 +52,18 @@ class Source:
         """How to refer to it in a message: the configured name, else the (redacted) URL."""
         return self.name or self.display
 
+    def keyring(self) -> Keyring | None:
+        """Encryption keys: --encryption-key-file, the database's encryption_key_file, the environment."""
+        if self.database is not None:
+            return self.database.keyring(self.key_files)
+        return load_keyring(self.key_files)
+
     def storage(self, write: bool = False) -> Storage:
         """The replica's storage (a missing local replica is an error, never created).  Readers get
         the lighter read-only backend where there is one (no boto3 import for a plain S3 GET)."""
+        keyring = self.keyring()
         try:
-            return open_storage(self.replica_url, create=False, read_only=not write)
+            return open_storage(self.replica_url, create=False, read_only=not write, keyring=keyring)
         except StorageError as exc:
             what = f"replica of {self.name!r} ({self.display})" if self.name else f"replica {self.display}"
             raise StorageError(f"{what} is unreachable: {exc}") from None
@@ -73,8 +81,14 @@ def looks_like_location(text: str) -> bool:
     return "://" in text or "/" in text or text.startswith((".", "~")) or os.path.isdir(text)
 
 
-def resolve_source(text: str, config: Config | None, restored_names: frozenset[str] = frozenset()) -> Source:
-    """Apply the rule above; ``restored_names`` (the catalog's) only improve the error message."""
+def resolve_source(text: str, config: Config | None, restored_names: frozenset[str] = frozenset(),
+                   key_files: tuple[str, ...] = ()) -> Source:
+    """Apply the rule above; ``restored_names`` (the catalog's) only improve the error message;
+    ``key_files`` (--encryption-key-file) come before the database's own encryption keys."""
+    return replace(_resolve(text, config, restored_names), key_files=tuple(key_files))
+
+
+def _resolve(text: str, config: Config | None, restored_names: frozenset[str]) -> Source:
     if config is not None and text in config.databases:
         return Source(text, config.databases[text].replica, config.databases[text])
     sqld = config.sqld if config is not None else None
