@@ -3,6 +3,8 @@
     import walrewind
     result = walrewind.restore("prod", "/tmp/before.db", timestamp="2024-01-15T10:29:00Z")
     print(result.txid, result.committed_at, result.checksum)
+    walrewind.mark("prod", "before-migration")          # a named restore point ...
+    walrewind.restore("prod", "/tmp/pre.db", mark="before-migration")   # ... restored exactly
 
 ``source`` is a configured database name (the config file found the way the CLI finds it, or
 ``config=PATH``) or a replica URL/path; a configured name wins.  Every error is a
@@ -18,6 +20,12 @@ from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the A
     ConfigError,
     DaemonError,
     HistoryGap,
+    MarkBroken,
+    MarkError,
+    MarkExists,
+    MarkInexact,
+    MarkNotFound,
+    MarkTimeout,
     ObjectCorrupt,
     OutputExists,
     ReplicaEmpty,
@@ -31,11 +39,12 @@ from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the A
     WalrewindError,
 )
 
-from .calls import RestoreResult, Window, restore, window  # noqa: F401
+from .calls import Mark, RestoreResult, Window, mark, marks, restore, unmark, window  # noqa: F401
 
 __all__ = [
-    "restore", "window", "RestoreResult", "Window",
+    "restore", "window", "mark", "marks", "unmark", "RestoreResult", "Window", "Mark",
     "WalrewindError", "UsageError", "TimestampError", "TargetTooOld", "UnknownSource", "ConfigError",
     "RestoreError", "ReplicaEmpty", "HistoryGap", "VerificationFailed", "OutputExists", "ObjectCorrupt",
     "StorageError", "DaemonError",
+    "MarkError", "MarkExists", "MarkNotFound", "MarkTimeout", "MarkInexact", "MarkBroken",
 ]
