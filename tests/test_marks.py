@@ -21,14 +21,18 @@ import time
 import apsw
 import pytest
 import walrewind
+import walrewind.engine.daemon.clock as daemon_clock
 from click.testing import CliRunner
 from daemon_process import Daemon
-from harness import DaemonThread, replica_records
+from harness import DaemonThread, create_db, replica_records, run_writer
 from walrewind.cli.main import cli
-from walrewind.engine.errors import InvalidName, ObjectCorrupt, UsageError
+from walrewind.engine.errors import InvalidName, MarkBroken, ObjectCorrupt, UsageError
+from walrewind.engine.maintenance.compaction import HOUR_US, compact
+from walrewind.engine.maintenance.retention import RetentionPolicy, plan_prune, prune
+from walrewind.engine.maintenance.snapshots import build_snapshot
 from walrewind.engine.replica import layout
 from walrewind.engine.replica.format import FLAG_RESYNC
-from walrewind.engine.replica.index import Generation
+from walrewind.engine.replica.index import Generation, Replica
 from walrewind.engine.replica.marks import Mark, load_marks, needed_objects, put_mark
 from walrewind.engine.sqlite.counter import commit_counter
 from walrewind.engine.sqlite.fds import close_shared, open_shared
@@ -38,6 +42,7 @@ from walrewind.engine.workspace.recovery import Target
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP_WRITER = os.path.join(HERE, "app_writer.py")
 WALREWIND = [sys.executable, "-c", "from walrewind.cli.main import main; main()"]
+DAY = 86_400_000_000
 
 
 def now_us() -> int:
@@ -304,6 +309,71 @@ def test_mark_over_a_resync_is_refused_then_exact_again(tmp_path):
     assert any(r.flags & FLAG_RESYNC for r in replica_records(replica)), "the scenario did not produce a RESYNC"
     assert rows(walrewind.restore(replica, tmp_path / "a.db", mark="after-the-gap").path) == list(range(1, 21))
     assert rows(walrewind.restore(replica, tmp_path / "b.db", mark="live-again").path) == list(range(1, 22))
+
+
+# ---------------------------------------------------------------------- retention and compaction
+@pytest.mark.slow
+def test_marks_survive_prune_and_compaction_until_removed(tmp_path, monkeypatch):
+    """History three days old and a 1-day retention: prune would delete the first snapshot and the
+    segments up to a later snapshot, the mark's history among them.  The mark keeps exactly what
+    restoring it needs (prune --dry-run names it), through compaction too, until `unmark`."""
+    db, replica, state = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "state")
+    create_db(db)
+    real = daemon_clock.now_us
+    monkeypatch.setattr(daemon_clock, "now_us", lambda: real() - 3 * DAY)
+    with DaemonThread(db, replica, state, upload_interval=0.05) as shipper:
+        run_writer({"db": db, "txns": 30, "rate": 200, "seed": 1, "log": os.devnull})
+        wait_until(lambda: shipper.stats.uploaded_txid == shipper.stats.last_txid > 25, "the first writes uploaded")
+        mark = walrewind.mark(replica, "keep-me", note="before the cleanup")
+        run_writer({"db": db, "txns": 30, "rate": 200, "seed": 2, "log": os.devnull, "shrink_every": 10})
+        wait_until(lambda: shipper.stats.uploaded_txid == shipper.stats.last_txid > mark.txid + 20, "more uploaded")
+        storage = open_storage(replica, create=False)
+        newer = build_snapshot(storage, workdir=str(tmp_path))
+        run_writer({"db": db, "txns": 20, "rate": 200, "seed": 3, "log": os.devnull})
+        wait_until(lambda: shipper.stats.uploaded_txid == shipper.stats.last_txid > newer.txid + 10, "the tail")
+    reference = walrewind.restore(replica, tmp_path / "reference.db", mark="keep-me")
+    assert reference.txid == mark.txid
+
+    gen = Replica(storage).generations[0]
+    needed = needed_objects(gen, mark.txid)
+    assert needed[0] == gen.snapshots[0].key and len(needed) > 1
+    policy = RetentionPolicy(retention_us=DAY, keep_daily=0, keep_weekly=0, keep_monthly=0, grace_us=0)
+    unmarked = plan_prune(storage, policy, now_us(), marks=[])
+    assert set(needed) <= set(unmarked.deleted), "without the mark, retention would delete its history"
+
+    res = CliRunner().invoke(cli, ["prune", replica, "--dry-run", "--retention", "1d", "--keep-daily", "0",
+                                   "--keep-weekly", "0", "--keep-monthly", "0", "--grace", "1m"])
+    assert res.exit_code == 0, res.output
+    assert f"kept for mark 'keep-me': {len(needed)} object(s) that would be deleted otherwise" in res.output
+    assert all(key in res.output for key in needed) and "mark keep-me" in res.output
+
+    pruned = prune(storage, policy)
+    assert pruned.deleted and not set(needed) & set(pruned.deleted)
+    assert sorted(pruned.kept_for_marks["keep-me"]) == sorted(needed)
+    assert walrewind.restore(replica, tmp_path / "after-prune.db", mark="keep-me").checksum == reference.checksum
+
+    compacted = compact(storage, compact_after_us=HOUR_US)
+    assert compacted.merged, "compaction merged nothing: the test proves nothing"
+    prune(storage, policy)
+    assert walrewind.restore(replica, tmp_path / "after-compact.db", mark="keep-me").checksum == reference.checksum
+    res = CliRunner().invoke(cli, ["verify", replica, "--mark", "keep-me"])
+    assert res.exit_code == 0 and "PASSED" in res.output, res.output
+
+    # A mark whose history is deleted by hand is reported broken, and restoring it is refused.
+    covering = needed_objects(Replica(storage).generations[0], mark.txid)
+    storage.delete(covering[-1])
+    (status,) = walrewind.marks(replica)
+    assert status.broken is not None and "keep-me" == status.name
+    res = CliRunner().invoke(cli, ["marks", replica])
+    assert "BROKEN" in res.output
+    with pytest.raises(MarkBroken, match="keep-me"):
+        walrewind.restore(replica, tmp_path / "broken.db", mark="keep-me")
+    res = CliRunner().invoke(cli, ["verify", replica, "--mark", "keep-me"])
+    assert res.exit_code == 1 and "FAILED" in res.output, res.output
+
+    walrewind.unmark(replica, "keep-me")
+    assert not prune(storage, policy).kept_for_marks
+    assert not set(covering[:-1]) & {i.key for i in storage.list("generations/")}, "unmarked: its history goes"
 
 
 # ---------------------------------------------------------------------- pieces, no daemon
