@@ -36,7 +36,9 @@ from walrewind.engine.replica.index import Generation, Replica
 from walrewind.engine.replica.marks import Mark, load_marks, needed_objects, put_mark
 from walrewind.engine.sqlite.counter import commit_counter
 from walrewind.engine.sqlite.fds import close_shared, open_shared
+from walrewind.engine.sqlite.shm import ShmHeader
 from walrewind.engine.storage import open_storage
+from walrewind.engine.workspace.markpoint import Uploaded, _not_yet
 from walrewind.engine.workspace.recovery import Target
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -131,6 +133,23 @@ def prefix_length(ids: list[int]) -> int:
     """k when ``ids`` is exactly 1..k (the state after the k-th insert, nothing deleted)."""
     assert ids == list(range(1, len(ids) + 1)), f"not the rows of one moment: {ids[:5]}...{ids[-5:]}"
     return len(ids)
+
+
+def descriptors_of(db: str) -> dict[str, list[int]]:
+    """This process's descriptors of the database and its -shm (by inode): the files whose POSIX
+    locks a close would drop (the daemon reopens the lock-free -wal as it likes)."""
+    out: dict[str, list[int]] = {}
+    for suffix in ("", "-shm"):
+        st = os.stat(db + suffix)
+        out[suffix] = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                fst = os.fstat(int(name))
+            except OSError:
+                continue
+            if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino):
+                out[suffix].append(int(name))
+    return out
 
 
 def list_mark_keys(replica: str) -> list[str]:
@@ -231,14 +250,15 @@ def test_api_mark_in_a_process_holding_the_database(tmp_path):
     for n in range(1, 21):
         app.insert(n)
     with DaemonThread(db, replica, state, upload_interval=0.05) as shipper:
-        fds_before = sorted(os.listdir("/proc/self/fd"))
+        fds_before = descriptors_of(db)
         idle = walrewind.mark(replica, "idle")
         assert idle.txid == shipper.stats.uploaded_txid == shipper.stats.last_txid, "nothing committed: the latest"
         for n in range(21, 26):
             app.insert(n)
         five = walrewind.mark(replica, "after-five", note="five more")
         assert five.txid == idle.txid + 5 and five.note == "five more"
-        assert sorted(os.listdir("/proc/self/fd")) == fds_before, "mark() opened or closed a descriptor"
+        assert descriptors_of(db) == fds_before, "mark() opened or closed a descriptor of the database's files"
+        assert any(fds_before.values()), "the daemon's SQLite connections hold the -shm: the case under test"
         with pytest.raises(walrewind.MarkExists, match="already exists"):
             walrewind.mark(replica, "idle")
         with pytest.raises(InvalidName):
@@ -273,7 +293,7 @@ def test_mark_times_out_without_a_daemon_and_writes_nothing(tmp_path):
         cli, ["--config", str(cfg), "mark", "app", "never", "--timeout", "0.5"])
     assert res.exit_code == 1, res.output
     assert "timed out after 0.5s waiting for the daemon to upload txid" in res.output
-    assert "no mark was written" in res.output and "is it running?" in res.output
+    assert "no mark was written" in res.output and "is `walrewind replicate` running?" in res.output
     assert time.monotonic() - started < 10
     assert list_mark_keys(replica) == []
     app.quit()
@@ -400,6 +420,24 @@ def test_commit_counter_is_read_the_same_whichever_descriptor_this_process_holds
             close_shared(shm_fd)
         os.close(db_fd)
     app.quit()
+
+
+def test_an_equal_counter_needs_the_same_wal_position_unless_a_daemon_holds_the_database():
+    """With no commit counted since the uploaded point, the database is only proven unchanged by
+    the same WAL salts and last frame; after a WAL reset (mxFrame 0) the counter is trusted only
+    while a daemon holds the database open (the wal-index cannot be rebuilt under it)."""
+    up = Uploaded(txid=9, commit_us=1, change=41, generation="g", db_id="d", position=(7, 8, 12))
+    salts = (7).to_bytes(4, "big") + (8).to_bytes(4, "big")
+    new_salts = (8).to_bytes(4, "big") + (99).to_bytes(4, "big")
+    same = ShmHeader(41, 12, 3, salts, 0, (), 4096)
+    assert _not_yet(up, same, daemon_running=False) is None
+    rebuilt = ShmHeader(41, 20, 3, salts, 0, (), 4096)  # counted back to 41 after a rebuild: other frames
+    assert "changed while no daemon" in _not_yet(up, rebuilt, daemon_running=True)
+    reset = ShmHeader(41, 0, 3, new_salts, 0, (), 4096)
+    assert _not_yet(up, reset, daemon_running=True) is None
+    assert "changed while no daemon" in _not_yet(up, reset, daemon_running=False)
+    assert "behind" in _not_yet(up, ShmHeader(40, 12, 3, salts, 0, (), 4096), daemon_running=True)
+    assert _not_yet(up, ShmHeader(45, 30, 3, salts, 0, (), 4096), daemon_running=False) is None  # 4 to wait for
 
 
 def test_target_and_mark_objects(tmp_path):

@@ -36,7 +36,8 @@ from ..errors import MarkError, MarkInexact, MarkTimeout, ObjectCorrupt, ObjectN
 from ..replica import layout
 from ..replica.format import FLAG_LATE, FLAG_RESYNC, SEGMENT_MAGIC, index_txns, open_envelope
 from ..replica.index import normalise_segments
-from ..sqlite.counter import commit_counter
+from ..sqlite.counter import read_header
+from ..sqlite.shm import ShmHeader
 from ..storage import Storage
 from .config import redact_url
 
@@ -72,6 +73,7 @@ class Uploaded:
     change: int | None
     generation: str
     db_id: str
+    position: tuple[int, int, int] | None  # (salt1, salt2, frame) of the WAL right after ``txid``
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,10 @@ def read_uploaded(state_dir: str, db_path: str, replica_url: str) -> Uploaded | 
     if not same_replica(str(doc.get("replica")), replica_url):
         raise MarkError(f"{path} is the state of a daemon replicating to {redact_url(str(doc.get('replica')))}, "
                         f"not to {redact_url(replica_url)}")
+    pos = doc.get("position")
+    position = (int(pos["salt1"]), int(pos["salt2"]), int(pos["frame"])) if isinstance(pos, dict) else None
     return Uploaded(int(doc["uploaded_txid"]), int(doc["uploaded_ts_us"]), doc.get("change"), str(doc["generation"]),
-                    str(doc["db_id"]))
+                    str(doc["db_id"]), position)
 
 
 class _Deadline:
@@ -117,43 +121,68 @@ class _Deadline:
         return time.monotonic() >= self.end
 
 
+def _unchanged(before: Uploaded, hdr: ShmHeader, daemon_running: bool) -> bool:
+    """With no commit counted since ``before``: is the database really still at that point?
+
+    An equal counter alone is not proof when no daemon holds the database open: the wal-index can
+    then be rebuilt by the next application (the counter restarts) and count its way back to the
+    same value.  The WAL position proves it: the same salts and the same last frame.  After a
+    checkpoint reset the WAL with no commit since (mxFrame 0, new salts) only the counter is left;
+    it is trusted, as the daemon itself trusts it, while a daemon holds the database open (the
+    wal-index cannot be rebuilt under an open connection).
+    """
+    if before.position is not None and before.position == (hdr.salt1, hdr.salt2, hdr.max_frame):
+        return True
+    return hdr.max_frame == 0 and daemon_running
+
+
 def locate_point(storage: Storage, db_path: str, state_dir: str, replica_url: str, timeout: float,
-                 waiting: Waiting | None = None, daemon_hint: str = "") -> Point:
+                 waiting: Waiting | None = None, daemon_hint: str = "", daemon_running: bool = False) -> Point:
     """The txid holding exactly the commits SQLite had counted when this was called (see the
     module docstring); waits up to ``timeout`` seconds for the daemon to upload it."""
     deadline = _Deadline(timeout)
     told = False
     while True:
         before = read_uploaded(state_dir, db_path, replica_url)
-        counter = commit_counter(db_path)
-        if before is None or before.change is None:
-            why = ("the daemon has not uploaded anything yet" if before is None
-                   else "the daemon's uploaded point carries no commit counter yet")
-        else:
-            ahead = (counter - before.change) & MASK
-            if ahead < HALF:
-                txid = before.txid + ahead
-                if ahead and waiting is not None and not told:
-                    waiting(f"waiting for the daemon to upload {ahead} more transaction(s), through txid {txid} "
-                            f"(timeout {timeout:g}s)")
-                    told = True
-                now = _wait_uploaded(state_dir, db_path, replica_url, before, counter, txid, deadline, daemon_hint)
-                if now is not None:
-                    commit_us = _check_records(storage, before, txid, deadline, daemon_hint)
-                    return Point(txid, commit_us, before.generation, before.db_id, counter, ahead)
-                # A new generation began meanwhile: read the counter again (still during the call).
-                why = "the daemon started a new generation"
-            else:
-                why = ("SQLite's commit counter is behind the daemon's uploaded point (the wal-index was rebuilt) "
-                       "and the daemon has not reconciled yet")
+        hdr = read_header(db_path)
+        why = _not_yet(before, hdr, daemon_running)
+        if why is None:
+            assert before is not None and before.change is not None
+            ahead = (hdr.change - before.change) & MASK
+            txid = before.txid + ahead
+            if ahead and waiting is not None and not told:
+                waiting(f"waiting for the daemon to upload {ahead} more transaction(s), through txid {txid} "
+                        f"(timeout {timeout:g}s)")
+                told = True
+            if _wait_uploaded(state_dir, db_path, replica_url, before, hdr.change, txid, deadline, daemon_hint):
+                commit_us = _check_records(storage, before, txid, deadline, daemon_hint)
+                return Point(txid, commit_us, before.generation, before.db_id, hdr.change, ahead)
+            # A new generation began meanwhile: read the counter again (still during the call).
+            why = "the daemon started a new generation"
         if deadline.passed:
             raise MarkTimeout(f"timed out after {timeout:g}s: {why}; no mark was written{daemon_hint}")
         time.sleep(POLL_SECONDS)
 
 
+def _not_yet(before: Uploaded | None, hdr: ShmHeader, daemon_running: bool) -> str | None:
+    """Why the counter cannot be mapped from ``before`` yet (None: it can)."""
+    if before is None:
+        return "the daemon has not uploaded anything yet"
+    if before.change is None:
+        return "the daemon's uploaded point carries no commit counter yet"
+    ahead = (hdr.change - before.change) & MASK
+    if ahead >= HALF:
+        return ("SQLite's commit counter is behind the daemon's uploaded point (the wal-index was rebuilt) and the "
+                "daemon has not reconciled yet")
+    if ahead == 0 and not _unchanged(before, hdr, daemon_running):
+        return ("SQLite's commit counter equals the daemon's uploaded point but the WAL does not: the database may "
+                "have been changed while no daemon had it open; start the daemon so it reconciles")
+    return None
+
+
 def _wait_uploaded(state_dir: str, db_path: str, replica_url: str, before: Uploaded, counter: int, txid: int,
-                   deadline: _Deadline, daemon_hint: str) -> Uploaded | None:
-    """Wait until state.json says ``txid`` is uploaded in ``before``'s generation; None when the
+                   deadline: _Deadline, daemon_hint: str) -> bool:
+    """Wait until state.json says ``txid`` is uploaded in ``before``'s generation; False when the
     daemon started a new generation meanwhile (the old one's tail may never be uploaded).
 
     If the daemon's counter reaches ours in fewer transactions than commits, records were folded
@@ -161,9 +190,9 @@ def _wait_uploaded(state_dir: str, db_path: str, replica_url: str, before: Uploa
     while True:
         now = read_uploaded(state_dir, db_path, replica_url)
         if now is None or now.generation != before.generation:
-            return None
+            return False
         if now.txid >= txid:
-            return now
+            return True
         if now.change is not None and ((now.change - counter) & MASK) < HALF:
             raise MarkInexact(
                 f"cannot place the mark exactly: the daemon uploaded through SQLite's commit {now.change} (the "

@@ -9,7 +9,9 @@ Which database a source means: a configured name gives its path and state direct
 URL gives neither, so they come from what runs on this host: a configured database with that
 replica, else the running daemon's fleet health file (engine/daemon/health.py: the database
 path) together with the replica's lease (which names the holding daemon's state directory and
-database path), else the lease alone when its holder is on this host.
+database path), else the lease alone when its holder is on this host.  Whether a daemon runs
+(a live fleet, or a lease holder on this host whose process is alive) matters for one edge of
+the mapping, see ``markpoint._unchanged``.
 """
 
 from __future__ import annotations
@@ -40,16 +42,16 @@ _EPOCH_RE = re.compile(r"lease/([0-9a-f]{16})")
 
 @dataclass(frozen=True)
 class LiveDatabase:
-    """The live database behind a source and where its daemon keeps state."""
+    """The live database behind a source, where its daemon keeps state, and whether it runs."""
 
     path: str
     state_dir: str
-    daemon_pid: int | None  # a fleet on this host replicating it, if any
+    daemon_pid: int | None  # a daemon on this host replicating it now, if any
 
     def hint(self) -> str:
         if self.daemon_pid is not None:
             return f" (walrewind daemon pid {self.daemon_pid} replicates {self.path})"
-        return f" (no `walrewind replicate` on this host reports replicating {self.path}: is it running?)"
+        return f" (no walrewind daemon on this host is replicating {self.path}: is `walrewind replicate` running?)"
 
 
 def _fleet_entry(path: str | None, replica_url: str | None) -> dict | None:
@@ -74,32 +76,47 @@ def _lease_holder(storage: Storage) -> Holder | None:
     return holder if holder.host == socket.gethostname() else None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def live_database(source: Source, config: Config | None, storage: Storage) -> LiveDatabase:
     """Where the database of ``source`` lives on this host and where its daemon keeps state."""
     db = source.database
     if db is None and config is not None:
         db = next((d for d in config.databases.values() if same_replica(d.replica, source.replica_url)), None)
-    if db is not None:
-        entry = _fleet_entry(db.path, None)
-        state_dir = db.state_dir or (entry or {}).get("state_dir") or defaults.state_dir_for(db.path)
-        return LiveDatabase(os.path.abspath(db.path), state_dir, entry["pid"] if entry else None)
-    entry = _fleet_entry(None, source.replica_url)
     holder = _lease_holder(storage)
-    if entry is not None:
+    entry = _fleet_entry(db.path if db is not None else None, None if db is not None else source.replica_url)
+    if db is not None:
+        path = os.path.abspath(db.path)
+    elif entry is not None:
         path = os.path.abspath(str(entry["path"]))
-        if entry.get("state_dir"):
-            state_dir = str(entry["state_dir"])
-        elif holder is not None and os.path.abspath(holder.db_path) == path:
-            state_dir = holder.state_dir
-        else:
-            state_dir = defaults.state_dir_for(path)
-        return LiveDatabase(path, state_dir, int(entry["pid"]))
-    if holder is not None:
-        return LiveDatabase(os.path.abspath(holder.db_path), holder.state_dir, None)
-    raise MarkError(
-        f"no walrewind daemon on this host replicates {source.display}: a mark given a replica URL takes the "
-        "database from the running daemon (start `walrewind replicate`, or give the database's configured name)"
-    )
+    elif holder is not None:
+        path = os.path.abspath(holder.db_path)
+    else:
+        raise MarkError(
+            f"no walrewind daemon on this host replicates {source.display}: a mark given a replica URL takes the "
+            "database from the running daemon (start `walrewind replicate`, or give the database's configured name)"
+        )
+    ours = holder if holder is not None and os.path.abspath(holder.db_path) == path else None
+    if db is not None and db.state_dir:
+        state_dir = db.state_dir
+    elif entry is not None and entry.get("state_dir"):
+        state_dir = str(entry["state_dir"])
+    elif ours is not None:
+        state_dir = ours.state_dir
+    else:
+        state_dir = defaults.state_dir_for(path)
+    pid = int(entry["pid"]) if entry is not None else None
+    if pid is None and ours is not None and not ours.released and _alive(ours.pid):
+        pid = ours.pid  # a daemon without a fleet health file (embedded in an application, tests)
+    return LiveDatabase(path, state_dir, pid)
 
 
 def make_mark(source: Source, name: str, *, config: Config | None = None, note: str | None = None,
@@ -114,7 +131,8 @@ def make_mark(source: Source, name: str, *, config: Config | None = None, note: 
     storage = source.storage(write=True)
     refuse_existing(storage, name)  # before any waiting
     live = live_database(source, config, storage)
-    point = locate_point(storage, live.path, live.state_dir, source.replica_url, timeout, waiting, live.hint())
+    point = locate_point(storage, live.path, live.state_dir, source.replica_url, timeout, waiting, live.hint(),
+                         daemon_running=live.daemon_pid is not None)
     mark = Mark(name, point.txid, point.commit_us, point.generation, point.db_id, time.time_ns() // 1000,
                 f"{current_user()}@{socket.gethostname()}", note, point.change)
     put_mark(storage, mark)
