@@ -473,3 +473,27 @@ def test_target_and_mark_objects(tmp_path):
     assert needed_objects(gen, 50) == [gen.snapshots[1].key]
     assert needed_objects(gen, 61) == [gen.snapshots[1].key, gen.segments[1].key, gen.segments[2].key]
     assert needed_objects(Generation("x"), 5) == []
+
+
+# ---------------------------------------------------------------------- on S3
+@pytest.mark.s3
+def test_marks_on_s3(tmp_path, seaweed_s3):
+    """The same objects on a real S3 server: create-only mark, listing, restore, unmark."""
+    import uuid
+
+    db, state = str(tmp_path / "app.db"), str(tmp_path / "state")
+    replica = seaweed_s3.url(f"marks/{uuid.uuid4().hex[:8]}")
+    app = App(db)
+    with DaemonThread(db, replica, state, upload_interval=0.05):
+        for n in range(1, 6):
+            app.insert(n)
+        made = walrewind.mark(replica, "on-s3", note="s3")
+        with pytest.raises(walrewind.MarkExists):
+            walrewind.mark(replica, "on-s3")
+        app.insert(6)
+    app.quit()
+    (listed,) = walrewind.marks(replica)
+    assert (listed.name, listed.txid, listed.note, listed.broken) == ("on-s3", made.txid, "s3", None)
+    assert rows(walrewind.restore(replica, tmp_path / "m.db", mark="on-s3").path) == [1, 2, 3, 4, 5]
+    walrewind.unmark(replica, "on-s3")
+    assert walrewind.marks(replica) == []
