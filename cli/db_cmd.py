@@ -28,7 +28,7 @@ from .common import (
 )
 from .db_shell_cmd import shell_command
 from .progress import showing_progress
-from .restore_cmd import CHECK_HELP, EXCLUSIVE_HELP, TIMESTAMP_HELP
+from .restore_cmd import CHECK_HELP, EXCLUSIVE_HELP, MARK_HELP, TIMESTAMP_HELP
 from .validation import VALIDATE_HELP, print_validation
 
 
@@ -50,6 +50,7 @@ def db_group():
 @click.option("--from-db", "from_db", metavar="SRC", help="Replicated database (from the config) to restore from.")
 @click.option("--timestamp", "-t", help=TIMESTAMP_HELP + " Default: the latest replicated point.")
 @click.option("--txid", type=int, help="Restore exactly up to and including this transaction id.")
+@click.option("--mark", "mark", metavar="NAME", help=MARK_HELP)
 @click.option("--exclusive", is_flag=True, help=EXCLUSIVE_HELP)
 @click.option("--reason", help="Why (kept in the recovery history).")
 @click.option("--validate", is_flag=True, help=VALIDATE_HELP)
@@ -62,7 +63,7 @@ def db_group():
 @config_option
 @key_option
 @friendly
-def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, check, load_method, as_json):
+def create_command(name, from_db, timestamp, txid, mark, exclusive, reason, validate, check, load_method, as_json):
     """Create database NAME by restoring SRC's replica as of a moment (a new file; SRC is never touched).
 
     SRC is a database from the config file ([databases.SRC] with path and replica).  NAME (letters,
@@ -76,14 +77,15 @@ def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, 
     \b
     walrewind db create before-delete --from-db app --timestamp 2024-01-15T10:29:00Z --reason "bad DELETE"
     walrewind db create at-txn --from-db app --txid 48213 --validate
+    walrewind db create pre-deploy --from-db app --mark before-migration
     walrewind db create tenant42-back --from-db tenant42 --timestamp "10 minutes ago"   # a namespace
     """
     if from_db is None:
-        for option, value in (("--timestamp", timestamp), ("--txid", txid)):
+        for option, value in (("--timestamp", timestamp), ("--txid", txid), ("--mark", mark)):
             if value is not None:
                 raise UsageError(f"{option} cannot be used without specifying --from-db")
         raise UsageError("--from-db SRC is required: walrewind creates a database by restoring a replicated one")
-    target = Target.parse(timestamp, txid, exclusive)
+    target = Target.parse(timestamp, txid, exclusive, mark)
     config = get_config()
     source, _ = get_source(from_db)
     with showing_progress(not as_json) as progress:
@@ -99,6 +101,7 @@ def create_command(name, from_db, timestamp, txid, exclusive, reason, validate, 
             "replica": source.display,
             "target_time": format_us(target.us) if target.us is not None else None,
             "target_txid": txid,
+            "target_mark": mark,
             "restore": result.to_json(),
             "validation": validation.to_json() if validation else None,
             "namespace": None if loaded is None else {

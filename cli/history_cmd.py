@@ -73,7 +73,9 @@ def history_command(name, limit, failed_only, prune_before, as_json):
     rows = []
     failures = []
     for e in entries:
-        if e.target_us is not None:
+        if e.target_input is not None and e.target_input.startswith("mark "):
+            target = e.target_input  # the mark's name says more than its txid
+        elif e.target_us is not None:
             target = _when(e.target_us)
         elif e.target_txid is not None:
             target = f"txid {e.target_txid}"

@@ -17,6 +17,9 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "replicate": ("replicate_cmd:replicate_command", "Run the daemon (one database, or every database and sqld namespace in the config)."),
     "restore": ("restore_cmd:restore_command", "Restore a source into a new database file, as of a time or txid."),
+    "mark": ("mark_cmd:mark_command", "Name the current point of a database (a restore point for --mark)."),
+    "marks": ("mark_cmd:marks_command", "List a source's named restore points, and whether each is still restorable."),
+    "unmark": ("mark_cmd:unmark_command", "Remove a named restore point (retention may then delete its history)."),
     "ls": ("ls_cmd:ls_command", "What a source can restore: window, generations, snapshots."),
     "db": ("db_cmd:db_group", "Named databases: create/show/list/shell/destroy."),
     "history": ("history_cmd:history_command", "The recovery log: who restored what, when, and why."),
@@ -68,6 +71,7 @@ def cli(ctx, config_file):
                     walrewind db list | db show | db shell | db destroy
                     walrewind timeline app | diff NEW --from-db app --table T | history
                     walrewind bisect app --query "SELECT count(*) FROM t"   (which txid changed it)
+    Restore points: walrewind mark app before-migration    (then: restore app --mark before-migration)
     Drills:         walrewind verify app --random 5        (restore, checksum, integrity_check)
     Retention:      walrewind prune app --dry-run          (what the daemon deletes hourly)
 

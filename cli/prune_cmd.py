@@ -41,8 +41,15 @@ def _print(report: PruneReport, source: str) -> None:
     if beyond:
         click.echo("snapshots kept beyond the window:")
         for k in beyond:
-            label = ", ".join(k.tiers) if k.tiers else "-"
+            label = ", ".join(k.tiers + [f"mark {m}" for m in k.marks]) or "-"
             click.echo(f"  {format_us(k.ts_us)}  txid {k.txid:<10} {label}")
+    verb = "would be deleted" if report.dry_run else "were deleted"
+    for name, keys in report.kept_for_marks.items():
+        click.echo(f"kept for mark {name!r}: {len(keys)} object(s) that {verb} otherwise")
+        for key in keys:
+            click.echo(f"  {key}")
+    for key, error in report.unreadable_marks.items():
+        click.echo(f"WARNING: {key} is unreadable and keeps nothing: {error}", err=True)
 
 
 @click.command("prune", short_help="Apply the retention policy now: delete what it no longer needs.")
@@ -63,7 +70,8 @@ def prune_command(source, dry_run, retention, keep_daily, keep_weekly, keep_mont
 
     Every moment of the retention period stays restorable to the transaction (plus a grace period
     for restores in progress); beyond it, the newest snapshot of each recent day, ISO week and month
-    is kept (restorable to the snapshot). Everything else is deleted, oldest first, in an order
+    is kept (restorable to the snapshot), and every mark (`walrewind marks`) stays restorable until
+    it is removed with `walrewind unmark`. Everything else is deleted, oldest first, in an order
     that an interruption cannot turn into a hole. Exit code 0 on success, 1 on an error.
     """
     src, _config = get_source(source)

@@ -15,8 +15,10 @@ from .validation import VALIDATE_HELP, print_validation
 
 CHECK_HELP = ("SQLite check run on the restored file after its recorded checksum matched: quick (quick_check), "
               "full (integrity_check: indexes too, slower on large databases) or none.")
-EXCLUSIVE_HELP = ("Stop just before the target: the state right before transaction --txid N, or with only what "
-                  "committed strictly before --timestamp T.")
+EXCLUSIVE_HELP = ("Stop just before the target: the state right before transaction --txid N (or the mark's "
+                  "transaction), or with only what committed strictly before --timestamp T.")
+MARK_HELP = ("Restore exactly to the named restore point made by `walrewind mark` (see `walrewind marks SOURCE`); "
+             "refused if retention or a hand-made deletion broke it.")
 TIMESTAMP_HELP = (
     "Restore the database as it was right after the last transaction committed at or before this "
     "moment. ISO 8601 / RFC 3339: 2024-01-15T10:30:00Z, 2024-01-15T19:30:00+09:00, fractional "
@@ -30,6 +32,7 @@ TIMESTAMP_HELP = (
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="New database file to create (not needed with --dry-run).")
 @click.option("--timestamp", "-t", help=TIMESTAMP_HELP)
 @click.option("--txid", type=int, help="Restore exactly up to and including this transaction id.")
+@click.option("--mark", "mark", metavar="NAME", help=MARK_HELP)
 @click.option("--exclusive", is_flag=True, help=EXCLUSIVE_HELP)
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (snapshot, segments, the transaction it lands on) without restoring.")
@@ -40,14 +43,14 @@ TIMESTAMP_HELP = (
 @config_option
 @key_option
 @friendly
-def restore_command(source, output, timestamp, txid, exclusive, force, dry_run, as_json, validate, check, reason):
+def restore_command(source, output, timestamp, txid, mark, exclusive, force, dry_run, as_json, validate, check, reason):
     """Restore SOURCE into a new database file (latest point by default).
 
     SOURCE is a configured database name or a replica URL/path; a configured name wins.  When a
     config file is in use (--config, $WALREWIND_CONFIG, ./walrewind.toml, ...) every restore,
     successful or not, is also recorded in `walrewind history`.
     """
-    target = Target.parse(timestamp, txid, exclusive)
+    target = Target.parse(timestamp, txid, exclusive, mark)
     src, config = get_source(source)
     if dry_run:
         _print_plan(dry_run_plan(src, target), as_json)

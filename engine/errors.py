@@ -152,3 +152,29 @@ class SqldError(WalrewindError):
         super().__init__(message)
         self.status = status  # the HTTP status, None when sqld could not be reached
         self.body = body
+
+
+# --------------------------------------------------------------------------- named restore points
+class MarkError(WalrewindError):
+    """A named restore point (``walrewind mark``) could not be made, found or used."""
+
+
+class MarkExists(MarkError, UsageError):
+    """A mark of that name already exists in the replica (marks are create-only)."""
+
+
+class MarkNotFound(MarkError, UsageError):
+    """No mark of that name in the replica."""
+
+
+class MarkTimeout(MarkError):
+    """The daemon did not upload the marked point within the timeout; no mark was written."""
+
+
+class MarkInexact(MarkError):
+    """The marked point cannot be located to the transaction (a RESYNC or LATE record lies in the
+    way, or SQLite's commit counter went backwards); no mark was written."""
+
+
+class MarkBroken(MarkError, HistoryGap):
+    """A mark's history is gone from the replica (its generation, snapshot or segments deleted)."""

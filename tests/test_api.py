@@ -18,7 +18,8 @@ DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "API.md")
 
 @pytest.fixture(scope="module")
 def quick_start(tmp_path_factory):
-    """A directory holding app.db and its replica backups/, with a few transactions (txids 2..)."""
+    """A directory holding app.db and its replica backups/, with a few transactions (txids 2..) and
+    a mark `deploy-1` at the last of them (docs/API.md's mark examples restore it)."""
     base = tmp_path_factory.mktemp("api")
     db = str(base / "app.db")
     create_db(db)
@@ -28,6 +29,7 @@ def quick_start(tmp_path_factory):
         while daemon.stats.uploaded_txid < daemon.stats.last_txid or daemon.stats.last_txid < 12:
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        walrewind.mark(str(base / "backups"), "deploy-1", note="quick start")
     return base
 
 

@@ -5,6 +5,8 @@
     print(result.txid, result.committed_at, result.checksum)
     found = walrewind.bisect("prod", "SELECT sum(amount) FROM ledger", since="2 hours ago")
     print(found.txid, found.committed_at, found.before, found.after)
+    walrewind.mark("prod", "before-migration")          # a named restore point ...
+    walrewind.restore("prod", "/tmp/pre.db", mark="before-migration")   # ... restored exactly
 
 ``source`` is a configured database name (the config file found the way the CLI finds it, or
 ``config=PATH``) or a replica URL/path; a configured name wins.  Every error is a
@@ -19,7 +21,15 @@ from __future__ import annotations
 from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the API)
     ConfigError,
     DaemonError,
+    EncryptionError,
+    EncryptionKeyError,
     HistoryGap,
+    MarkBroken,
+    MarkError,
+    MarkExists,
+    MarkInexact,
+    MarkNotFound,
+    MarkTimeout,
     ObjectCorrupt,
     OutputExists,
     QueryFailed,
@@ -34,11 +44,24 @@ from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the A
     WalrewindError,
 )
 
-from .calls import BisectResult, RestoreResult, Window, bisect, restore, window  # noqa: F401
+from .calls import (  # noqa: F401
+    BisectResult,
+    Mark,
+    RestoreResult,
+    Window,
+    bisect,
+    mark,
+    marks,
+    restore,
+    unmark,
+    window,
+)
 
 __all__ = [
-    "restore", "window", "bisect", "RestoreResult", "Window", "BisectResult", "QueryFailed",
+    "restore", "window", "bisect", "mark", "marks", "unmark", "RestoreResult", "Window", "BisectResult", "Mark",
+    "QueryFailed",
     "WalrewindError", "UsageError", "TimestampError", "TargetTooOld", "UnknownSource", "ConfigError",
     "RestoreError", "ReplicaEmpty", "HistoryGap", "VerificationFailed", "OutputExists", "ObjectCorrupt",
-    "StorageError", "DaemonError",
+    "StorageError", "DaemonError", "EncryptionError", "EncryptionKeyError",
+    "MarkError", "MarkExists", "MarkNotFound", "MarkTimeout", "MarkInexact", "MarkBroken",
 ]

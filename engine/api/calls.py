@@ -57,6 +57,24 @@ class BisectResult:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A named restore point (``walrewind.mark``): transaction ``txid`` of ``generation``."""
+
+    name: str
+    txid: int
+    committed_at: datetime  # the marked transaction's commit time (aware, UTC)
+    generation: str
+    note: str | None
+    who: str  # user@host that made it
+    created_at: datetime
+    broken: str | None = None  # ``marks()``: why it can no longer be restored (None: restorable)
+
+
+def _mark(m, broken: str | None = None) -> Mark:
+    return Mark(m.name, m.txid, _dt(m.commit_us), m.generation, m.note, m.who, _dt(m.created_us), broken)  # type: ignore[arg-type]
+
+
 def _dt(us: int | None) -> datetime | None:
     if us is None:
         return None
@@ -93,15 +111,12 @@ def restore(
     force: bool = False,
 ) -> RestoreResult:
     """Restore ``source`` into the new file ``output`` as of ``timestamp`` (text as the CLI takes
-    it, or a datetime; naive means UTC), ``txid``, or the latest point; verified by checksum and
-    quick_check.  Recorded in the recovery history when a config is in use, like the CLI's."""
-    from walrewind.engine.errors import UsageError
+    it, or a datetime; naive means UTC), ``txid``, ``mark`` (a name given to ``walrewind.mark``),
+    or the latest point; verified by checksum and quick_check.  Recorded in the recovery history when a config is in use, like the CLI's."""
     from walrewind.engine.workspace.recovery import Target, restore_to_file
 
-    if mark is not None:
-        raise UsageError("named restore points (mark=) are not available in this build yet")
     src, loaded = _source(source, config)
-    target = Target.parse(_timestamp_text(timestamp), txid, exclusive)
+    target = Target.parse(_timestamp_text(timestamp), txid, exclusive, mark)
     result = restore_to_file(src, os.fspath(output), target, config=loaded, force=force).result
     return RestoreResult(result.path, result.txid, _dt(result.commit_us), f"{result.checksum:016x}",  # type: ignore[arg-type]
                          result.exact, list(result.notes), list(result.warnings))
@@ -155,3 +170,34 @@ def bisect(
         r.since_txid, _dt(r.since_us), r.until_txid, _dt(r.until_us),  # type: ignore[arg-type]
         len(outcome.probes), outcome.seconds, list(r.notes), list(outcome.warnings),
     )
+
+
+def mark(source: str, name: str, *, note: str | None = None, timeout: float | None = None,
+         config: str | os.PathLike | None = None) -> Mark:
+    """Record restore point ``name``: every transaction committed when this is called, none after.
+
+    Reads SQLite's commit counter of the live database (read-only; safe inside the application's
+    own process), waits up to ``timeout`` seconds (default 30) for the daemon to upload that far,
+    and writes the mark into the replica.  Raises ``MarkExists``, ``MarkTimeout``, ``MarkInexact``."""
+    from walrewind.engine.workspace.marks import MARK_TIMEOUT_SECONDS, make_mark
+
+    src, loaded = _source(source, config)
+    made = make_mark(src, name, config=loaded, note=note, timeout=MARK_TIMEOUT_SECONDS if timeout is None else timeout)
+    return _mark(made)
+
+
+def marks(source: str, *, config: str | os.PathLike | None = None) -> list[Mark]:
+    """Every mark of ``source``, oldest first; ``broken`` says why one can no longer be restored."""
+    from walrewind.engine.workspace.marks import list_marks
+
+    src, _loaded = _source(source, config)
+    statuses, _unreadable = list_marks(src)
+    return [_mark(s.mark, s.broken) for s in statuses]
+
+
+def unmark(source: str, name: str, *, config: str | os.PathLike | None = None) -> None:
+    """Remove mark ``name`` (retention may then delete the history only it kept)."""
+    from walrewind.engine.workspace.marks import remove_mark
+
+    src, _loaded = _source(source, config)
+    remove_mark(src, name)

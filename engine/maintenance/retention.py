@@ -13,6 +13,11 @@ What is kept (``plan_prune``), with ``W = now - retention - grace``:
   weeks and ``keep_monthly`` months, the newest snapshot of that period (``select_tiers``).  Those
   points stay restorable *to the snapshot*; their segments go.
 * **The newest generation's latest state**, always (it is inside the window by construction).
+* **Marks** (``walrewind mark``, like Barman's ``keep``).  For every mark in ``marks/``, the newest
+  snapshot of its generation at or before its txid and the segments from there through its txid
+  (``replica.marks.needed_objects``), wherever they are, until the mark is removed.  The report
+  names, per mark, the objects it saved from this prune.  A mark object that cannot be read is
+  reported and protects nothing (its txid is unknown).
 
 **Why deletion is restore-safe.**  A restore plans from one LIST and then downloads.  The window is
 widened by ``grace`` (default 1 h), and tiers are the union of the selection now and ``grace``
@@ -40,6 +45,7 @@ from .. import defaults
 from ..errors import UsageError
 from ..replica import layout
 from ..replica.index import Generation, Replica
+from ..replica.marks import Mark, load_marks, needed_objects
 from ..restore.objects import snapshot_damage
 from ..storage import Storage
 from ..timeparse import (
@@ -97,10 +103,11 @@ class KeptSnapshot:
     ts_us: int
     tiers: list[str]  # "daily"/"weekly"/"monthly" labels; empty inside the exact window
     in_window: bool
+    marks: list[str] = field(default_factory=list)  # marks that keep it (beyond the window)
 
     def to_json(self) -> dict:
         return {"generation": self.generation, "txid": self.txid, "time": format_us(self.ts_us),
-                "tiers": self.tiers, "in_window": self.in_window}
+                "tiers": self.tiers, "in_window": self.in_window, "marks": self.marks}
 
 
 @dataclass
@@ -119,6 +126,8 @@ class PruneReport:
     latest_us: int | None = None
     base_key: str | None = None  # the snapshot whose existence makes the deletions safe
     damaged: dict[str, str] = field(default_factory=dict)  # snapshots found damaged: not relied on, not deleted
+    kept_for_marks: dict[str, list[str]] = field(default_factory=dict)  # mark -> keys only it saved from deletion
+    unreadable_marks: dict[str, str] = field(default_factory=dict)  # mark key -> why it protects nothing
 
     def to_json(self) -> dict:
         return {
@@ -136,6 +145,8 @@ class PruneReport:
             "latest": format_us(self.latest_us) if self.latest_us is not None else None,
             "kept_snapshots": [k.to_json() for k in self.kept_snapshots],
             "damaged_snapshots": [{"key": k, "error": e} for k, e in self.damaged.items()],
+            "kept_for_marks": self.kept_for_marks,
+            "unreadable_marks": [{"key": k, "error": e} for k, e in self.unreadable_marks.items()],
         }
 
 
@@ -193,18 +204,36 @@ def _window_generation(gens: list[Generation], w: int) -> int:
     return index
 
 
+def _mark_protection(gens: list[Generation], marks: list[Mark]) -> dict[str, list[str]]:
+    """key -> names of the marks whose restore reads it."""
+    by_id = {g.id: g for g in gens}
+    protected: dict[str, list[str]] = {}
+    for mark in marks:
+        gen = by_id.get(mark.generation)
+        if gen is None:
+            continue  # broken already: `walrewind marks` says so
+        for key in needed_objects(gen, mark.txid):
+            protected.setdefault(key, []).append(mark.name)
+    return protected
+
+
 def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int, damaged: frozenset[str] = frozenset(),
-               replica: Replica | None = None) -> PruneReport:
-    """Decide what ``prune`` would delete, from one LIST; nothing is deleted.
+               replica: Replica | None = None, marks: list[Mark] | None = None) -> PruneReport:
+    """Decide what ``prune`` would delete, from one LIST (and one of ``marks/``); nothing is deleted.
 
     Snapshots in ``damaged`` are treated as absent: never the base that justifies deleting older
-    history, and never deleted themselves (kept for inspection)."""
+    history, and never deleted themselves (kept for inspection).  ``marks`` (default: read from
+    the replica) keep what restoring each of them needs."""
     replica = replica or Replica(storage)
+    unreadable: dict[str, str] = {}
+    if marks is None:
+        marks, unreadable = load_marks(storage)
     if damaged:
         for gen in replica.generations:
             gen.snapshots = [s for s in gen.snapshots if s.key not in damaged]
         replica.generations = [g for g in replica.generations if g.snapshots]
     report = PruneReport([], [], 0, None, True, retention_off=policy.retention_us is None, now_us=now_us, policy=policy)
+    report.unreadable_marks = unreadable
     gens = replica.generations
     if gens:
         report.latest_us = replica.latest()[1]  # type: ignore[index]
@@ -227,6 +256,7 @@ def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int, damaged: 
         tiers.setdefault(snap, [])
         tiers[snap] = sorted(set(tiers[snap]) | set(labels), key=TIER_LABELS.index)
 
+    protected = _mark_protection(gens, marks)
     order: list[str] = []
     for i, gen in enumerate(gens[: first + 1]):
         in_window = i == first
@@ -241,6 +271,11 @@ def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int, damaged: 
         gone_beats = [
             h for h in gen.heartbeats if keep_from is None or (h is not newest_beat and h.ts_us < w)
         ]
+        for key in [s.key for s in gone_snaps] + [s.key for s in gone_segs]:
+            for name in protected.get(key, []):
+                report.kept_for_marks.setdefault(name, []).append(key)
+        gone_snaps = [s for s in gone_snaps if s.key not in protected]
+        gone_segs = [s for s in gone_segs if s.key not in protected]
         # Snapshots first, then segments oldest-first, then heartbeats (see the module docstring).
         order += [s.key for s in gone_snaps] + [s.key for s in gone_segs] + [h.key for h in gone_beats]
         if keep_from is None and len(gone_snaps) == len(gen.snapshots):
@@ -268,7 +303,8 @@ def plan_prune(storage: Storage, policy: RetentionPolicy, now_us: int, damaged: 
             if snap.key in gone:
                 continue
             older = i < first or (i == first and base is not None and snap.txid < base.txid)
-            report.kept_snapshots.append(KeptSnapshot(gen.id, snap.txid, snap.ts_us, tiers.get(snap, []), not older))
+            report.kept_snapshots.append(KeptSnapshot(gen.id, snap.txid, snap.ts_us, tiers.get(snap, []), not older,
+                                                      protected.get(snap.key, []) if older else []))
     return report
 
 
@@ -285,8 +321,9 @@ def prune(storage: Storage, policy: RetentionPolicy, now_us: int | None = None, 
     verified = verified if verified is not None else set()
     damaged: dict[str, str] = {}
     replica = Replica(storage)
+    marks, unreadable = load_marks(storage)
     while True:
-        report = plan_prune(storage, policy, now, frozenset(damaged), replica)
+        report = plan_prune(storage, policy, now, frozenset(damaged), replica, marks)
         if not report.deleted or report.base_key is None or report.base_key in verified:
             break
         error = snapshot_damage(replica, report.base_key)
@@ -296,6 +333,7 @@ def prune(storage: Storage, policy: RetentionPolicy, now_us: int | None = None, 
         damaged[report.base_key] = error
         replica = Replica(storage)
     report.damaged = damaged
+    report.unreadable_marks = unreadable
     report.dry_run = dry_run
     if not dry_run:
         for key in report.deleted:

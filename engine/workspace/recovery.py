@@ -14,25 +14,29 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlparse
 
 from ..daemon.health import database_health
 from ..errors import (
     ConfigError,
+    MarkError,
     NameTaken,
     ReplicaEmpty,
     TimestampError,
     UsageError,
     VerificationFailed,
 )
+from ..replica.marks import validate_mark_name
 from ..restore.drills import DrillResult
 from ..restore.planning import plan_restore
 from ..restore.restorer import Progress, RestoreResult, restore
 from ..sqlite.dbinfo import Validation, validate
+from ..storage import Storage
 from ..timeparse import format_us, parse_timestamp_us
 from .catalog import Catalog, CatalogEntry, current_user, now_us
 from .config import Config, validate_name
+from .marks import resolve_mark
 from .sources import Source
 from .sqld import validate_new_namespace
 from .sqldload import Loaded, load_restored, preflight
@@ -46,26 +50,38 @@ ACCEPTED_FORMS = (
 
 @dataclass(frozen=True)
 class Target:
-    """What to restore to: a moment, a transaction, or (neither) the latest point.
+    """What to restore to: a moment, a transaction, a named mark, or (none) the latest point.
 
     Inclusive by default: every transaction committed at or before the moment, or up to and
-    including the txid.  ``exclusive`` stops just before it (PostgreSQL's
+    including the txid (a mark is its txid).  ``exclusive`` stops just before it (PostgreSQL's
     recovery_target_inclusive=false): the state right before transaction N, or with only what
-    committed strictly before the moment.
+    committed strictly before the moment.  A mark is looked up in the replica by ``resolved``,
+    which fills ``txid``; a mark target cannot be used before that.
     """
 
     text: str | None = None  # the timestamp as typed
     us: int | None = None
     txid: int | None = None
     exclusive: bool = False
+    mark: str | None = None  # a mark's name (engine/replica/marks.py)
 
     @classmethod
-    def parse(cls, timestamp: str | None = None, txid: int | None = None, exclusive: bool = False) -> "Target":
-        if timestamp is not None and txid is not None:
-            raise UsageError("use either --timestamp or --txid, not both")
-        if exclusive and timestamp is None and txid is None:
-            raise UsageError("--exclusive needs a target (--timestamp or --txid): the latest point has no 'before'")
-        return cls(timestamp, parse_target(timestamp) if timestamp is not None else None, txid, exclusive)
+    def parse(cls, timestamp: str | None = None, txid: int | None = None, exclusive: bool = False,
+              mark: str | None = None) -> "Target":
+        given = [opt for opt, value in (("--timestamp", timestamp), ("--txid", txid), ("--mark", mark)) if value is not None]
+        if len(given) > 1:
+            raise UsageError(f"use one of --timestamp, --txid and --mark, not {' and '.join(given)}")
+        if exclusive and not given:
+            raise UsageError("--exclusive needs a target (--timestamp, --txid or --mark): the latest point has no 'before'")
+        if mark is not None:
+            validate_mark_name(mark)
+        return cls(timestamp, parse_target(timestamp) if timestamp is not None else None, txid, exclusive, mark)
+
+    def resolved(self, storage: Storage) -> "Target":
+        """This target with a mark's txid filled in (MarkNotFound, MarkBroken); others as they are."""
+        if self.mark is None or self.txid is not None:
+            return self
+        return replace(self, txid=resolve_mark(storage, self.mark, self.exclusive).txid)
 
     @property
     def restore_us(self) -> int | None:
@@ -74,6 +90,8 @@ class Target:
 
     @property
     def restore_txid(self) -> int | None:
+        if self.mark is not None and self.txid is None:
+            raise MarkError(f"mark {self.mark!r} was not looked up in the replica (Target.resolved)")
         return self.txid - 1 if (self.txid is not None and self.exclusive) else self.txid
 
     @property
@@ -81,6 +99,8 @@ class Target:
         """The target as the history shows it."""
         if self.text is not None:
             typed = self.text
+        elif self.mark is not None:
+            typed = f"mark {self.mark}"
         else:
             typed = f"txid {self.txid}" if self.txid is not None else "latest"
         return typed + (" (exclusive)" if self.exclusive else "")
@@ -89,6 +109,8 @@ class Target:
         before = "just before " if self.exclusive else ""
         if self.us is not None:
             return f"as of {before}{format_us(self.us)}" if self.exclusive else f"as of {format_us(self.us)}"
+        if self.mark is not None:
+            return f"{before or 'at '}mark {self.mark!r}" + (f" (txid {self.txid})" if self.txid is not None else "")
         return f"{before or 'at '}txid {self.txid}" if self.txid is not None else "at the latest point"
 
 
@@ -210,6 +232,8 @@ def dry_run(source: Source, target: Target) -> dict:
     """What a restore to ``target`` would read and the transaction it would land on, without
     restoring.  Planning uses names only; finding the landing point inside a segment opens that
     one segment (a time or txid that is not a segment boundary)."""
+    if target.mark is not None:
+        target = target.resolved(source.storage())
     replica = source.replica()
     plan = plan_restore(replica, target.restore_us, target.restore_txid)
     txid, commit_us = plan.snapshot.txid, plan.snapshot.ts_us
@@ -255,9 +279,11 @@ def restore_to_file(
                        target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed,
                        source=source_name(source, config))
     try:
+        target = _resolve(source, target, history)
         refuse_live_database(output, config)
         result = restore(source.storage(), output, target_us=target.restore_us, target_txid=target.restore_txid,
                          force=force, progress=progress, check=check)
+        _check_landed(result, target)
     except BaseException as exc:
         history.failed(exc)
         raise
@@ -292,12 +318,14 @@ def create_database(
                        target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed)
     reserved = False
     try:
+        target = _resolve(source, target, history)
         out_path = _check_new_name(config, catalog, name)
         _reserve(config, catalog, name, out_path, history, source, target, reason)
         reserved = True
         history.values["output"] = out_path
         result = restore(source.storage(), out_path, target_us=target.restore_us, target_txid=target.restore_txid,
                          progress=progress, check=check)
+        _check_landed(result, target)
         catalog.update(name, status="ready", restored_txid=result.txid, restored_commit_us=result.commit_us,
                        checksum=f"{result.checksum:016x}")
         reserved = False
@@ -329,6 +357,7 @@ def _create_namespace(config: Config, name: str, source: Source, target: Target,
     tmp = os.path.join(config.databases_dir, f".{name}.namespace-{os.getpid()}.db")
     reserved = keep_tmp = False
     try:
+        target = _resolve(source, target, history)
         _check_new_name(config, catalog, name, out_path)
         preflight(sqld, name)  # admin and HTTP API configured and reachable, the name free: before the restore
         _reserve(config, catalog, name, out_path, history, source, target, reason)
@@ -336,6 +365,7 @@ def _create_namespace(config: Config, name: str, source: Source, target: Target,
         history.values["output"] = out_path
         result = restore(source.storage(), tmp, target_us=target.restore_us, target_txid=target.restore_txid,
                          progress=progress, check=check)
+        _check_landed(result, target)
         validation = validate(tmp) if validate_after else None
         if validation is not None and not validation.ok:
             keep_tmp = True
@@ -361,6 +391,24 @@ def _create_namespace(config: Config, name: str, source: Source, target: Target,
     history.write("ok", restored_txid=result.txid, restored_commit_us=result.commit_us)
     recovery.warnings = history.warnings
     return recovery
+
+
+def _resolve(source: Source, target: Target, history: _History) -> Target:
+    """``target`` with a mark looked up (its txid then goes into the history too)."""
+    if target.mark is None:
+        return target  # nothing to look up: the replica is opened where it always was
+    resolved = target.resolved(source.storage())
+    history.values["target_txid"] = resolved.txid
+    return resolved
+
+
+def _check_landed(result: RestoreResult, target: Target) -> None:
+    """A mark promises one exact transaction: a restore landing anywhere else is refused (the
+    mark was checked restorable just before, so this only catches a replica changed meanwhile)."""
+    if target.mark is not None and (result.txid != target.restore_txid or not result.exact):
+        _remove_quietly(result.path)
+        raise VerificationFailed(f"the restore for mark {target.mark!r} landed on txid {result.txid}, not "
+                                 f"{target.restore_txid}; nothing is left behind (did the replica change meanwhile?)")
 
 
 def _remove_quietly(path: str) -> None:
@@ -406,8 +454,7 @@ def record_drills(config: Config | None, source: Source, results: list[DrillResu
     warnings: list[str] = []
     for r in results:
         history = _History(config, "verify", source=source_name(source, config), replica=source.display,
-                           target_input=format_us(r.target_us) if r.target_us is not None else "latest",
-                           target_us=r.target_us)
+                           target_input=r.target_text, target_us=r.target_us, target_txid=r.target_txid)
         history.started = time.monotonic() - r.seconds
         history.write("ok" if r.passed else "failed", restored_txid=r.txid, restored_commit_us=r.commit_us,
                       error=None if r.passed else r.detail)
