@@ -22,7 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .. import defaults
+from .. import defaults, logs
 from ..errors import DaemonError, LeaseError
 from ..fsutil import atomic_write
 from ..replica import layout
@@ -88,8 +88,10 @@ class Replicator:
         spool_min_free_bytes: int = DEFAULT_MIN_FREE,
         max_wal_bytes: int = MAX_WAL_BYTES,
         maintenance: Maintenance | None = None,
+        name: str | None = None,
     ) -> None:
         self.db_path = os.path.abspath(db_path)
+        self.name = name or os.path.basename(self.db_path)  # what log lines and metrics call it
         self.storage = storage
         self.state = StateDir(state_dir or defaults.state_dir_for(self.db_path), spool_limit_bytes, spool_min_free_bytes)
         self.upload_interval = upload_interval
@@ -292,6 +294,7 @@ class Replicator:
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
         """Replicate until stop() (or SIGTERM/SIGINT via install_signal_handlers)."""
+        logs.bind(self.name)  # this thread reads; its log lines name the database
         sys.setswitchinterval(0.0005)  # the tail loop must get the GIL within a fraction of a ms
         try:
             self._open()
@@ -326,10 +329,11 @@ class Replicator:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self._probe_interval,
                                      IDLE_POLL, inotify, self.observations)
-            observer = threading.Thread(target=self.observer.run, args=(self._stop,), name="walrewind-observer",
-                                        daemon=True)
+            observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
+                                        name="walrewind-observer", daemon=True)
             observer.start()
-            uploader = threading.Thread(target=self.uploader.run, name="walrewind-uploader", daemon=True)
+            uploader = threading.Thread(target=logs.bound_to(self.name, self.uploader.run), name="walrewind-uploader",
+                                        daemon=True)
             uploader.start()
             housekeeper = self._start_maintenance()
             if self.pending_snapshot is None:
@@ -477,7 +481,7 @@ class Replicator:
             atomic_write(path, json.dumps(status, indent=1, sort_keys=True).encode())
 
         thread = threading.Thread(
-            target=self.maintenance.run_forever, args=(self._stop,), kwargs={"on_status": save},
+            target=logs.bound_to(self.name, self.maintenance.run_forever), args=(self._stop,), kwargs={"on_status": save},
             name="walrewind-maintenance", daemon=True,
         )
         thread.start()
