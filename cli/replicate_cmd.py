@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from ..engine import defaults
-from ..engine.errors import ConfigError, DaemonError, UnknownSource
+from ..engine import defaults, logs
+from ..engine.errors import ConfigError, DaemonError, UnknownSource, WalrewindError
 from ..engine.timeparse import parse_duration_or_off
 from .common import DurationText, config_option, friendly, get_config
 
@@ -58,11 +58,14 @@ from .common import DurationText, config_option, friendly, get_config
 @click.option("--exec", "exec_command", metavar="CMD",
               help="Run the application CMD as a child once every database replicates; SIGTERM/SIGINT go to it, and "
               "when it exits: final sync, then exit with its exit code (Litestream's -exec).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per line (ts, level, db, event, message) for log shippers.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every upload.")
 @config_option
 @friendly
 def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, sqld_admin_url, upload_interval, state_dir,
-                      checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command, verbose):
+                      checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command, log_format,
+                      verbose):
     """Continuously replicate DB_PATH (a SQLite/libSQL database in WAL mode) to REPLICA_URL.
 
     REPLICA_URL is a directory (file:///backups/app or a plain path) or s3://bucket/prefix.
@@ -82,8 +85,19 @@ def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, s
     `retention = "off"` deletes nothing (compaction is then off too).  Its last results are in
     maintenance.json in the state directory and in `walrewind db show`.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    sqld_flags = (sqld_data_dir, sqld_replica, sqld_admin_url)
+    logs.setup(log_format, verbose)
+    try:
+        _replicate(db_path, replica_url, only, (sqld_data_dir, sqld_replica, sqld_admin_url), upload_interval, state_dir,
+                   checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command)
+    except WalrewindError as exc:
+        if log_format != "json":
+            raise  # friendly: "Error: ..."
+        logs.event("error", None, str(exc), logging.ERROR)  # the last line is JSON too
+        sys.exit(exc.exit_code)
+
+
+def _replicate(db_path, replica_url, only, sqld_flags, upload_interval, state_dir, checkpoint_frames, max_wal_mb,
+               takeover, retention, verify_interval, exec_command) -> None:
     sqld = None
     if db_path is not None:
         if replica_url is None:
@@ -155,22 +169,22 @@ def _overrides(retention, verify_interval, upload_interval, checkpoint_frames, m
 def _run(databases, sqld, takeover: bool, single: bool, exec_command: str | None = None) -> None:
     from ..engine.daemon.fleet import Fleet
 
-    fleet = Fleet(databases, sqld=sqld, takeover=takeover, retry=not single,
-                  on_event=lambda line: click.echo(line, err=True), exec_command=exec_command)
+    fleet = Fleet(databases, sqld=sqld, takeover=takeover, retry=not single, exec_command=exec_command)
     if not single and sqld is not None:
-        click.echo(f"watching sqld namespaces in {sqld.dbs_dir} -> {sqld.replica_display}/NAMESPACE", err=True)
+        logs.event("watching", None, f"watching sqld namespaces in {sqld.dbs_dir} -> {sqld.replica_display}/NAMESPACE")
     outcomes = fleet.run()
     failed = [o for o in outcomes if o.state == "failed"]
     child_code = fleet.child.exit_code() if fleet.child is not None else None
     if single:
         if failed:
             raise failed[0].error  # expected errors print as "Error: ..."; a bug keeps its traceback
-        click.echo(f"stopped: {outcomes[0].transactions} transactions shipped, last txid {outcomes[0].uploaded_txid}", err=True)
+        logs.event("stopped", outcomes[0].name,
+                   f"stopped: {outcomes[0].transactions} transactions shipped, last txid {outcomes[0].uploaded_txid}")
         if child_code:
             sys.exit(child_code)
         return
     for outcome in outcomes:
-        click.echo(outcome.describe(), err=True)
+        logs.event("stopped", outcome.name, outcome.describe(), logging.ERROR if outcome.state == "failed" else logging.INFO)
     if failed:
         if child_code:
             sys.exit(child_code)

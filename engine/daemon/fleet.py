@@ -18,7 +18,7 @@ shared pipeline replaces only that class: everything else here talks to a worker
   re-created under the same name is a new database (its state directory follows the namespace id,
   so it starts a new generation).
 * SIGTERM/SIGINT stop every member with its final sync.  Events (ready, failed, deleted, stopping)
-  go to ``on_event`` so the caller decides how to print.
+  are logged as event lines (engine/logs.py), and passed to ``on_event`` when one is given.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import logs
 from ..errors import ConfigError, WalrewindError
 from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
@@ -71,6 +72,7 @@ def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
     storage = open_storage(db.replica)
     return Shipper(
         db.path, storage,
+        name=db.name,
         state_dir=db.state_dir,
         upload_interval=db.upload_interval,
         checkpoint_frames=db.checkpoint_frames,
@@ -122,6 +124,7 @@ class ThreadWorker:
         self.thread.join()
 
     def _run(self) -> None:
+        logs.bind(self.db.name)
         try:
             if self.db.namespace is not None and self.db.namespace_id is not None and self.db.state_dir:
                 message = prepare_state_dir(self.db.state_dir, self.db.namespace, self.db.namespace_id)
@@ -175,7 +178,7 @@ class Fleet:
     """Replicate ``databases`` (and, with ``sqld``, every namespace) until a signal or ``stop()``."""
 
     def __init__(self, databases: list[DatabaseConfig], *, sqld: SqldConfig | None = None, takeover: bool = False,
-                 retry: bool = True, on_event: Callable[[str], None] = lambda line: None,
+                 retry: bool = True, on_event: Callable[[str], None] | None = None,
                  scan_interval: float | None = None, health: HealthFile | None = None,
                  exec_command: str | None = None) -> None:
         self.on_event = on_event
@@ -220,9 +223,9 @@ class Fleet:
         if install_signal_handlers:
             def on_signal(signum, _frame):
                 if self.child is not None and self.child.forward(signum):
-                    self.on_event(f"signal {signum}: passed on to {self.child.argv[0]}; final sync once it exits")
+                    self._event("signal", None, f"signal {signum}: passed on to {self.child.argv[0]}; final sync once it exits")
                     return
-                self.on_event(f"signal {signum}: final sync of {len(self._members)} database(s) and exit")
+                self._event("signal", None, f"signal {signum}: final sync of {len(self._members)} database(s) and exit")
                 self.stop()
 
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -268,18 +271,18 @@ class Fleet:
         if not self.child.started:
             if self._members and all(m.state == "replicating" for m in self._members.values()):
                 pid = self.child.start()
-                self.on_event(f"started {self.child.command} (pid {pid})")
+                self._event("child_started", None, f"started {self.child.command} (pid {pid})")
             return False
         code = self.child.exit_code()
         if code is None:
             return False
-        self.on_event(f"{self.child.argv[0]} exited with {code}: final sync of {len(self._members)} database(s)")
+        self._event("child_exited", None, f"{self.child.argv[0]} exited with {code}: final sync of {len(self._members)} database(s)")
         self._stop.set()
         return True
 
     # ------------------------------------------------------------------ members
     def _start(self, m: Member) -> None:
-        m.worker = ThreadWorker(m.db, self.takeover, self._wake, self.on_event)
+        m.worker = ThreadWorker(m.db, self.takeover, self._wake, lambda line: self._event("state_dir", m.db.name, line))
         m.state = "starting"
         m.worker.start()
 
@@ -289,13 +292,14 @@ class Fleet:
         if w is not None and m.state == "starting" and w.ready:
             m.state, m.ready_since = "replicating", now
             if m.failures:
-                self.on_event(f"{m.db.name}: replicating again after {m.failures} failure(s)")
+                self._event("recovered", m.db.name, f"{m.db.name}: replicating again after {m.failures} failure(s)")
             alone = len(self._members) == 1 and self.watcher is None
-            self.on_event(f"replicating {self._label(m)}: {m.db.path} -> {m.db.replica_display}"
-                          + (" (Ctrl-C or SIGTERM to stop)" if alone else ""))
+            self._event("replicating", m.db.name, f"replicating {self._label(m)}: {m.db.path} -> {m.db.replica_display}"
+                        + (" (Ctrl-C or SIGTERM to stop)" if alone else ""))
             if not alone and not self._all_announced and all(x.state == "replicating" for x in self._members.values()):
                 self._all_announced = True
-                self.on_event(f"all {len(self._members)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
+                self._event("all_replicating", None,
+                            f"all {len(self._members)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
             return True
         if w is not None and w.done:
             self._finished(m, now)
@@ -335,8 +339,8 @@ class Fleet:
             return
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (m.failures - 1))
         m.state, m.next_try = "retrying", now + delay
-        self.on_event(f"{m.db.name}: FAILED: {error}; retrying in {delay:.0f} s (failure {m.failures}; "
-                      "the other databases keep replicating)")
+        self._event("failed", m.db.name, f"{m.db.name}: FAILED: {error}; retrying in {delay:.0f} s (failure "
+                    f"{m.failures}; the other databases keep replicating)", logging.ERROR)
 
     def _leave(self, m: Member, error: BaseException | None, ran: bool = True) -> None:
         """A deleted namespace's member is done: say how its last sync went; start its successor."""
@@ -348,8 +352,8 @@ class Fleet:
             how = f"its final sync could not read the deleted files ({error})"
         else:
             how = f"its final sync failed ({type(error).__name__}: {error})"
-        self.on_event(f"namespace {m.db.name} was deleted: stopped replicating it; {how}; its replica "
-                      f"{m.db.replica_display} is kept")
+        self._event("namespace_deleted", m.db.name, f"namespace {m.db.name} was deleted: stopped replicating it; "
+                    f"{how}; its replica {m.db.replica_display} is kept")
         self._ended.append(Outcome(m.db.name, None, m.transactions, m.uploaded_txid, "deleted"))
         del self._members[m.db.path]
         if m.successor is not None and not self._stop.is_set():
@@ -365,7 +369,7 @@ class Fleet:
                               f"parent (sqld's --db-path)")
         if not os.path.isdir(sqld.dbs_dir):
             marks = [m for m in (".version", "metastore") if os.path.exists(os.path.join(sqld.data_dir, m))]
-            self.on_event(f"{sqld.dbs_dir} does not exist yet" + (
+            self._event("sqld_waiting", None, f"{sqld.dbs_dir} does not exist yet" + (
                 " (sqld makes it with its first namespace)" if marks else
                 f": {sqld.data_dir} does not look like a sqld data directory (no .version, metastore or dbs/); "
                 "waiting for namespaces anyway"))
@@ -381,11 +385,12 @@ class Fleet:
         assert self.watcher is not None and self.sqld is not None
         changes = self.watcher.scan(now)
         for name, why in changes.waiting.items():
-            self.on_event(f"namespace {name}: waiting ({why})")
+            self._event("namespace_waiting", name, f"namespace {name}: waiting ({why})")
         for name in changes.gone:
             self._delete(name, None)
         for ns in changes.replaced:
-            self.on_event(f"namespace {ns.name} was deleted and re-created (new id {ns.id}): a new database")
+            self._event("namespace_recreated", ns.name,
+                        f"namespace {ns.name} was deleted and re-created (new id {ns.id}): a new database")
             self._delete(ns.name, self.sqld.namespace(ns.name, ns.id))
         for ns in changes.appeared:
             db = self.sqld.namespace(ns.name, ns.id)
@@ -393,7 +398,7 @@ class Fleet:
             if old is not None:  # deleted on one scan, back on the next: after the old one stops
                 old.successor = db
                 continue
-            self.on_event(f"namespace {ns.name}: found (id {ns.id})")
+            self._event("namespace_found", ns.name, f"namespace {ns.name}: found (id {ns.id})")
             m = Member(db)
             self._members[db.path] = m
             self._start(m)
@@ -414,6 +419,12 @@ class Fleet:
             self._leave(m, m.error, ran=False)
 
     # ------------------------------------------------------------------ reporting
+    def _event(self, kind: str, db: str | None, message: str, level: int = logging.INFO) -> None:
+        """One event line (engine/logs.py: text or JSON, always shown), and ``on_event`` if given."""
+        logs.event(kind, db, message, level)
+        if self.on_event is not None:
+            self.on_event(message)
+
     @staticmethod
     def _label(m: Member) -> str:
         return f"{m.db.name} (sqld namespace)" if m.db.namespace is not None else m.db.name
