@@ -46,10 +46,15 @@ class Outage:
         self.answered_mono: float | None = None  # when a probe first succeeded again
         self.probes = 0
 
-    def began(self, exc: BaseException) -> None:
+    def began(self, exc: BaseException, at_start: bool = False) -> None:
         stats = self.daemon.stats
         stats.replica_unreachable_since_us = clock.now_us()
         self.first_reason = brief(exc)
+        if at_start:
+            log.error("replica %s unreachable at start: %s; capturing into the local spool until it answers "
+                      "(lease and identity are checked before the first upload)", _where(self.daemon.storage.url),
+                      self.first_reason, extra={"event": "replica_unreachable"})
+            return
         log.error("replica %s unreachable: %s; spooling locally until it answers",
                   _where(self.daemon.storage.url), self.first_reason, extra={"event": "replica_unreachable"})
 

@@ -55,6 +55,11 @@ class UploadHost(Protocol):
     @property
     def spooled_through_us(self) -> int: ...
 
+    @property
+    def startup_done(self) -> bool: ...
+
+    def complete_startup(self) -> bool: ...
+
     def save_state(self, txid: int, ts: int, position: Any, change: int | None) -> None: ...
 
     def ensure_lease(self) -> None: ...
@@ -93,6 +98,8 @@ class Uploader:
         answers again) seals it anyway: the whole backlog goes now, not one interval later.  No
         LIST: the daemon knows what it wrote.
         """
+        if not self.shipper.startup_done:
+            return 0  # nothing goes to a replica whose lease and identity were not checked
         with self.lock:
             self._upload_snapshot()
             if (final or drain or not self.shipper.state.sealed_files()
@@ -267,6 +274,8 @@ class Uploader:
         """Upload every ``upload_interval``; while the replica is unreachable, ask it every
         few tenths of a second (engine/daemon/outage.py) and drain the whole backlog as soon as it answers."""
         wait = 0.0 if self.shipper.pending_snapshot is not None else None  # the base snapshot at once
+        if self.outage is not None:  # started without the replica (engine/daemon/startup.py)
+            wait = self.outage.probe_interval()
         while not self.shipper.wait_for_stop(self.shipper.upload_interval if wait is None else wait):
             wait = None
             if self.outage is not None:
@@ -274,6 +283,8 @@ class Uploader:
                 if time.monotonic() < self._next_attempt or not self.outage.answers(self.shipper.storage):
                     continue
             try:
+                if not self.shipper.complete_startup():  # identity and lease, before the first upload
+                    return  # stopping; the final sync completes it
                 self.upload_pending(drain=self.outage is not None)
                 if time.monotonic() - self.last_beat_mono >= self.shipper.heartbeat_interval:
                     self.write_heartbeat()

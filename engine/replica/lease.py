@@ -28,7 +28,7 @@ exactly one create succeeds.  Holding epoch N is proven by the absence of ``leas
   at once, and the stopping one is fenced by construction.
 
 Every epoch object also records the database identity (``db_id``, path, host), which is how a
-daemon refuses to append a different database's history to a replica path (``Shipper._identity``).
+daemon refuses to append a different database's history to a replica path (engine/daemon/identity.py).
 """
 
 from __future__ import annotations
