@@ -71,12 +71,13 @@ def test_first_start_without_the_replica_captures_everything(tmp_path):
         d = run.daemon
         run_writer({"db": db, "log": log, "checksums": True, "rate": 200, "txns": 80, "seed": 11})
         wait_for(lambda: d.stats.backlog_txns > 40 and not d.reader.unverified, what="commits in the spool")
-        assert not d.ready.is_set() and not d.startup_done
+        assert d.phase == "spooling" and not d.ready.is_set() and not d.startup_done
+        assert d.lag_seconds() > 0  # the base snapshot itself is owed
         assert objects(replica) == [], "nothing may be uploaded before the lease and identity checks"
         assert not os.path.exists(tmp_path / "state" / "state.json"), "no uploaded point before the replica answers"
         store.down = False
         wait_for(lambda: caught_up(d), timeout=30, what="the backlog to drain")
-        assert d.stats.lease_epoch == 1
+        assert d.phase == "replicating" and d.lag_seconds() < 5 and d.stats.lease_epoch == 1
     finally:
         assert run.stop() is None
     txns, _ = read_log(log)
@@ -148,6 +149,7 @@ def test_saved_state_and_replica_down_resumes_the_same_history(tmp_path):
         assert second.daemon.capturing.wait(30), second.error
         run_writer({"db": db, "log": log2, "checksums": True, "rate": 200, "txns": 40, "seed": 15, "id_base": 10**6})
         wait_for(lambda: second.daemon.stats.backlog_txns > 20, what="commits in the spool")
+        assert second.daemon.phase == "spooling"
         store.down = False
         wait_for(lambda: caught_up(second.daemon), timeout=30, what="the drain")
         assert second.daemon.generation == generation and second.daemon.stats.lease_epoch == 3

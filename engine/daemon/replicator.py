@@ -32,6 +32,7 @@ from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
+from .lag import LagProbe
 from .startup import Startup
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
@@ -119,6 +120,7 @@ class Replicator:
         self.ready = threading.Event()  # the replica holds our base and we hold its lease
         self.capturing = threading.Event()  # tailing: every commit from now on reaches the spool
         self.pending_snapshot_ts = 0  # the moment of the newest base snapshot this daemon took
+        self._lag = LagProbe(self)
         self.startup: Startup | None = None  # from run(): lease, identity, generation (with or without the store)
         self._reader_ident: int | None = None
         self._jobs: list = []  # work the uploader hands to the reading thread (startup.py)
@@ -276,6 +278,17 @@ class Replicator:
 
     def backlog(self) -> dict:
         return self.uploader.backlog()
+
+    # ------------------------------------------------------------------ how it is doing (metrics, status)
+    def lag_seconds(self, now_us: int | None = None) -> float | None:
+        """Age of the oldest commit not yet durable in the replica; 0 when caught up, None before
+        the tail runs (engine/daemon/lag.py says where each part comes from).  Any thread."""
+        return self._lag.seconds(now_us)
+
+    @property
+    def phase(self) -> str:
+        """starting | spooling | behind | fenced | replicating (engine/daemon/lag.py)."""
+        return self._lag.phase()
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
