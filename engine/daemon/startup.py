@@ -74,7 +74,7 @@ class Startup:
         self.done = False  # identity, lease and generation settled: uploads may go
         self.offline = False  # started without the replica
         self.held: HeldSnapshot | None = None
-        self._found: ReplicaScan | None = None  # scan of the checks that passed (lease taken)
+        self.found: ReplicaScan | None = None  # the start-up LIST, once the checks passed (lease taken)
 
     # ------------------------------------------------------------------ at start (reading thread)
     def begin(self) -> None:
@@ -112,15 +112,15 @@ class Startup:
 
     def _checks(self) -> ReplicaScan:
         """One LIST of lease/ and generations/, fencing, identity, then the lease (create-only PUT)."""
-        if self._found is not None:
-            return self._found
+        if self.found is not None:
+            return self.found
         d = self.d
         found = scan(d.storage)
         d.lease.check_free(found, d.takeover)
         d.rs.db_id = decide_db_id(d.storage, d.state.path, d.db_path, d.lease.host, self.saved, found, d.takeover)
         d.lease.acquire(found, d.rs.db_id)
         d.stats.lease_epoch = d.lease.epoch or 0
-        self._found = found
+        self.found = found
         return found
 
     def _resume(self, saved: dict) -> None:

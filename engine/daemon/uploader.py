@@ -121,6 +121,8 @@ class Uploader:
         key, path = pending
         self.shipper.ensure_lease()
         put_file_immutable(self.shipper.storage, key, path)
+        self.shipper.stats.uploaded_bytes += os.path.getsize(path)
+        self.shipper.stats.last_upload_us = clock.now_us()
         os.unlink(path)
         self.shipper.pending_snapshot = None
         self.shipper.ready.set()
@@ -186,9 +188,13 @@ class Uploader:
         )
         try:
             self.put_segment_file(key.key, tmp)
+            size = os.path.getsize(tmp)
         finally:
             os.unlink(tmp)
         now = clock.now_us()
+        sh.stats.uploaded_transactions += len(stamps)
+        sh.stats.uploaded_bytes += size
+        sh.stats.last_upload_us = now
         sh.uploaded_hashes.hashes, sh.uploaded_hashes.checksum = hashes.hashes, hashes.checksum
         sh.stats.lag_samples_us.extend(now - ts for ts in stamps)
         sh.save_state(last.txid, last.commit_ts_us, position, change)
