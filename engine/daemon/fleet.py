@@ -17,6 +17,10 @@ shared pipeline replaces only that class: everything else here talks to a worker
   not be able to read the deleted files: reported as such, no traceback), and one deleted and
   re-created under the same name is a new database (its state directory follows the namespace id,
   so it starts a new generation).
+* Every SAMPLE_SECONDS (and on every change) the health file gets each member's DatabaseSample
+  (state, lag, backlog, restorable window, last drill) for ``walrewind status``; with
+  ``metrics_addr`` the same samples are served as Prometheus ``/metrics`` and judged by
+  ``/healthz`` (engine/daemon/metrics.py).
 * SIGTERM/SIGINT stop every member with its final sync.  Events (ready, failed, deleted, stopping)
   are logged as event lines (engine/logs.py), and passed to ``on_event`` when one is given.
 """
@@ -33,15 +37,16 @@ from typing import Callable
 
 from .. import logs
 from ..errors import ConfigError, WalrewindError
-from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
-from ..storage import open_storage
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
 from .child import ChildApp
 from .health import HealthFile
-from .namespaces import NamespaceWatcher, prepare_state_dir
+from .members import Member, ThreadWorker, build  # noqa: F401  (build: part of this module's interface)
+from .metrics import DEFAULT_LAG_BUDGET_SECONDS, DatabaseSample, MetricsServer
+from .namespaces import NamespaceWatcher
 from .replicator import Shipper
+from .samples import member_sample
 
 log = logging.getLogger("walrewind.fleet")
 
@@ -49,6 +54,7 @@ TICK = 0.25  # the fleet's loop: how soon a finished worker or a due retry is ac
 RETRY_FIRST = 1.0  # seconds before the first retry of a failed database ...
 RETRY_MAX = 60.0  # ... doubling up to this
 STABLE_AFTER = 60.0  # a database that ran this long before failing starts its backoff again
+SAMPLE_SECONDS = 2.0  # the health file (walrewind status) is rewritten this often
 
 
 @dataclass
@@ -66,110 +72,6 @@ class Outcome:
         return f"{self.name}: {state}; {self.transactions} transactions shipped, last txid {self.uploaded_txid}"
 
 
-def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
-    """A replicator for ``db`` with every setting taken from its configuration."""
-    check_replicable(db.path)  # before anything (replica directory, state directory) is created
-    storage = open_storage(db.replica)
-    return Shipper(
-        db.path, storage,
-        name=db.name,
-        state_dir=db.state_dir,
-        upload_interval=db.upload_interval,
-        checkpoint_frames=db.checkpoint_frames,
-        max_wal_bytes=db.max_wal_mb << 20,
-        takeover=takeover,
-        maintenance=for_database(storage, db),
-    )
-
-
-class ThreadWorker:
-    """One database's replicator on its own thread.  It is built there too: opening an S3
-    replica can block, and the fleet's loop must not."""
-
-    def __init__(self, db: DatabaseConfig, takeover: bool, wake: threading.Event,
-                 note: Callable[[str], None]) -> None:
-        self.db = db
-        self.takeover = takeover
-        self.wake = wake
-        self.note = note
-        self.replicator: Shipper | None = None
-        self.error: BaseException | None = None
-        self.done = False
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name=f"walrewind-{db.name}", daemon=True)
-
-    @property
-    def ready(self) -> bool:
-        return self.replicator is not None and self.replicator.ready.is_set()
-
-    @property
-    def transactions(self) -> int:
-        return self.replicator.stats.transactions if self.replicator is not None else 0
-
-    @property
-    def uploaded_txid(self) -> int:
-        return self.replicator.stats.uploaded_txid if self.replicator is not None else 0
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stop.set()
-            if self.replicator is not None:
-                self.replicator.stop()
-
-    def join(self) -> None:
-        self.thread.join()
-
-    def _run(self) -> None:
-        logs.bind(self.db.name)
-        try:
-            if self.db.namespace is not None and self.db.namespace_id is not None and self.db.state_dir:
-                message = prepare_state_dir(self.db.state_dir, self.db.namespace, self.db.namespace_id)
-                if message:
-                    self.note(message)
-            replicator = build(self.db, self.takeover)
-            with self._lock:
-                if self._stop.is_set():
-                    return
-                self.replicator = replicator
-            replicator.run()
-        except BaseException as exc:  # reported by the fleet, never lost
-            self.error = exc
-        finally:
-            self.done = True
-            self.wake.set()
-
-
-class Member:
-    """One database of the fleet and what happened to it so far."""
-
-    def __init__(self, db: DatabaseConfig) -> None:
-        self.db = db
-        self.state = "waiting"  # waiting | starting | replicating | retrying | stopping | failed
-        self.worker: ThreadWorker | None = None
-        self.failures = 0
-        self.error: BaseException | None = None
-        self.failing_since_us: int | None = None
-        self.next_try = 0.0
-        self.ready_since = 0.0
-        self.deleted = False  # sqld namespace deleted: stop it, do not retry
-        self.successor: DatabaseConfig | None = None  # re-created under the same name
-        self.transactions = 0  # over every attempt
-        self.uploaded_txid = 0
-
-    def health(self) -> dict:
-        out = {"name": self.db.name, "kind": self.db.kind, "path": self.db.path, "replica": self.db.replica_display,
-               "state": self.state, "failures": self.failures, "namespace_id": self.db.namespace_id}
-        if self.error is not None:
-            out.update(error=str(self.error) or type(self.error).__name__, failing_since_us=self.failing_since_us)
-            if self.state == "retrying":
-                out["next_try_in_s"] = round(max(0.0, self.next_try - time.monotonic()), 1)
-        return out
-
-
 def _expected(exc: BaseException) -> bool:
     return isinstance(exc, (WalrewindError, OSError))
 
@@ -180,7 +82,8 @@ class Fleet:
     def __init__(self, databases: list[DatabaseConfig], *, sqld: SqldConfig | None = None, takeover: bool = False,
                  retry: bool = True, on_event: Callable[[str], None] | None = None,
                  scan_interval: float | None = None, health: HealthFile | None = None,
-                 exec_command: str | None = None) -> None:
+                 exec_command: str | None = None, metrics_addr: str | None = None,
+                 lag_budget: float = DEFAULT_LAG_BUDGET_SECONDS) -> None:
         self.on_event = on_event
         self.child = ChildApp(exec_command) if exec_command else None  # replicate --exec
         self.takeover = takeover
@@ -194,6 +97,9 @@ class Fleet:
         self._ended: list[Outcome] = []  # members that left while running (deleted namespaces)
         self._all_announced = False
         self._started_us = time.time_ns() // 1000
+        self.lag_budget = lag_budget
+        self.metrics = MetricsServer(metrics_addr, self.samples, lag_budget) if metrics_addr else None
+        self._published = 0.0
         if not retry:
             for db in databases:
                 check_replicable(db.path)  # one database: refuse at once, as before
@@ -208,6 +114,11 @@ class Fleet:
     def members(self) -> list[dict]:
         """Every database's health, as the health file has it."""
         return [m.health() for m in self._members.values()]
+
+    def samples(self) -> list[DatabaseSample]:
+        """Every database as it is now (metrics and the health file; callable from any thread)."""
+        now = time.time_ns() // 1000
+        return [member_sample(m, now) for m in list(self._members.values())]
 
     def stop(self) -> None:
         self._stop.set()
@@ -230,6 +141,9 @@ class Fleet:
 
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if self.metrics is not None:
+                self.metrics.start()
+                self._event("metrics", None, f"serving /metrics and /healthz on http://{self.metrics.address}")
             if self.sqld is not None:
                 self._check_data_dir(self.sqld)
             for m in self._members.values():
@@ -242,7 +156,7 @@ class Fleet:
                 changed = False
                 for m in list(self._members.values()):
                     changed |= self._step(m, now)
-                if changed:
+                if changed or now - self._published >= SAMPLE_SECONDS:
                     self._publish()
                 if not self.retry and any(m.state == "failed" for m in self._members.values()):
                     break
@@ -261,6 +175,8 @@ class Fleet:
                     m.worker.join()
                     self._finished(m, time.monotonic(), stopping=True)
             self.health.remove()
+            if self.metrics is not None:
+                self.metrics.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._ended + [self._outcome(m) for m in self._members.values()]
@@ -283,23 +199,35 @@ class Fleet:
     # ------------------------------------------------------------------ members
     def _start(self, m: Member) -> None:
         m.worker = ThreadWorker(m.db, self.takeover, self._wake, lambda line: self._event("state_dir", m.db.name, line))
-        m.state = "starting"
+        m.set_state("starting")
         m.worker.start()
 
     def _step(self, m: Member, now: float) -> bool:
         """Advance one member; True when its state changed."""
         w = m.worker
         if w is not None and m.state == "starting" and w.ready:
-            m.state, m.ready_since = "replicating", now
+            m.set_state("replicating")
+            m.ready_since = now
             if m.failures:
                 self._event("recovered", m.db.name, f"{m.db.name}: replicating again after {m.failures} failure(s)")
             alone = len(self._members) == 1 and self.watcher is None
-            self._event("replicating", m.db.name, f"replicating {self._label(m)}: {m.db.path} -> {m.db.replica_display}"
-                        + (" (Ctrl-C or SIGTERM to stop)" if alone else ""))
+            m.offline = w.offline
+            if m.offline:
+                self._event("spooling", m.db.name, f"spooling {self._label(m)}: {m.db.path} -> {m.db.replica_display} "
+                            "is unreachable; every commit is captured and uploaded once it answers"
+                            + (" (Ctrl-C or SIGTERM to stop)" if alone else ""), logging.WARNING)
+            else:
+                self._event("replicating", m.db.name, f"replicating {self._label(m)}: {m.db.path} -> "
+                            f"{m.db.replica_display}" + (" (Ctrl-C or SIGTERM to stop)" if alone else ""))
             if not alone and not self._all_announced and all(x.state == "replicating" for x in self._members.values()):
                 self._all_announced = True
                 self._event("all_replicating", None,
                             f"all {len(self._members)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
+            return True
+        if w is not None and m.offline and not w.offline and not w.done:
+            m.offline = False
+            self._event("replicating", m.db.name, f"replicating {self._label(m)}: {m.db.path} -> {m.db.replica_display} "
+                        "(the replica answered)")
             return True
         if w is not None and w.done:
             self._finished(m, now)
@@ -314,15 +242,14 @@ class Fleet:
         w = m.worker
         assert w is not None
         m.worker = None
-        m.transactions += w.transactions
-        m.uploaded_txid = max(m.uploaded_txid, w.uploaded_txid)
+        m.finished(w)
         if m.db.namespace is not None and not m.deleted and self._namespace_gone(m.db):
             m.deleted = True
         if m.deleted:
             self._leave(m, w.error)
             return
         if stopping or self._stop.is_set():
-            m.state = "failed" if w.error is not None else "stopped"
+            m.set_state("failed" if w.error is not None else "stopped")
             if w.error is not None:
                 m.error = w.error
             return
@@ -330,15 +257,17 @@ class Fleet:
         if m.state == "replicating" and now - m.ready_since >= STABLE_AFTER:
             m.failures = 0
         m.failures += 1
+        m.failures_total += 1
         m.error = error
         m.failing_since_us = m.failing_since_us or time.time_ns() // 1000
         if not _expected(error):
             log.error("%s: unexpected error (a bug)", m.db.name, exc_info=error)
         if not self.retry:
-            m.state = "failed"
+            m.set_state("failed")
             return
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (m.failures - 1))
-        m.state, m.next_try = "retrying", now + delay
+        m.set_state("retrying")
+        m.next_try = now + delay
         self._event("failed", m.db.name, f"{m.db.name}: FAILED: {error}; retrying in {delay:.0f} s (failure "
                     f"{m.failures}; the other databases keep replicating)", logging.ERROR)
 
@@ -413,7 +342,7 @@ class Fleet:
         m.deleted = True
         m.successor = successor
         if m.worker is not None:
-            m.state = "stopping"
+            m.set_state("stopping")
             m.worker.stop()  # its final sync; _finished then lets it go
         else:
             self._leave(m, m.error, ran=False)
@@ -435,7 +364,10 @@ class Fleet:
                        "failed" if failed else "stopped")
 
     def _publish(self) -> None:
+        """The health file: each member's state and sample (every SAMPLE_SECONDS, and on changes)."""
+        self._published = time.monotonic()
         try:
-            self.health.write(self.members(), self._started_us)
+            entries = [dict(m.health(), sample=member_sample(m).to_json()) for m in list(self._members.values())]
+            self.health.write(entries, self._started_us, lag_budget=self.lag_budget)
         except OSError as exc:  # reporting must never stop replication
             log.warning("cannot write the fleet's health file %s: %s", self.health.path, exc)
