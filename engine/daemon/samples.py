@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from typing import Any
 
 from ..errors import LeaseError, TimestampError
@@ -37,11 +38,25 @@ def _fenced(error: BaseException | None) -> bool:
     return False
 
 
+_MAINTENANCE_TTL = 10.0  # drills and prunes run hourly at most: their results are read this often
+_maintenance_seen: "weakref.WeakKeyDictionary[Any, tuple[float, tuple]]" = weakref.WeakKeyDictionary()
+
+
 def _maintenance(replicator: Any) -> tuple[int | None, int | None, bool | None]:
-    """(retention's window start, last drill time, last drill passed) from the scheduler's status."""
+    """(retention's window start, last drill time, last drill passed), cached for _MAINTENANCE_TTL
+    (the scheduler's status() formats every task: the costliest part of a sample)."""
     maintenance = getattr(replicator, "maintenance", None)
     if maintenance is None:
         return None, None, None
+    cached = _maintenance_seen.get(maintenance)
+    if cached is not None and time.monotonic() - cached[0] < _MAINTENANCE_TTL:
+        return cached[1]
+    found = _read_maintenance(maintenance)
+    _maintenance_seen[maintenance] = (time.monotonic(), found)
+    return found
+
+
+def _read_maintenance(maintenance: Any) -> tuple[int | None, int | None, bool | None]:
     tasks = maintenance.status().get("tasks", {})
     window = None
     last_prune = (tasks.get("retention") or {}).get("last") or {}
