@@ -76,13 +76,13 @@ def test_lag_of_a_running_daemon_grows_in_an_outage_and_returns_to_zero(tmp_path
         now = time.time_ns() // 1000
         lag = daemon.lag_seconds(now)
         oldest = min(t["end"] for t in txns[1:] if t["checksum"] != txns[0]["checksum"])
-        # the oldest commit not in the replica is the first of the outage, stamped just after it returned
-        assert (now - oldest) / 1e6 - 0.1 <= lag <= (now - txns[1]["begin"]) / 1e6, (lag, now, oldest)
+        # the oldest commit not in the replica is the first of the outage, stamped when the daemon saw
+        # it: after it began, and (even on a busy box) within a second of its COMMIT returning
+        assert (now - oldest) / 1e6 - 1.0 <= lag <= (now - txns[1]["begin"]) / 1e6, (lag, now, oldest)
         assert daemon.phase == "spooling"
         store.down = False
-        wait_for(lambda: daemon.stats.backlog_txns == 0 and daemon.lag_seconds() == 0.0, timeout=30,
-                 what="lag back to 0")
-        assert daemon.phase == "replicating"
+        wait_for(lambda: daemon.stats.backlog_txns == 0 and daemon.lag_seconds() == 0.0
+                 and daemon.phase == "replicating", timeout=30, what="lag back to 0, replicating again")
     finally:
         daemon.stop()
         thread.join(60)

@@ -76,8 +76,8 @@ def test_first_start_without_the_replica_captures_everything(tmp_path):
         assert objects(replica) == [], "nothing may be uploaded before the lease and identity checks"
         assert not os.path.exists(tmp_path / "state" / "state.json"), "no uploaded point before the replica answers"
         store.down = False
-        wait_for(lambda: caught_up(d), timeout=30, what="the backlog to drain")
-        assert d.phase == "replicating" and d.lag_seconds() < 5 and d.stats.lease_epoch == 1
+        wait_for(lambda: caught_up(d) and d.phase == "replicating", timeout=30, what="the backlog to drain")
+        assert d.lag_seconds() < 5 and d.stats.lease_epoch == 1
     finally:
         assert run.stop() is None
     txns, _ = read_log(log)
