@@ -185,3 +185,24 @@ def test_replicate_exec_serves_metrics_health_and_status(tmp_path):
     assert live > 20 and restored == live  # the app's last commit is in the replica
     gone = subprocess.run(WALREWIND + ["status", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert gone.returncode == 1 and json.loads(gone.stdout)["databases"] == []
+
+
+def test_a_busy_metrics_port_is_refused_before_anything_starts(tmp_path):
+    import socket
+    import subprocess
+
+    from daemon_process import WALREWIND
+    from harness import create_db
+
+    db = str(tmp_path / "app.db")
+    create_db(db)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(WALREWIND + ["replicate", db, str(tmp_path / "replica"), "--state-dir",
+                                           str(tmp_path / "state"), "--metrics-addr", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"Error: --metrics-addr 127.0.0.1:{port}: cannot listen there (Address already in use)"
+    assert not (tmp_path / "replica").exists() and not (tmp_path / "state").exists()

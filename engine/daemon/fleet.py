@@ -98,11 +98,12 @@ class Fleet:
         self._all_announced = False
         self._started_us = time.time_ns() // 1000
         self.lag_budget = lag_budget
-        self.metrics = MetricsServer(metrics_addr, self.samples, lag_budget) if metrics_addr else None
         self._published = 0.0
         if not retry:
             for db in databases:
                 check_replicable(db.path)  # one database: refuse at once, as before
+        # Bound now: a port in use is refused before anything starts.
+        self.metrics = MetricsServer(metrics_addr, self.samples, lag_budget) if metrics_addr else None
         for db in databases:
             self._members[db.path] = Member(db)
 
