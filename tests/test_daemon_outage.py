@@ -4,6 +4,7 @@ drains as soon as the store answers again (a probe every fraction of a second, n
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -118,3 +119,38 @@ def test_an_upload_refused_although_the_store_answers_backs_off(tmp_path, kind):
         up._failed(error)
         waits.append(up._next_attempt - time.monotonic())
     assert waits[0] > 0.1 and max(waits) <= UPLOAD_BACKOFF_MAX and waits[-1] > UPLOAD_BACKOFF_MAX - 0.1
+
+
+def test_a_long_outage_still_cuts_the_spool_into_bounded_segments(tmp_path, monkeypatch):
+    """Nothing is uploaded while the store is down, but the file being appended to is still sealed
+    at SEAL_MAX_BYTES: each becomes one segment, and restores download whole segments."""
+    from walrewind.engine.daemon import uploader
+    from walrewind.engine.replica.index import Replica
+    from walrewind.engine.storage import open_storage
+
+    monkeypatch.setattr(uploader, "SEAL_MAX_BYTES", 64 << 10)
+    db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    create_db(db)
+    store = Switchable(replica)
+    daemon = Shipper(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1)
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        assert daemon.ready.wait(30)
+        store.down = True
+        run_writer({"db": db, "rate": 50, "txns": 5, "seed": 7})
+        wait_for(lambda: daemon.uploader.outage is not None, timeout=30, what="the outage to begin")
+        run_writer({"db": db, "rate": 100, "txns": 150, "seed": 8, "row_bytes": 3000, "id_base": 10**6})
+        wait_for(lambda: not daemon.reader.unverified and daemon.state.current_bytes() < 64 << 10, timeout=30,
+                 what="the last file to be cut")
+        sizes = [os.path.getsize(p) for p in daemon.state.sealed_files()]
+        store.down = False
+        wait_for(lambda: daemon.stats.backlog_txns == 0, timeout=30, what="the drain")
+    finally:
+        daemon.stop()
+        thread.join(60)
+    assert len(sizes) >= 5, sizes
+    # one probe interval of writes (0.25 s at ~100 txn/s of ~7 KB) past the limit, at most
+    assert max(sizes) < (64 << 10) + 400_000, sizes
+    r = Replica(open_storage(replica, create=False))
+    assert len(r.generations[0].segments) >= len(sizes)

@@ -113,6 +113,16 @@ class Uploader:
                     uploaded += 1
             return uploaded
 
+    def _seal_if_full(self) -> None:
+        """While nothing is uploaded, still cut the spool into SEAL_MAX_BYTES files: each becomes
+        one segment, and a restore downloads whole segments (one file for an hour-long outage
+        would be one multi-gigabyte object)."""
+        with self.lock:
+            if self.shipper.state.current_bytes() >= SEAL_MAX_BYTES:
+                through = self.shipper.spooled_through_us
+                self.shipper.state.seal()
+                self.sealed_through_us = through
+
     def _upload_snapshot(self) -> None:
         """Ship a new generation's base snapshot first: no segment may precede it."""
         pending = self.shipper.pending_snapshot
@@ -286,6 +296,7 @@ class Uploader:
             wait = None
             if self.outage is not None:
                 wait = self.outage.probe_interval()
+                self._seal_if_full()
                 if time.monotonic() < self._next_attempt or not self.outage.answers(self.shipper.storage):
                     continue
             try:
