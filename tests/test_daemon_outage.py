@@ -150,7 +150,8 @@ def test_a_long_outage_still_cuts_the_spool_into_bounded_segments(tmp_path, monk
         daemon.stop()
         thread.join(60)
     assert len(sizes) >= 5, sizes
-    # one probe interval of writes (0.25 s at ~100 txn/s of ~7 KB) past the limit, at most
-    assert max(sizes) < (64 << 10) + 400_000, sizes
+    # past the limit by at most what arrives between two checks: a probe interval plus a read
+    # pass (0.25 s each) at ~100 txn/s of ~16 KB of frames, with room for a slow box
+    assert max(sizes) < (64 << 10) + 1_200_000, sizes
     r = Replica(open_storage(replica, create=False))
     assert len(r.generations[0].segments) >= len(sizes)
