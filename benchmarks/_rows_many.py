@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 from _common import log, read_log
 from _oracle import InsertOnly, digest_file

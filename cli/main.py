@@ -16,6 +16,7 @@ import click
 # name -> (module:attribute, short help shown by `walrewind --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
     "replicate": ("replicate_cmd:replicate_command", "Run the daemon (one database, or every database and sqld namespace in the config)."),
+    "status": ("status_cmd:status_command", "How every database replicated on this machine is doing (exit 1 if unhealthy)."),
     "restore": ("restore_cmd:restore_command", "Restore a source into a new database file, as of a time or txid."),
     "mark": ("mark_cmd:mark_command", "Name the current point of a database (a restore point for --mark)."),
     "marks": ("mark_cmd:marks_command", "List a source's named restore points, and whether each is still restorable."),

@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from ..engine import defaults
-from ..engine.errors import ConfigError, DaemonError, UnknownSource
-from ..engine.timeparse import parse_duration_or_off
+from ..engine import defaults, logs
+from ..engine.errors import ConfigError, DaemonError, UnknownSource, WalrewindError
+from ..engine.timeparse import parse_duration_or_off, parse_duration_us
 from .common import (
     DurationText,
     config_option,
@@ -65,12 +65,21 @@ from .common import (
 @click.option("--exec", "exec_command", metavar="CMD",
               help="Run the application CMD as a child once every database replicates; SIGTERM/SIGINT go to it, and "
               "when it exits: final sync, then exit with its exit code (Litestream's -exec).")
+@click.option("--metrics-addr", metavar="HOST:PORT",
+              help="Serve Prometheus /metrics and a /healthz check here (e.g. 127.0.0.1:9093; off by default). "
+              "Overrides the config's metrics_addr.")
+@click.option("--lag-budget", metavar="DURATION", type=DurationText(allow_off=False), default=None,
+              help="/healthz and `walrewind status` report unhealthy once a database is this far behind.  "
+              f"[default: {defaults.LAG_BUDGET_SECONDS:g}s, or the config's lag_budget]")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per line (ts, level, db, event, message) for log shippers.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every upload.")
 @config_option
 @key_option
 @friendly
 def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, sqld_admin_url, upload_interval, state_dir,
-                      checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command, verbose):
+                      checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command, metrics_addr,
+                      lag_budget, log_format, verbose):
     """Continuously replicate DB_PATH (a SQLite/libSQL database in WAL mode) to REPLICA_URL.
 
     REPLICA_URL is a directory (file:///backups/app or a plain path) or s3://bucket/prefix.
@@ -90,9 +99,22 @@ def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, s
     `retention = "off"` deletes nothing (compaction is then off too).  Its last results are in
     maintenance.json in the state directory and in `walrewind db show`.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    sqld_flags = (sqld_data_dir, sqld_replica, sqld_admin_url)
+    logs.setup(log_format, verbose)
+    try:
+        _replicate(db_path, replica_url, only, (sqld_data_dir, sqld_replica, sqld_admin_url), upload_interval, state_dir,
+                   checkpoint_frames, max_wal_mb, takeover, retention, verify_interval, exec_command,
+                   (metrics_addr, lag_budget))
+    except WalrewindError as exc:
+        if log_format != "json":
+            raise  # friendly: "Error: ..."
+        logs.event("error", None, str(exc), logging.ERROR)  # the last line is JSON too
+        sys.exit(exc.exit_code)
+
+
+def _replicate(db_path, replica_url, only, sqld_flags, upload_interval, state_dir, checkpoint_frames, max_wal_mb,
+               takeover, retention, verify_interval, exec_command, operations) -> None:
     sqld = None
+    config = get_config(required=False) if db_path is None else None
     if db_path is not None:
         if replica_url is None:
             raise click.UsageError("give both DB_PATH and REPLICA_URL, or neither (to replicate every database in the config)")
@@ -104,7 +126,7 @@ def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, s
         name = os.path.basename(db_path)
         selected = [DatabaseConfig(name, db_path, replica_url, state_dir=state_dir)]
     else:
-        selected, sqld = _configured(only, state_dir, sqld_flags)
+        selected, sqld = _configured(config, only, state_dir, sqld_flags)
     overrides = _overrides(retention, verify_interval, upload_interval, checkpoint_frames, max_wal_mb)
     files = key_files()  # --encryption-key-file: before each database's own key files (the first key writes)
     selected = [dataclasses.replace(db, **overrides, encryption_key_files=files + db.encryption_key_files)
@@ -113,10 +135,16 @@ def replicate_command(db_path, replica_url, only, sqld_data_dir, sqld_replica, s
         settings = sqld.settings
         sqld = dataclasses.replace(sqld, settings=dataclasses.replace(
             settings, **overrides, encryption_key_files=files + settings.encryption_key_files))
-    _run(selected, sqld, takeover, single=db_path is not None, exec_command=exec_command)
+    metrics_addr, lag_budget = operations
+    if metrics_addr is None and config is not None:
+        metrics_addr = config.metrics_addr
+    budget = parse_duration_us(lag_budget) / 1e6 if lag_budget else (
+        config.lag_budget_s if config is not None else defaults.LAG_BUDGET_SECONDS)
+    _run(selected, sqld, takeover, single=db_path is not None, exec_command=exec_command, metrics_addr=metrics_addr,
+         lag_budget=budget)
 
 
-def _configured(only, state_dir, sqld_flags):
+def _configured(config, only, state_dir, sqld_flags):
     """The databases of the config file (all, or those named with --db), and [sqld] with the flags applied."""
     from ..engine.workspace.config import (
         check_sqld_overlap,
@@ -124,7 +152,6 @@ def _configured(only, state_dir, sqld_flags):
         sqld_with_options,
     )
 
-    config = get_config(required=False)
     sqld = sqld_with_options(config.sqld if config is not None and not only else None, *sqld_flags)
     if config is None and sqld is None:
         raise ConfigError("nothing to replicate: give DB_PATH REPLICA_URL, or --sqld-data-dir and --sqld-replica, or "
@@ -164,25 +191,27 @@ def _overrides(retention, verify_interval, upload_interval, checkpoint_frames, m
     return out
 
 
-def _run(databases, sqld, takeover: bool, single: bool, exec_command: str | None = None) -> None:
+def _run(databases, sqld, takeover: bool, single: bool, exec_command: str | None = None, metrics_addr: str | None = None,
+         lag_budget: float = defaults.LAG_BUDGET_SECONDS) -> None:
     from ..engine.daemon.fleet import Fleet
 
-    fleet = Fleet(databases, sqld=sqld, takeover=takeover, retry=not single,
-                  on_event=lambda line: click.echo(line, err=True), exec_command=exec_command)
+    fleet = Fleet(databases, sqld=sqld, takeover=takeover, retry=not single, exec_command=exec_command,
+                  metrics_addr=metrics_addr, lag_budget=lag_budget)
     if not single and sqld is not None:
-        click.echo(f"watching sqld namespaces in {sqld.dbs_dir} -> {sqld.replica_display}/NAMESPACE", err=True)
+        logs.event("watching", None, f"watching sqld namespaces in {sqld.dbs_dir} -> {sqld.replica_display}/NAMESPACE")
     outcomes = fleet.run()
     failed = [o for o in outcomes if o.state == "failed"]
     child_code = fleet.child.exit_code() if fleet.child is not None else None
     if single:
         if failed:
             raise failed[0].error  # expected errors print as "Error: ..."; a bug keeps its traceback
-        click.echo(f"stopped: {outcomes[0].transactions} transactions shipped, last txid {outcomes[0].uploaded_txid}", err=True)
+        logs.event("stopped", outcomes[0].name,
+                   f"stopped: {outcomes[0].transactions} transactions shipped, last txid {outcomes[0].uploaded_txid}")
         if child_code:
             sys.exit(child_code)
         return
     for outcome in outcomes:
-        click.echo(outcome.describe(), err=True)
+        logs.event("stopped", outcome.name, outcome.describe(), logging.ERROR if outcome.state == "failed" else logging.INFO)
     if failed:
         if child_code:
             sys.exit(child_code)

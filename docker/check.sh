@@ -3,6 +3,7 @@
 #   - every COPY source in docker/Dockerfile exists relative to the repository root (the build
 #     context), and the copied paths cover what pyproject.toml needs to build (readme, package dirs)
 #   - the image runs as a non-root user, declares the volumes and XDG_STATE_HOME
+#   - the HEALTHCHECK runs `walrewind status` (exec form, a real subcommand) with a start period
 #   - the ENTRYPOINT command is a [project.scripts] entry in pyproject.toml
 #   - docker/compose.yaml parses as YAML (PyYAML if available, else a minimal structural check):
 #     sqld pinned to a 0.24.x libsql-server image with namespaces on, SeaweedFS, and a walrewind
@@ -86,6 +87,21 @@ volumes="$(printf '%s\n' "$instructions" | awk 'toupper($1)=="VOLUME"{ $1=""; pr
 for v in /data /state; do
     if printf '%s' "$volumes" | grep -Eq "(^|[^a-z])${v}([^a-z]|$)"; then ok "VOLUME $v"; else fail "no VOLUME $v"; fi
 done
+
+# HEALTHCHECK: exec form, `walrewind status` (a CLI subcommand), with a start period.
+health="$(printf '%s\n' "$instructions" | awk 'toupper($1)=="HEALTHCHECK"{ $1=""; h=$0 } END{print h}')"
+if [ -z "$health" ]; then
+    fail "no HEALTHCHECK (expected CMD [\"walrewind\", \"status\"])"
+else
+    health_cmd="$(printf '%s' "$health" | sed -n 's/.*CMD[[:space:]]*\(\[.*\]\).*/\1/p')"
+    if [ "$(printf '%s' "$health_cmd" | tr -d ' ')" = '["walrewind","status"]' ] && grep -q '^    "status": (' "$ROOT/cli/main.py"; then
+        ok "HEALTHCHECK runs walrewind status (a CLI subcommand, exec form)"
+    else
+        fail "HEALTHCHECK must be exec form CMD [\"walrewind\", \"status\"], got: $health"
+    fi
+    if printf '%s' "$health" | grep -q -- '--start-period='; then ok "HEALTHCHECK has a start period"
+    else fail "HEALTHCHECK has no --start-period (the first base snapshot upload would count as unhealthy)"; fi
+fi
 
 entry_json="$(printf '%s\n' "$instructions" | awk 'toupper($1)=="ENTRYPOINT"{ $1=""; e=$0 } END{print e}')"
 cmd_json="$(printf '%s\n' "$instructions" | awk 'toupper($1)=="CMD"{ $1=""; c=$0 } END{print c}')"

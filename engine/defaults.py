@@ -17,6 +17,7 @@ HEARTBEAT_SECONDS = 60.0  # "still replicating, nothing missed" objects, busy or
 LEASE_SECONDS = 300.0  # how long a replica path stays fenced after its daemon went silent
 SPOOL_LIMIT_BYTES = 4 << 30  # read but not yet uploaded (hours of a busy database)
 SPOOL_MIN_FREE_BYTES = 256 << 20  # never take the spool's filesystem below this much free space
+LAG_BUDGET_SECONDS = 60.0  # /healthz and `walrewind status`: healthy while the lag is within this
 
 # Retention and maintenance
 RETENTION = "7d"  # every moment of this period restorable to the transaction ("off": delete nothing)

@@ -92,6 +92,11 @@ class ObjectNotFound(StorageError):
     pass
 
 
+class StoreUnreachable(StorageError):
+    """The store could not be reached, or kept failing transiently (timeouts, resets, 5xx, throttling)
+    after every retry.  Worth trying again later; the daemon spools meanwhile."""
+
+
 class ObjectConflict(StorageError):
     """A create-only write found a different object under the key (another writer)."""
 

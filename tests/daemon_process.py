@@ -58,6 +58,14 @@ class Daemon:
         self.lines.append(rest.decode("utf-8", "replace"))
         return rc, "".join(self.lines), took
 
+    def wait_exit(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Wait for it to exit on its own; (exit status, everything it said)."""
+        rc = self.proc.wait(timeout)
+        rest = self._buf + self.proc.stderr.read()
+        self._buf = b""
+        self.lines.append(rest.decode("utf-8", "replace"))
+        return rc, "".join(self.lines)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -14,7 +14,7 @@ test server accepts any signature) unless the seeded RNG picks a fault for it:
                    body, then the connection is reset (a truncated body)
 
 ``down = True`` makes the proxy reset every connection (an unreachable endpoint) until cleared.
-``counts`` says how many of each fault were injected.  Loopback only; one thread per connection.
+``counts`` says how many of each fault were injected, ``refused`` how many requests were reset while down.  Loopback only; one thread per connection.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ class FaultProxy:
         self.down = False
         self.counts: collections.Counter[str] = collections.Counter()
         self.requests = 0
+        self.refused = 0  # requests reset while down
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
@@ -206,6 +207,8 @@ class FaultProxy:
                 except (_Closed, OSError):
                     return
                 if self.down:
+                    with self._lock:
+                        self.refused += 1
                     _reset(client)
                     return
                 method = start.split(b" ", 1)[0].upper()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import functools
 import os
 import subprocess
 import sys
@@ -106,11 +107,11 @@ class DaemonThread:
 
     def __init__(self, db: str, replica: str, state: str, upload_interval: float = 0.2, keyring=None, **kwargs) -> None:
         storage = open_storage(replica, keyring=keyring)
-        note = None
-        if keyring is not None:  # what `walrewind replicate` does before the daemon starts (fleet.build)
-            note = check_replica_encryption(storage, keyring)
+        check = None
+        if keyring is not None:  # what `walrewind replicate` does at start-up (members.build)
+            check = functools.partial(check_replica_encryption, storage, keyring)
         self.shipper = Shipper(db, storage, state_dir=state, upload_interval=upload_interval,
-                               new_generation_reason=note, **kwargs)
+                               encryption_check=check, **kwargs)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.started_us = 0  # before the daemon began: nothing before this can be restorable

@@ -299,3 +299,24 @@ def test_atomic_write_replaces(tmp_path):
     atomic_write(str(target), json.dumps({"a": 1}).encode())
     assert json.loads(target.read_bytes()) == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["f.json"]
+
+
+def test_renumber_moves_every_record_and_keeps_everything_else(tmp_path):
+    """A generation begun without the replica moves past the replica's txids (startup.py)."""
+    state = StateDir(str(tmp_path))
+    first, second, third = make_items(31, 3, first_txid=1), make_items(32, 2, first_txid=4), make_items(33, 2, 6)
+    state.append(first)
+    state.seal()
+    state.append(second)
+    state.seal()
+    state.append(third)  # still being appended to: sealed by renumber
+    state.renumber(100, PAGE)
+    files = state.sealed_files()
+    assert [os.path.basename(f) for f in files] == [f"{101:016x}.sealed", f"{104:016x}.sealed", f"{106:016x}.sealed"]
+    got = [item for f in files for item in StateDir.read_file(f, PAGE)]
+    want = first + second + third
+    assert [i.record.txid for i in got] == [i.record.txid + 100 for i in want]
+    for a, b in zip(got, want):
+        assert (a.record.pages, a.record.db_checksum, a.record.commit_ts_us, a.position, a.through_ts_us, a.change) == (
+            b.record.pages, b.record.db_checksum, b.record.commit_ts_us, b.position, b.through_ts_us, b.change)
+    assert state.pending == state.pending_bytes() and not [n for n in os.listdir(state.spool_dir) if n.endswith(".tmp")]

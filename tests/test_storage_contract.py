@@ -282,6 +282,36 @@ def test_s3_unreachable_endpoint_names_endpoint() -> None:
         store.close()
 
 
+def test_s3_probe_is_one_request_and_says_unreachable() -> None:
+    """The daemon probes an unreachable store every fraction of a second: one request, no retries,
+    and StoreUnreachable (a StorageError the daemon waits out) rather than a permanent failure."""
+    import time
+
+    from walrewind.engine.errors import StoreUnreachable
+
+    (port,) = free_ports(1)  # nothing listens here
+    store = open_storage(f"s3://walrewind-test/x?endpoint=http://127.0.0.1:{port}&connect_timeout=2", create=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnreachable, match=f"probe failed: cannot reach endpoint http://127.0.0.1:{port}"):
+            store.probe()
+        assert store.request_counts() == {"ListObjectsV2": 1} and time.monotonic() - started < 2
+        with pytest.raises(StoreUnreachable, match="after 5 attempts"):  # ordinary calls retry first
+            store.get("k")
+    finally:
+        store.close()
+
+
+@pytest.mark.s3
+def test_s3_probe_answers_when_the_store_does(seaweed_s3) -> None:
+    store = open_storage(seaweed_s3.url(f"contract/{uuid.uuid4().hex}"))
+    try:
+        store.probe()
+        assert store.request_counts() == {"ListObjectsV2": 1}
+    finally:
+        store.close()
+
+
 @pytest.mark.s3
 def test_s3_endpoint_from_environment(seaweed_s3, monkeypatch) -> None:
     """No ?endpoint=: boto3 takes AWS_ENDPOINT_URL_S3, and path style / dummy credentials follow."""

@@ -17,8 +17,12 @@ shared pipeline replaces only that class: everything else here talks to a worker
   not be able to read the deleted files: reported as such, no traceback), and one deleted and
   re-created under the same name is a new database (its state directory follows the namespace id,
   so it starts a new generation).
+* Every SAMPLE_SECONDS (and on every change) the health file gets each member's DatabaseSample
+  (state, lag, backlog, restorable window, last drill) for ``walrewind status``; with
+  ``metrics_addr`` the same samples are served as Prometheus ``/metrics`` and judged by
+  ``/healthz`` (engine/daemon/metrics.py).
 * SIGTERM/SIGINT stop every member with its final sync.  Events (ready, failed, deleted, stopping)
-  go to ``on_event`` so the caller decides how to print.
+  are logged as event lines (engine/logs.py), and passed to ``on_event`` when one is given.
 """
 
 from __future__ import annotations
@@ -31,18 +35,18 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import defaults
+from .. import logs
 from ..errors import ConfigError, WalrewindError
-from ..fsutil import private_dir
-from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
-from ..storage import check_replica_encryption, open_storage
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
 from .child import ChildApp
 from .health import HealthFile
-from .namespaces import NamespaceWatcher, prepare_state_dir
+from .members import Member, ThreadWorker, build  # noqa: F401  (build: part of this module's interface)
+from .metrics import DEFAULT_LAG_BUDGET_SECONDS, DatabaseSample, MetricsServer
+from .namespaces import NamespaceWatcher
 from .replicator import Shipper
+from .samples import member_sample
 
 log = logging.getLogger("walrewind.fleet")
 
@@ -50,6 +54,7 @@ TICK = 0.25  # the fleet's loop: how soon a finished worker or a due retry is ac
 RETRY_FIRST = 1.0  # seconds before the first retry of a failed database ...
 RETRY_MAX = 60.0  # ... doubling up to this
 STABLE_AFTER = 60.0  # a database that ran this long before failing starts its backoff again
+SAMPLE_SECONDS = 2.0  # the health file (walrewind status) is rewritten this often
 
 
 @dataclass
@@ -67,112 +72,6 @@ class Outcome:
         return f"{self.name}: {state}; {self.transactions} transactions shipped, last txid {self.uploaded_txid}"
 
 
-def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
-    """A replicator for ``db`` with every setting taken from its configuration."""
-    check_replicable(db.path)  # before anything (replica directory, state directory) is created
-    private_dir(db.state_dir or defaults.state_dir_for(db.path), tighten=True)  # 0700: it holds database pages
-    keyring = db.keyring()
-    storage = open_storage(db.replica, keyring=keyring)
-    note = check_replica_encryption(storage, keyring)  # refuses a key mismatch before anything is written
-    return Shipper(
-        db.path, storage,
-        state_dir=db.state_dir,
-        upload_interval=db.upload_interval,
-        checkpoint_frames=db.checkpoint_frames,
-        max_wal_bytes=db.max_wal_mb << 20,
-        takeover=takeover,
-        maintenance=for_database(storage, db),
-        new_generation_reason=note,
-    )
-
-
-class ThreadWorker:
-    """One database's replicator on its own thread.  It is built there too: opening an S3
-    replica can block, and the fleet's loop must not."""
-
-    def __init__(self, db: DatabaseConfig, takeover: bool, wake: threading.Event,
-                 note: Callable[[str], None]) -> None:
-        self.db = db
-        self.takeover = takeover
-        self.wake = wake
-        self.note = note
-        self.replicator: Shipper | None = None
-        self.error: BaseException | None = None
-        self.done = False
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name=f"walrewind-{db.name}", daemon=True)
-
-    @property
-    def ready(self) -> bool:
-        return self.replicator is not None and self.replicator.ready.is_set()
-
-    @property
-    def transactions(self) -> int:
-        return self.replicator.stats.transactions if self.replicator is not None else 0
-
-    @property
-    def uploaded_txid(self) -> int:
-        return self.replicator.stats.uploaded_txid if self.replicator is not None else 0
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stop.set()
-            if self.replicator is not None:
-                self.replicator.stop()
-
-    def join(self) -> None:
-        self.thread.join()
-
-    def _run(self) -> None:
-        try:
-            if self.db.namespace is not None and self.db.namespace_id is not None and self.db.state_dir:
-                message = prepare_state_dir(self.db.state_dir, self.db.namespace, self.db.namespace_id)
-                if message:
-                    self.note(message)
-            replicator = build(self.db, self.takeover)
-            with self._lock:
-                if self._stop.is_set():
-                    return
-                self.replicator = replicator
-            replicator.run()
-        except BaseException as exc:  # reported by the fleet, never lost
-            self.error = exc
-        finally:
-            self.done = True
-            self.wake.set()
-
-
-class Member:
-    """One database of the fleet and what happened to it so far."""
-
-    def __init__(self, db: DatabaseConfig) -> None:
-        self.db = db
-        self.state = "waiting"  # waiting | starting | replicating | retrying | stopping | failed
-        self.worker: ThreadWorker | None = None
-        self.failures = 0
-        self.error: BaseException | None = None
-        self.failing_since_us: int | None = None
-        self.next_try = 0.0
-        self.ready_since = 0.0
-        self.deleted = False  # sqld namespace deleted: stop it, do not retry
-        self.successor: DatabaseConfig | None = None  # re-created under the same name
-        self.transactions = 0  # over every attempt
-        self.uploaded_txid = 0
-
-    def health(self) -> dict:
-        out = {"name": self.db.name, "kind": self.db.kind, "path": self.db.path, "replica": self.db.replica_display,
-               "state": self.state, "failures": self.failures, "namespace_id": self.db.namespace_id}
-        if self.error is not None:
-            out.update(error=str(self.error) or type(self.error).__name__, failing_since_us=self.failing_since_us)
-            if self.state == "retrying":
-                out["next_try_in_s"] = round(max(0.0, self.next_try - time.monotonic()), 1)
-        return out
-
-
 def _expected(exc: BaseException) -> bool:
     return isinstance(exc, (WalrewindError, OSError))
 
@@ -181,9 +80,10 @@ class Fleet:
     """Replicate ``databases`` (and, with ``sqld``, every namespace) until a signal or ``stop()``."""
 
     def __init__(self, databases: list[DatabaseConfig], *, sqld: SqldConfig | None = None, takeover: bool = False,
-                 retry: bool = True, on_event: Callable[[str], None] = lambda line: None,
+                 retry: bool = True, on_event: Callable[[str], None] | None = None,
                  scan_interval: float | None = None, health: HealthFile | None = None,
-                 exec_command: str | None = None) -> None:
+                 exec_command: str | None = None, metrics_addr: str | None = None,
+                 lag_budget: float = DEFAULT_LAG_BUDGET_SECONDS) -> None:
         self.on_event = on_event
         self.child = ChildApp(exec_command) if exec_command else None  # replicate --exec
         self.takeover = takeover
@@ -197,9 +97,13 @@ class Fleet:
         self._ended: list[Outcome] = []  # members that left while running (deleted namespaces)
         self._all_announced = False
         self._started_us = time.time_ns() // 1000
+        self.lag_budget = lag_budget
+        self._published = 0.0
         if not retry:
             for db in databases:
                 check_replicable(db.path)  # one database: refuse at once, as before
+        # Bound now: a port in use is refused before anything starts.
+        self.metrics = MetricsServer(metrics_addr, self.samples, lag_budget) if metrics_addr else None
         for db in databases:
             self._members[db.path] = Member(db)
 
@@ -211,6 +115,11 @@ class Fleet:
     def members(self) -> list[dict]:
         """Every database's health, as the health file has it."""
         return [m.health() for m in self._members.values()]
+
+    def samples(self) -> list[DatabaseSample]:
+        """Every database as it is now (metrics and the health file; callable from any thread)."""
+        now = time.time_ns() // 1000
+        return [member_sample(m, now) for m in list(self._members.values())]
 
     def stop(self) -> None:
         self._stop.set()
@@ -226,13 +135,16 @@ class Fleet:
         if install_signal_handlers:
             def on_signal(signum, _frame):
                 if self.child is not None and self.child.forward(signum):
-                    self.on_event(f"signal {signum}: passed on to {self.child.argv[0]}; final sync once it exits")
+                    self._event("signal", None, f"signal {signum}: passed on to {self.child.argv[0]}; final sync once it exits")
                     return
-                self.on_event(f"signal {signum}: final sync of {len(self._members)} database(s) and exit")
+                self._event("signal", None, f"signal {signum}: final sync of {len(self._members)} database(s) and exit")
                 self.stop()
 
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if self.metrics is not None:
+                self.metrics.start()
+                self._event("metrics", None, f"serving /metrics and /healthz on http://{self.metrics.address}")
             if self.sqld is not None:
                 self._check_data_dir(self.sqld)
             for m in self._members.values():
@@ -245,7 +157,7 @@ class Fleet:
                 changed = False
                 for m in list(self._members.values()):
                     changed |= self._step(m, now)
-                if changed:
+                if changed or now - self._published >= SAMPLE_SECONDS:
                     self._publish()
                 if not self.retry and any(m.state == "failed" for m in self._members.values()):
                     break
@@ -264,6 +176,8 @@ class Fleet:
                     m.worker.join()
                     self._finished(m, time.monotonic(), stopping=True)
             self.health.remove()
+            if self.metrics is not None:
+                self.metrics.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._ended + [self._outcome(m) for m in self._members.values()]
@@ -274,34 +188,47 @@ class Fleet:
         if not self.child.started:
             if self._members and all(m.state == "replicating" for m in self._members.values()):
                 pid = self.child.start()
-                self.on_event(f"started {self.child.command} (pid {pid})")
+                self._event("child_started", None, f"started {self.child.command} (pid {pid})")
             return False
         code = self.child.exit_code()
         if code is None:
             return False
-        self.on_event(f"{self.child.argv[0]} exited with {code}: final sync of {len(self._members)} database(s)")
+        self._event("child_exited", None, f"{self.child.argv[0]} exited with {code}: final sync of {len(self._members)} database(s)")
         self._stop.set()
         return True
 
     # ------------------------------------------------------------------ members
     def _start(self, m: Member) -> None:
-        m.worker = ThreadWorker(m.db, self.takeover, self._wake, self.on_event)
-        m.state = "starting"
+        m.worker = ThreadWorker(m.db, self.takeover, self._wake, lambda line: self._event("state_dir", m.db.name, line))
+        m.set_state("starting")
         m.worker.start()
 
     def _step(self, m: Member, now: float) -> bool:
         """Advance one member; True when its state changed."""
         w = m.worker
         if w is not None and m.state == "starting" and w.ready:
-            m.state, m.ready_since = "replicating", now
+            m.set_state("replicating")
+            m.ready_since = now
             if m.failures:
-                self.on_event(f"{m.db.name}: replicating again after {m.failures} failure(s)")
+                self._event("recovered", m.db.name, f"{m.db.name}: replicating again after {m.failures} failure(s)")
             alone = len(self._members) == 1 and self.watcher is None
-            self.on_event(f"replicating {self._label(m)}: {m.db.path} -> {m.db.replica_display}"
-                          + (" (Ctrl-C or SIGTERM to stop)" if alone else ""))
+            m.offline = w.offline
+            if m.offline:
+                self._event("spooling", m.db.name, f"spooling {self._label(m)}: {m.db.path} -> {m.db.replica_display} "
+                            "is unreachable; every commit is captured and uploaded once it answers"
+                            + (" (Ctrl-C or SIGTERM to stop)" if alone else ""), logging.WARNING)
+            else:
+                self._event("replicating", m.db.name, f"replicating {self._label(m)}: {m.db.path} -> "
+                            f"{m.db.replica_display}" + (" (Ctrl-C or SIGTERM to stop)" if alone else ""))
             if not alone and not self._all_announced and all(x.state == "replicating" for x in self._members.values()):
                 self._all_announced = True
-                self.on_event(f"all {len(self._members)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
+                self._event("all_replicating", None,
+                            f"all {len(self._members)} database(s) replicating (Ctrl-C or SIGTERM to stop)")
+            return True
+        if w is not None and m.offline and not w.offline and not w.done:
+            m.offline = False
+            self._event("replicating", m.db.name, f"replicating {self._label(m)}: {m.db.path} -> {m.db.replica_display} "
+                        "(the replica answered)")
             return True
         if w is not None and w.done:
             self._finished(m, now)
@@ -316,15 +243,14 @@ class Fleet:
         w = m.worker
         assert w is not None
         m.worker = None
-        m.transactions += w.transactions
-        m.uploaded_txid = max(m.uploaded_txid, w.uploaded_txid)
+        m.finished(w)
         if m.db.namespace is not None and not m.deleted and self._namespace_gone(m.db):
             m.deleted = True
         if m.deleted:
             self._leave(m, w.error)
             return
         if stopping or self._stop.is_set():
-            m.state = "failed" if w.error is not None else "stopped"
+            m.set_state("failed" if w.error is not None else "stopped")
             if w.error is not None:
                 m.error = w.error
             return
@@ -332,17 +258,19 @@ class Fleet:
         if m.state == "replicating" and now - m.ready_since >= STABLE_AFTER:
             m.failures = 0
         m.failures += 1
+        m.failures_total += 1
         m.error = error
         m.failing_since_us = m.failing_since_us or time.time_ns() // 1000
         if not _expected(error):
             log.error("%s: unexpected error (a bug)", m.db.name, exc_info=error)
         if not self.retry:
-            m.state = "failed"
+            m.set_state("failed")
             return
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (m.failures - 1))
-        m.state, m.next_try = "retrying", now + delay
-        self.on_event(f"{m.db.name}: FAILED: {error}; retrying in {delay:.0f} s (failure {m.failures}; "
-                      "the other databases keep replicating)")
+        m.set_state("retrying")
+        m.next_try = now + delay
+        self._event("failed", m.db.name, f"{m.db.name}: FAILED: {error}; retrying in {delay:.0f} s (failure "
+                    f"{m.failures}; the other databases keep replicating)", logging.ERROR)
 
     def _leave(self, m: Member, error: BaseException | None, ran: bool = True) -> None:
         """A deleted namespace's member is done: say how its last sync went; start its successor."""
@@ -354,8 +282,8 @@ class Fleet:
             how = f"its final sync could not read the deleted files ({error})"
         else:
             how = f"its final sync failed ({type(error).__name__}: {error})"
-        self.on_event(f"namespace {m.db.name} was deleted: stopped replicating it; {how}; its replica "
-                      f"{m.db.replica_display} is kept")
+        self._event("namespace_deleted", m.db.name, f"namespace {m.db.name} was deleted: stopped replicating it; "
+                    f"{how}; its replica {m.db.replica_display} is kept")
         self._ended.append(Outcome(m.db.name, None, m.transactions, m.uploaded_txid, "deleted"))
         del self._members[m.db.path]
         if m.successor is not None and not self._stop.is_set():
@@ -371,7 +299,7 @@ class Fleet:
                               f"parent (sqld's --db-path)")
         if not os.path.isdir(sqld.dbs_dir):
             marks = [m for m in (".version", "metastore") if os.path.exists(os.path.join(sqld.data_dir, m))]
-            self.on_event(f"{sqld.dbs_dir} does not exist yet" + (
+            self._event("sqld_waiting", None, f"{sqld.dbs_dir} does not exist yet" + (
                 " (sqld makes it with its first namespace)" if marks else
                 f": {sqld.data_dir} does not look like a sqld data directory (no .version, metastore or dbs/); "
                 "waiting for namespaces anyway"))
@@ -387,11 +315,12 @@ class Fleet:
         assert self.watcher is not None and self.sqld is not None
         changes = self.watcher.scan(now)
         for name, why in changes.waiting.items():
-            self.on_event(f"namespace {name}: waiting ({why})")
+            self._event("namespace_waiting", name, f"namespace {name}: waiting ({why})")
         for name in changes.gone:
             self._delete(name, None)
         for ns in changes.replaced:
-            self.on_event(f"namespace {ns.name} was deleted and re-created (new id {ns.id}): a new database")
+            self._event("namespace_recreated", ns.name,
+                        f"namespace {ns.name} was deleted and re-created (new id {ns.id}): a new database")
             self._delete(ns.name, self.sqld.namespace(ns.name, ns.id))
         for ns in changes.appeared:
             db = self.sqld.namespace(ns.name, ns.id)
@@ -399,7 +328,7 @@ class Fleet:
             if old is not None:  # deleted on one scan, back on the next: after the old one stops
                 old.successor = db
                 continue
-            self.on_event(f"namespace {ns.name}: found (id {ns.id})")
+            self._event("namespace_found", ns.name, f"namespace {ns.name}: found (id {ns.id})")
             m = Member(db)
             self._members[db.path] = m
             self._start(m)
@@ -414,12 +343,18 @@ class Fleet:
         m.deleted = True
         m.successor = successor
         if m.worker is not None:
-            m.state = "stopping"
+            m.set_state("stopping")
             m.worker.stop()  # its final sync; _finished then lets it go
         else:
             self._leave(m, m.error, ran=False)
 
     # ------------------------------------------------------------------ reporting
+    def _event(self, kind: str, db: str | None, message: str, level: int = logging.INFO) -> None:
+        """One event line (engine/logs.py: text or JSON, always shown), and ``on_event`` if given."""
+        logs.event(kind, db, message, level)
+        if self.on_event is not None:
+            self.on_event(message)
+
     @staticmethod
     def _label(m: Member) -> str:
         return f"{m.db.name} (sqld namespace)" if m.db.namespace is not None else m.db.name
@@ -430,7 +365,10 @@ class Fleet:
                        "failed" if failed else "stopped")
 
     def _publish(self) -> None:
+        """The health file: each member's state and sample (every SAMPLE_SECONDS, and on changes)."""
+        self._published = time.monotonic()
         try:
-            self.health.write(self.members(), self._started_us)
+            entries = [dict(m.health(), sample=member_sample(m).to_json()) for m in list(self._members.values())]
+            self.health.write(entries, self._started_us, lag_budget=self.lag_budget)
         except OSError as exc:  # reporting must never stop replication
             log.warning("cannot write the fleet's health file %s: %s", self.health.path, exc)

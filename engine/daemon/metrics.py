@@ -12,14 +12,19 @@ prometheus_client is imported only when the server starts (it costs ~0.1 s of st
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from .. import defaults
 from ..errors import UsageError
 
-HEALTHY_STATES = ("replicating",)
-DEFAULT_LAG_BUDGET_SECONDS = 60.0
+# States judged by their lag (healthy while within the budget); every other state is unhealthy,
+# except "starting" for as long as the budget (a base snapshot takes a while to upload).
+LAG_STATES = ("replicating", "behind", "spooling")
+UP_STATES = ("replicating", "behind")  # walrewind_up: the replica takes our uploads
+DEFAULT_LAG_BUDGET_SECONDS = defaults.LAG_BUDGET_SECONDS
 
 
 @dataclass
@@ -27,7 +32,7 @@ class DatabaseSample:
     """One database's state and counters at one moment (times in µs since the epoch)."""
 
     name: str
-    state: str  # starting | replicating | behind | spooling | fenced | retrying | stopped | failed
+    state: str  # starting | replicating | behind | spooling | fenced | retrying | stopped | failed | unresponsive
     path: str = ""
     replica: str = ""  # credentials stripped
     lag_seconds: float | None = None  # age of the oldest commit not yet durable in the replica; 0 caught up
@@ -43,9 +48,34 @@ class DatabaseSample:
     last_verify_us: int | None = None
     last_verify_ok: bool | None = None
     error: str | None = None  # the last error, one line
+    state_since_us: int | None = None  # when the fleet last changed this database's state
+    restorable_until_us: int | None = None  # the newest moment in the replica (last uploaded commit)
+    unreachable_since_us: int | None = None  # the replica has not taken uploads since
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Plain JSON data (shallow: dataclasses.asdict's deep copy was half of a health-file write)."""
+        out = {name: getattr(self, name) for name in _SAMPLE_FIELDS}
+        out["errors"] = dict(self.errors)
+        return out
+
+
+_SAMPLE_FIELDS = tuple(DatabaseSample.__dataclass_fields__)
+
+
+def judge_one(s: DatabaseSample, lag_budget_seconds: float = DEFAULT_LAG_BUDGET_SECONDS,
+              now_us: int | None = None) -> str | None:
+    """None when ``s`` is healthy, else the one-line reason (the same for /healthz and status)."""
+    why = f": {s.error}" if s.error else ""
+    if s.state == "starting":
+        started = s.state_since_us or 0
+        if s.lag_seconds is None and ((now_us or time.time_ns() // 1000) - started) / 1e6 <= lag_budget_seconds:
+            return None
+    elif s.state not in LAG_STATES:
+        return f"{s.name} is {s.state}{why}"
+    if s.lag_seconds is not None and s.lag_seconds > lag_budget_seconds:
+        where = f" ({s.state}{why})" if s.state != "replicating" else ""
+        return f"{s.name} is {s.lag_seconds:.1f} s behind (budget {lag_budget_seconds:g} s){where}"
+    return None
 
 
 def judge(samples: list[DatabaseSample], lag_budget_seconds: float = DEFAULT_LAG_BUDGET_SECONDS) -> tuple[bool, str]:
@@ -53,11 +83,9 @@ def judge(samples: list[DatabaseSample], lag_budget_seconds: float = DEFAULT_LAG
     if not samples:
         return False, "no database is being replicated"
     for s in samples:
-        if s.state not in HEALTHY_STATES and s.state != "behind":
-            why = f": {s.error}" if s.error else ""
-            return False, f"{s.name} is {s.state}{why}"
-        if s.lag_seconds is not None and s.lag_seconds > lag_budget_seconds:
-            return False, f"{s.name} is {s.lag_seconds:.1f} s behind (budget {lag_budget_seconds:g} s)"
+        reason = judge_one(s, lag_budget_seconds)
+        if reason is not None:
+            return False, reason
     return True, f"{len(samples)} database(s) replicating within {lag_budget_seconds:g} s"
 
 
@@ -112,7 +140,7 @@ def render(samples: list[DatabaseSample]) -> bytes:
             up = GaugeMetricFamily("walrewind_up", "1 while the database replicates (state label).",
                                    labels=["db", "state"])
             for s in samples:
-                up.add_metric([s.name, s.state], 1.0 if s.state in HEALTHY_STATES + ("behind",) else 0.0)
+                up.add_metric([s.name, s.state], 1.0 if s.state in UP_STATES else 0.0)
             yield up
 
     registry = CollectorRegistry(auto_describe=False)
@@ -168,6 +196,11 @@ class MetricsServer:
     @property
     def port(self) -> int:
         return self.server.server_address[1]
+
+    @property
+    def address(self) -> str:
+        host = self.server.server_address[0]
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def start(self) -> "MetricsServer":
         self.thread.start()

@@ -78,6 +78,15 @@ class Observations:
                     return None
         return None
 
+    def first_seen_after(self, change: int) -> int | None:
+        """When a commit SQLite counted after counter value ``change`` was first seen (µs), if any
+        observation shows one: the age of the oldest commit not yet read and spooled."""
+        with self._lock:
+            for _key, _max_frame, at_us, seen_change in self._seen:
+                if 0 < ((seen_change - change) & 0xFFFFFFFF) < 0x80000000:  # ahead, modulo wrap-around
+                    return at_us
+        return None
+
     def clear(self) -> None:
         with self._lock:
             self._seen.clear()

@@ -20,21 +20,20 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from .. import defaults
-from ..errors import DaemonError, LeaseError
+from .. import defaults, logs
+from ..errors import DaemonError, LeaseError, StoreUnreachable
 from ..fsutil import atomic_write
-from ..replica import layout
-from ..replica.lease import LEASE_SECONDS, Lease, ReplicaScan, scan
+from ..replica.lease import LEASE_SECONDS, Lease
 from ..sqlite.capture import SnapshotReader
 from ..sqlite.fds import close_shared, open_shared
 from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
-from .basesnapshot import write_base_snapshot
-from .identity import decide_db_id
+from .lag import LagProbe
+from .startup import Startup
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
@@ -45,7 +44,7 @@ from .spool import (
     SpoolFull,
     StateDir,
 )
-from .state import ReplicationState, load_matching, resume_from, save_uploaded
+from .state import ReplicationState, load_matching, save_uploaded
 from .stats import ReplicatorStats, ShipperStats  # noqa: F401 (ShipperStats: the old name)
 from .uploader import Uploader
 from .waker import Waker
@@ -88,10 +87,15 @@ class Replicator:
         spool_min_free_bytes: int = DEFAULT_MIN_FREE,
         max_wal_bytes: int = MAX_WAL_BYTES,
         maintenance: Maintenance | None = None,
-        new_generation_reason: str | None = None,
+        name: str | None = None,
+        encryption_check: Callable[[], str | None] | None = None,
     ) -> None:
         self.db_path = os.path.abspath(db_path)
-        self.new_generation_reason = new_generation_reason  # e.g. encrypting over plaintext history
+        self.name = name or os.path.basename(self.db_path)  # what log lines and metrics call it
+        # Checks the replica's encryption marker before anything is written (engine/storage/marker.py);
+        # a message means: never append to the newest history, start a new generation (Startup).
+        self.encryption_check = encryption_check
+        self.new_generation_reason: str | None = None
         self.storage = storage
         self.state = StateDir(state_dir or defaults.state_dir_for(self.db_path), spool_limit_bytes, spool_min_free_bytes)
         self.upload_interval = upload_interval
@@ -118,7 +122,14 @@ class Replicator:
         self.reader: Reader | None = None  # the read stage, once the database is open
         self.observations = Observations()  # when each commit boundary was first seen
         self.observer: Observer | None = None  # the observe stage's thread, while running
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # the replica holds our base and we hold its lease
+        self.capturing = threading.Event()  # tailing: every commit from now on reaches the spool
+        self.pending_snapshot_ts = 0  # the moment of the newest base snapshot this daemon took
+        self._lag = LagProbe(self)
+        self.startup: Startup | None = None  # from run(): lease, identity, generation (with or without the store)
+        self._reader_ident: int | None = None
+        self._jobs: list = []  # work the uploader hands to the reading thread (startup.py)
+        self._housekeeper: threading.Thread | None = None
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
         self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
         self._last_flush = time.monotonic()
@@ -183,71 +194,53 @@ class Replicator:
                 self._waker_closed = True
                 self._waker.close()
 
-    # ------------------------------------------------------------------ lease and identity
-    def _acquire(self, saved: dict | None) -> ReplicaScan:
-        """Start-up: one LIST of lease/ and of generations/, the identity check, then the lease."""
-        found = scan(self.storage)
-        self.lease.check_free(found, self.takeover)
-        self.rs.db_id = self._identity(saved, found)
-        self.lease.acquire(found, self.rs.db_id)
-        self.stats.lease_epoch = self.lease.epoch or 0
-        return found
-
-    def _identity(self, saved: dict | None, found: ReplicaScan) -> str:
-        return decide_db_id(self.storage, self.state.path, self.db_path, self.lease.host, saved, found, self.takeover)
-
+    # ------------------------------------------------------------------ start-up (engine/daemon/startup.py)
     def ensure_lease(self) -> None:
         """Before every upload: still ours?  (No request unless it had to be re-acquired.)"""
         if self.lease.ensure():
             self.stats.lease_epoch = self.lease.epoch or 0
 
-    # ------------------------------------------------------------------ generations
-    def _start_generation(self, found: ReplicaScan) -> None:
-        """Begin a new history with a base snapshot (first run, or local state lost)."""
-        self.state.reset()
-        base_txid = found.max_txid + 1
-        state_db_id = self.rs.db_id
-        tmp = os.path.join(self.state.path, "snapshot.tmp")
-
-        base = write_base_snapshot(self.snapshots, tmp, state_db_id, base_txid)
-        snap, position, page_size, db_pages = base.snap, base.position, base.page_size, base.db_pages
-        ts, generation, hashes, writer, header = base.ts, base.generation, base.hashes, base.writer, base.header
-        # The pin stays: its read transaction holds the WAL at exactly the snapshot's point, so
-        # every commit after it is still in the WAL when the tail reads on from there, however
-        # long the snapshot takes to upload.  (Releasing it here let the app's checkpoints
-        # overwrite commits not yet read while a big snapshot uploaded: a RESYNC at every start
-        # on a busy database.)  The uploader ships the snapshot before any segment.
-        self.ensure_lease()  # a big snapshot can take longer than the lease
-        header["lease_epoch"] = self.lease.epoch
-        writer.finish(header)
-        self.pending_snapshot = (layout.SnapshotKey(generation, base_txid, ts).key, tmp)
-        rs = self.rs
-        rs.generation, rs.page_size = generation, page_size
-        rs.pos = rs.verified_pos = position
-        rs.hashes, rs.uploaded_hashes = hashes, hashes.copy()
-        rs.next_txid, rs.anchor, rs.last_ts = base_txid + 1, snap.change, ts
-        self.reader.unverified = []
-        self.save_state(base_txid, ts, position, snap.change)
-        self.stats.last_txid = self.stats.uploaded_txid = base_txid
-        self.stats.last_commit_us = self.stats.uploaded_commit_us = ts
-        self.uploader.sealed_through_us = self.reader.spooled_through_us = ts
-        log.info("new generation %s: snapshot of %d pages at txid %d", generation, db_pages, base_txid)
-
     def save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None) -> None:
         save_uploaded(self.state, self.rs, self.db_path, self.storage.url, txid, ts, position, change)
 
-    def _resume(self, saved: dict) -> None:
-        """Continue the history of the state directory (which matches this database and replica)."""
-        resume_from(self.rs, saved, self.state)
-        self.stats.uploaded_txid = saved["uploaded_txid"]
-        self.stats.uploaded_commit_us = saved["uploaded_ts_us"]
-        self.uploader.sealed_through_us = self.reader.spooled_through_us = saved["uploaded_ts_us"]
-        # Replay what was read but not uploaded before the previous run ended.
-        self.reader.replay_spool()
-        # Whatever happened while we were down, prove it or repair it before tailing again.  The
-        # saved commit counter only proves continuity if the app kept the database open (the
-        # wal-index survived); otherwise the counts disagree and we resync, never guess.
-        self.reader.reconcile(late=True)
+    @property
+    def startup_done(self) -> bool:
+        """Lease, identity and generation settled with the replica: uploads may go."""
+        return self.startup is None or self.startup.done
+
+    def complete_startup(self) -> bool:
+        return self.startup is None or self.startup.complete()
+
+    def started(self) -> None:
+        """The replica answered and the lease is ours: maintenance may touch it; ready once the
+        base snapshot (if any) is in it."""
+        if self.pending_snapshot is None:
+            self.ready.set()
+        if self._housekeeper is None and not self._stop.is_set():
+            self._housekeeper = self._start_maintenance()
+
+    def in_reader(self, job) -> bool:
+        """Run ``job`` on the reading thread between two read passes (it owns the pin and the spool's
+        appends); from another thread, wait for it.  False when the daemon stopped first."""
+        if threading.get_ident() == self._reader_ident:
+            job()
+            return True
+        done = threading.Event()
+        self._jobs.append((job, done))
+        observer = self.observer
+        if observer is not None:
+            with observer.cond:
+                observer.cond.notify_all()
+        while not done.wait(0.05):
+            if self._stop.is_set():
+                return False
+        return True
+
+    def _run_jobs(self) -> None:
+        while self._jobs:
+            job, done = self._jobs.pop(0)
+            job()
+            done.set()
 
     # ------------------------------------------------------------------ a full spool
     def _enter_overflow(self, exc: SpoolFull) -> None:
@@ -291,9 +284,21 @@ class Replicator:
     def backlog(self) -> dict:
         return self.uploader.backlog()
 
+    # ------------------------------------------------------------------ how it is doing (metrics, status)
+    def lag_seconds(self, now_us: int | None = None) -> float | None:
+        """Age of the oldest commit not yet durable in the replica; 0 when caught up, None before
+        the tail runs (engine/daemon/lag.py says where each part comes from).  Any thread."""
+        return self._lag.seconds(now_us)
+
+    @property
+    def phase(self) -> str:
+        """starting | spooling | behind | fenced | replicating (engine/daemon/lag.py)."""
+        return self._lag.phase()
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
         """Replicate until stop() (or SIGTERM/SIGINT via install_signal_handlers)."""
+        logs.bind(self.name)  # this thread reads; its log lines name the database
         sys.setswitchinterval(0.0005)  # the tail loop must get the GIL within a fraction of a ms
         try:
             self._open()
@@ -301,44 +306,24 @@ class Replicator:
             self._close_waker()
             raise
         try:
-            saved = load_matching(self.state, self.db_path, self.storage.url)
-            if self.new_generation_reason:  # never append to that history: a new generation, a fresh snapshot
-                log.warning("%s", self.new_generation_reason)
-                saved = None
-            try:
-                found = self._acquire(saved)
-            except LeaseError as exc:
-                raise DaemonError(str(exc)) from exc
-            if saved is not None and saved["generation"] not in found.generations_with_snapshot:
-                log.warning(
-                    "generation %s of the saved state has no snapshot in %s (replica emptied or pruned?); "
-                    "starting a new generation", saved["generation"], self.storage.url,
-                )
-                saved = None
-            if saved is not None:
-                try:
-                    self._resume(saved)
-                except SpoolFull as exc:
-                    self._enter_overflow(exc)
-            else:
-                try:
-                    self._start_generation(found)
-                except LeaseError as exc:
-                    raise DaemonError(str(exc)) from exc
+            self._reader_ident = threading.get_ident()
+            self.startup = Startup(self, load_matching(self.state, self.db_path, self.storage.url))
+            self.startup.begin()  # with the replica: as always; without it: capture now, check later
             self.uploader.last_beat_mono = time.monotonic()
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self._probe_interval,
                                      IDLE_POLL, inotify, self.observations)
-            observer = threading.Thread(target=self.observer.run, args=(self._stop,), name="walrewind-observer",
-                                        daemon=True)
+            observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
+                                        name="walrewind-observer", daemon=True)
             observer.start()
-            uploader = threading.Thread(target=self.uploader.run, name="walrewind-uploader", daemon=True)
+            uploader = threading.Thread(target=logs.bound_to(self.name, self.uploader.run), name="walrewind-uploader",
+                                        daemon=True)
             uploader.start()
-            housekeeper = self._start_maintenance()
-            if self.pending_snapshot is None:
-                self.ready.set()  # else: once the uploader has shipped the base snapshot
+            if self.startup.done:
+                self.started()  # ready now, or once the uploader has shipped the base snapshot
+            self.capturing.set()
             try:
                 self._tail_loop()
             finally:
@@ -356,13 +341,18 @@ class Replicator:
                     self._enter_overflow(exc)
             self.pin.release()
             uploader.join()
-            if housekeeper is not None:
-                housekeeper.join(MAINTENANCE_JOIN_SECONDS)
-                if housekeeper.is_alive():
+            if self._housekeeper is not None:
+                self._housekeeper.join(MAINTENANCE_JOIN_SECONDS)
+                if self._housekeeper.is_alive():
                     log.warning("a maintenance task is still running; it is abandoned (its objects are create-only)")
             if self.fatal is not None:
                 raise DaemonError(str(self.fatal)) from self.fatal
             try:
+                if not self.startup.done:
+                    try:
+                        self.startup.complete()
+                    except StoreUnreachable as exc:
+                        raise self.startup.stopped_unreachable(exc) from exc
                 self.upload_pending(final=True)
                 self.write_heartbeat()
                 self.uploader.upload_ok()
@@ -397,6 +387,8 @@ class Replicator:
         ob = self.observer
         last_read = 0.0
         while not self._stop.is_set():
+            if self._jobs:
+                self._run_jobs()  # the uploader's start-up work (renumber, new generation)
             if self.overflow is not None:
                 self._stop.wait(IDLE_POLL)
                 self._leave_overflow()
@@ -482,7 +474,7 @@ class Replicator:
             atomic_write(path, json.dumps(status, indent=1, sort_keys=True).encode())
 
         thread = threading.Thread(
-            target=self.maintenance.run_forever, args=(self._stop,), kwargs={"on_status": save},
+            target=logs.bound_to(self.name, self.maintenance.run_forever), args=(self._stop,), kwargs={"on_status": save},
             name="walrewind-maintenance", daemon=True,
         )
         thread.start()

@@ -291,6 +291,23 @@ class StateDir:
             self._pending = max(0, self._pending - size)
         fsync_dir(self.spool_dir)
 
+    def renumber(self, offset: int, page_size: int) -> None:
+        """Add ``offset`` to every spooled record's txid (a generation begun without the replica
+        moving past the txids the replica already holds: engine/daemon/startup.py).  Rare and
+        small (what was spooled before the replica first answered); files are rewritten newest
+        first, so a new name never meets one not yet rewritten."""
+        self.seal()
+        for path in reversed(self.sealed_files()):
+            items = self.read_file(path, page_size, repair=False)
+            for item in items:
+                item.record.txid += offset
+            if items:
+                new = os.path.join(self.spool_dir, f"{items[0].record.txid:016x}.sealed")
+                atomic_write(new, b"".join(self._encode(i) for i in items))
+            os.unlink(path)
+        fsync_dir(self.spool_dir)
+        self.remeasure()
+
     @staticmethod
     def _encode(item: SpooledTxn) -> bytes:
         meta = json.dumps(

@@ -46,6 +46,11 @@ class ReplicatorStats:
     polled_stamps: int = 0
     lease_renewals: int = 0
     lease_epoch: int = 0
+    # What reached the replica (metrics): transactions, object bytes (segments and base
+    # snapshots, compressed), and when the last object landed (wall clock, µs).
+    uploaded_transactions: int = 0
+    uploaded_bytes: int = 0
+    last_upload_us: int = 0
 
     @property
     def backlog_txns(self) -> int:

@@ -15,12 +15,14 @@ import threading
 import time
 from typing import Any, Protocol
 
-from ..errors import DaemonError, LeaseError, ObjectConflict, ObjectCorrupt
+from ..errors import DaemonError, LeaseError, ObjectConflict, ObjectCorrupt, StoreUnreachable
+from ..logs import brief
 from ..replica import layout
 from ..replica.format import SegmentWriter, decode_segment, decode_txns
 from ..storage import put_file_immutable
 from ..timeparse import format_us
 from . import clock
+from .outage import Outage
 from .spool import StateDir
 
 
@@ -53,6 +55,11 @@ class UploadHost(Protocol):
     @property
     def spooled_through_us(self) -> int: ...
 
+    @property
+    def startup_done(self) -> bool: ...
+
+    def complete_startup(self) -> bool: ...
+
     def save_state(self, txid: int, ts: int, position: Any, change: int | None) -> None: ...
 
     def ensure_lease(self) -> None: ...
@@ -64,7 +71,7 @@ class UploadHost(Protocol):
 log = logging.getLogger("walrewind.shipper")
 
 SEAL_MAX_BYTES = 16 << 20  # while a backlog waits, keep appending to one spool file up to this size
-UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
+UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts the replica refused although it answered
 
 
 class Uploader:
@@ -79,18 +86,24 @@ class Uploader:
         self._last_heartbeat_ts = 0
         self._last_upload_mono = time.monotonic()
         self._backoff = 0.0
+        self._next_attempt = 0.0  # monotonic time before which no full upload is tried (backing off)
+        self.outage: Outage | None = None  # the replica is not taking uploads since ...
 
-    def upload_pending(self, final: bool = False) -> int:
+    def upload_pending(self, final: bool = False, drain: bool = False) -> int:
         """Upload every sealed spool file as one segment each, in order; returns how many.
 
         The file being appended to is sealed first, unless a backlog is already waiting (the
         replica was unreachable): then it keeps growing up to SEAL_MAX_BYTES, so a long outage
-        drains as a few large segments instead of one per interval.  No LIST: the daemon knows
-        what it wrote.
+        drains as a few large segments instead of one per interval.  ``drain`` (the replica
+        answers again) seals it anyway: the whole backlog goes now, not one interval later.  No
+        LIST: the daemon knows what it wrote.
         """
+        if not self.shipper.startup_done:
+            return 0  # nothing goes to a replica whose lease and identity were not checked
         with self.lock:
             self._upload_snapshot()
-            if final or not self.shipper.state.sealed_files() or self.shipper.state.current_bytes() >= SEAL_MAX_BYTES:
+            if (final or drain or not self.shipper.state.sealed_files()
+                    or self.shipper.state.current_bytes() >= SEAL_MAX_BYTES):
                 through = self.shipper.spooled_through_us
                 self.shipper.state.seal()
                 self.sealed_through_us = through
@@ -100,6 +113,16 @@ class Uploader:
                     uploaded += 1
             return uploaded
 
+    def _seal_if_full(self) -> None:
+        """While nothing is uploaded, still cut the spool into SEAL_MAX_BYTES files: each becomes
+        one segment, and a restore downloads whole segments (one file for an hour-long outage
+        would be one multi-gigabyte object)."""
+        with self.lock:
+            if self.shipper.state.current_bytes() >= SEAL_MAX_BYTES:
+                through = self.shipper.spooled_through_us
+                self.shipper.state.seal()
+                self.sealed_through_us = through
+
     def _upload_snapshot(self) -> None:
         """Ship a new generation's base snapshot first: no segment may precede it."""
         pending = self.shipper.pending_snapshot
@@ -108,6 +131,8 @@ class Uploader:
         key, path = pending
         self.shipper.ensure_lease()
         put_file_immutable(self.shipper.storage, key, path)
+        self.shipper.stats.uploaded_bytes += os.path.getsize(path)
+        self.shipper.stats.last_upload_us = clock.now_us()
         os.unlink(path)
         self.shipper.pending_snapshot = None
         self.shipper.ready.set()
@@ -116,14 +141,17 @@ class Uploader:
     def _upload_file(self, path: str) -> bool:
         """Stream one sealed spool file into a segment file, upload it, advance the saved point.
 
-        Two sequential passes over the file (the second from the page cache) and one record in
-        memory at a time: the segment is compressed into a file under the state directory and
-        uploaded from there; the uploaded page hashes are advanced only after the upload.
+        One pass over the file, one record in memory at a time: the segment is compressed into a
+        file under the state directory and uploaded from there.  The page hashes advance on a
+        copy of the uploaded ones, which replaces them only once the upload succeeded (a second
+        pass over the file after the upload, as before, was half of the drain after an outage).
         """
         sh = self.shipper
         uploaded_txid = sh.stats.uploaded_txid
         tmp = os.path.join(sh.state.path, "segment.tmp")
         writer = SegmentWriter(tmp)
+        hashes = sh.uploaded_hashes.copy()
+        stamps: list[int] = []
         first = last = None
         through = 0
         position = change = None
@@ -145,6 +173,9 @@ class Uploader:
                 if rec.change is not None:
                     change = rec.change
                 writer.add_record(rec.raw)
+                (record,) = decode_txns(rec.raw, sh.page_size, path)
+                hashes.apply(record.pages, record.db_pages)
+                stamps.append(rec.commit_ts_us)
         except BaseException:
             writer.abort()
             raise
@@ -167,14 +198,15 @@ class Uploader:
         )
         try:
             self.put_segment_file(key.key, tmp)
+            size = os.path.getsize(tmp)
         finally:
             os.unlink(tmp)
         now = clock.now_us()
-        for rec in StateDir.iter_raw(path, repair=False):
-            if rec.txid > uploaded_txid:
-                (record,) = decode_txns(rec.raw, sh.page_size, path)
-                sh.uploaded_hashes.apply(record.pages, record.db_pages)
-                sh.stats.lag_samples_us.append(now - rec.commit_ts_us)
+        sh.stats.uploaded_transactions += len(stamps)
+        sh.stats.uploaded_bytes += size
+        sh.stats.last_upload_us = now
+        sh.uploaded_hashes.hashes, sh.uploaded_hashes.checksum = hashes.hashes, hashes.checksum
+        sh.stats.lag_samples_us.extend(now - ts for ts in stamps)
         sh.save_state(last.txid, last.commit_ts_us, position, change)
         sh.state.remove(path)
         sh.stats.uploaded_txid = last.txid
@@ -255,13 +287,22 @@ class Uploader:
             self.last_beat_mono = time.monotonic()
 
     def run(self) -> None:
-        first_wait = 0.0 if self.shipper.pending_snapshot is not None else None  # the base snapshot at once
-        while not self.shipper.wait_for_stop(
-            self.shipper.upload_interval + self._backoff if first_wait is None else first_wait
-        ):
-            first_wait = None
+        """Upload every ``upload_interval``; while the replica is unreachable, ask it every
+        few tenths of a second (engine/daemon/outage.py) and drain the whole backlog as soon as it answers."""
+        wait = 0.0 if self.shipper.pending_snapshot is not None else None  # the base snapshot at once
+        if self.outage is not None:  # started without the replica (engine/daemon/startup.py)
+            wait = self.outage.probe_interval()
+        while not self.shipper.wait_for_stop(self.shipper.upload_interval if wait is None else wait):
+            wait = None
+            if self.outage is not None:
+                wait = self.outage.probe_interval()
+                self._seal_if_full()
+                if time.monotonic() < self._next_attempt or not self.outage.answers(self.shipper.storage):
+                    continue
             try:
-                self.upload_pending()
+                if not self.shipper.complete_startup():  # identity and lease, before the first upload
+                    return  # stopping; the final sync completes it
+                self.upload_pending(drain=self.outage is not None)
                 if time.monotonic() - self.last_beat_mono >= self.shipper.heartbeat_interval:
                     self.write_heartbeat()
             except (LeaseError, ObjectConflict, DaemonError) as exc:
@@ -269,39 +310,41 @@ class Uploader:
                 # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
                 self.shipper.fatal = exc
                 self.shipper.stats.last_error = str(exc)
-                log.error("stopping: %s", exc)
+                log.error("stopping: %s", exc, extra={"event": "fenced" if isinstance(exc, LeaseError) else "stopping"})
                 self.shipper.stop()
                 return
-            except Exception as exc:  # keep spooling; retried with backoff
+            except Exception as exc:  # keep spooling; retried once the replica answers
                 self._failed(exc)
+                wait = self.outage.probe_interval() if self.outage is not None else None
             else:
                 self.upload_ok()
 
     def _failed(self, exc: Exception) -> None:
-        self.shipper.stats.upload_errors += 1
-        self.shipper.stats.last_error = str(exc)
-        self._backoff = min(UPLOAD_BACKOFF_MAX, max(self.shipper.upload_interval, self._backoff * 2))
-        if not self.shipper.stats.replica_unreachable_since_us:
-            self.shipper.stats.replica_unreachable_since_us = clock.now_us()
-            log.error(
-                "upload to %s failed; transactions keep being spooled locally in %s and are uploaded "
-                "in order when it works again: %s", self.shipper.storage.url, self.shipper.state.spool_dir, exc,
-            )
+        """An upload failed: the start of an outage (one line), or more of one (a reminder a minute).
+
+        The next full attempt waits for a probe to succeed.  When it fails although the probe
+        succeeded (a store that answers a LIST but refuses uploads, or flaps), attempts back off
+        (upload_interval doubling to UPLOAD_BACKOFF_MAX) instead of repeating at probe speed."""
+        stats = self.shipper.stats
+        stats.upload_errors += 1
+        stats.last_error = brief(exc)
+        if self.outage is None:
+            self._backoff = 0.0
+            self.outage = Outage(self.shipper)
+            self.outage.began(exc)
+            if not isinstance(exc, StoreUnreachable):
+                self._backoff = self.shipper.upload_interval
         else:
-            log.warning(
-                "replica still unreachable since %s; backlog %d transactions (%d bytes): %s",
-                format_us(self.shipper.stats.replica_unreachable_since_us), self.shipper.stats.backlog_txns,
-                self.shipper.stats.backlog_bytes, exc,
-            )
+            self._backoff = min(UPLOAD_BACKOFF_MAX, max(self.shipper.upload_interval, self._backoff * 2))
+            self.outage.remind(exc)
+        self._next_attempt = time.monotonic() + self._backoff
 
     def upload_ok(self) -> None:
         self._backoff = 0.0
-        if self.shipper.stats.replica_unreachable_since_us:
-            log.warning(
-                "replica %s reachable again (unreachable since %s); backlog uploaded through txid %d",
-                self.shipper.storage.url, format_us(self.shipper.stats.replica_unreachable_since_us), self.shipper.stats.uploaded_txid,
-            )
-            self.shipper.stats.replica_unreachable_since_us = 0
+        self._next_attempt = 0.0
+        if self.outage is not None:
+            self.outage.ended()
+            self.outage = None
 
     def backlog(self) -> dict:
         """What is read but not yet in the replica (for status displays)."""

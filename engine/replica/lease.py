@@ -28,7 +28,7 @@ exactly one create succeeds.  Holding epoch N is proven by the absence of ``leas
   at once, and the stopping one is fenced by construction.
 
 Every epoch object also records the database identity (``db_id``, path, host), which is how a
-daemon refuses to append a different database's history to a replica path (``Shipper._identity``).
+daemon refuses to append a different database's history to a replica path (engine/daemon/identity.py).
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class ReplicaScan:
     max_txid: int = 0
     generations_with_snapshot: set[str] = field(default_factory=set)
     newest_snapshot: layout.SnapshotKey | None = None  # first snapshot of the newest restorable generation
+    earliest_snapshot_us: int | None = None  # the oldest snapshot's moment: where the restorable window starts
     holder: Holder | None = None  # content of the newest epoch
 
     @property
@@ -135,6 +136,7 @@ def scan(storage: Storage) -> ReplicaScan:
             first = snapshots.get(parsed.generation)
             if first is None or parsed.txid < first.txid:
                 snapshots[parsed.generation] = parsed
+            out.earliest_snapshot_us = min(out.earliest_snapshot_us or parsed.ts_us, parsed.ts_us)
         elif isinstance(parsed, layout.HeartbeatKey):
             out.max_txid = max(out.max_txid, parsed.txid)
             out.newest_heartbeat_us = max(out.newest_heartbeat_us or 0, parsed.ts_us)

@@ -73,6 +73,12 @@ class Storage(abc.ABC):
             f.write(data)
         return len(data)
 
+    def probe(self) -> None:
+        """Raise StorageError unless the store answers now.  One cheap request, not retried: the
+        daemon asks this every fraction of a second while the store is unreachable, so it uploads
+        its backlog as soon as it is back instead of at its next backoff."""
+        next(iter(self.list("lease/")), None)
+
     def local_path(self, key: str) -> str | None:
         """A local file holding the object, when the backend has one (restores read it in place)."""
         return None

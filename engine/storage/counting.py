@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from .base import ObjectInfo, Storage
 
-_METHODS = ("put", "put_if_absent", "get", "list", "delete", "put_file_if_absent", "get_range", "get_to_file")
+_METHODS = ("put", "put_if_absent", "get", "list", "delete", "put_file_if_absent", "get_range", "get_to_file", "probe")
 
 
 class CountingStorage(Storage):
@@ -56,6 +56,10 @@ class CountingStorage(Storage):
     def delete(self, key: str) -> None:
         self._note("delete", key)
         self.inner.delete(key)
+
+    def probe(self) -> None:
+        self._note("probe", "")
+        self.inner.probe()
 
     def put_file_if_absent(self, key: str, path: str) -> bool:
         self._note("put_file_if_absent", key)

@@ -50,7 +50,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from ..errors import ObjectNotFound, StorageError, WalrewindError
+from ..errors import ObjectNotFound, StorageError, StoreUnreachable, WalrewindError
 from . import retry
 from .base import ObjectInfo, Storage
 from .s3common import EXISTS_CODES, NOT_FOUND_CODES, TRANSIENT_CODES, S3Url
@@ -232,7 +232,8 @@ class S3Storage(Storage):
             reason = f"{type(exc).__name__}: {exc}"
         if transient(exc) and self.retry.attempts > 1:
             reason += f" (after {self.retry.attempts} attempts)"
-        raise StorageError(f"{where}: {action} failed: {reason}") from exc
+        kind = StoreUnreachable if transient(exc) else StorageError
+        raise kind(f"{where}: {action} failed: {reason}") from exc
 
     def _run(self, action: str, key: str | None, fn: Callable[[], T]) -> T:
         """One logical request: ``fn`` retried while it fails transiently, then errors translated.
@@ -476,6 +477,13 @@ class S3Storage(Storage):
         found = self._run(f"list of {prefix!r}", None, attempt)
         found.sort(key=lambda o: o.key)
         yield from found
+
+    def probe(self) -> None:
+        """One request, never retried (a LIST of at most one key): is the store answering now?"""
+        try:
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + "lease/", MaxKeys=1)
+        except (ClientError, BotoCoreError, *_NETWORK_ERRORS) as exc:
+            self._fail(exc, "probe")
 
     def delete(self, key: str) -> None:
         try:

@@ -41,7 +41,7 @@ from ..timeparse import parse_duration_or_off, parse_duration_us
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
 CONFIG_NAME = defaults.CONFIG_NAME
 _ENV_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
-_TOP_KEYS = {"data_dir", "databases", "sqld"}
+_TOP_KEYS = {"data_dir", "databases", "sqld", "metrics_addr", "lag_budget"}
 # Settings of one database's daemon and maintenance: in [databases.NAME], and in [sqld] for every namespace.
 _PER_DB_KEYS = {
     "retention", "upload_interval", "checkpoint_frames", "max_wal_mb",
@@ -184,6 +184,8 @@ class Config:
     data_dir: str
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
     sqld: SqldConfig | None = None
+    metrics_addr: str | None = None  # replicate serves /metrics and /healthz here (HOST:PORT)
+    lag_budget_s: float = defaults.LAG_BUDGET_SECONDS  # /healthz and status: healthy while lag <= this
 
     @property
     def catalog_path(self) -> str:
@@ -273,12 +275,14 @@ def load_config(path: str, environ=None) -> Config:
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise ConfigError(
-            f"{path}: unknown setting(s) {', '.join(unknown)} (top level knows: data_dir, [databases.NAME], [sqld])"
+            f"{path}: unknown setting(s) {', '.join(unknown)} (top level knows: data_dir, metrics_addr, lag_budget, "
+            "[databases.NAME], [sqld])"
         )
     data_dir = _expand(raw.get("data_dir", defaults.DATA_DIR), "data_dir", environ)
     if not isinstance(data_dir, str) or not data_dir:
         raise ConfigError(f"{path}: data_dir must be a directory path")
     config = Config(path, _resolve_path(base, data_dir))
+    _apply_operations(config, _expand({k: raw[k] for k in ("metrics_addr", "lag_budget") if k in raw}, path, environ))
     databases = raw.get("databases", {})
     if not isinstance(databases, dict):
         raise ConfigError(f"{path}: 'databases' must be tables like [databases.NAME]")
@@ -314,6 +318,24 @@ def load_config(path: str, environ=None) -> Config:
         config.sqld = load_sqld(raw["sqld"], base, f"{path}: [sqld]", environ)
         _check_sqld_overlap(config)
     return config
+
+
+def _apply_operations(config: Config, raw: dict) -> None:
+    """Top-level metrics_addr (HOST:PORT) and lag_budget (a duration such as "60s" or "5m")."""
+    if "metrics_addr" in raw:
+        addr = raw["metrics_addr"]
+        if not isinstance(addr, str) or ":" not in addr:
+            raise ConfigError(f"{config.path}: metrics_addr must be \"HOST:PORT\", e.g. \"127.0.0.1:9093\"")
+        config.metrics_addr = addr
+    if "lag_budget" in raw:
+        value = raw["lag_budget"]
+        try:
+            config.lag_budget_s = (float(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+                                   else parse_duration_us(str(value)) / 1e6)
+        except ValueError as exc:
+            raise ConfigError(f"{config.path}: lag_budget: {exc}") from None
+        if config.lag_budget_s <= 0:
+            raise ConfigError(f"{config.path}: lag_budget must be positive")
 
 
 def _apply_settings(db: DatabaseConfig, settings: dict, where: str, base: str = "") -> None:
