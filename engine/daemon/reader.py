@@ -17,6 +17,7 @@ from typing import Callable
 from ..errors import DaemonError
 from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord
 from ..sqlite.capture import SnapshotReader
+from ..sqlite.pagehash import new_changes
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
@@ -102,14 +103,17 @@ class Reader:
         """
         before = self.observe()
         published = (before.salts, before.max_frame) if before is not None else None
-        result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published)
+        # Pinned (before was read after the pin was taken), the wal-index vouches for the frames
+        # up to its mxFrame: no checksum walk for them (engine/sqlite/walfile.py, read()).
+        vouched = self.pin.active
+        result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
         if result.generation == "new" and self.unverified and self.rs.verified_pos is not None:
             # What we read past the last verified commit is gone from the WAL: SQLite never
             # published it (a writer died between writing its commit frame and updating the
             # wal-index) and the next writer reused those frames.  Forget it; read again.
             self.unverified = []
             self.rs.pos = self.rs.verified_pos
-            result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published)
+            result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
         self.observe()  # commits published while we read get a stamp now, not after spooling
         ts = clock.now_us()
         if result.transactions:
@@ -184,14 +188,15 @@ class Reader:
 
     def _emit(self, pages: dict[int, bytes], db_pages: int, ts: int, flags: int, position, change) -> SpooledTxn:
         ts = max(ts, self.rs.last_ts)  # commit times never run backwards, even if the wall clock does
-        checksum = self.rs.hashes.apply(pages, db_pages)
+        changes = new_changes()  # spooled with the record: the uploader never hashes a page again
+        checksum = self.rs.hashes.apply(pages, db_pages, changes)
         record = TxnRecord(self.rs.next_txid, ts, db_pages, flags, checksum, pages)
         self.rs.next_txid += 1
         self.rs.last_ts = ts
         self.stats.transactions += 1
         self.stats.last_txid = record.txid
         self.stats.last_commit_us = ts
-        return SpooledTxn(record, position, ts, change)
+        return SpooledTxn(record, position, ts, change, changes)
 
     def spool(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
         # fsynced before the pin is released or handed over (ReadPin's before_release), before a
@@ -220,7 +225,10 @@ class Reader:
                         f"spool file {path}: expected txid {self.rs.next_txid}, found {item.record.txid}; "
                         "the spool is inconsistent (refusing to ship a history with a hole)"
                     )
-                self.rs.hashes.apply(item.record.pages, item.record.db_pages)
+                if item.changes is not None:
+                    self.rs.hashes.apply_changes(*item.changes, item.record.db_pages)
+                else:
+                    self.rs.hashes.apply(item.record.pages, item.record.db_pages)
                 if self.rs.hashes.checksum != item.record.db_checksum:
                     raise DaemonError(f"spool file {path}: checksum mismatch at txid {item.record.txid}")
                 self.rs.next_txid = item.record.txid + 1
@@ -248,7 +256,7 @@ class Reader:
             ts = clock.now_us()
             kept = list(self.unverified)
             if self.rs.pos is not None:
-                for txn in self.wal.read(self.rs.pos, published=(snap.salts, snap.max_frame)).transactions:
+                for txn in self.wal.read(self.rs.pos, published=(snap.salts, snap.max_frame), vouched=True).transactions:
                     if (txn.end.salt1, txn.end.salt2) == (snap.salt1, snap.salt2) and txn.end.frame > snap.max_frame:
                         break
                     kept.append((txn, ts))

@@ -231,8 +231,10 @@ class Replicator:
         self.uploader.sealed_through_us = self.reader.spooled_through_us = ts
         log.info("new generation %s: snapshot of %d pages at txid %d", generation, db_pages, base_txid)
 
-    def save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None) -> None:
-        save_uploaded(self.state, self.rs, self.db_path, self.storage.url, txid, ts, position, change)
+    def save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None,
+                   changes=None, first_txid: int | None = None) -> None:
+        save_uploaded(self.state, self.rs, self.db_path, self.storage.url, txid, ts, position, change, changes,
+                      first_txid)
 
     def _resume(self, saved: dict) -> None:
         """Continue the history of the state directory (which matches this database and replica)."""

@@ -1,11 +1,13 @@
 """The daemon's local, fsynced memory: what it has read but not yet uploaded, and where it stands.
 
     <state>/state.json     last *uploaded* point: generation, txid, WAL position (atomic replace)
-    <state>/hashes-<txid>.bin  per-page hashes of the database at that point (named by state.json)
+    <state>/hashes-<txid>.bin  per-page hashes of the database at a point (named by state.json)
+    <state>/hashes-<txid>.log  the pages each upload since changed (hashlog.py)
     <state>/spool/*.log    transactions read since, appended + fsynced by the tailing thread
     <state>/spool/*.sealed the same, closed and waiting to be uploaded as one segment each
 
-Every spool record is ``length u32 | crc32 u32 | meta length u16 | meta JSON | transaction``.  A
+Every spool record is ``length u32 | crc32 u32 | body`` (the body: spoolrecord.py, the WAL
+position, the page hashes the transaction set, and the transaction).  A
 kill -9 can leave a torn last record; replay stops at the first record whose CRC fails and
 truncates the file there, so nothing after a tear is ever trusted.
 
@@ -31,8 +33,10 @@ from typing import Iterator
 from ..errors import DaemonError, StateLocked
 from ..fsutil import atomic_write, fsync_dir
 from ..replica.format import TXN, TxnRecord, decode_txns
-from ..sqlite.pagehash import PageHashes
+from ..sqlite.pagehash import PageChanges, PageHashes
 from ..sqlite.walfile import WalPosition
+from . import hashlog
+from .spoolrecord import decode_body, encode_body
 
 _REC = struct.Struct("<II")
 
@@ -61,6 +65,9 @@ class RawSpooled:
     through_ts_us: int
     change: int | None
     raw: bytes
+    changes: PageChanges | None = None  # page hashes the transaction set (None: an old record)
+    db_pages: int = 0
+    db_checksum: int = 0
 
 
 @dataclass
@@ -69,6 +76,7 @@ class SpooledTxn:
     position: WalPosition | None
     through_ts_us: int
     change: int | None = None  # SQLite's commit counter after this record, when it was verified
+    changes: PageChanges | None = None  # the page hashes it set, as PageHashes.apply recorded them
 
 
 class StateDir:
@@ -86,6 +94,10 @@ class StateDir:
         self._current_size = 0
         self._pending = self.pending_bytes()  # bytes in spool files, kept up to date without listing
         self._dirty = False  # the file being appended to has records not fsynced yet
+        # The hashes base file state.json names, its size, and the size of its log (hashlog.py)
+        self._hash_base: str | None = None
+        self._hash_base_bytes = 0
+        self._hash_log_bytes = 0
 
     def lock(self) -> None:
         """Take the state directory for this process; a second daemon on it is refused.
@@ -116,28 +128,55 @@ class StateDir:
         except FileNotFoundError:
             return None
 
-    def save_state(self, state: dict, hashes: PageHashes) -> None:
+    def save_state(self, state: dict, hashes: PageHashes, changes: PageChanges | None = None,
+                   first_txid: int | None = None) -> None:
         """Persist the uploaded point and the page hashes *of that same point*.
 
-        The hashes go to a file named after the point (``hashes-<txid>.bin``) and state.json names
-        it, so a crash between the two writes can never pair a state with hashes of another point.
+        With ``changes`` (the pages changed by txids ``first_txid``..``uploaded_txid``, net),
+        they are appended to the hashes log of the current base (hashlog.py); otherwise, or when
+        the log has grown as large as the base, the whole table goes to a new base file named
+        after the point (``hashes-<txid>.bin``).  state.json names the base and is replaced
+        last, so a crash between the writes never pairs a state with hashes of another point.
         """
-        name = f"hashes-{state.get('uploaded_txid', 0):016x}.bin"
-        atomic_write(os.path.join(self.path, name), hashes.to_bytes())
+        txid = state.get("uploaded_txid", 0)
+        base = self._hash_base
+        if (changes is not None and base is not None and first_txid is not None
+                and self._hash_log_bytes < max(hashlog.MIN_COMPACT_BYTES, self._hash_base_bytes)):
+            record = hashlog.encode(first_txid, txid, hashes.db_pages, hashes.checksum, changes)
+            self._hash_log_bytes = hashlog.append(os.path.join(self.path, hashlog.log_name(base)), record)
+            atomic_write(os.path.join(self.path, "state.json"), json.dumps(dict(state, hashes=base), indent=1).encode())
+            return
+        name = hashlog.base_name(txid)
+        blob = hashes.to_bytes()
+        atomic_write(os.path.join(self.path, name), blob)
+        log = os.path.join(self.path, hashlog.log_name(name))
+        if os.path.exists(log):
+            os.unlink(log)  # a leftover of an earlier base at this same txid
         atomic_write(os.path.join(self.path, "state.json"), json.dumps(dict(state, hashes=name), indent=1).encode())
         for other in os.listdir(self.path):
-            if other.startswith("hashes-") and other.endswith(".bin") and other != name:
+            if other.startswith("hashes-") and other.endswith((".bin", ".log")) and other != name:
                 os.unlink(os.path.join(self.path, other))
+        self._hash_base, self._hash_base_bytes, self._hash_log_bytes = name, len(blob), 0
 
     def load_hashes(self) -> PageHashes:
+        """The page hashes at state.json's uploaded point: its base file plus the base's log."""
         state = self.load_state() or {}
-        with open(os.path.join(self.path, state.get("hashes", "hashes.bin")), "rb") as f:
-            return PageHashes.from_bytes(f.read())
+        name = state.get("hashes", "hashes.bin")
+        with open(os.path.join(self.path, name), "rb") as f:
+            blob = f.read()
+        hashes = PageHashes.from_bytes(blob)
+        log_bytes = 0
+        if name.startswith("hashes-") and name.endswith(".bin"):
+            base_txid = int(name[len("hashes-") : -len(".bin")], 16)
+            log_bytes = hashlog.replay(os.path.join(self.path, hashlog.log_name(name)), hashes, base_txid,
+                                       state.get("uploaded_txid", base_txid))
+        self._hash_base, self._hash_base_bytes, self._hash_log_bytes = name, len(blob), log_bytes
+        return hashes
 
     def reset(self) -> None:
         """Forget everything (a new generation is starting)."""
         for name in os.listdir(self.path):
-            if name == "state.json" or (name.startswith("hashes") and name.endswith(".bin")):
+            if name == "state.json" or (name.startswith("hashes") and name.endswith((".bin", ".log"))):
                 os.unlink(os.path.join(self.path, name))
         with self._lock:
             if self._current is not None:
@@ -293,15 +332,7 @@ class StateDir:
 
     @staticmethod
     def _encode(item: SpooledTxn) -> bytes:
-        meta = json.dumps(
-            {
-                "pos": item.position.to_json() if item.position else None,
-                "through": item.through_ts_us,
-                "change": item.change,
-            },
-            separators=(",", ":"),
-        ).encode()
-        body = _META.pack(len(meta)) + meta + item.record.encode()
+        body = encode_body(item.position, item.through_ts_us, item.change, item.changes, item.record.encode())
         return _REC.pack(len(body), zlib.crc32(body)) + body
 
     @staticmethod
@@ -322,12 +353,10 @@ class StateDir:
                 body = f.read(length)
                 if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
                     break
-                (meta_len,) = _META.unpack_from(body, 0)
-                meta = json.loads(body[_META.size : _META.size + meta_len])
-                raw = body[_META.size + meta_len :]
-                txid, ts = TXN.unpack_from(raw, 0)[:2]
-                pos = WalPosition.from_json(meta["pos"]) if meta["pos"] else None
-                yield RawSpooled(txid, ts, pos, meta["through"], meta.get("change"), raw)
+                meta, raw = decode_body(body)
+                txid, ts, db_pages, _flags, _count, checksum = TXN.unpack_from(raw, 0)
+                yield RawSpooled(txid, ts, meta.position, meta.through_ts_us, meta.change, raw, meta.changes,
+                                 db_pages, checksum)
                 off += _REC.size + length
         if off != size and repair:
             with open(path, "r+b") as f:
@@ -346,11 +375,9 @@ class StateDir:
             body = data[off + _REC.size : off + _REC.size + length]
             if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
                 break  # a torn or zero-filled tail (the file grew but the data never landed)
-            (meta_len,) = _META.unpack_from(body, 0)
-            meta = json.loads(body[_META.size : _META.size + meta_len])
-            (record,) = list(decode_txns(body[_META.size + meta_len :], page_size, path))
-            pos = WalPosition.from_json(meta["pos"]) if meta["pos"] else None
-            out.append(SpooledTxn(record, pos, meta["through"], meta.get("change")))
+            meta, raw = decode_body(body)
+            (record,) = list(decode_txns(raw, page_size, path))
+            out.append(SpooledTxn(record, meta.position, meta.through_ts_us, meta.change, meta.changes))
             off += _REC.size + length
         if off != len(data) and repair:
             with open(path, "r+b") as f:

@@ -53,7 +53,8 @@ class UploadHost(Protocol):
     @property
     def spooled_through_us(self) -> int: ...
 
-    def save_state(self, txid: int, ts: int, position: Any, change: int | None) -> None: ...
+    def save_state(self, txid: int, ts: int, position: Any, change: int | None, changes: Any = None,
+                   first_txid: int | None = None) -> None: ...
 
     def ensure_lease(self) -> None: ...
 
@@ -116,9 +117,11 @@ class Uploader:
     def _upload_file(self, path: str) -> bool:
         """Stream one sealed spool file into a segment file, upload it, advance the saved point.
 
-        Two sequential passes over the file (the second from the page cache) and one record in
-        memory at a time: the segment is compressed into a file under the state directory and
-        uploaded from there; the uploaded page hashes are advanced only after the upload.
+        One sequential pass over the file and one record in memory at a time: the segment is
+        compressed into a file under the state directory and uploaded from there.  Each record
+        carries the page hashes the reader computed (spoolrecord.py), so the uploaded hashes
+        advance after the upload without hashing a page again, and only the pages this segment
+        changed are appended to the hashes log (hashlog.py).
         """
         sh = self.shipper
         uploaded_txid = sh.stats.uploaded_txid
@@ -127,6 +130,9 @@ class Uploader:
         first = last = None
         through = 0
         position = change = None
+        # (pgnos, hashes, db_pages, db_checksum, commit_ts_us) per record, replayed after the upload
+        changes: list[tuple] = []
+        rehash = False  # a record spooled by an earlier version: no page hashes recorded
         try:
             for rec in StateDir.iter_raw(path):
                 if rec.txid <= uploaded_txid:
@@ -145,6 +151,9 @@ class Uploader:
                 if rec.change is not None:
                     change = rec.change
                 writer.add_record(rec.raw)
+                if rec.changes is None:
+                    rehash = True
+                changes.append((rec.changes, rec.db_pages, rec.db_checksum, rec.commit_ts_us))
         except BaseException:
             writer.abort()
             raise
@@ -163,19 +172,33 @@ class Uploader:
                 "last_txid": last.txid,
                 "through_ts_us": through,
                 "lease_epoch": sh.lease.epoch,
-            }
+            },
+            fsync=False,  # a staging copy: the spool file stays until the upload succeeded
         )
         try:
             self.put_segment_file(key.key, tmp)
         finally:
             os.unlink(tmp)
         now = clock.now_us()
-        for rec in StateDir.iter_raw(path, repair=False):
-            if rec.txid > uploaded_txid:
-                (record,) = decode_txns(rec.raw, sh.page_size, path)
-                sh.uploaded_hashes.apply(record.pages, record.db_pages)
-                sh.stats.lag_samples_us.append(now - rec.commit_ts_us)
-        sh.save_state(last.txid, last.commit_ts_us, position, change)
+        hashes = sh.uploaded_hashes
+        if rehash:
+            net = None  # an old spool file: the whole table is saved
+            for rec in StateDir.iter_raw(path, repair=False):
+                if rec.txid > uploaded_txid:
+                    (record,) = decode_txns(rec.raw, sh.page_size, path)
+                    hashes.apply(record.pages, record.db_pages)
+        else:
+            touched: set[int] = set()
+            for (pgnos, table), db_pages, checksum, _ts in changes:
+                if hashes.apply_changes(pgnos, table, db_pages) != checksum:
+                    raise DaemonError(f"spool file {path}: page hashes disagree with the recorded checksum")
+                touched.update(pgnos)
+            net = hashes.net_changes(touched)
+        if hashes.checksum != last.db_checksum:
+            raise DaemonError(f"spool file {path}: page hashes disagree with txid {last.txid}'s checksum")
+        for _c, _p, _s, ts in changes:
+            sh.stats.lag_samples_us.append(now - ts)
+        sh.save_state(last.txid, last.commit_ts_us, position, change, net, first.txid)
         sh.state.remove(path)
         sh.stats.uploaded_txid = last.txid
         sh.stats.uploaded_commit_us = last.commit_ts_us

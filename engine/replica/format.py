@@ -264,19 +264,20 @@ class SegmentWriter:
         self._payload.close()
         os.unlink(self._payload_path)
 
-    def finish(self, header: dict) -> int:
-        """Write the segment to ``path`` (fsynced); returns its size."""
+    def finish(self, header: dict, fsync: bool = True) -> int:
+        """Write the segment to ``path`` (fsynced unless ``fsync`` is False: a staging copy
+        whose source stays on disk until it is uploaded); returns its size."""
         self._payload.write(self._compressor.flush())
         payload_len = self._payload.tell()
         self._payload.seek(0)
         full = dict(header, raw_length=self.raw_length, txn_count=self.count)
-        size = write_envelope_file(self.path, SEGMENT_MAGIC, full, self._payload, payload_len)
+        size = write_envelope_file(self.path, SEGMENT_MAGIC, full, self._payload, payload_len, fsync)
         self._payload.close()
         os.unlink(self._payload_path)
         return size
 
 
-def write_envelope_file(path: str, magic: bytes, header: dict, payload, payload_len: int) -> int:
+def write_envelope_file(path: str, magic: bytes, header: dict, payload, payload_len: int, fsync: bool = True) -> int:
     """Write an object (section 2 of docs/FORMAT.md) to ``path`` from a payload file object,
     streaming, and fsync it; the same bytes ``_envelope`` builds in memory.  Returns its size."""
     hasher = hashlib.blake2b(digest_size=32)
@@ -293,7 +294,8 @@ def write_envelope_file(path: str, magic: bytes, header: dict, payload, payload_
         emit(struct.pack("<Q", payload_len))
         out.write(hasher.digest())
         out.flush()
-        os.fsync(out.fileno())
+        if fsync:
+            os.fsync(out.fileno())
         return out.tell()
 
 
