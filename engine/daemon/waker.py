@@ -69,16 +69,16 @@ class Waker:
         # epoll, not select(): no limit on descriptor numbers (a daemon serving many databases
         # has thousands open), and no per-call list of descriptors to build.
         poll = self._epoll_all if self._fd is not None and changes else self._epoll_stop
-        ready = [fd for fd, _ev in poll.poll(max(0.0, timeout))]
         woke = False
-        if self._pipe_r in ready:
-            try:
-                os.read(self._pipe_r, 4096)
-            except BlockingIOError:
-                pass
-            woke = True
-        if self._fd is not None and self._fd in ready:
-            woke = self._drain() or woke
+        for fd, _ev in poll.poll(timeout if timeout > 0.0 else 0.0):
+            if fd == self._fd:
+                woke = self._drain() or woke
+            else:
+                try:
+                    os.read(self._pipe_r, 4096)
+                except BlockingIOError:
+                    pass
+                woke = True
         return woke
 
     def drain(self) -> None:
@@ -95,7 +95,11 @@ class Waker:
                 return relevant
             # Names are NUL-padded in the event records: a substring test finds ours without
             # decoding every event in Python (a false match only costs one extra look).
-            relevant = relevant or any(name in buf for name in self._needles)
+            if not relevant:
+                for name in self._needles:
+                    if name in buf:
+                        relevant = True
+                        break
             if len(buf) < 32768:
                 return relevant
 

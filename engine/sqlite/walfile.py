@@ -365,6 +365,16 @@ class WalFile:
             count = len(buf) // frame_size
             if count == 0:
                 break
+            if not vouched:
+                # Only frames carrying the generation's salts can be valid: checksum just those
+                # (past the valid end, e.g. after a restart, the file holds older generations'
+                # frames, and the chain walk is the one thing here that needs numpy).
+                same = 0
+                while same < count and buf[same * frame_size + 8 : same * frame_size + 16] == salts:
+                    same += 1
+                if same == 0:
+                    break
+                count = same
             buf = buf[: count * frame_size]
             # Vouched frames (see read()) carry their running checksum in their own header.
             sums = _HeaderSums(buf, frame_size) if vouched else frame_checksums(buf, page_size, pos.big_endian, cksum)
