@@ -12,7 +12,7 @@ import zlib
 import pytest
 from walrewind.engine.daemon import hashlog
 from walrewind.engine.daemon.spool import SpooledTxn, StateDir
-from walrewind.engine.daemon.spoolrecord import decode_body, encode_body
+from walrewind.engine.daemon.spoolrecord import Batch, decode_body, encode_body, txn_spans
 from walrewind.engine.errors import DaemonError
 from walrewind.engine.replica.format import TxnRecord
 from walrewind.engine.sqlite.pagehash import PageHashes, new_changes
@@ -74,16 +74,21 @@ def test_spool_record_round_trip_with_changes_and_old_json_records():
     pos = WalPosition(7, 8, 99, (1, 2), PAGE, True)
     changes = new_changes()
     PageHashes(PAGE).apply({1: b"a" * PAGE, 3: b"b" * PAGE}, 4, changes)
-    body = encode_body(pos, 123, 456, changes, b"raw-txn")
-    meta, raw = decode_body(body)
-    assert (meta.position, meta.through_ts_us, meta.change, raw) == (pos, 123, 456, b"raw-txn")
-    assert list(meta.changes[0]) == [1, 2, 3, 4] and list(meta.changes[1]) == list(changes[1])
-    meta, raw = decode_body(encode_body(None, 5, None, None, b"x"))
-    assert (meta.position, meta.change, raw, list(meta.changes[0])) == (None, None, b"x", [])
-    # A record spooled by an earlier version (JSON meta, no page hashes) is still read.
+    txns = b"".join(TxnRecord(t, t * 10, 4, 0, t, {1: b"a" * PAGE}).encode() for t in (5, 6))
+    batch = Batch(pos, 123, 456, changes, 5, 2, 50, 60, 4, 6)
+    got, raw = decode_body(encode_body(batch, txns))
+    assert raw == txns and (got.position, got.through_ts_us, got.change) == (pos, 123, 456)
+    assert (got.first_txid, got.count, got.first_ts_us, got.last_ts_us, got.db_pages, got.db_checksum) == (5, 2, 50, 60, 4, 6)
+    assert list(got.changes[0]) == [1, 2, 3, 4] and list(got.changes[1]) == list(changes[1])
+    assert [(t, ts) for t, ts, _s, _e in txn_spans(raw, PAGE)] == [(5, 50), (6, 60)]
+    got, raw = decode_body(encode_body(Batch(None, 5, None, None, 1, 1, 0, 0, 0, 0), b"x"))
+    assert (got.position, got.change, got.changes, raw) == (None, None, None, b"x")
+    # A record spooled by an earlier version (JSON meta, one transaction, no page hashes) is still read.
     old_meta = json.dumps({"pos": pos.to_json(), "through": 9, "change": 3}).encode()
-    meta, raw = decode_body(struct.pack("<H", len(old_meta)) + old_meta + b"txn")
-    assert (meta.position, meta.through_ts_us, meta.change, meta.changes, raw) == (pos, 9, 3, None, b"txn")
+    one = TxnRecord(8, 80, 4, 0, 77, {2: b"c" * PAGE}).encode()
+    got, raw = decode_body(struct.pack("<H", len(old_meta)) + old_meta + one)
+    assert (got.position, got.through_ts_us, got.change, got.changes, raw) == (pos, 9, 3, None, one)
+    assert (got.first_txid, got.count, got.last_ts_us, got.db_checksum) == (8, 1, 80, 77)
 
 
 def test_spooled_changes_reach_the_reader_of_the_file(tmp_path):
@@ -94,13 +99,26 @@ def test_spooled_changes_reach_the_reader_of_the_file(tmp_path):
         changes = new_changes()
         checksum = hashes.apply(pages, db_pages, changes)
         items.append(SpooledTxn(TxnRecord(txid, txid, db_pages, 0, checksum, pages), None, txid, None, changes))
-    state.append(items)
+    for item in items:  # a batch of one: its own changes
+        state.append([item])
+    touched = set(i for item in items[:4] for i in item.changes[0])
+    partial = PageHashes(PAGE)
+    for item in items[:4]:
+        partial.apply_changes(*item.changes, item.record.db_pages)
     state.seal()
     (path,) = state.sealed_files()
     replica = PageHashes(PAGE)
     for rec in StateDir.iter_raw(path):
-        assert replica.apply_changes(*rec.changes, rec.db_pages) == rec.db_checksum
+        assert replica.apply_changes(*rec.batch.changes, rec.batch.db_pages) == rec.batch.db_checksum
     assert replica.hashes == hashes.hashes
+    # Several transactions in one batch: the net changes the caller passes.
+    state2 = StateDir(str(tmp_path / "two"))
+    state2.append(items[:4], changes=partial.net_changes(touched))
+    state2.seal()
+    (rec,) = list(StateDir.iter_raw(state2.sealed_files()[0]))
+    again = PageHashes(PAGE)
+    assert again.apply_changes(*rec.batch.changes, rec.batch.db_pages) == items[3].record.db_checksum
+    assert (rec.txid, rec.last_txid) == (1, 4)
 
 
 def save_uploads(state: StateDir, seed: int, uploads: int, per_upload: int = 3):

@@ -48,8 +48,19 @@ def make_items(seed: int, count: int, first_txid: int = 1) -> list[SpooledTxn]:
     return items
 
 
-def same(a: list[SpooledTxn], b: list[SpooledTxn]) -> bool:
-    return [(i.record, i.position, i.through_ts_us) for i in a] == [(i.record, i.position, i.through_ts_us) for i in b]
+def same(got: list[SpooledTxn], items: list[SpooledTxn]) -> bool:
+    """The same transactions; each append() is one batch record, whose position (the last one
+    among its items) and latest ``through`` come back on its last transaction."""
+    if [i.record for i in got] != [i.record for i in items]:
+        return False
+    for k, item in enumerate(got):
+        if item.position is not None:
+            last = next((i.position for i in reversed(items[: k + 1]) if i.position is not None), None)
+            if item.position != last:
+                return False
+        if item.through_ts_us < items[k].through_ts_us:
+            return False
+    return True
 
 
 def spool_one_by_one(state: StateDir, items: list[SpooledTxn]) -> tuple[str, list[int]]:

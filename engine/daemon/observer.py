@@ -29,6 +29,7 @@ EXPECT_POLL = 0.002  # after a WAL write, how often to look for the commit in th
 EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames long before COMMIT)
 STAMP_SLACK_US = 5_000  # a commit first seen more than this after the previous look: stamp uncertain
 UNCERTAIN_LOG_SECONDS = 60.0  # at most one warning about uncertain stamps per minute
+BACKLOG_FRAMES = 256  # frames the reader may fall behind before it is woken (see Observer)
 FIRST_LOOK_MIN = 0.3  # below this hit rate the look at a WAL write is skipped (see run())
 FIRST_LOOK_RETRY = 32  # ... but made again after this many skips, in case the writer changed
 
@@ -128,6 +129,12 @@ class Observer:
         self.new_commits = False  # a commit boundary observed that the reader has not taken
         self.checkpointer = False  # a blocking checkpoint waits for our read transaction
         self.reader_waiting_for_commits = True  # the reader wants to hear of every new commit
+        # The reader's position (salt1, salt2, frame), set after each of its passes; a commit this
+        # many frames past it (or in another generation) is a backlog: the reader is woken even
+        # while it defers, so a busy writer is read in batches of ~1 MB, not every 250 ms.
+        self.read_upto: tuple[int, int, int] | None = None
+        self.backlog_frames = BACKLOG_FRAMES
+        self.backlog = False
         self._last_seen: tuple | None = None
         self._last_hdr = None  # the header object of our last look (ShmObserver caches by bytes)
         self._first_look_hits = 1.0  # moving average: a look at a WAL write found its commit
@@ -176,6 +183,18 @@ class Observer:
                 self.new_commits = True
                 if self.reader_waiting_for_commits:
                     self.cond.notify_all()
+                elif not self.backlog and self._behind() >= self.backlog_frames:
+                    self.backlog = True
+                    self.cond.notify_all()
+
+    def _behind(self) -> int:
+        """Frames published past the reader's position (a lot, in another generation)."""
+        hdr, upto = self._last_hdr, self.read_upto
+        if hdr is None or upto is None:
+            return 0
+        if (hdr.salt1, hdr.salt2) != upto[:2]:
+            return 1 << 30
+        return hdr.max_frame - upto[2]
 
     def run(self, stop: threading.Event) -> None:
         """Wake at each WAL write, then look until its commit shows up; probe locks while pinned.

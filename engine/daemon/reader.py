@@ -15,7 +15,7 @@ import time
 from typing import Callable
 
 from ..errors import DaemonError
-from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord, decode_txns
 from ..sqlite.capture import SnapshotReader
 from ..sqlite.pagehash import new_changes
 from ..sqlite.pin import ReadPin
@@ -165,7 +165,7 @@ class Reader:
                 self._emit(txn.pages, txn.db_pages, seen, 0, txn.end, hdr.change if n == count - 1 else None)
                 for n, (txn, seen) in enumerate(batch)
             ]
-            self.spool(items)
+            self.spool(items, changes=self._net(items))
             self.observe()
             self.rs.verified_pos = batch[-1][0].end
         self.rs.anchor = hdr.change
@@ -198,10 +198,20 @@ class Reader:
         self.stats.last_commit_us = ts
         return SpooledTxn(record, position, ts, change, changes)
 
-    def spool(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
-        # fsynced before the pin is released or handed over (ReadPin's before_release), before a
-        # seal, and at least every FSYNC_SECONDS: see docs/DESIGN.md, "Grouped fsync".
-        self.state.append(items, allow_over_limit, sync=False)
+    def _net(self, items: list[SpooledTxn]):
+        """The net page hashes ``items`` set (just emitted: the hashes are at their last)."""
+        if len(items) == 1:
+            return items[0].changes
+        touched: set[int] = set()
+        for item in items:
+            touched.update(item.changes[0])
+        return self.rs.hashes.net_changes(touched)
+
+    def spool(self, items: list[SpooledTxn], allow_over_limit: bool = False, changes=None) -> None:
+        # One record per pass (a batch).  fsynced before the pin is released or handed over
+        # (ReadPin's before_release), before a seal, and at least every FSYNC_SECONDS: see
+        # docs/DESIGN.md, "Grouped fsync".
+        self.state.append(items, allow_over_limit, sync=False, changes=changes)
         self.stats.backlog_bytes = self.state.pending
 
     def replay_spool(self) -> None:
@@ -217,26 +227,33 @@ class Reader:
         self.rs.last_ts = self.stats.uploaded_commit_us
         self.state.seal()
         for path in self.state.sealed_files():
-            for item in StateDir.read_file(path, self.rs.page_size):
-                if item.record.txid < self.rs.next_txid:
+            for rec in StateDir.iter_raw(path):
+                if rec.last_txid < self.rs.next_txid:
                     continue
-                if item.record.txid != self.rs.next_txid:
+                if rec.txid < self.rs.next_txid:
+                    rec = rec.after(self.rs.next_txid - 1, self.rs.page_size)
+                batch = rec.batch
+                if rec.txid != self.rs.next_txid:
                     raise DaemonError(
-                        f"spool file {path}: expected txid {self.rs.next_txid}, found {item.record.txid}; "
+                        f"spool file {path}: expected txid {self.rs.next_txid}, found {rec.txid}; "
                         "the spool is inconsistent (refusing to ship a history with a hole)"
                     )
-                if item.changes is not None:
-                    self.rs.hashes.apply_changes(*item.changes, item.record.db_pages)
-                else:
-                    self.rs.hashes.apply(item.record.pages, item.record.db_pages)
-                if self.rs.hashes.checksum != item.record.db_checksum:
-                    raise DaemonError(f"spool file {path}: checksum mismatch at txid {item.record.txid}")
-                self.rs.next_txid = item.record.txid + 1
-                self.rs.last_ts = item.record.commit_ts_us
-                if item.position is not None:
-                    self.rs.pos = item.position
-                if item.change is not None:
-                    self.rs.anchor = item.change
+                try:
+                    if batch.changes is not None:
+                        self.rs.hashes.apply_changes(*batch.changes, batch.db_pages)
+                    else:
+                        for record in decode_txns(rec.raw, self.rs.page_size, path):
+                            self.rs.hashes.apply(record.pages, record.db_pages)
+                except ValueError as exc:
+                    raise DaemonError(f"spool file {path}: page changes do not apply at txid {rec.txid} ({exc})") from None
+                if self.rs.hashes.checksum != batch.db_checksum:
+                    raise DaemonError(f"spool file {path}: checksum mismatch at txid {rec.last_txid}")
+                self.rs.next_txid = rec.last_txid + 1
+                self.rs.last_ts = batch.last_ts_us
+                if batch.position is not None:
+                    self.rs.pos = batch.position
+                if batch.change is not None:
+                    self.rs.anchor = batch.change
         self.state.remeasure()
         self.stats.backlog_bytes = self.state.pending
         self.stats.last_txid = self.rs.next_txid - 1
@@ -295,7 +312,7 @@ class Reader:
             items[-1].position = position
             items[-1].change = snap.change
         self.rs.pos = self.rs.verified_pos = position
-        self.spool(items, allow_over_limit)
+        self.spool(items, allow_over_limit, changes=self._net(items) if items else None)
         self.rs.anchor = snap.change
 
     @staticmethod

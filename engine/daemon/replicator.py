@@ -60,8 +60,12 @@ PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpoin
 PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
 FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
 IDLE_POLL = 0.25  # fallback when inotify is quiet
-READ_DEFER_SECONDS = 0.1  # while pinned, read what was observed at most this often
-HOUSEKEEPING_SECONDS = 0.1  # while pinned and quiet, re-check the pin policy this often
+# While pinned, read what was observed at most this often: every pass costs a hand-over, header
+# reads and an fsync (~10 of the daemon's wake-ups per second at 0.1 s; the pin keeps the frames
+# and the observer has stamped them, so only the spool's lag behind the WAL grows), unless the
+# observer reports a backlog of observer.BACKLOG_FRAMES (a busy writer: read at once).
+READ_DEFER_SECONDS = 0.25
+HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
 HEARTBEAT_SECONDS = 60.0
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
@@ -328,6 +332,8 @@ class Replicator:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self._probe_interval,
                                      IDLE_POLL, inotify, self.observations)
+            if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes
+                self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=self.observer.run, args=(self._stop,), name="walrewind-observer",
                                         daemon=True)
             observer.start()
@@ -400,7 +406,7 @@ class Replicator:
                 continue
             with ob.cond:
                 urgent, ob.checkpointer = ob.checkpointer, False
-                pending = ob.new_commits
+                pending, backlog = ob.new_commits, ob.backlog
             pinned = self.pin.active
             now = time.monotonic()
             due = last_read + (READ_DEFER_SECONDS if pinned else 0.0)
@@ -409,12 +415,14 @@ class Replicator:
                     self.pin_policy.yield_to_checkpointer()
                     last_read = time.monotonic()
                     continue
-                if (pending and now >= due) or now - last_read >= (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL):
+                if (pending and (now >= due or backlog)) or now - last_read >= (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL):
                     with ob.cond:
-                        ob.new_commits = False
+                        ob.new_commits = ob.backlog = False
                     last_read = now
                     read_now = self.read_pass()
                     self.pin_policy.after_read(read_now)
+                    pos = self.rs.pos
+                    ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
                     if time.monotonic() - self._last_flush >= FSYNC_SECONDS:
                         self.state.flush()
                         self._last_flush = time.monotonic()
@@ -425,7 +433,7 @@ class Replicator:
             with ob.cond:
                 if ob.checkpointer or self._stop.is_set():
                     continue
-                if ob.new_commits:  # deferring: only a checkpointer (or stop) wakes us early
+                if ob.new_commits:  # deferring: only a checkpointer, a backlog (or stop) wakes us early
                     ob.reader_waiting_for_commits = False
                     timeout = due - time.monotonic()
                 else:

@@ -32,11 +32,11 @@ from typing import Iterator
 
 from ..errors import DaemonError, StateLocked
 from ..fsutil import atomic_write, fsync_dir
-from ..replica.format import TXN, TxnRecord, decode_txns
+from ..replica.format import TxnRecord, decode_txns
 from ..sqlite.pagehash import PageChanges, PageHashes
 from ..sqlite.walfile import WalPosition
 from . import hashlog
-from .spoolrecord import decode_body, encode_body
+from .spoolrecord import Batch, decode_body, encode_body, txn_spans
 
 _REC = struct.Struct("<II")
 
@@ -52,22 +52,33 @@ class SpoolFull(DaemonError):
 class SpoolCorrupted(DaemonError):
     """A failed append could not be cut off again; the file must not be appended to."""
 
-_META = struct.Struct("<H")
+_META = struct.Struct("<H")  # the smallest body: a meta length
 
 
 @dataclass
 class RawSpooled:
-    """A spool record with its transaction still encoded (``TxnRecord.encode()`` bytes)."""
+    """A spool record with its transactions still encoded (``TxnRecord.encode()`` bytes)."""
 
-    txid: int
-    commit_ts_us: int
-    position: WalPosition | None
-    through_ts_us: int
-    change: int | None
+    batch: Batch
     raw: bytes
-    changes: PageChanges | None = None  # page hashes the transaction set (None: an old record)
-    db_pages: int = 0
-    db_checksum: int = 0
+
+    @property
+    def txid(self) -> int:
+        return self.batch.first_txid
+
+    @property
+    def last_txid(self) -> int:
+        return self.batch.first_txid + self.batch.count - 1
+
+    def after(self, txid: int, page_size: int) -> "RawSpooled":
+        """The part of this batch after ``txid`` (which falls inside it), without net page
+        changes (they describe the whole batch).  Uploads end at file boundaries, so this is only
+        a defence."""
+        spans = [sp for sp in txn_spans(self.raw, page_size) if sp[0] > txid]
+        b = self.batch
+        part = Batch(b.position, b.through_ts_us, b.change, None, spans[0][0], len(spans), spans[0][1], b.last_ts_us,
+                     b.db_pages, b.db_checksum)
+        return RawSpooled(part, self.raw[spans[0][2] :])
 
 
 @dataclass
@@ -188,8 +199,14 @@ class StateDir:
             self._current_size = 0
 
     # -- the spool ------------------------------------------------------------------------------
-    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False, sync: bool = True) -> None:
-        """Append (and fsync unless ``sync`` is False); called by the tailing thread after each read pass.
+    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False, sync: bool = True,
+               changes: PageChanges | None = None) -> None:
+        """Append ``items`` as one record (and fsync unless ``sync`` is False); called by the
+        tailing thread after each read pass.
+
+        The record is one batch (spoolrecord.py): the last position and commit counter among the
+        items, the latest ``through``, and ``changes``, the net page hashes of the batch (a single
+        item's own changes when not given).
 
         With ``sync=False`` the records are written but fsynced only by the next :meth:`flush`
         (or :meth:`seal`): the daemon flushes before it lets SQLite drop the frames they came from
@@ -202,7 +219,7 @@ class StateDir:
         """
         if not items:
             return
-        blob = b"".join(self._encode(i) for i in items)
+        blob = self._encode(items, changes if changes is not None or len(items) > 1 else items[0].changes)
         with self._lock:
             self._check_room(len(blob), allow_over_limit)
             if self._current is None:
@@ -331,8 +348,13 @@ class StateDir:
         fsync_dir(self.spool_dir)
 
     @staticmethod
-    def _encode(item: SpooledTxn) -> bytes:
-        body = encode_body(item.position, item.through_ts_us, item.change, item.changes, item.record.encode())
+    def _encode(items: list[SpooledTxn], changes: PageChanges | None) -> bytes:
+        first, last = items[0].record, items[-1].record
+        position = next((i.position for i in reversed(items) if i.position is not None), None)
+        change = next((i.change for i in reversed(items) if i.change is not None), None)
+        batch = Batch(position, max(i.through_ts_us for i in items), change, changes, first.txid, len(items),
+                      first.commit_ts_us, last.commit_ts_us, last.db_pages, last.db_checksum)
+        body = encode_body(batch, b"".join(i.record.encode() for i in items))
         return _REC.pack(len(body), zlib.crc32(body)) + body
 
     @staticmethod
@@ -353,10 +375,8 @@ class StateDir:
                 body = f.read(length)
                 if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
                     break
-                meta, raw = decode_body(body)
-                txid, ts, db_pages, _flags, _count, checksum = TXN.unpack_from(raw, 0)
-                yield RawSpooled(txid, ts, meta.position, meta.through_ts_us, meta.change, raw, meta.changes,
-                                 db_pages, checksum)
+                batch, raw = decode_body(body)
+                yield RawSpooled(batch, raw)
                 off += _REC.size + length
         if off != size and repair:
             with open(path, "r+b") as f:
@@ -365,7 +385,9 @@ class StateDir:
 
     @staticmethod
     def read_file(path: str, page_size: int, repair: bool = True) -> list[SpooledTxn]:
-        """Every intact record of a spool file; a torn tail is cut off (when ``repair``)."""
+        """Every transaction of the intact records of a spool file; a torn tail is cut off (when
+        ``repair``).  A batch's position, commit counter and net page changes go with its last
+        transaction; every transaction of a batch gets its ``through``."""
         with open(path, "rb") as f:
             data = f.read()
         out: list[SpooledTxn] = []
@@ -375,9 +397,11 @@ class StateDir:
             body = data[off + _REC.size : off + _REC.size + length]
             if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
                 break  # a torn or zero-filled tail (the file grew but the data never landed)
-            meta, raw = decode_body(body)
-            (record,) = list(decode_txns(raw, page_size, path))
-            out.append(SpooledTxn(record, meta.position, meta.through_ts_us, meta.change, meta.changes))
+            batch, raw = decode_body(body)
+            records = list(decode_txns(raw, page_size, path))
+            for record in records[:-1]:
+                out.append(SpooledTxn(record, None, batch.through_ts_us))
+            out.append(SpooledTxn(records[-1], batch.position, batch.through_ts_us, batch.change, batch.changes))
             off += _REC.size + length
         if off != len(data) and repair:
             with open(path, "r+b") as f:

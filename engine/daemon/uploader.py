@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from array import array
 import threading
 import time
 from typing import Any, Protocol
@@ -22,6 +23,8 @@ from ..storage import put_file_immutable
 from ..timeparse import format_us
 from . import clock
 from .spool import StateDir
+from .spoolrecord import txn_spans
+from .stats import LAG_SAMPLES
 
 
 class UploadHost(Protocol):
@@ -117,59 +120,65 @@ class Uploader:
     def _upload_file(self, path: str) -> bool:
         """Stream one sealed spool file into a segment file, upload it, advance the saved point.
 
-        One sequential pass over the file and one record in memory at a time: the segment is
-        compressed into a file under the state directory and uploaded from there.  Each record
-        carries the page hashes the reader computed (spoolrecord.py), so the uploaded hashes
-        advance after the upload without hashing a page again, and only the pages this segment
-        changed are appended to the hashes log (hashlog.py).
+        One sequential pass over the file and one record (a read pass's batch) in memory at a
+        time: its transactions are already encoded as a segment payload holds them, so they go
+        to zstd as they are, into a file under the state directory that is uploaded from there.
+        Each batch carries the net page hashes the reader computed (spoolrecord.py), so the
+        uploaded hashes advance after the upload without hashing a page again, and only the
+        pages this segment changed are appended to the hashes log (hashlog.py).
         """
         sh = self.shipper
         uploaded_txid = sh.stats.uploaded_txid
         tmp = os.path.join(sh.state.path, "segment.tmp")
         writer = SegmentWriter(tmp)
-        first = last = None
+        first_txid = last_txid = None
+        first_ts = last_ts = 0
         through = 0
         position = change = None
-        # (pgnos, hashes, db_pages, db_checksum, commit_ts_us) per record, replayed after the upload
-        changes: list[tuple] = []
-        rehash = False  # a record spooled by an earlier version: no page hashes recorded
+        batches: list = []  # (Batch, raw or None) replayed onto the uploaded hashes after the upload
+        stamps = array("q")  # every transaction's commit time (upload lag samples)
         try:
             for rec in StateDir.iter_raw(path):
-                if rec.txid <= uploaded_txid:
+                if rec.last_txid <= uploaded_txid:
                     continue
-                if first is None:
-                    if rec.txid != uploaded_txid + 1:
+                if rec.txid <= uploaded_txid:
+                    rec = rec.after(uploaded_txid, sh.page_size)
+                batch = rec.batch
+                if first_txid is None:
+                    if batch.first_txid != uploaded_txid + 1:
                         raise DaemonError(
-                            f"spool file {path} starts at txid {rec.txid} but the replica ends at "
+                            f"spool file {path} starts at txid {batch.first_txid} but the replica ends at "
                             f"{uploaded_txid}; refusing to upload a history with a hole"
                         )
-                    first = rec
-                last = rec
-                through = max(through, rec.through_ts_us)
-                if rec.position is not None:
-                    position = rec.position
-                if rec.change is not None:
-                    change = rec.change
-                writer.add_record(rec.raw)
-                if rec.changes is None:
-                    rehash = True
-                changes.append((rec.changes, rec.db_pages, rec.db_checksum, rec.commit_ts_us))
+                    first_txid, first_ts = batch.first_txid, batch.first_ts_us
+                elif batch.first_txid != last_txid + 1:
+                    raise DaemonError(f"spool file {path}: txid {batch.first_txid} follows {last_txid}")
+                last_txid, last_ts = rec.last_txid, batch.last_ts_us
+                through = max(through, batch.through_ts_us)
+                if batch.position is not None:
+                    position = batch.position
+                if batch.change is not None:
+                    change = batch.change
+                writer.add_record(rec.raw, batch.count)
+                stamps.extend(ts for _txid, ts, _start, _end in txn_spans(rec.raw, sh.page_size))
+                # An old record (no page hashes) keeps its transactions to hash them after the upload.
+                batches.append((batch, rec.raw if batch.changes is None else None))
         except BaseException:
             writer.abort()
             raise
-        if first is None or last is None:
+        if first_txid is None or last_txid is None:
             writer.abort()
             sh.state.remove(path)
             return False
         sh.ensure_lease()
-        key = layout.SegmentKey(sh.generation, first.txid, last.txid, first.commit_ts_us, last.commit_ts_us)
+        key = layout.SegmentKey(sh.generation, first_txid, last_txid, first_ts, last_ts)
         writer.finish(
             {
                 "db_id": sh.db_id,
                 "generation": sh.generation,
                 "page_size": sh.page_size,
-                "first_txid": first.txid,
-                "last_txid": last.txid,
+                "first_txid": first_txid,
+                "last_txid": last_txid,
                 "through_ts_us": through,
                 "lease_epoch": sh.lease.epoch,
             },
@@ -180,32 +189,38 @@ class Uploader:
         finally:
             os.unlink(tmp)
         now = clock.now_us()
-        hashes = sh.uploaded_hashes
-        if rehash:
-            net = None  # an old spool file: the whole table is saved
-            for rec in StateDir.iter_raw(path, repair=False):
-                if rec.txid > uploaded_txid:
-                    (record,) = decode_txns(rec.raw, sh.page_size, path)
-                    hashes.apply(record.pages, record.db_pages)
-        else:
-            touched: set[int] = set()
-            for (pgnos, table), db_pages, checksum, _ts in changes:
-                if hashes.apply_changes(pgnos, table, db_pages) != checksum:
-                    raise DaemonError(f"spool file {path}: page hashes disagree with the recorded checksum")
-                touched.update(pgnos)
-            net = hashes.net_changes(touched)
-        if hashes.checksum != last.db_checksum:
-            raise DaemonError(f"spool file {path}: page hashes disagree with txid {last.txid}'s checksum")
-        for _c, _p, _s, ts in changes:
-            sh.stats.lag_samples_us.append(now - ts)
-        sh.save_state(last.txid, last.commit_ts_us, position, change, net, first.txid)
+        net = self._advance_hashes(path, batches)
+        sh.stats.lag_samples_us.extend(now - ts for ts in stamps[-LAG_SAMPLES:])
+        sh.save_state(last_txid, last_ts, position, change, net, first_txid)
         sh.state.remove(path)
-        sh.stats.uploaded_txid = last.txid
-        sh.stats.uploaded_commit_us = last.commit_ts_us
+        sh.stats.uploaded_txid = last_txid
+        sh.stats.uploaded_commit_us = last_ts
         sh.stats.segments += 1
         sh.stats.backlog_bytes = sh.state.pending
         self._last_upload_mono = time.monotonic()
         return True
+
+    def _advance_hashes(self, path: str, batches: list):
+        """Move the uploaded hashes to the segment's end; returns its net page changes (None when
+        an old record had to be hashed: the whole table is saved then)."""
+        hashes = self.shipper.uploaded_hashes
+        touched: set[int] = set()
+        rehashed = False
+        for batch, raw in batches:
+            if raw is not None:
+                rehashed = True
+                for record in decode_txns(raw, self.shipper.page_size, path):
+                    hashes.apply(record.pages, record.db_pages)
+            else:
+                try:
+                    hashes.apply_changes(*batch.changes, batch.db_pages)
+                except ValueError as exc:
+                    raise DaemonError(f"spool file {path}: page changes do not apply ({exc})") from None
+                touched.update(batch.changes[0])
+            if hashes.checksum != batch.db_checksum:
+                raise DaemonError(f"spool file {path}: page hashes disagree with txid "
+                                  f"{batch.first_txid + batch.count - 1}'s checksum")
+        return None if rehashed else hashes.net_changes(touched)
 
     def put_segment_file(self, key: str, path: str) -> None:
         """Create-only upload from a file; an existing object must hold the same history."""

@@ -252,13 +252,29 @@ class SegmentWriter:
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
         self.raw_length = 0
         self.count = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
-    def add_record(self, raw: bytes) -> None:
-        chunk = self._compressor.compress(raw)
-        if chunk:
-            self._payload.write(chunk)
+    def add_record(self, raw: bytes, count: int = 1) -> None:
+        """Append encoded records (``count`` of them back to back in ``raw``)."""
+        # Small records are handed to zstd in batches (a call per 1-2 page record was a third of
+        # the uploader's compression time); the output is the same stream either way.
+        self._pending.append(raw)
+        self._pending_bytes += len(raw)
+        if self._pending_bytes >= self.BATCH_BYTES:
+            self._compress_pending()
         self.raw_length += len(raw)
-        self.count += 1
+        self.count += count
+
+    BATCH_BYTES = 256 << 10
+
+    def _compress_pending(self) -> None:
+        if self._pending:
+            chunk = self._compressor.compress(b"".join(self._pending))
+            if chunk:
+                self._payload.write(chunk)
+            self._pending.clear()
+            self._pending_bytes = 0
 
     def abort(self) -> None:
         self._payload.close()
@@ -267,6 +283,7 @@ class SegmentWriter:
     def finish(self, header: dict, fsync: bool = True) -> int:
         """Write the segment to ``path`` (fsynced unless ``fsync`` is False: a staging copy
         whose source stays on disk until it is uploaded); returns its size."""
+        self._compress_pending()
         self._payload.write(self._compressor.flush())
         payload_len = self._payload.tell()
         self._payload.seek(0)
