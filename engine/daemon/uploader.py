@@ -68,6 +68,8 @@ class UploadHost(Protocol):
 log = logging.getLogger("walrewind.shipper")
 
 SEAL_MAX_BYTES = 16 << 20  # while a backlog waits, keep appending to one spool file up to this size
+IN_MEMORY_BYTES = 4 << 20  # spool files up to this size become a segment in memory
+SEGMENT_ZSTD_LEVEL = 1
 UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts while the replica is unreachable
 
 
@@ -129,8 +131,12 @@ class Uploader:
         """
         sh = self.shipper
         uploaded_txid = sh.stats.uploaded_txid
-        tmp = os.path.join(sh.state.path, "segment.tmp")
-        writer = SegmentWriter(tmp)
+        # Small files are compressed in memory and sent from there; big ones (a backlog drained
+        # after an outage, up to SEAL_MAX_BYTES) through a staging file.  zstd level 1: the
+        # daemon's segments are written once per second on the application's machine (a third
+        # faster than level 3); compaction re-compresses old ones.
+        tmp = None if os.path.getsize(path) <= IN_MEMORY_BYTES else os.path.join(sh.state.path, "segment.tmp")
+        writer = SegmentWriter(tmp, level=SEGMENT_ZSTD_LEVEL)
         first_txid = last_txid = None
         first_ts = last_ts = 0
         through = 0
@@ -172,22 +178,23 @@ class Uploader:
             return False
         sh.ensure_lease()
         key = layout.SegmentKey(sh.generation, first_txid, last_txid, first_ts, last_ts)
-        writer.finish(
-            {
-                "db_id": sh.db_id,
-                "generation": sh.generation,
-                "page_size": sh.page_size,
-                "first_txid": first_txid,
-                "last_txid": last_txid,
-                "through_ts_us": through,
-                "lease_epoch": sh.lease.epoch,
-            },
-            fsync=False,  # a staging copy: the spool file stays until the upload succeeded
-        )
-        try:
-            self.put_segment_file(key.key, tmp)
-        finally:
-            os.unlink(tmp)
+        header = {
+            "db_id": sh.db_id,
+            "generation": sh.generation,
+            "page_size": sh.page_size,
+            "first_txid": first_txid,
+            "last_txid": last_txid,
+            "through_ts_us": through,
+            "lease_epoch": sh.lease.epoch,
+        }
+        if tmp is None:
+            self.put_segment(key.key, writer.finish_bytes(header))
+        else:
+            writer.finish(header, fsync=False)  # a staging copy: the spool file stays until uploaded
+            try:
+                self.put_segment_file(key.key, tmp)
+            finally:
+                os.unlink(tmp)
         now = clock.now_us()
         net = self._advance_hashes(path, batches)
         sh.stats.lag_samples_us.extend(now - ts for ts in stamps[-LAG_SAMPLES:])

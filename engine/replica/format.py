@@ -210,11 +210,13 @@ class SnapshotWriter:
     the *compressed* bytes.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | None, level: int = ZSTD_LEVEL) -> None:
+        """``path`` None: the payload stays in memory and :meth:`finish_bytes` returns the
+        object (for small segments: no staging files).  ``level``: zstd's (any level decodes)."""
         self.path = path
-        self._payload_path = path + ".payload"
-        self._payload = open(self._payload_path, "w+b")
-        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+        self._payload_path = path + ".payload" if path is not None else None
+        self._payload = open(self._payload_path, "w+b") if self._payload_path else io.BytesIO()
+        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self.payload_len = 0
 
     def add_pages(self, data: bytes) -> None:
@@ -224,7 +226,15 @@ class SnapshotWriter:
 
     def abort(self) -> None:
         self._payload.close()
-        os.unlink(self._payload_path)
+        if self._payload_path:
+            os.unlink(self._payload_path)
+
+    def finish_bytes(self, header: dict) -> bytes:
+        """The whole segment object, built in memory (a writer made with ``path`` None)."""
+        self._compress_pending()
+        self._payload.write(self._compressor.flush())
+        full = dict(header, raw_length=self.raw_length, txn_count=self.count)
+        return _envelope(SEGMENT_MAGIC, full, self._payload.getvalue())
 
     def finish(self, header: dict) -> int:
         """Write the object to ``path`` (fsynced); returns its size."""
@@ -245,11 +255,13 @@ class SegmentWriter:
     once.  The payload is one streamed zstd frame; decode_segment reads it like any other.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | None, level: int = ZSTD_LEVEL) -> None:
+        """``path`` None: the payload stays in memory and :meth:`finish_bytes` returns the
+        object (for small segments: no staging files).  ``level``: zstd's (any level decodes)."""
         self.path = path
-        self._payload_path = path + ".payload"
-        self._payload = open(self._payload_path, "w+b")
-        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+        self._payload_path = path + ".payload" if path is not None else None
+        self._payload = open(self._payload_path, "w+b") if self._payload_path else io.BytesIO()
+        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self.raw_length = 0
         self.count = 0
         self._pending: list[bytes] = []
@@ -278,7 +290,15 @@ class SegmentWriter:
 
     def abort(self) -> None:
         self._payload.close()
-        os.unlink(self._payload_path)
+        if self._payload_path:
+            os.unlink(self._payload_path)
+
+    def finish_bytes(self, header: dict) -> bytes:
+        """The whole segment object, built in memory (a writer made with ``path`` None)."""
+        self._compress_pending()
+        self._payload.write(self._compressor.flush())
+        full = dict(header, raw_length=self.raw_length, txn_count=self.count)
+        return _envelope(SEGMENT_MAGIC, full, self._payload.getvalue())
 
     def finish(self, header: dict, fsync: bool = True) -> int:
         """Write the segment to ``path`` (fsynced unless ``fsync`` is False: a staging copy
