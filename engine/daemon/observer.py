@@ -214,6 +214,12 @@ class Observer:
         while not stop.is_set():
             started = time.monotonic()
             expecting = expect_until > started
+            if expect_until and not expecting:
+                # Still no commit after EXPECT_SECONDS: while the writer holds the write lock (a
+                # slow fsync under load, a big transaction) its commit is still to come; keep
+                # looking rather than wait for a timed look (its file events were drained).
+                expect_until = started + EXPECT_SECONDS if self.wal_index.writer_active() else 0.0
+                expecting = bool(expect_until)
             if expecting:
                 timeout = EXPECT_POLL
                 self.waker.wait(timeout, changes=False)

@@ -81,10 +81,9 @@ class Waker:
                 woke = True
         return woke
 
-    def drain(self) -> None:
-        """Forget the file changes reported so far (they belong to a commit already observed)."""
-        if self._fd is not None:
-            self._drain()
+    def drain(self) -> bool:
+        """Forget the file changes reported so far; True when there were any (of our files)."""
+        return self._drain() if self._fd is not None else False
 
     def _drain(self) -> bool:
         relevant = False
