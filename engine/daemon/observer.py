@@ -214,13 +214,19 @@ class Observer:
         while not stop.is_set():
             started = time.monotonic()
             expecting = expect_until > started
+            last_look = False
             if expect_until and not expecting:
                 # Still no commit after EXPECT_SECONDS: while the writer holds the write lock (a
                 # slow fsync under load, a big transaction) its commit is still to come; keep
                 # looking rather than wait for a timed look (its file events were drained).
-                expect_until = started + EXPECT_SECONDS if self.wal_index.writer_active() else 0.0
-                expecting = bool(expect_until)
-            if expecting:
+                # Otherwise look once more now: it may have committed since the last look.
+                expecting = self.wal_index.writer_active()
+                expect_until = started + EXPECT_SECONDS if expecting else 0.0
+                last_look = not expecting
+            if last_look:
+                woke = False
+                timeout = 0.0
+            elif expecting:
                 timeout = EXPECT_POLL
                 self.waker.wait(timeout, changes=False)
                 stats.wake_looks += 1
@@ -236,10 +242,11 @@ class Observer:
             overslept_us = 0 if woke else int((now - started - timeout) * 1e6)
             if stop.is_set():
                 break
-            if expecting:
+            if expecting or last_look:
                 # The file changes so far belong to the commit we are looking for (or to one
                 # already under way, whose writer holds the write lock: see below).
-                self.waker.drain()
+                if self.waker.drain() and last_look:
+                    expect_until = now + EXPECT_SECONDS  # a transaction began after the probe
             elif woke and self._first_look_hits < FIRST_LOOK_MIN and self._wakes_since_first_look < FIRST_LOOK_RETRY:
                 # A writer that fsyncs before publishing (synchronous=FULL) has never published
                 # its commit yet when its WAL write wakes us: skip that look, look in EXPECT_POLL.
@@ -251,10 +258,16 @@ class Observer:
                 self._first_look_hits += ((1.0 if changed else 0.0) - self._first_look_hits) / 8
                 self._wakes_since_first_look = 0
             if changed:
-                # Another write transaction already under way: keep looking for its commit
-                # (its file events may have been drained above).
-                expect_until = now + EXPECT_SECONDS if self.wal_index.writer_active() else 0.0
-                if not woke and not expecting:
+                # Another write transaction already under way: keep looking for its commit (its
+                # file events may have been drained above).  No writer now: look once more, for
+                # a commit published between our look and the probe (its events were drained
+                # too); any later one writes the WAL after the drain and wakes us.
+                while True:
+                    active = self.wal_index.writer_active()
+                    if active or not self._observe_changed():
+                        break
+                expect_until = now + EXPECT_SECONDS if active else 0.0
+                if not woke and not expecting and not last_look:
                     stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
                     self._uncertain(int(timeout * 1e6) + max(0, overslept_us))
                 elif overslept_us > STAMP_SLACK_US:

@@ -53,6 +53,8 @@ class PinHost(Protocol):
 
     def read_pass(self) -> int: ...
 
+    def hold_off(self) -> None: ...
+
 log = logging.getLogger("walrewind.shipper")
 
 RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
@@ -137,6 +139,8 @@ class PinPolicy:
             if caught_up and (resettable or idle):
                 self.pin.release()
                 self.stats.releases += resettable  # idle releases recur at every poll: not counted
+                if resettable:
+                    self.shipper.hold_off()  # let the app's next checkpoint reset the WAL
             elif read_now and (caught_up or (hdr.salts, hdr.max_frame) != (snap.salts, snap.max_frame)):
                 # Hand over after every read, caught up or not, so the app's checkpoints can
                 # backfill what we read (else, under a busy writer, the WAL only grows).  Behind,

@@ -32,6 +32,8 @@ log = logging.getLogger("walrewind.shipper")
 MASK = 0xFFFFFFFF
 READ_BATCH_BYTES = 8 << 20  # per read pass: bounds the memory of a pass and the stamps' delay
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
+HOLD_OFF_SECONDS = 0.05  # after a release that lets the WAL reset, at most this long unpinned ...
+HOLD_OFF_FRAMES = 256  # ... and at most this many frames of the same WAL generation
 
 
 class Reader:
@@ -50,6 +52,7 @@ class Reader:
         self.unverified: list = []  # (WalTransaction, stamp) read but not yet vouched for
         self.last_commit_mono = time.monotonic()
         self.spooled_through_us = 0  # everything committed before this was spooled
+        self._hold: tuple[int, int, int, float] | None = None  # see hold_off()
 
     def caught_up(self, hdr: ShmHeader) -> bool:
         """No commit SQLite counted that we have not read.
@@ -93,8 +96,41 @@ class Reader:
                 if self.rs.anchor is not None and hdr.change == self.rs.anchor:
                     self.spooled_through_us = checked_us  # as tick() does when it finds nothing
                 return 0
+            if hdr is not None and self._holding_off(hdr):
+                return 0
             self.pin.acquire(self.shm)
         return self.tick()
+
+    def hold_off(self) -> None:
+        """Called when the pin is released so the WAL can reset (pinpolicy.py: caught up, the
+        app's checkpoints caught up with us, the WAL >= RELEASE_FRAMES).
+
+        For a moment the reader does not pin again for new commits *of the same WAL
+        generation*: pinning at the first one (while the app's checkpoint after it still
+        runs) took a read mark >= 1 that kept the WAL from restarting, so under a writer that
+        never pauses the WAL only grew (529 MB in a 60k-transaction burst).  Nothing is at risk
+        meanwhile: frames are only overwritten after a restart, which starts a new generation,
+        and a commit of a new generation (seen by the observer within a look) ends the hold-off
+        at once; then the old generation's unread tail is still on disk past the new frames and
+        is read first (walfile.py), exactly as after any restart.  Bounded by HOLD_OFF_SECONDS
+        and HOLD_OFF_FRAMES (an app whose checkpoint does not come reads as usual).
+        """
+        pos = self.rs.pos
+        if pos is not None and pos.cksum is not None:
+            self._hold = (pos.salt1, pos.salt2, pos.frame + HOLD_OFF_FRAMES, time.monotonic() + HOLD_OFF_SECONDS)
+
+    def end_hold_off(self) -> None:
+        self._hold = None
+
+    def _holding_off(self, hdr: ShmHeader) -> bool:
+        hold = self._hold
+        if hold is None:
+            return False
+        salt1, salt2, max_frame, deadline = hold
+        if (hdr.salt1, hdr.salt2) == (salt1, salt2) and hdr.max_frame < max_frame and time.monotonic() < deadline:
+            return True
+        self._hold = None
+        return False
 
     def tick(self) -> int:
         """One read pass: read new commits, then spool those SQLite's commit counter vouches for.

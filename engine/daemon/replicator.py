@@ -285,6 +285,9 @@ class Replicator:
     def observe(self) -> ShmHeader | None:
         return self.reader.observe()
 
+    def hold_off(self) -> None:
+        self.reader.hold_off()
+
     # ------------------------------------------------------------------ uploading (engine/uploader.py)
     def upload_pending(self, final: bool = False) -> int:
         return self.uploader.upload_pending(final)
@@ -462,6 +465,7 @@ class Replicator:
         """
         start = time.monotonic()
         deadline = start + FINAL_SYNC_SECONDS
+        self.reader.end_hold_off()
         while self.read_pass() and time.monotonic() < deadline:
             pass
         hdr = self.shm.header()
