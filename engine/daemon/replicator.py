@@ -56,14 +56,10 @@ if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported l
 log = logging.getLogger("walrewind.shipper")
 
 MASK = 0xFFFFFFFF
-PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpointer gets its way
-PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
-FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
 IDLE_POLL = 0.25  # fallback when inotify is quiet
-# While pinned, read what was observed at most this often: every pass costs a hand-over, header
-# reads and an fsync (~10 of the daemon's wake-ups per second at 0.1 s; the pin keeps the frames
-# and the observer has stamped them, so only the spool's lag behind the WAL grows), unless the
-# observer reports a backlog of observer.BACKLOG_FRAMES (a busy writer: read at once).
+# While pinned, read what was observed at most this often (or half the upload interval), unless the
+# observer reports a backlog (observer.BACKLOG_FRAMES): every pass costs a hand-over, header reads
+# and an fsync, and the pin keeps the frames, stamped by the observer.  DESIGN.md section 2.
 READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
@@ -333,9 +329,9 @@ class Replicator:
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
-            self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self._probe_interval,
+            self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self.pin_policy.probe_interval,
                                      IDLE_POLL, inotify, self.observations)
-            if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes
+            if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes: read sooner
                 self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=self.observer.run, args=(self._stop,), name="walrewind-observer",
                                         daemon=True)
@@ -412,7 +408,7 @@ class Replicator:
                 pending, backlog = ob.new_commits, ob.backlog
             pinned = self.pin.active
             now = time.monotonic()
-            due = last_read + (READ_DEFER_SECONDS if pinned else 0.0)
+            due = last_read + (min(READ_DEFER_SECONDS, self.upload_interval / 2) if pinned else 0.0)
             try:
                 if urgent and pinned:
                     self.pin_policy.yield_to_checkpointer()
@@ -443,19 +439,6 @@ class Replicator:
                     ob.reader_waiting_for_commits = True
                     timeout = (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL) - (time.monotonic() - last_read)
                 ob.cond.wait(max(0.0, timeout))
-
-    def _probe_interval(self) -> float:
-        """How long a pinned, quiet loop sleeps before probing the lock bytes again.
-
-        Every wake-up costs CPU, and only applications that run blocking checkpoints (RESTART,
-        TRUNCATE: sqld, or an app calling wal_checkpoint itself) ever wait for our pin.  So the
-        probe is fast (PROBE_INTERVAL) for a while after we last yielded to one, and relaxed
-        (PROBE_INTERVAL_RELAXED) otherwise: the first blocking checkpoint of an application then
-        waits at most that long, and every later one at most PROBE_INTERVAL.
-        """
-        if self.stats.yields and time.monotonic() - self.pin_policy.last_yield_mono < FAST_PROBE_SECONDS:
-            return PROBE_INTERVAL
-        return PROBE_INTERVAL_RELAXED
 
     def _final_read(self) -> None:
         """Read until caught up: a daemon that was behind has more than one read batch to go.
