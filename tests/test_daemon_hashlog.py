@@ -198,3 +198,4 @@ def test_the_log_is_compacted_into_a_new_base_once_it_is_as_large(tmp_path, monk
     assert set(names) <= {base, hashlog.log_name(base)}  # older bases and logs deleted
     loaded = StateDir(state.path).load_hashes()
     assert loaded.hashes == hashes.hashes and loaded.checksum == hashes.checksum
+
