@@ -128,7 +128,9 @@ def proc_status(pid: int, key: str) -> int:
 
 class Walrewind:
     def __init__(self, db: str, replica: str, state: str, interval: float = 1.0) -> None:
-        self.cmd = [PY, os.path.join(HERE, "_daemon_proc.py"), db, "file://" + replica, state, str(interval)]
+        # WALREWIND_DAEMON_PROC: another runner script (e.g. one that profiles every thread)
+        script = os.environ.get("WALREWIND_DAEMON_PROC") or os.path.join(HERE, "_daemon_proc.py")
+        self.cmd = [PY, script, db, "file://" + replica, state, str(interval)]
         self.replica = replica
         self.log_path = state + ".log"
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from harness import create_db, read_log, run_writer, wait_for
 from test_daemon_outage import Switchable
-from test_daemon_spool import make_items
+from test_daemon_spool import PAGE, make_items
 from walrewind.engine.daemon.lag import LagProbe
 from walrewind.engine.daemon.observer import Observations
 from walrewind.engine.daemon.replicator import Shipper
@@ -24,7 +24,8 @@ def fake(tmp_path, **kw):
     capturing.set()
     d = SimpleNamespace(pending_snapshot=None, pending_snapshot_ts=0, ready=ready, capturing=capturing, overflow=None,
                         stats=ReplicatorStats(), rs=SimpleNamespace(anchor=7), observations=Observations(),
-                        state=StateDir(str(tmp_path / "state")), fatal=None, startup_done=True, upload_interval=1.0)
+                        state=StateDir(str(tmp_path / "state")), fatal=None, startup_done=True, upload_interval=1.0,
+                        page_size=PAGE)
     for k, v in kw.items():
         setattr(d, k, v)
     return d

@@ -48,8 +48,19 @@ def make_items(seed: int, count: int, first_txid: int = 1) -> list[SpooledTxn]:
     return items
 
 
-def same(a: list[SpooledTxn], b: list[SpooledTxn]) -> bool:
-    return [(i.record, i.position, i.through_ts_us) for i in a] == [(i.record, i.position, i.through_ts_us) for i in b]
+def same(got: list[SpooledTxn], items: list[SpooledTxn]) -> bool:
+    """The same transactions; each append() is one batch record, whose position (the last one
+    among its items) and latest ``through`` come back on its last transaction."""
+    if [i.record for i in got] != [i.record for i in items]:
+        return False
+    for k, item in enumerate(got):
+        if item.position is not None:
+            last = next((i.position for i in reversed(items[: k + 1]) if i.position is not None), None)
+            if item.position != last:
+                return False
+        if item.through_ts_us < items[k].through_ts_us:
+            return False
+    return True
 
 
 def spool_one_by_one(state: StateDir, items: list[SpooledTxn]) -> tuple[str, list[int]]:
@@ -310,13 +321,18 @@ def test_renumber_moves_every_record_and_keeps_everything_else(tmp_path):
     state.append(second)
     state.seal()
     state.append(third)  # still being appended to: sealed by renumber
+    state.flush()
+    # as spooled: one batch per append (its position, counter and net hashes go with its last one)
+    want = [item for name in sorted(os.listdir(state.spool_dir))
+            for item in StateDir.read_file(os.path.join(state.spool_dir, name), PAGE, repair=False)]
     state.renumber(100, PAGE)
     files = state.sealed_files()
     assert [os.path.basename(f) for f in files] == [f"{101:016x}.sealed", f"{104:016x}.sealed", f"{106:016x}.sealed"]
     got = [item for f in files for item in StateDir.read_file(f, PAGE)]
-    want = first + second + third
+    assert [i.record.txid for i in want] == [i.record.txid for i in first + second + third]
     assert [i.record.txid for i in got] == [i.record.txid + 100 for i in want]
     for a, b in zip(got, want):
-        assert (a.record.pages, a.record.db_checksum, a.record.commit_ts_us, a.position, a.through_ts_us, a.change) == (
-            b.record.pages, b.record.db_checksum, b.record.commit_ts_us, b.position, b.through_ts_us, b.change)
+        assert (a.record.pages, a.record.db_checksum, a.record.commit_ts_us, a.position, a.through_ts_us, a.change,
+                a.changes) == (b.record.pages, b.record.db_checksum, b.record.commit_ts_us, b.position,
+                               b.through_ts_us, b.change, b.changes)
     assert state.pending == state.pending_bytes() and not [n for n in os.listdir(state.spool_dir) if n.endswith(".tmp")]

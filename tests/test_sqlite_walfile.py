@@ -369,6 +369,26 @@ def test_resume_after_each_transaction(real_wal, real_txns):
         wal.close()
 
 
+def test_vouched_frames_read_the_same_without_the_checksum_walk(real_wal, real_txns, monkeypatch):
+    """Frames the wal-index vouches for give the same transactions and positions (the running
+    checksum taken from each frame's header equals the chain), stop at the published mxFrame,
+    and never call the checksum walk."""
+    header = parse_header(real_wal.wal.read_bytes()[:32])
+    wal = WalFile(str(real_wal.wal))
+    monkeypatch.setattr(walfile, "frame_checksums", lambda *a: pytest.fail("checksum walk on vouched frames"))
+    try:
+        for k in (0, 1, 7, len(real_txns) - 1):
+            start = real_txns[k - 1].end if k else None
+            for limit in (len(real_txns), k + 3):
+                mx = real_txns[min(limit, len(real_txns)) - 1].end.frame
+                got = wal.read(start, published=(header.salts, mx), vouched=True)
+                want = [t for t in real_txns[k:] if t.end.frame <= mx]
+                assert same_txns(got.transactions, want), (k, limit)
+                assert got.position == (want[-1].end if want else start or got.position)
+    finally:
+        wal.close()
+
+
 def test_position_json_round_trip(real_txns):
     for t in real_txns:
         assert WalPosition.from_json(t.end.to_json()) == t.end

@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import LeaseError
 from . import clock
 from .spool import StateDir
+from .spoolrecord import txn_spans
 
 BEHIND_SECONDS = 10.0  # lag beyond this (plus a few upload intervals) while uploads work: behind
 
@@ -70,10 +71,13 @@ class LagProbe:
                 return self._head[2]
             try:
                 for rec in StateDir.iter_raw(path, repair=False):
-                    if rec.txid > uploaded:
-                        self._head = (path, uploaded, rec.commit_ts_us)
-                        return rec.commit_ts_us
-            except (OSError, ValueError):  # uploaded and removed meanwhile, or being written
+                    if rec.last_txid > uploaded:  # a batch: the first of its transactions past the point
+                        stamp = rec.batch.first_ts_us if rec.txid > uploaded else next(
+                            ts for txid, ts, _start, _end in txn_spans(rec.raw, self.daemon.page_size)
+                            if txid > uploaded)
+                        self._head = (path, uploaded, stamp)
+                        return stamp
+            except (OSError, ValueError, StopIteration):  # uploaded and removed meanwhile, or being written
                 continue
         return None
 

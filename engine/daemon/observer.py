@@ -29,6 +29,9 @@ EXPECT_POLL = 0.002  # after a WAL write, how often to look for the commit in th
 EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames long before COMMIT)
 STAMP_SLACK_US = 5_000  # a commit first seen more than this after the previous look: stamp uncertain
 UNCERTAIN_LOG_SECONDS = 60.0  # at most one warning about uncertain stamps per minute
+BACKLOG_FRAMES = 256  # frames the reader may fall behind before it is woken (see Observer)
+FIRST_LOOK_MIN = 0.3  # below this hit rate the look at a WAL write is skipped (see run())
+FIRST_LOOK_RETRY = 32  # ... but made again after this many skips, in case the writer changed
 
 
 class Observations:
@@ -135,7 +138,16 @@ class Observer:
         self.new_commits = False  # a commit boundary observed that the reader has not taken
         self.checkpointer = False  # a blocking checkpoint waits for our read transaction
         self.reader_waiting_for_commits = True  # the reader wants to hear of every new commit
+        # The reader's position (salt1, salt2, frame), set after each of its passes; a commit this
+        # many frames past it (or in another generation) is a backlog: the reader is woken even
+        # while it defers, so a busy writer is read in batches of ~1 MB, not every 250 ms.
+        self.read_upto: tuple[int, int, int] | None = None
+        self.backlog_frames = BACKLOG_FRAMES
+        self.backlog = False
         self._last_seen: tuple | None = None
+        self._last_hdr = None  # the header object of our last look (ShmObserver caches by bytes)
+        self._first_look_hits = 1.0  # moving average: a look at a WAL write found its commit
+        self._wakes_since_first_look = 0
         self._last_uncertain_log = 0.0
         self.uncertain_since_log = 0
 
@@ -153,13 +165,15 @@ class Observer:
 
     def _observe_changed(self) -> bool:
         """Observe; True when the wal-index shows a commit boundary not seen before."""
-        hdr = self.observe()
-        if hdr is None:
-            return False
+        hdr = self.wal_index.header()
+        if hdr is None or hdr is self._last_hdr:
+            return False  # the very same header bytes as at our last look: nothing to record
+        self._last_hdr = hdr
         seen = (hdr.change, hdr.salts, hdr.max_frame)
         if seen == self._last_seen:
-            return False
+            return False  # only read marks or nBackfill moved
         self._last_seen = seen
+        self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
         return True
 
     def _uncertain(self, bound_us: int) -> None:
@@ -178,50 +192,104 @@ class Observer:
                 self.new_commits = True
                 if self.reader_waiting_for_commits:
                     self.cond.notify_all()
+                elif not self.backlog and self._behind() >= self.backlog_frames:
+                    self.backlog = True
+                    self.cond.notify_all()
+
+    def _behind(self) -> int:
+        """Frames published past the reader's position (a lot, in another generation)."""
+        hdr, upto = self._last_hdr, self.read_upto
+        if hdr is None or upto is None:
+            return 0
+        if (hdr.salt1, hdr.salt2) != upto[:2]:
+            return 1 << 30
+        return hdr.max_frame - upto[2]
 
     def run(self, stop: threading.Event) -> None:
+        """Wake at each WAL write, then look until its commit shows up; probe locks while pinned.
+
+        Per commit at a steady rate this is two wake-ups: the WAL write (inotify), and one look
+        ``EXPECT_POLL`` later, when SQLite has fsynced and published the commit (the wal-index
+        changes without a file event).  Each wake-up costs ~40-60 us of CPU on a small VM with
+        a writer running (cold caches), and so does each extra system call after it, so a
+        wake-up does as little as it can: drain the inotify events *before* looking (a commit
+        published after the look has a writer holding the write lock, which the one probe after
+        an observed commit sees), no second look, and the lock probe for a waiting
+        checkpointer at most every ``probe_interval()`` (it was at every wake-up).
+        """
         expect_until = 0.0  # the WAL was written but the wal-index showed no new commit yet
+        next_probe = 0.0
+        stats = self.stats
         while not stop.is_set():
-            expecting = expect_until > time.monotonic()
             started = time.monotonic()
-            if expecting:
+            expecting = expect_until > started
+            last_look = False
+            if expect_until and not expecting:
+                # Still no commit after EXPECT_SECONDS: while the writer holds the write lock (a
+                # slow fsync under load, a big transaction) its commit is still to come; keep
+                # looking rather than wait for a timed look (its file events were drained).
+                # Otherwise look once more now: it may have committed since the last look.
+                expecting = self.wal_index.writer_active()
+                expect_until = started + EXPECT_SECONDS if expecting else 0.0
+                last_look = not expecting
+            if last_look:
+                woke = False
+                timeout = 0.0
+            elif expecting:
                 timeout = EXPECT_POLL
                 self.waker.wait(timeout, changes=False)
-                self.stats.wake_looks += 1
+                stats.wake_looks += 1
                 woke = False
             else:
                 timeout = self.probe_interval() if self.pinned() else self.idle_poll
-                woke = self.waker.wait(timeout)
+                woke = self.waker.wait(timeout)  # drains the file events it woke for
                 if woke:
-                    self.stats.wake_changes += 1
+                    stats.wake_changes += 1
                 else:
-                    self.stats.wake_timeouts += 1
-            overslept_us = 0 if woke else int((time.monotonic() - started - timeout) * 1e6)
+                    stats.wake_timeouts += 1
+            now = time.monotonic()
+            overslept_us = 0 if woke else int((now - started - timeout) * 1e6)
             if stop.is_set():
                 break
-            # Every wake-up looks at the wal-index (an unchanged header costs one pread).  SQLite
-            # writes the frames (inotify wakes us) and only then publishes the commit in the
-            # wal-index (no event): look again shortly until the commit shows up.
-            if self._observe_changed():
-                # The file changes so far belong to this commit: forget them, unless another
-                # write transaction is already under way (then keep looking for its commit).  A
-                # commit published between our look and the drain is caught by looking again.
-                self.waker.drain()
-                while self._observe_changed():
-                    pass
-                expect_until = time.monotonic() + EXPECT_SECONDS if self.wal_index.writer_active() else 0.0
-                if not woke and not expecting:
-                    self.stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
+            if expecting or last_look:
+                # The file changes so far belong to the commit we are looking for (or to one
+                # already under way, whose writer holds the write lock: see below).
+                if self.waker.drain() and last_look:
+                    expect_until = now + EXPECT_SECONDS  # a transaction began after the probe
+            elif woke and self._first_look_hits < FIRST_LOOK_MIN and self._wakes_since_first_look < FIRST_LOOK_RETRY:
+                # A writer that fsyncs before publishing (synchronous=FULL) has never published
+                # its commit yet when its WAL write wakes us: skip that look, look in EXPECT_POLL.
+                self._wakes_since_first_look += 1
+                expect_until = now + EXPECT_SECONDS
+                continue
+            changed = self._observe_changed()
+            if woke and not expecting:  # how often the look at a WAL write finds its commit
+                self._first_look_hits += ((1.0 if changed else 0.0) - self._first_look_hits) / 8
+                self._wakes_since_first_look = 0
+            if changed:
+                # Another write transaction already under way: keep looking for its commit (its
+                # file events may have been drained above).  No writer now: look once more, for
+                # a commit published between our look and the probe (its events were drained
+                # too); any later one writes the WAL after the drain and wakes us.
+                while True:
+                    active = self.wal_index.writer_active()
+                    if active or not self._observe_changed():
+                        break
+                expect_until = now + EXPECT_SECONDS if active else 0.0
+                if not woke and not expecting and not last_look:
+                    stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
                     self._uncertain(int(timeout * 1e6) + max(0, overslept_us))
                 elif overslept_us > STAMP_SLACK_US:
                     self._uncertain(overslept_us + int(timeout * 1e6))
                 self._notify()
             elif woke:
-                expect_until = time.monotonic() + EXPECT_SECONDS
+                expect_until = now + EXPECT_SECONDS
             elif not self.inotify:
                 self._notify()  # polling only: let the reader look for itself
-            if self.pinned() and self.wal_index.checkpointer_waiting():
-                self._notify(checkpointer=True)
+            if now >= next_probe and self.pinned():
+                next_probe = now + self.probe_interval() - 0.001  # a timed wake-up always probes
+                if self.wal_index.checkpointer_waiting():
+                    self._notify(checkpointer=True)
             if self.uncertain_since_log and time.monotonic() - self._last_uncertain_log > UNCERTAIN_LOG_SECONDS:
                 log.warning(
                     "%d commits were first seen more than %.0f ms after the previous look (largest gap %.0f ms): "

@@ -53,6 +53,8 @@ class PinHost(Protocol):
 
     def read_pass(self) -> int: ...
 
+    def hold_off(self) -> None: ...
+
 log = logging.getLogger("walrewind.shipper")
 
 RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
@@ -60,6 +62,9 @@ IDLE_RELEASE_SECONDS = 1.0
 CATCH_UP_SECONDS = 0.02  # quick extra reads to catch up with a busy writer when the WAL could reset
 YIELD_MAX_SECONDS = 10.0
 MAX_WAL_BYTES = 1 << 30  # past this, a daemon that cannot keep up stops holding the WAL back
+PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpointer gets its way
+PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
+FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
 
 
 class PinPolicy:
@@ -89,6 +94,19 @@ class PinPolicy:
     def close(self) -> None:
         for conn in self._checkpoint_conn or []:
             conn.close()
+
+    def probe_interval(self) -> float:
+        """How long a pinned, quiet observer sleeps before probing the lock bytes again.
+
+        Every wake-up costs CPU, and only applications that run blocking checkpoints (RESTART,
+        TRUNCATE: sqld, or an app calling wal_checkpoint itself) ever wait for our pin.  So the
+        probe is fast (PROBE_INTERVAL) for a while after we last yielded to one, and relaxed
+        (PROBE_INTERVAL_RELAXED) otherwise: the first blocking checkpoint of an application then
+        waits at most that long, and every later one at most PROBE_INTERVAL.
+        """
+        if self.stats.yields and time.monotonic() - self.last_yield_mono < FAST_PROBE_SECONDS:
+            return PROBE_INTERVAL
+        return PROBE_INTERVAL_RELAXED
 
     def caught_up(self, hdr: ShmHeader) -> bool:
         """No commit SQLite counted that we have not read (the read stage decides)."""
@@ -137,6 +155,8 @@ class PinPolicy:
             if caught_up and (resettable or idle):
                 self.pin.release()
                 self.stats.releases += resettable  # idle releases recur at every poll: not counted
+                if resettable:
+                    self.shipper.hold_off()  # let the app's next checkpoint reset the WAL
             elif read_now and (caught_up or (hdr.salts, hdr.max_frame) != (snap.salts, snap.max_frame)):
                 # Hand over after every read, caught up or not, so the app's checkpoints can
                 # backfill what we read (else, under a busy writer, the WAL only grows).  Behind,

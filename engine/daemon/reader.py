@@ -15,8 +15,9 @@ import time
 from typing import Callable
 
 from ..errors import DaemonError
-from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord, decode_txns
 from ..sqlite.capture import SnapshotReader
+from ..sqlite.pagehash import new_changes
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
@@ -31,6 +32,8 @@ log = logging.getLogger("walrewind.shipper")
 MASK = 0xFFFFFFFF
 READ_BATCH_BYTES = 8 << 20  # per read pass: bounds the memory of a pass and the stamps' delay
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
+HOLD_OFF_SECONDS = 0.05  # after a release that lets the WAL reset, at most this long unpinned ...
+HOLD_OFF_FRAMES = 256  # ... and at most this many frames of the same WAL generation
 
 
 class Reader:
@@ -49,6 +52,7 @@ class Reader:
         self.unverified: list = []  # (WalTransaction, stamp) read but not yet vouched for
         self.last_commit_mono = time.monotonic()
         self.spooled_through_us = 0  # everything committed before this was spooled
+        self._hold: tuple[int, int, int, float] | None = None  # see hold_off()
 
     def caught_up(self, hdr: ShmHeader) -> bool:
         """No commit SQLite counted that we have not read.
@@ -92,8 +96,41 @@ class Reader:
                 if self.rs.anchor is not None and hdr.change == self.rs.anchor:
                     self.spooled_through_us = checked_us  # as tick() does when it finds nothing
                 return 0
+            if hdr is not None and self._holding_off(hdr):
+                return 0
             self.pin.acquire(self.shm)
         return self.tick()
+
+    def hold_off(self) -> None:
+        """Called when the pin is released so the WAL can reset (pinpolicy.py: caught up, the
+        app's checkpoints caught up with us, the WAL >= RELEASE_FRAMES).
+
+        For a moment the reader does not pin again for new commits *of the same WAL
+        generation*: pinning at the first one (while the app's checkpoint after it still
+        runs) took a read mark >= 1 that kept the WAL from restarting, so under a writer that
+        never pauses the WAL only grew (529 MB in a 60k-transaction burst).  Nothing is at risk
+        meanwhile: frames are only overwritten after a restart, which starts a new generation,
+        and a commit of a new generation (seen by the observer within a look) ends the hold-off
+        at once; then the old generation's unread tail is still on disk past the new frames and
+        is read first (walfile.py), exactly as after any restart.  Bounded by HOLD_OFF_SECONDS
+        and HOLD_OFF_FRAMES (an app whose checkpoint does not come reads as usual).
+        """
+        pos = self.rs.pos
+        if pos is not None and pos.cksum is not None:
+            self._hold = (pos.salt1, pos.salt2, pos.frame + HOLD_OFF_FRAMES, time.monotonic() + HOLD_OFF_SECONDS)
+
+    def end_hold_off(self) -> None:
+        self._hold = None
+
+    def _holding_off(self, hdr: ShmHeader) -> bool:
+        hold = self._hold
+        if hold is None:
+            return False
+        salt1, salt2, max_frame, deadline = hold
+        if (hdr.salt1, hdr.salt2) == (salt1, salt2) and hdr.max_frame < max_frame and time.monotonic() < deadline:
+            return True
+        self._hold = None
+        return False
 
     def tick(self) -> int:
         """One read pass: read new commits, then spool those SQLite's commit counter vouches for.
@@ -102,14 +139,17 @@ class Reader:
         """
         before = self.observe()
         published = (before.salts, before.max_frame) if before is not None else None
-        result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published)
+        # Pinned (before was read after the pin was taken), the wal-index vouches for the frames
+        # up to its mxFrame: no checksum walk for them (engine/sqlite/walfile.py, read()).
+        vouched = self.pin.active
+        result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
         if result.generation == "new" and self.unverified and self.rs.verified_pos is not None:
             # What we read past the last verified commit is gone from the WAL: SQLite never
             # published it (a writer died between writing its commit frame and updating the
             # wal-index) and the next writer reused those frames.  Forget it; read again.
             self.unverified = []
             self.rs.pos = self.rs.verified_pos
-            result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published)
+            result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
         self.observe()  # commits published while we read get a stamp now, not after spooling
         ts = clock.now_us()
         if result.transactions:
@@ -161,7 +201,7 @@ class Reader:
                 self._emit(txn.pages, txn.db_pages, seen, 0, txn.end, hdr.change if n == count - 1 else None)
                 for n, (txn, seen) in enumerate(batch)
             ]
-            self.spool(items)
+            self.spool(items, changes=self._net(items))
             self.observe()
             self.rs.verified_pos = batch[-1][0].end
         self.rs.anchor = hdr.change
@@ -184,19 +224,30 @@ class Reader:
 
     def _emit(self, pages: dict[int, bytes], db_pages: int, ts: int, flags: int, position, change) -> SpooledTxn:
         ts = max(ts, self.rs.last_ts)  # commit times never run backwards, even if the wall clock does
-        checksum = self.rs.hashes.apply(pages, db_pages)
+        changes = new_changes()  # spooled with the record: the uploader never hashes a page again
+        checksum = self.rs.hashes.apply(pages, db_pages, changes)
         record = TxnRecord(self.rs.next_txid, ts, db_pages, flags, checksum, pages)
         self.rs.next_txid += 1
         self.rs.last_ts = ts
         self.stats.transactions += 1
         self.stats.last_txid = record.txid
         self.stats.last_commit_us = ts
-        return SpooledTxn(record, position, ts, change)
+        return SpooledTxn(record, position, ts, change, changes)
 
-    def spool(self, items: list[SpooledTxn], allow_over_limit: bool = False) -> None:
-        # fsynced before the pin is released or handed over (ReadPin's before_release), before a
-        # seal, and at least every FSYNC_SECONDS: see docs/DESIGN.md, "Grouped fsync".
-        self.state.append(items, allow_over_limit, sync=False)
+    def _net(self, items: list[SpooledTxn]):
+        """The net page hashes ``items`` set (just emitted: the hashes are at their last)."""
+        if len(items) == 1:
+            return items[0].changes
+        touched: set[int] = set()
+        for item in items:
+            touched.update(item.changes[0])
+        return self.rs.hashes.net_changes(touched)
+
+    def spool(self, items: list[SpooledTxn], allow_over_limit: bool = False, changes=None) -> None:
+        # One record per pass (a batch).  fsynced before the pin is released or handed over
+        # (ReadPin's before_release), before a seal, and at least every FSYNC_SECONDS: see
+        # docs/DESIGN.md, "Grouped fsync".
+        self.state.append(items, allow_over_limit, sync=False, changes=changes)
         self.stats.backlog_bytes = self.state.pending
 
     def replay_spool(self) -> None:
@@ -212,23 +263,33 @@ class Reader:
         self.rs.last_ts = self.stats.uploaded_commit_us
         self.state.seal()
         for path in self.state.sealed_files():
-            for item in StateDir.read_file(path, self.rs.page_size):
-                if item.record.txid < self.rs.next_txid:
+            for rec in StateDir.iter_raw(path):
+                if rec.last_txid < self.rs.next_txid:
                     continue
-                if item.record.txid != self.rs.next_txid:
+                if rec.txid < self.rs.next_txid:
+                    rec = rec.after(self.rs.next_txid - 1, self.rs.page_size)
+                batch = rec.batch
+                if rec.txid != self.rs.next_txid:
                     raise DaemonError(
-                        f"spool file {path}: expected txid {self.rs.next_txid}, found {item.record.txid}; "
+                        f"spool file {path}: expected txid {self.rs.next_txid}, found {rec.txid}; "
                         "the spool is inconsistent (refusing to ship a history with a hole)"
                     )
-                self.rs.hashes.apply(item.record.pages, item.record.db_pages)
-                if self.rs.hashes.checksum != item.record.db_checksum:
-                    raise DaemonError(f"spool file {path}: checksum mismatch at txid {item.record.txid}")
-                self.rs.next_txid = item.record.txid + 1
-                self.rs.last_ts = item.record.commit_ts_us
-                if item.position is not None:
-                    self.rs.pos = item.position
-                if item.change is not None:
-                    self.rs.anchor = item.change
+                try:
+                    if batch.changes is not None:
+                        self.rs.hashes.apply_changes(*batch.changes, batch.db_pages)
+                    else:
+                        for record in decode_txns(rec.raw, self.rs.page_size, path):
+                            self.rs.hashes.apply(record.pages, record.db_pages)
+                except ValueError as exc:
+                    raise DaemonError(f"spool file {path}: page changes do not apply at txid {rec.txid} ({exc})") from None
+                if self.rs.hashes.checksum != batch.db_checksum:
+                    raise DaemonError(f"spool file {path}: checksum mismatch at txid {rec.last_txid}")
+                self.rs.next_txid = rec.last_txid + 1
+                self.rs.last_ts = batch.last_ts_us
+                if batch.position is not None:
+                    self.rs.pos = batch.position
+                if batch.change is not None:
+                    self.rs.anchor = batch.change
         self.state.remeasure()
         self.stats.backlog_bytes = self.state.pending
         self.stats.last_txid = self.rs.next_txid - 1
@@ -248,7 +309,7 @@ class Reader:
             ts = clock.now_us()
             kept = list(self.unverified)
             if self.rs.pos is not None:
-                for txn in self.wal.read(self.rs.pos, published=(snap.salts, snap.max_frame)).transactions:
+                for txn in self.wal.read(self.rs.pos, published=(snap.salts, snap.max_frame), vouched=True).transactions:
                     if (txn.end.salt1, txn.end.salt2) == (snap.salt1, snap.salt2) and txn.end.frame > snap.max_frame:
                         break
                     kept.append((txn, ts))
@@ -287,7 +348,7 @@ class Reader:
             items[-1].position = position
             items[-1].change = snap.change
         self.rs.pos = self.rs.verified_pos = position
-        self.spool(items, allow_over_limit)
+        self.spool(items, allow_over_limit, changes=self._net(items) if items else None)
         self.rs.anchor = snap.change
 
     @staticmethod

@@ -55,12 +55,12 @@ if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported l
 log = logging.getLogger("walrewind.shipper")
 
 MASK = 0xFFFFFFFF
-PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpointer gets its way
-PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
-FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
 IDLE_POLL = 0.25  # fallback when inotify is quiet
-READ_DEFER_SECONDS = 0.1  # while pinned, read what was observed at most this often
-HOUSEKEEPING_SECONDS = 0.1  # while pinned and quiet, re-check the pin policy this often
+# While pinned, read what was observed at most this often (or half the upload interval), unless the
+# observer reports a backlog (observer.BACKLOG_FRAMES): every pass costs a hand-over, header reads
+# and an fsync, and the pin keeps the frames, stamped by the observer.  DESIGN.md section 2.
+READ_DEFER_SECONDS = 0.25
+HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
 HEARTBEAT_SECONDS = 60.0
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
@@ -200,8 +200,10 @@ class Replicator:
         if self.lease.ensure():
             self.stats.lease_epoch = self.lease.epoch or 0
 
-    def save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None) -> None:
-        save_uploaded(self.state, self.rs, self.db_path, self.storage.url, txid, ts, position, change)
+    def save_state(self, txid: int, ts: int, position: WalPosition | None, change: int | None,
+                   changes=None, first_txid: int | None = None) -> None:
+        save_uploaded(self.state, self.rs, self.db_path, self.storage.url, txid, ts, position, change, changes,
+                      first_txid)
 
     @property
     def startup_done(self) -> bool:
@@ -274,6 +276,9 @@ class Replicator:
     def observe(self) -> ShmHeader | None:
         return self.reader.observe()
 
+    def hold_off(self) -> None:
+        self.reader.hold_off()
+
     # ------------------------------------------------------------------ uploading (engine/uploader.py)
     def upload_pending(self, final: bool = False) -> int:
         return self.uploader.upload_pending(final)
@@ -313,8 +318,10 @@ class Replicator:
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
-            self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self._probe_interval,
+            self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self.pin_policy.probe_interval,
                                      IDLE_POLL, inotify, self.observations)
+            if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes: read sooner
+                self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
                                         name="walrewind-observer", daemon=True)
             observer.start()
@@ -395,21 +402,23 @@ class Replicator:
                 continue
             with ob.cond:
                 urgent, ob.checkpointer = ob.checkpointer, False
-                pending = ob.new_commits
+                pending, backlog = ob.new_commits, ob.backlog
             pinned = self.pin.active
             now = time.monotonic()
-            due = last_read + (READ_DEFER_SECONDS if pinned else 0.0)
+            due = last_read + (min(READ_DEFER_SECONDS, self.upload_interval / 2) if pinned else 0.0)
             try:
                 if urgent and pinned:
                     self.pin_policy.yield_to_checkpointer()
                     last_read = time.monotonic()
                     continue
-                if (pending and now >= due) or now - last_read >= (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL):
+                if (pending and (now >= due or backlog)) or now - last_read >= (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL):
                     with ob.cond:
-                        ob.new_commits = False
+                        ob.new_commits = ob.backlog = False
                     last_read = now
                     read_now = self.read_pass()
                     self.pin_policy.after_read(read_now)
+                    pos = self.rs.pos
+                    ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
                     if time.monotonic() - self._last_flush >= FSYNC_SECONDS:
                         self.state.flush()
                         self._last_flush = time.monotonic()
@@ -420,26 +429,13 @@ class Replicator:
             with ob.cond:
                 if ob.checkpointer or self._stop.is_set():
                     continue
-                if ob.new_commits:  # deferring: only a checkpointer (or stop) wakes us early
+                if ob.new_commits:  # deferring: only a checkpointer, a backlog (or stop) wakes us early
                     ob.reader_waiting_for_commits = False
                     timeout = due - time.monotonic()
                 else:
                     ob.reader_waiting_for_commits = True
                     timeout = (HOUSEKEEPING_SECONDS if pinned else IDLE_POLL) - (time.monotonic() - last_read)
                 ob.cond.wait(max(0.0, timeout))
-
-    def _probe_interval(self) -> float:
-        """How long a pinned, quiet loop sleeps before probing the lock bytes again.
-
-        Every wake-up costs CPU, and only applications that run blocking checkpoints (RESTART,
-        TRUNCATE: sqld, or an app calling wal_checkpoint itself) ever wait for our pin.  So the
-        probe is fast (PROBE_INTERVAL) for a while after we last yielded to one, and relaxed
-        (PROBE_INTERVAL_RELAXED) otherwise: the first blocking checkpoint of an application then
-        waits at most that long, and every later one at most PROBE_INTERVAL.
-        """
-        if self.stats.yields and time.monotonic() - self.pin_policy.last_yield_mono < FAST_PROBE_SECONDS:
-            return PROBE_INTERVAL
-        return PROBE_INTERVAL_RELAXED
 
     def _final_read(self) -> None:
         """Read until caught up: a daemon that was behind has more than one read batch to go.
@@ -449,6 +445,7 @@ class Replicator:
         """
         start = time.monotonic()
         deadline = start + FINAL_SYNC_SECONDS
+        self.reader.end_hold_off()
         while self.read_pass() and time.monotonic() < deadline:
             pass
         hdr = self.shm.header()

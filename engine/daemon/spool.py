@@ -1,11 +1,13 @@
 """The daemon's local, fsynced memory: what it has read but not yet uploaded, and where it stands.
 
     <state>/state.json     last *uploaded* point: generation, txid, WAL position (atomic replace)
-    <state>/hashes-<txid>.bin  per-page hashes of the database at that point (named by state.json)
+    <state>/hashes-<txid>.bin  per-page hashes of the database at a point (named by state.json)
+    <state>/hashes-<txid>.log  the pages each upload since changed (hashlog.py)
     <state>/spool/*.log    transactions read since, appended + fsynced by the tailing thread
     <state>/spool/*.sealed the same, closed and waiting to be uploaded as one segment each
 
-Every spool record is ``length u32 | crc32 u32 | meta length u16 | meta JSON | transaction``.  A
+Every spool record is ``length u32 | crc32 u32 | body`` (the body: spoolrecord.py, the WAL
+position, the page hashes the transaction set, and the transaction).  A
 kill -9 can leave a torn last record; replay stops at the first record whose CRC fails and
 truncates the file there, so nothing after a tear is ever trusted.
 
@@ -24,15 +26,18 @@ import json
 import os
 import struct
 import threading
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import DaemonError, StateLocked
 from ..fsutil import atomic_write, fsync_dir
-from ..replica.format import TXN, TxnRecord, decode_txns
-from ..sqlite.pagehash import PageHashes
+from ..replica.format import TxnRecord, decode_txns
+from ..sqlite.pagehash import PageChanges, PageHashes
 from ..sqlite.walfile import WalPosition
+from . import hashlog
+from .spoolrecord import Batch, decode_body, encode_body, txn_spans
 
 _REC = struct.Struct("<II")
 
@@ -48,19 +53,33 @@ class SpoolFull(DaemonError):
 class SpoolCorrupted(DaemonError):
     """A failed append could not be cut off again; the file must not be appended to."""
 
-_META = struct.Struct("<H")
+_META = struct.Struct("<H")  # the smallest body: a meta length
 
 
 @dataclass
 class RawSpooled:
-    """A spool record with its transaction still encoded (``TxnRecord.encode()`` bytes)."""
+    """A spool record with its transactions still encoded (``TxnRecord.encode()`` bytes)."""
 
-    txid: int
-    commit_ts_us: int
-    position: WalPosition | None
-    through_ts_us: int
-    change: int | None
+    batch: Batch
     raw: bytes
+
+    @property
+    def txid(self) -> int:
+        return self.batch.first_txid
+
+    @property
+    def last_txid(self) -> int:
+        return self.batch.first_txid + self.batch.count - 1
+
+    def after(self, txid: int, page_size: int) -> "RawSpooled":
+        """The part of this batch after ``txid`` (which falls inside it), without net page
+        changes (they describe the whole batch).  Uploads end at file boundaries, so this is only
+        a defence."""
+        spans = [sp for sp in txn_spans(self.raw, page_size) if sp[0] > txid]
+        b = self.batch
+        part = Batch(b.position, b.through_ts_us, b.change, None, spans[0][0], len(spans), spans[0][1], b.last_ts_us,
+                     b.db_pages, b.db_checksum)
+        return RawSpooled(part, self.raw[spans[0][2] :])
 
 
 @dataclass
@@ -69,6 +88,7 @@ class SpooledTxn:
     position: WalPosition | None
     through_ts_us: int
     change: int | None = None  # SQLite's commit counter after this record, when it was verified
+    changes: PageChanges | None = None  # the page hashes it set, as PageHashes.apply recorded them
 
 
 class StateDir:
@@ -86,6 +106,10 @@ class StateDir:
         self._current_size = 0
         self._pending = self.pending_bytes()  # bytes in spool files, kept up to date without listing
         self._dirty = False  # the file being appended to has records not fsynced yet
+        # The hashes base file state.json names, its size, and the size of its log (hashlog.py)
+        self._hash_base: str | None = None
+        self._hash_base_bytes = 0
+        self._hash_log_bytes = 0
 
     def lock(self) -> None:
         """Take the state directory for this process; a second daemon on it is refused.
@@ -116,28 +140,55 @@ class StateDir:
         except FileNotFoundError:
             return None
 
-    def save_state(self, state: dict, hashes: PageHashes) -> None:
+    def save_state(self, state: dict, hashes: PageHashes, changes: PageChanges | None = None,
+                   first_txid: int | None = None) -> None:
         """Persist the uploaded point and the page hashes *of that same point*.
 
-        The hashes go to a file named after the point (``hashes-<txid>.bin``) and state.json names
-        it, so a crash between the two writes can never pair a state with hashes of another point.
+        With ``changes`` (the pages changed by txids ``first_txid``..``uploaded_txid``, net),
+        they are appended to the hashes log of the current base (hashlog.py); otherwise, or when
+        the log has grown as large as the base, the whole table goes to a new base file named
+        after the point (``hashes-<txid>.bin``).  state.json names the base and is replaced
+        last, so a crash between the writes never pairs a state with hashes of another point.
         """
-        name = f"hashes-{state.get('uploaded_txid', 0):016x}.bin"
-        atomic_write(os.path.join(self.path, name), hashes.to_bytes())
+        txid = state.get("uploaded_txid", 0)
+        base = self._hash_base
+        if (changes is not None and base is not None and first_txid is not None
+                and self._hash_log_bytes < max(hashlog.MIN_COMPACT_BYTES, self._hash_base_bytes)):
+            record = hashlog.encode(first_txid, txid, hashes.db_pages, hashes.checksum, changes)
+            self._hash_log_bytes = hashlog.append(os.path.join(self.path, hashlog.log_name(base)), record)
+            atomic_write(os.path.join(self.path, "state.json"), json.dumps(dict(state, hashes=base), indent=1).encode())
+            return
+        name = hashlog.base_name(txid)
+        blob = hashes.to_bytes()
+        atomic_write(os.path.join(self.path, name), blob)
+        log = os.path.join(self.path, hashlog.log_name(name))
+        if os.path.exists(log):
+            os.unlink(log)  # a leftover of an earlier base at this same txid
         atomic_write(os.path.join(self.path, "state.json"), json.dumps(dict(state, hashes=name), indent=1).encode())
         for other in os.listdir(self.path):
-            if other.startswith("hashes-") and other.endswith(".bin") and other != name:
+            if other.startswith("hashes-") and other.endswith((".bin", ".log")) and other != name:
                 os.unlink(os.path.join(self.path, other))
+        self._hash_base, self._hash_base_bytes, self._hash_log_bytes = name, len(blob), 0
 
     def load_hashes(self) -> PageHashes:
+        """The page hashes at state.json's uploaded point: its base file plus the base's log."""
         state = self.load_state() or {}
-        with open(os.path.join(self.path, state.get("hashes", "hashes.bin")), "rb") as f:
-            return PageHashes.from_bytes(f.read())
+        name = state.get("hashes", "hashes.bin")
+        with open(os.path.join(self.path, name), "rb") as f:
+            blob = f.read()
+        hashes = PageHashes.from_bytes(blob)
+        log_bytes = 0
+        if name.startswith("hashes-") and name.endswith(".bin"):
+            base_txid = int(name[len("hashes-") : -len(".bin")], 16)
+            log_bytes = hashlog.replay(os.path.join(self.path, hashlog.log_name(name)), hashes, base_txid,
+                                       state.get("uploaded_txid", base_txid))
+        self._hash_base, self._hash_base_bytes, self._hash_log_bytes = name, len(blob), log_bytes
+        return hashes
 
     def reset(self) -> None:
         """Forget everything (a new generation is starting)."""
         for name in os.listdir(self.path):
-            if name == "state.json" or (name.startswith("hashes") and name.endswith(".bin")):
+            if name == "state.json" or (name.startswith("hashes") and name.endswith((".bin", ".log"))):
                 os.unlink(os.path.join(self.path, name))
         with self._lock:
             if self._current is not None:
@@ -149,8 +200,14 @@ class StateDir:
             self._current_size = 0
 
     # -- the spool ------------------------------------------------------------------------------
-    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False, sync: bool = True) -> None:
-        """Append (and fsync unless ``sync`` is False); called by the tailing thread after each read pass.
+    def append(self, items: list[SpooledTxn], allow_over_limit: bool = False, sync: bool = True,
+               changes: PageChanges | None = None) -> None:
+        """Append ``items`` as one record (and fsync unless ``sync`` is False); called by the
+        tailing thread after each read pass.
+
+        The record is one batch (spoolrecord.py): the last position and commit counter among the
+        items, the latest ``through``, and ``changes``, the net page hashes of the batch (a single
+        item's own changes when not given).
 
         With ``sync=False`` the records are written but fsynced only by the next :meth:`flush`
         (or :meth:`seal`): the daemon flushes before it lets SQLite drop the frames they came from
@@ -163,7 +220,7 @@ class StateDir:
         """
         if not items:
             return
-        blob = b"".join(self._encode(i) for i in items)
+        blob = self._encode(items, changes if changes is not None or len(items) > 1 else items[0].changes)
         with self._lock:
             self._check_room(len(blob), allow_over_limit)
             if self._current is None:
@@ -269,7 +326,8 @@ class StateDir:
                 if name.endswith(".log"):
                     path = os.path.join(self.spool_dir, name)
                     os.replace(path, path[: -len(".log")] + ".sealed")
-            fsync_dir(self.spool_dir)
+            # No directory fsync: a rename lost in a crash leaves a fsynced ``.log``, which the
+            # next start seals again (its records are replayed or skipped by txid).
 
     def sealed_files(self) -> list[str]:
         names = sorted(n for n in os.listdir(self.spool_dir) if n.endswith(".sealed"))
@@ -289,7 +347,8 @@ class StateDir:
         os.unlink(path)
         with self._lock:
             self._pending = max(0, self._pending - size)
-        fsync_dir(self.spool_dir)
+        # No directory fsync: a file that comes back after a crash holds only txids at or
+        # below the uploaded point, which replay and upload skip (and then remove).
 
     def renumber(self, offset: int, page_size: int) -> None:
         """Add ``offset`` to every spooled record's txid (a generation begun without the replica
@@ -298,27 +357,30 @@ class StateDir:
         first, so a new name never meets one not yet rewritten."""
         self.seal()
         for path in reversed(self.sealed_files()):
-            items = self.read_file(path, page_size, repair=False)
-            for item in items:
-                item.record.txid += offset
-            if items:
-                new = os.path.join(self.spool_dir, f"{items[0].record.txid:016x}.sealed")
-                atomic_write(new, b"".join(self._encode(i) for i in items))
+            out: list[bytes] = []
+            first_txid = None
+            for rec in self.iter_raw(path, repair=False):
+                records = list(decode_txns(rec.raw, page_size, path))
+                for record in records:
+                    record.txid += offset
+                batch = dataclasses.replace(rec.batch, first_txid=rec.batch.first_txid + offset)
+                body = encode_body(batch, b"".join(record.encode() for record in records))
+                out.append(_REC.pack(len(body), zlib.crc32(body)) + body)
+                first_txid = batch.first_txid if first_txid is None else first_txid
+            if first_txid is not None:
+                atomic_write(os.path.join(self.spool_dir, f"{first_txid:016x}.sealed"), b"".join(out))
             os.unlink(path)
         fsync_dir(self.spool_dir)
         self.remeasure()
 
     @staticmethod
-    def _encode(item: SpooledTxn) -> bytes:
-        meta = json.dumps(
-            {
-                "pos": item.position.to_json() if item.position else None,
-                "through": item.through_ts_us,
-                "change": item.change,
-            },
-            separators=(",", ":"),
-        ).encode()
-        body = _META.pack(len(meta)) + meta + item.record.encode()
+    def _encode(items: list[SpooledTxn], changes: PageChanges | None) -> bytes:
+        first, last = items[0].record, items[-1].record
+        position = next((i.position for i in reversed(items) if i.position is not None), None)
+        change = next((i.change for i in reversed(items) if i.change is not None), None)
+        batch = Batch(position, max(i.through_ts_us for i in items), change, changes, first.txid, len(items),
+                      first.commit_ts_us, last.commit_ts_us, last.db_pages, last.db_checksum)
+        body = encode_body(batch, b"".join(i.record.encode() for i in items))
         return _REC.pack(len(body), zlib.crc32(body)) + body
 
     @staticmethod
@@ -339,12 +401,8 @@ class StateDir:
                 body = f.read(length)
                 if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
                     break
-                (meta_len,) = _META.unpack_from(body, 0)
-                meta = json.loads(body[_META.size : _META.size + meta_len])
-                raw = body[_META.size + meta_len :]
-                txid, ts = TXN.unpack_from(raw, 0)[:2]
-                pos = WalPosition.from_json(meta["pos"]) if meta["pos"] else None
-                yield RawSpooled(txid, ts, pos, meta["through"], meta.get("change"), raw)
+                batch, raw = decode_body(body)
+                yield RawSpooled(batch, raw)
                 off += _REC.size + length
         if off != size and repair:
             with open(path, "r+b") as f:
@@ -353,7 +411,9 @@ class StateDir:
 
     @staticmethod
     def read_file(path: str, page_size: int, repair: bool = True) -> list[SpooledTxn]:
-        """Every intact record of a spool file; a torn tail is cut off (when ``repair``)."""
+        """Every transaction of the intact records of a spool file; a torn tail is cut off (when
+        ``repair``).  A batch's position, commit counter and net page changes go with its last
+        transaction; every transaction of a batch gets its ``through``."""
         with open(path, "rb") as f:
             data = f.read()
         out: list[SpooledTxn] = []
@@ -363,11 +423,11 @@ class StateDir:
             body = data[off + _REC.size : off + _REC.size + length]
             if length < _META.size or len(body) != length or zlib.crc32(body) != crc:
                 break  # a torn or zero-filled tail (the file grew but the data never landed)
-            (meta_len,) = _META.unpack_from(body, 0)
-            meta = json.loads(body[_META.size : _META.size + meta_len])
-            (record,) = list(decode_txns(body[_META.size + meta_len :], page_size, path))
-            pos = WalPosition.from_json(meta["pos"]) if meta["pos"] else None
-            out.append(SpooledTxn(record, pos, meta["through"], meta.get("change")))
+            batch, raw = decode_body(body)
+            records = list(decode_txns(raw, page_size, path))
+            for record in records[:-1]:
+                out.append(SpooledTxn(record, None, batch.through_ts_us))
+            out.append(SpooledTxn(records[-1], batch.position, batch.through_ts_us, batch.change, batch.changes))
             off += _REC.size + length
         if off != len(data) and repair:
             with open(path, "r+b") as f:

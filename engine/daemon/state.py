@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import DaemonError
-from ..sqlite.pagehash import PageHashes
+from ..sqlite.pagehash import PageChanges, PageHashes
 from ..sqlite.walfile import WalPosition
 from .spool import StateDir
 
@@ -52,8 +52,10 @@ def load_matching(state_dir: StateDir, db_path: str, replica_url: str) -> dict |
 
 
 def save_uploaded(state_dir: StateDir, rs: ReplicationState, db_path: str, replica_url: str, txid: int, ts: int,
-                  position: WalPosition | None, change: int | None) -> None:
-    """Persist the uploaded point (and the page hashes of that same point, rs.uploaded_hashes)."""
+                  position: WalPosition | None, change: int | None, changes: PageChanges | None = None,
+                  first_txid: int | None = None) -> None:
+    """Persist the uploaded point (and the page hashes of that same point, rs.uploaded_hashes;
+    ``changes``: the pages txids ``first_txid``..``txid`` changed, appended to the hashes log)."""
     state_dir.save_state(
         {
             "version": STATE_VERSION,
@@ -68,6 +70,8 @@ def save_uploaded(state_dir: StateDir, rs: ReplicationState, db_path: str, repli
             "change": change,
         },
         rs.uploaded_hashes,
+        changes,
+        first_txid,
     )
     rs.uploaded_pos = position
     rs.uploaded_change = change

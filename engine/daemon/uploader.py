@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from array import array
 import threading
 import time
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ from ..timeparse import format_us
 from . import clock
 from .outage import Outage
 from .spool import StateDir
+from .spoolrecord import txn_spans
+from .stats import LAG_SAMPLES
 
 
 class UploadHost(Protocol):
@@ -60,7 +63,8 @@ class UploadHost(Protocol):
 
     def complete_startup(self) -> bool: ...
 
-    def save_state(self, txid: int, ts: int, position: Any, change: int | None) -> None: ...
+    def save_state(self, txid: int, ts: int, position: Any, change: int | None, changes: Any = None,
+                   first_txid: int | None = None) -> None: ...
 
     def ensure_lease(self) -> None: ...
 
@@ -71,6 +75,8 @@ class UploadHost(Protocol):
 log = logging.getLogger("walrewind.shipper")
 
 SEAL_MAX_BYTES = 16 << 20  # while a backlog waits, keep appending to one spool file up to this size
+IN_MEMORY_BYTES = 4 << 20  # spool files up to this size become a segment in memory
+SEGMENT_ZSTD_LEVEL = 1
 UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts the replica refused although it answered
 
 
@@ -141,80 +147,118 @@ class Uploader:
     def _upload_file(self, path: str) -> bool:
         """Stream one sealed spool file into a segment file, upload it, advance the saved point.
 
-        One pass over the file, one record in memory at a time: the segment is compressed into a
-        file under the state directory and uploaded from there.  The page hashes advance on a
-        copy of the uploaded ones, which replaces them only once the upload succeeded (a second
-        pass over the file after the upload, as before, was half of the drain after an outage).
+        One sequential pass over the file and one record (a read pass's batch) in memory at a
+        time: its transactions are already encoded as a segment payload holds them, so they go
+        to zstd as they are, into a file under the state directory that is uploaded from there.
+        Each batch carries the net page hashes the reader computed (spoolrecord.py), so the
+        uploaded hashes advance after the upload without hashing a page again, and only the
+        pages this segment changed are appended to the hashes log (hashlog.py).
         """
         sh = self.shipper
         uploaded_txid = sh.stats.uploaded_txid
-        tmp = os.path.join(sh.state.path, "segment.tmp")
-        writer = SegmentWriter(tmp)
-        hashes = sh.uploaded_hashes.copy()
-        stamps: list[int] = []
-        first = last = None
+        # Small files are compressed in memory and sent from there; big ones (a backlog drained
+        # after an outage, up to SEAL_MAX_BYTES) through a staging file.  zstd level 1: the
+        # daemon's segments are written once per second on the application's machine (a third
+        # faster than level 3); compaction re-compresses old ones.
+        tmp = None if os.path.getsize(path) <= IN_MEMORY_BYTES else os.path.join(sh.state.path, "segment.tmp")
+        writer = SegmentWriter(tmp, level=SEGMENT_ZSTD_LEVEL)
+        first_txid = last_txid = None
+        first_ts = last_ts = 0
         through = 0
         position = change = None
+        batches: list = []  # (Batch, raw or None) replayed onto the uploaded hashes after the upload
+        stamps = array("q")  # every transaction's commit time (upload lag samples)
         try:
             for rec in StateDir.iter_raw(path):
-                if rec.txid <= uploaded_txid:
+                if rec.last_txid <= uploaded_txid:
                     continue
-                if first is None:
-                    if rec.txid != uploaded_txid + 1:
+                if rec.txid <= uploaded_txid:
+                    rec = rec.after(uploaded_txid, sh.page_size)
+                batch = rec.batch
+                if first_txid is None:
+                    if batch.first_txid != uploaded_txid + 1:
                         raise DaemonError(
-                            f"spool file {path} starts at txid {rec.txid} but the replica ends at "
+                            f"spool file {path} starts at txid {batch.first_txid} but the replica ends at "
                             f"{uploaded_txid}; refusing to upload a history with a hole"
                         )
-                    first = rec
-                last = rec
-                through = max(through, rec.through_ts_us)
-                if rec.position is not None:
-                    position = rec.position
-                if rec.change is not None:
-                    change = rec.change
-                writer.add_record(rec.raw)
-                (record,) = decode_txns(rec.raw, sh.page_size, path)
-                hashes.apply(record.pages, record.db_pages)
-                stamps.append(rec.commit_ts_us)
+                    first_txid, first_ts = batch.first_txid, batch.first_ts_us
+                elif batch.first_txid != last_txid + 1:
+                    raise DaemonError(f"spool file {path}: txid {batch.first_txid} follows {last_txid}")
+                last_txid, last_ts = rec.last_txid, batch.last_ts_us
+                through = max(through, batch.through_ts_us)
+                if batch.position is not None:
+                    position = batch.position
+                if batch.change is not None:
+                    change = batch.change
+                writer.add_record(rec.raw, batch.count)
+                stamps.extend(ts for _txid, ts, _start, _end in txn_spans(rec.raw, sh.page_size))
+                # An old record (no page hashes) keeps its transactions to hash them after the upload.
+                batches.append((batch, rec.raw if batch.changes is None else None))
         except BaseException:
             writer.abort()
             raise
-        if first is None or last is None:
+        if first_txid is None or last_txid is None:
             writer.abort()
             sh.state.remove(path)
             return False
         sh.ensure_lease()
-        key = layout.SegmentKey(sh.generation, first.txid, last.txid, first.commit_ts_us, last.commit_ts_us)
-        writer.finish(
-            {
-                "db_id": sh.db_id,
-                "generation": sh.generation,
-                "page_size": sh.page_size,
-                "first_txid": first.txid,
-                "last_txid": last.txid,
-                "through_ts_us": through,
-                "lease_epoch": sh.lease.epoch,
-            }
-        )
-        try:
-            self.put_segment_file(key.key, tmp)
-            size = os.path.getsize(tmp)
-        finally:
-            os.unlink(tmp)
+        key = layout.SegmentKey(sh.generation, first_txid, last_txid, first_ts, last_ts)
+        header = {
+            "db_id": sh.db_id,
+            "generation": sh.generation,
+            "page_size": sh.page_size,
+            "first_txid": first_txid,
+            "last_txid": last_txid,
+            "through_ts_us": through,
+            "lease_epoch": sh.lease.epoch,
+        }
+        if tmp is None:
+            body = writer.finish_bytes(header)
+            self.put_segment(key.key, body)
+            size = len(body)
+        else:
+            writer.finish(header, fsync=False)  # a staging copy: the spool file stays until uploaded
+            try:
+                self.put_segment_file(key.key, tmp)
+                size = os.path.getsize(tmp)
+            finally:
+                os.unlink(tmp)
         now = clock.now_us()
         sh.stats.uploaded_transactions += len(stamps)
         sh.stats.uploaded_bytes += size
         sh.stats.last_upload_us = now
-        sh.uploaded_hashes.hashes, sh.uploaded_hashes.checksum = hashes.hashes, hashes.checksum
-        sh.stats.lag_samples_us.extend(now - ts for ts in stamps)
-        sh.save_state(last.txid, last.commit_ts_us, position, change)
+        net = self._advance_hashes(path, batches)
+        sh.stats.lag_samples_us.extend(now - ts for ts in stamps[-LAG_SAMPLES:])
+        sh.save_state(last_txid, last_ts, position, change, net, first_txid)
         sh.state.remove(path)
-        sh.stats.uploaded_txid = last.txid
-        sh.stats.uploaded_commit_us = last.commit_ts_us
+        sh.stats.uploaded_txid = last_txid
+        sh.stats.uploaded_commit_us = last_ts
         sh.stats.segments += 1
         sh.stats.backlog_bytes = sh.state.pending
         self._last_upload_mono = time.monotonic()
         return True
+
+    def _advance_hashes(self, path: str, batches: list):
+        """Move the uploaded hashes to the segment's end; returns its net page changes (None when
+        an old record had to be hashed: the whole table is saved then)."""
+        hashes = self.shipper.uploaded_hashes
+        touched: set[int] = set()
+        rehashed = False
+        for batch, raw in batches:
+            if raw is not None:
+                rehashed = True
+                for record in decode_txns(raw, self.shipper.page_size, path):
+                    hashes.apply(record.pages, record.db_pages)
+            else:
+                try:
+                    hashes.apply_changes(*batch.changes, batch.db_pages)
+                except ValueError as exc:
+                    raise DaemonError(f"spool file {path}: page changes do not apply ({exc})") from None
+                touched.update(batch.changes[0])
+            if hashes.checksum != batch.db_checksum:
+                raise DaemonError(f"spool file {path}: page hashes disagree with txid "
+                                  f"{batch.first_txid + batch.count - 1}'s checksum")
+        return None if rehashed else hashes.net_changes(touched)
 
     def put_segment_file(self, key: str, path: str) -> None:
         """Create-only upload from a file; an existing object must hold the same history."""

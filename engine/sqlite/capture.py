@@ -55,7 +55,7 @@ class SnapshotReader:
             position = start if snap.max_frame == 0 else position
             # Only up to the snapshot: what the writer appended since is not ours to overlay, and
             # reading it would make a capture under a busy writer slower the longer the WAL is.
-            for txn in self.wal.read(None, published=(snap.salts, snap.max_frame)).transactions:
+            for txn in self.wal.read(None, published=(snap.salts, snap.max_frame), vouched=True).transactions:
                 if txn.end.frame > snap.max_frame:
                     break
                 overlay.update(txn.pages)

@@ -12,9 +12,15 @@ import hashlib
 import struct
 import sys
 from array import array
-from typing import Iterable
+from typing import Iterable, Sequence, Tuple
 
 _PERSON = struct.Struct("<Q")
+
+PageChanges = Tuple[array, array]  # (pgnos array('I'), hashes array('Q')), in the order they were set
+
+
+def new_changes() -> PageChanges:
+    return array("I"), array("Q")
 
 
 def page_hash(pgno: int, data: bytes) -> int:
@@ -78,19 +84,27 @@ class PageHashes:
         self.checksum ^= self.hashes[pgno] ^ h
         self.hashes[pgno] = h
 
-    def apply(self, pages: dict[int, bytes], db_pages: int) -> int:
+    def apply(self, pages: dict[int, bytes], db_pages: int, changes: PageChanges | None = None) -> int:
         """Apply one transaction; returns the database checksum after it.
 
         Pages the transaction appends are hashed once, with their content (growing through
         zero pages first would hash every new page twice: half the daemon's hashing under a
         growing database).  Only gaps it does not write read back as zero pages.
+
+        ``changes``, when given, receives every (pgno, hash) set, appended pages first in
+        ascending order: :meth:`apply_changes` replays them elsewhere without hashing a page
+        again (the uploader's copy of the hashes, the hashes log).
         """
         current = self.db_pages
+        pgnos, hashes = changes if changes is not None else (None, None)
         if db_pages > current:
             for pgno in range(current + 1, db_pages + 1):
                 h = page_hash(pgno, pages.get(pgno, self._zero_page))
                 self.hashes.append(h)
                 self.checksum ^= h
+                if pgnos is not None:
+                    pgnos.append(pgno)
+                    hashes.append(h)
         else:
             self.resize(db_pages)
             current = db_pages
@@ -99,7 +113,43 @@ class PageHashes:
                 h = page_hash(pgno, data)
                 self.checksum ^= self.hashes[pgno] ^ h
                 self.hashes[pgno] = h
+                if pgnos is not None:
+                    pgnos.append(pgno)
+                    hashes.append(h)
         return self.checksum
+
+    def apply_changes(self, pgnos: Sequence[int], hashes: Sequence[int], db_pages: int) -> int:
+        """Replay what :meth:`apply` recorded (or a net change, see ``net_changes``): truncate to
+        ``db_pages`` if smaller, then set each page's hash, appending the pages past the end
+        (they come in ascending order).  Returns the database checksum after it."""
+        if db_pages < self.db_pages:
+            self.resize(db_pages)
+        table = self.hashes
+        acc = self.checksum
+        for pgno, h in zip(pgnos, hashes):
+            if pgno < len(table):
+                acc ^= table[pgno] ^ h
+                table[pgno] = h
+            elif pgno == len(table):
+                table.append(h)
+                acc ^= h
+            else:
+                raise ValueError(f"page {pgno} changed past the end ({len(table) - 1} pages) without the pages before it")
+        self.checksum = acc
+        if self.db_pages != db_pages:
+            raise ValueError(f"page changes end at {self.db_pages} pages, the transaction at {db_pages}")
+        return acc
+
+    def net_changes(self, touched: Iterable[int]) -> PageChanges:
+        """(pgnos, hashes) of the ``touched`` pages that exist now, ascending: applied to the
+        state before those changes with :meth:`apply_changes`, they give this state."""
+        pgnos, hashes = new_changes()
+        table = self.hashes
+        for pgno in sorted(touched):
+            if pgno < len(table):
+                pgnos.append(pgno)
+                hashes.append(table[pgno])
+        return pgnos, hashes
 
     def differs(self, pgno: int, data: bytes) -> bool:
         return pgno > self.db_pages or self.hashes[pgno] != page_hash(pgno, data)

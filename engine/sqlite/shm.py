@@ -22,6 +22,10 @@ WAL_CKPT_LOCK = 121
 WAL_RECOVER_LOCK = 122
 SHM_HEADER_BYTES = 136
 _FLOCK = "hhqqi4x"
+_PROBE_WRITE = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, WAL_WRITE_LOCK, 1, 0)
+_PROBE_CKPT = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, WAL_CKPT_LOCK, 1, 0)
+_TYPE_BYTES = struct.calcsize("h")
+_UNLOCKED = struct.pack("h", fcntl.F_UNLCK)
 
 
 @dataclass(frozen=True)
@@ -82,10 +86,10 @@ class ShmObserver:
                 return hdr
         return None
 
-    def _held_by_other(self, offset: int) -> bool:
-        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
-        answer = fcntl.fcntl(self.fd, fcntl.F_GETLK, probe)
-        return struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK
+    def _held_by_other(self, probe: bytes) -> bool:
+        # F_GETLK answers with the conflicting lock, or the probe with l_type F_UNLCK (the
+        # first field).  Probes are packed once: this runs at most wake-ups of the observer.
+        return fcntl.fcntl(self.fd, fcntl.F_GETLK, probe)[:_TYPE_BYTES] != _UNLOCKED
 
     def checkpointer_waiting(self) -> bool:
         """True while another process holds both the checkpoint and the write lock.
@@ -93,14 +97,14 @@ class ShmObserver:
         That is what a FULL/RESTART/TRUNCATE checkpoint looks like while it waits for readers: it
         holds the write lock so no commit can land, and polls our read lock with its busy handler.
         """
-        return self._held_by_other(WAL_CKPT_LOCK) and self._held_by_other(WAL_WRITE_LOCK)
+        return self._held_by_other(_PROBE_CKPT) and self._held_by_other(_PROBE_WRITE)
 
     def writer_active(self) -> bool:
         """True while another process holds the write lock (a write transaction is under way)."""
-        return self._held_by_other(WAL_WRITE_LOCK)
+        return self._held_by_other(_PROBE_WRITE)
 
     def checkpoint_running(self) -> bool:
-        return self._held_by_other(WAL_CKPT_LOCK)
+        return self._held_by_other(_PROBE_CKPT)
 
     def close(self) -> None:
         close_shared(self.fd)
