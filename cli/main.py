@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("prune_cmd:prune_command", "Apply the retention policy now: delete what it no longer needs."),
     "compact": ("compact_cmd:compact_command", "Merge old small segments into large ones (same history, fewer objects)."),
     "keygen": ("keygen_cmd:keygen_command", "Make a new encryption key (base64 of 32 random bytes)."),
+    "reseed": ("reseed_cmd:reseed_command", "Make the daemon start a new generation from the live database file."),
     "rekey": ("rekey_cmd:rekey_command", "Rewrite objects encrypted under older keys with the current key."),
 }
 

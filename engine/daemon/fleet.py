@@ -42,7 +42,8 @@ from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
 from .child import ChildApp
 from .health import HealthFile
-from .members import Member, ThreadWorker, build  # noqa: F401  (build: part of this module's interface)
+from .dbwatch import FileIdentity, replaced, take_reseed_request
+from .members import Member, ThreadWorker, build, state_dir_of  # noqa: F401  (build: part of this module's interface)
 from .metrics import DEFAULT_LAG_BUDGET_SECONDS, DatabaseSample, MetricsServer
 from .namespaces import NamespaceWatcher
 from .replicator import Shipper
@@ -54,6 +55,7 @@ TICK = 0.25  # the fleet's loop: how soon a finished worker or a due retry is ac
 RETRY_FIRST = 1.0  # seconds before the first retry of a failed database ...
 RETRY_MAX = 60.0  # ... doubling up to this
 STABLE_AFTER = 60.0  # a database that ran this long before failing starts its backoff again
+WATCH_SECONDS = 1.0  # how often each database file's identity and reseed requests are checked (dbwatch.py)
 SAMPLE_SECONDS = 2.0  # the health file (walrewind status) is rewritten this often
 
 
@@ -99,6 +101,8 @@ class Fleet:
         self._started_us = time.time_ns() // 1000
         self.lag_budget = lag_budget
         self._published = 0.0
+        self._watched = 0.0
+        self._watch_due = False
         if not retry:
             for db in databases:
                 check_replicable(db.path)  # one database: refuse at once, as before
@@ -155,6 +159,9 @@ class Fleet:
                 if self.watcher is not None and self.watcher.due(now):
                     self._scan(now)
                 changed = False
+                self._watch_due = now - self._watched >= WATCH_SECONDS
+                if self._watch_due:
+                    self._watched = now
                 for m in list(self._members.values()):
                     changed |= self._step(m, now)
                 if changed or now - self._published >= SAMPLE_SECONDS:
@@ -199,16 +206,44 @@ class Fleet:
 
     # ------------------------------------------------------------------ members
     def _start(self, m: Member) -> None:
-        m.worker = ThreadWorker(m.db, self.takeover, self._wake, lambda line: self._event("state_dir", m.db.name, line))
+        # a `walrewind reseed` left while no daemon ran is taken at the start; the reason stays on
+        # the member until a worker is ready, so a failed attempt's retry still starts anew
+        m.restart_reason = m.restart_reason or take_reseed_request(state_dir_of(m.db))
+        m.identity = FileIdentity.of(m.db.path)
+        m.worker = ThreadWorker(m.db, self.takeover, self._wake, lambda line: self._event("state_dir", m.db.name, line),
+                                new_generation_reason=m.restart_reason)
         m.set_state("starting")
         m.worker.start()
+
+    def _watch_file(self, m: Member) -> bool:
+        """Restart ``m`` on a new generation when its file is no longer the one its worker opened
+        (replaced, deleted, truncated: the worker would ship nothing more, silently) or when
+        `walrewind reseed` asked for it.  True when a restart began."""
+        if m.worker is None or m.state not in ("starting", "replicating") or m.restart_reason:
+            return False
+        why = None if m.db.namespace is not None and not os.path.exists(m.db.path) else replaced(m.identity, m.db.path)
+        if why is not None:
+            why += ": the daemon's open files are the old database's"
+        else:
+            why = take_reseed_request(state_dir_of(m.db))
+            if why is None:
+                return False
+        m.restart_reason = why
+        self._event("restarting", m.db.name, f"{m.db.name}: {why}; final sync of what was read, then a NEW "
+                    f"generation from {m.db.path} as it is now (the history before stays restorable)", logging.WARNING)
+        m.set_state("stopping")
+        m.worker.stop()
+        return True
 
     def _step(self, m: Member, now: float) -> bool:
         """Advance one member; True when its state changed."""
         w = m.worker
+        if w is not None and not w.done and self._watch_due and self._watch_file(m):
+            return True
         if w is not None and m.state == "starting" and w.ready:
             m.set_state("replicating")
             m.ready_since = now
+            m.restart_reason = None
             if m.failures:
                 self._event("recovered", m.db.name, f"{m.db.name}: replicating again after {m.failures} failure(s)")
             alone = len(self._members) == 1 and self.watcher is None
@@ -248,6 +283,9 @@ class Fleet:
             m.deleted = True
         if m.deleted:
             self._leave(m, w.error)
+            return
+        if m.restart_reason is not None and w.error is None and not (stopping or self._stop.is_set()):
+            self._start(m)  # a new generation from the file as it is now (_watch_file)
             return
         if stopping or self._stop.is_set():
             m.set_state("failed" if w.error is not None else "stopped")

@@ -21,15 +21,23 @@ from ..maintenance.scheduler import for_database
 from ..sqlite.dbinfo import check_replicable
 from ..storage import check_replica_encryption, open_storage
 from ..workspace.config import DatabaseConfig
+from .dbwatch import FileIdentity
 from .namespaces import prepare_state_dir
 from .replicator import Shipper
 from .samples import carry
 
 
-def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
-    """A replicator for ``db`` with every setting taken from its configuration."""
+def state_dir_of(db: DatabaseConfig) -> str:
+    return db.state_dir or defaults.state_dir_for(db.path)
+
+
+def build(db: DatabaseConfig, takeover: bool = False, new_generation_reason: str | None = None) -> Shipper:
+    """A replicator for ``db`` with every setting taken from its configuration.
+
+    ``new_generation_reason``: never continue the saved history (the file was replaced, or
+    ``walrewind reseed``): a new generation from the live file, logged with this reason."""
     check_replicable(db.path)  # before anything (replica directory, state directory) is created
-    private_dir(db.state_dir or defaults.state_dir_for(db.path), tighten=True)  # 0700: it holds database pages
+    private_dir(state_dir_of(db), tighten=True)  # 0700: it holds database pages
     keyring = db.keyring()
     storage = open_storage(db.replica, keyring=keyring)
     return Shipper(
@@ -44,6 +52,7 @@ def build(db: DatabaseConfig, takeover: bool = False) -> Shipper:
         # refuses a key mismatch before anything is written; run by the start-up checks, so a
         # replica that does not answer yet does not keep the daemon from starting
         encryption_check=functools.partial(check_replica_encryption, storage, keyring),
+        new_generation_reason=new_generation_reason,
     )
 
 
@@ -52,8 +61,9 @@ class ThreadWorker:
     replica can block, and the fleet's loop must not."""
 
     def __init__(self, db: DatabaseConfig, takeover: bool, wake: threading.Event,
-                 note: Callable[[str], None]) -> None:
+                 note: Callable[[str], None], new_generation_reason: str | None = None) -> None:
         self.db = db
+        self.new_generation_reason = new_generation_reason
         self.takeover = takeover
         self.wake = wake
         self.note = note
@@ -104,7 +114,7 @@ class ThreadWorker:
                 message = prepare_state_dir(self.db.state_dir, self.db.namespace, self.db.namespace_id)
                 if message:
                     self.note(message)
-            replicator = build(self.db, self.takeover)
+            replicator = build(self.db, self.takeover, self.new_generation_reason)
             with self._lock:
                 if self._stop.is_set():
                     return
@@ -137,6 +147,8 @@ class Member:
         self.failures_total = 0  # never reset (failures is, once a database ran for a while)
         self.state_since_us = time.time_ns() // 1000
         self.offline = False  # announced as spooling (started without the replica), not yet as replicating
+        self.identity: FileIdentity | None = None  # the database file its worker opened (dbwatch.py)
+        self.restart_reason: str | None = None  # stopping to start a new generation: the file changed, or reseed
 
     def set_state(self, state: str) -> None:
         if state != self.state:

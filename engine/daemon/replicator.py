@@ -89,13 +89,14 @@ class Replicator:
         maintenance: Maintenance | None = None,
         name: str | None = None,
         encryption_check: Callable[[], str | None] | None = None,
+        new_generation_reason: str | None = None,
     ) -> None:
         self.db_path = os.path.abspath(db_path)
         self.name = name or os.path.basename(self.db_path)  # what log lines and metrics call it
         # Checks the replica's encryption marker before anything is written (engine/storage/marker.py);
         # a message means: never append to the newest history, start a new generation (Startup).
         self.encryption_check = encryption_check
-        self.new_generation_reason: str | None = None
+        self.new_generation_reason = new_generation_reason  # never continue the saved history: why
         self.storage = storage
         self.state = StateDir(state_dir or defaults.state_dir_for(self.db_path), spool_limit_bytes, spool_min_free_bytes)
         self.upload_interval = upload_interval

@@ -119,7 +119,7 @@ class Startup:
             return self.found
         d = self.d
         if d.encryption_check is not None:  # the replica's encryption marker, before anything is written
-            d.new_generation_reason = d.encryption_check()
+            d.new_generation_reason = d.encryption_check() or d.new_generation_reason
             d.encryption_check = None
         found = scan(d.storage)
         d.lease.check_free(found, d.takeover)

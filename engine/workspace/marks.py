@@ -109,8 +109,8 @@ def live_database(source: Source, config: Config | None, storage: Storage) -> Li
         path = os.path.abspath(holder.db_path)
     else:
         raise MarkError(
-            f"no walrewind daemon on this host replicates {source.display}: a mark given a replica URL takes the "
-            "database from the running daemon (start `walrewind replicate`, or give the database's configured name)"
+            f"no walrewind daemon on this host replicates {source.display}: given a replica URL, the database is the "
+            "one the running daemon replicates (start `walrewind replicate`, or give the database's configured name)"
         )
     ours = holder if holder is not None and os.path.abspath(holder.db_path) == path else None
     if db is not None and db.state_dir:

@@ -1,0 +1,67 @@
+"""Noticing that the database file under a running daemon is no longer the one it opened.
+
+A restore copied over the live database, a deploy that replaces the file, a ``rm``: the daemon
+keeps its descriptors on the old (deleted) files and would ship nothing more, silently.  The fleet
+compares each database's file identity (device, inode, and whether it still holds a database)
+with the one its daemon started on, every tick; on a change it says so loudly and restarts that
+database's daemon on a fresh state directory, i.e. a new generation from the new file.
+
+``walrewind reseed`` uses the same restart: it leaves a request file in the daemon's state
+directory (or, with no daemon running, resets the state directory itself).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+RESEED_REQUEST = "reseed-requested"  # in a state directory: start a new generation from the live file
+SQLITE_HEADER = 100
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    device: int
+    inode: int
+    size: int
+
+    @classmethod
+    def of(cls, path: str) -> "FileIdentity | None":
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return cls(st.st_dev, st.st_ino, st.st_size)
+
+
+def replaced(before: FileIdentity | None, path: str) -> str | None:
+    """Why ``path`` is not the file the daemon opened (``before``), or None when it still is."""
+    now = FileIdentity.of(path)
+    if before is None:
+        return None
+    if now is None:
+        return f"{path} was deleted"
+    if (now.device, now.inode) != (before.device, before.inode):
+        return f"{path} was replaced by another file (inode {before.inode} -> {now.inode})"
+    if now.size < SQLITE_HEADER <= before.size:
+        return f"{path} was truncated to {now.size} bytes"
+    return None
+
+
+def request_reseed(state_dir: str, reason: str) -> str:
+    path = os.path.join(state_dir, RESEED_REQUEST)
+    with open(path, "w") as f:
+        f.write(reason + "\n")
+    return path
+
+
+def take_reseed_request(state_dir: str) -> str | None:
+    """The reason of a pending ``walrewind reseed`` for this state directory (and clear it)."""
+    path = os.path.join(state_dir, RESEED_REQUEST)
+    try:
+        with open(path) as f:
+            reason = f.read().strip()
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    return reason or "walrewind reseed"
