@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.storage import open_storage
 
 
@@ -21,7 +21,7 @@ def main() -> None:
     db, url, state = sys.argv[1:4]
     interval = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    daemon = Shipper(db, open_storage(url), state_dir=state, upload_interval=interval)
+    daemon = Replicator(db, open_storage(url), state_dir=state, upload_interval=interval)
     daemon.install_signal_handlers()
 
     def announce() -> None:

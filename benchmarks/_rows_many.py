@@ -10,8 +10,8 @@ import sys
 
 from _common import log, read_log
 from _oracle import InsertOnly, digest_file
-from _run import Ctx
 from _rows_steady import ZERO
+from _run import Ctx
 from _tools import TOOLS
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -32,8 +32,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from synth_history import SyntheticHistory  # noqa: E402
 from walrewind.engine.restore.fetch import OrderedChunks  # noqa: E402
-from walrewind.engine.storage import check_replica_encryption, open_storage, put_file_immutable  # noqa: E402
-from walrewind.engine.storage.keys import Keyring, parse_key, generate_key  # noqa: E402
+from walrewind.engine.storage import (  # noqa: E402
+    check_replica_encryption,
+    open_storage,
+    put_file_immutable,
+)
+from walrewind.engine.storage.keys import Keyring, generate_key, parse_key  # noqa: E402
 from walrewind.engine.storage.local import LocalStorage  # noqa: E402
 
 START_US = 1_700_000_000_000_000

@@ -35,7 +35,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from daemon_process import WALREWIND, Daemon  # noqa: E402
-from sqld_server import TABLE_SQL, SqldError, SqldServer, ensure_sqld, read_writer_log, start_writer  # noqa: E402
+from sqld_server import (  # noqa: E402
+    TABLE_SQL,
+    SqldError,
+    SqldServer,
+    ensure_sqld,
+    read_writer_log,
+    start_writer,
+)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -13,8 +13,8 @@ nor stamps that drift from the commits pass.
 from __future__ import annotations
 
 import bisect
-import json
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.errors import TimestampError
 from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
@@ -110,7 +110,7 @@ class DaemonThread:
         check = None
         if keyring is not None:  # what `walrewind replicate` does at start-up (members.build)
             check = functools.partial(check_replica_encryption, storage, keyring)
-        self.shipper = Shipper(db, storage, state_dir=state, upload_interval=upload_interval,
+        self.shipper = Replicator(db, storage, state_dir=state, upload_interval=upload_interval,
                                encryption_check=check, **kwargs)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -124,7 +124,7 @@ class DaemonThread:
             self.error = exc
             self.shipper.ready.set()
 
-    def __enter__(self) -> Shipper:
+    def __enter__(self) -> Replicator:
         self.started_us = now_us()
         self.thread.start()
         assert self.shipper.ready.wait(60), "daemon did not become ready"

@@ -12,7 +12,12 @@ import zlib
 import pytest
 from walrewind.engine.daemon import hashlog
 from walrewind.engine.daemon.spool import SpooledTxn, StateDir
-from walrewind.engine.daemon.spoolrecord import Batch, decode_body, encode_body, txn_spans
+from walrewind.engine.daemon.spoolrecord import (
+    Batch,
+    decode_body,
+    encode_body,
+    txn_spans,
+)
 from walrewind.engine.errors import DaemonError
 from walrewind.engine.replica.format import TxnRecord
 from walrewind.engine.sqlite.pagehash import PageHashes, new_changes

@@ -11,7 +11,7 @@ from test_daemon_outage import Switchable
 from test_daemon_spool import PAGE, make_items
 from walrewind.engine.daemon.lag import LagProbe
 from walrewind.engine.daemon.observer import Observations
-from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.spool import StateDir
 from walrewind.engine.daemon.stats import ReplicatorStats
 
@@ -63,7 +63,7 @@ def test_lag_of_a_running_daemon_grows_in_an_outage_and_returns_to_zero(tmp_path
     db, log, replica = str(tmp_path / "app.db"), str(tmp_path / "log"), str(tmp_path / "replica")
     create_db(db)
     store = Switchable(replica)
-    daemon = Shipper(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1)
+    daemon = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1)
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:

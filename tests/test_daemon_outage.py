@@ -11,7 +11,7 @@ import time
 import pytest
 from harness import create_db, read_log, replica_records, run_writer, wait_for
 from walrewind.engine.daemon import outage as outage_module
-from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.errors import StoreUnreachable
 from walrewind.engine.storage.local import LocalStorage
 
@@ -58,7 +58,7 @@ def test_outage_lines_are_few_and_short_and_the_drain_is_immediate(tmp_path, cap
     db, log = str(tmp_path / "app.db"), str(tmp_path / "log")
     create_db(db)
     store = Switchable(str(tmp_path / "replica"))
-    daemon = Shipper(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.2)
+    daemon = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.2)
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
@@ -132,7 +132,7 @@ def test_a_long_outage_still_cuts_the_spool_into_bounded_segments(tmp_path, monk
     db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
     create_db(db)
     store = Switchable(replica)
-    daemon = Shipper(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1)
+    daemon = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1)
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:

@@ -171,7 +171,7 @@ def posix_locks_held(path: str) -> int:
 
 
 def test_refused_second_daemon_in_one_process_leaves_the_first_ones_locks(tmp_path):
-    """Two Shippers of one database in one process (tests; `replicate` with two replicas of one
+    """Two Replicators of one database in one process (tests; `replicate` with two replicas of one
     file): the refused one opens raw descriptors on the -shm and the database before the lease
     check and closes them on refusal, and closing any descriptor drops all of the process's locks
     on that file.  The first daemon then holds no DMS lock on the -shm: the next application

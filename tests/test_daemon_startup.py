@@ -23,7 +23,7 @@ from harness import (
     wait_for,
 )
 from test_daemon_outage import Switchable
-from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.errors import DaemonError, ForeignReplica
 from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
@@ -34,7 +34,7 @@ class Running:
     """A daemon on a thread of the test, over a Switchable replica."""
 
     def __init__(self, db: str, store: Switchable, state: str) -> None:
-        self.daemon = Shipper(db, store, state_dir=state, upload_interval=0.1)
+        self.daemon = Replicator(db, store, state_dir=state, upload_interval=0.1)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -56,7 +56,7 @@ def objects(replica: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), replica) for d, _, fs in os.walk(replica) for f in fs)
 
 
-def caught_up(d: Shipper) -> bool:
+def caught_up(d: Replicator) -> bool:
     return d.ready.is_set() and d.stats.uploaded_txid == d.stats.last_txid and not d.reader.unverified
 
 

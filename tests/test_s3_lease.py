@@ -20,7 +20,7 @@ from harness import (
     run_writer,
     wait_for,
 )
-from walrewind.engine.daemon.replicator import Shipper
+from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.uploader import Uploader
 from walrewind.engine.errors import (
     DaemonError,
@@ -202,7 +202,7 @@ def test_segment_already_uploaded_under_an_older_epoch_is_accepted(seaweed_s3):
     """After a restart (new epoch) a segment whose first upload landed is re-encoded with another
     lease_epoch: same history, so it is accepted; different history under the key is refused."""
     store = open_storage(seaweed_s3.url(f"lease/{uuid.uuid4().hex}"))
-    shipper = Shipper.__new__(Shipper)
+    shipper = Replicator.__new__(Replicator)
     shipper.storage = store
     shipper.uploader = Uploader(shipper)
     header = {"db_id": "ab" * 16, "generation": "0" * 16 + "-00000000", "page_size": 512, "first_txid": 5,

@@ -18,7 +18,14 @@ import uuid
 import pytest
 from daemon_process import WALREWIND, Daemon
 from faultproxy import FaultProxy
-from harness import assert_one_record_per_commit, create_db, judge, read_log, start_writer, wait_for
+from harness import (
+    assert_one_record_per_commit,
+    create_db,
+    judge,
+    read_log,
+    start_writer,
+    wait_for,
+)
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 

@@ -97,13 +97,13 @@ def test_storage_calls_of_the_sync_path_are_counted_and_never_list(tmp_path):
     daemon only creates objects and deletes its previous heartbeat."""
     import threading
 
-    from walrewind.engine.daemon.replicator import Shipper
+    from walrewind.engine.daemon.replicator import Replicator
     from walrewind.engine.storage.counting import CountingStorage
 
     db = str(tmp_path / "app.db")
     create_db(db)
     store = CountingStorage(open_storage(str(tmp_path / "replica")))
-    shipper = Shipper(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1, heartbeat_interval=0.3)
+    shipper = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1, heartbeat_interval=0.3)
     thread = threading.Thread(target=shipper.run, daemon=True)
     thread.start()
     assert shipper.ready.wait(60)

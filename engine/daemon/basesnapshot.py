@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..replica import layout
 from ..replica.format import SnapshotWriter
-from ..sqlite.capture import SnapshotReader
+from ..sqlite.capture import PinnedReader
 from ..sqlite.pagehash import PageHashes
 from ..sqlite.shm import ShmHeader
 from ..sqlite.walfile import WalPosition
@@ -36,7 +36,7 @@ class BaseSnapshot:
     header: dict
 
 
-def write_base_snapshot(snapshots: SnapshotReader, tmp: str, db_id: str, base_txid: int) -> BaseSnapshot:
+def write_base_snapshot(pinned_reader: PinnedReader, tmp: str, db_id: str, base_txid: int) -> BaseSnapshot:
     def write(snap, position, page_size, db_pages, pages) -> BaseSnapshot:
         ts = clock.now_us()
         generation = layout.new_generation_id(ts)
@@ -68,4 +68,4 @@ def write_base_snapshot(snapshots: SnapshotReader, tmp: str, db_id: str, base_tx
         header["db_checksum"] = f"{hashes.checksum:016x}"
         return BaseSnapshot(snap, position, page_size, db_pages, ts, generation, hashes, writer, header)
 
-    return snapshots.under_snapshot(write)
+    return pinned_reader.under_snapshot(write)

@@ -4,7 +4,7 @@ keep the others shipping when one fails.
 ``walrewind replicate`` (one database, every configured one, every sqld namespace) and the Python
 API use this.  The fleet owns a *member* per database: its settings, its state (starting,
 replicating, retrying, stopping) and its failures.  A member's work is done by a *worker*; today
-that is ``ThreadWorker``, one replicator (``Shipper``) on its own thread.  The daemon rewrite's
+that is ``ThreadWorker``, one replicator (``Replicator``) on its own thread.  The daemon rewrite's
 shared pipeline replaces only that class: everything else here talks to a worker through
 ``start``, ``stop``, ``join``, ``ready``, ``done``, ``error`` and ``stats``.
 
@@ -41,12 +41,12 @@ from ..sqlite.dbinfo import check_replicable
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
 from .child import ChildApp
-from .health import HealthFile
 from .dbwatch import FileIdentity, replaced, take_reseed_request
+from .health import HealthFile
 from .members import Member, ThreadWorker, build, state_dir_of  # noqa: F401  (build: part of this module's interface)
 from .metrics import DEFAULT_LAG_BUDGET_SECONDS, DatabaseSample, MetricsServer
 from .namespaces import NamespaceWatcher
-from .replicator import Shipper
+from .replicator import Replicator
 from .samples import member_sample
 
 log = logging.getLogger("walrewind.fleet")
@@ -113,7 +113,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ public
     @property
-    def replicators(self) -> list[Shipper]:
+    def replicators(self) -> list[Replicator]:
         return [m.worker.replicator for m in self._members.values() if m.worker is not None and m.worker.replicator]
 
     def members(self) -> list[dict]:

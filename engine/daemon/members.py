@@ -23,7 +23,7 @@ from ..storage import check_replica_encryption, open_storage
 from ..workspace.config import DatabaseConfig
 from .dbwatch import FileIdentity
 from .namespaces import prepare_state_dir
-from .replicator import Shipper
+from .replicator import Replicator
 from .samples import carry
 
 
@@ -31,7 +31,7 @@ def state_dir_of(db: DatabaseConfig) -> str:
     return db.state_dir or defaults.state_dir_for(db.path)
 
 
-def build(db: DatabaseConfig, takeover: bool = False, new_generation_reason: str | None = None) -> Shipper:
+def build(db: DatabaseConfig, takeover: bool = False, new_generation_reason: str | None = None) -> Replicator:
     """A replicator for ``db`` with every setting taken from its configuration.
 
     ``new_generation_reason``: never continue the saved history (the file was replaced, or
@@ -40,7 +40,7 @@ def build(db: DatabaseConfig, takeover: bool = False, new_generation_reason: str
     private_dir(state_dir_of(db), tighten=True)  # 0700: it holds database pages
     keyring = db.keyring()
     storage = open_storage(db.replica, keyring=keyring)
-    return Shipper(
+    return Replicator(
         db.path, storage,
         name=db.name,
         state_dir=db.state_dir,
@@ -67,7 +67,7 @@ class ThreadWorker:
         self.takeover = takeover
         self.wake = wake
         self.note = note
-        self.replicator: Shipper | None = None
+        self.replicator: Replicator | None = None
         self.error: BaseException | None = None
         self.done = False
         self._stop = threading.Event()

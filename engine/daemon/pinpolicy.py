@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import apsw
 
+from .. import defaults
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 
@@ -61,7 +62,7 @@ RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 IDLE_RELEASE_SECONDS = 1.0
 CATCH_UP_SECONDS = 0.02  # quick extra reads to catch up with a busy writer when the WAL could reset
 YIELD_MAX_SECONDS = 10.0
-MAX_WAL_BYTES = 1 << 30  # past this, a daemon that cannot keep up stops holding the WAL back
+MAX_WAL_BYTES = defaults.MAX_WAL_MB << 20  # past this, a daemon that cannot keep up stops holding the WAL back
 PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpointer gets its way
 PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
 FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
@@ -125,7 +126,7 @@ class PinPolicy:
         if hdr is None:
             return
         caught_up = self.caught_up(hdr)
-        snap = self.pin.snapshot
+        snap = self.pin.header
         if self._let_go:
             if not caught_up:
                 self.pin.release()  # a reconcile pins its snapshot and keeps it: not while letting go

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..errors import DaemonError
 from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord, decode_txns
-from ..sqlite.capture import SnapshotReader
+from ..sqlite.capture import PinnedReader
 from ..sqlite.pagehash import new_changes
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
@@ -38,7 +38,7 @@ HOLD_OFF_FRAMES = 256  # ... and at most this many frames of the same WAL genera
 
 class Reader:
     def __init__(self, rs: ReplicationState, spool_dir: StateDir, stats: ReplicatorStats, pin: ReadPin,
-                 shm: ShmObserver, wal: WalFile, snapshots: SnapshotReader, observations: Observations,
+                 shm: ShmObserver, wal: WalFile, pinned_reader: PinnedReader, observations: Observations,
                  letting_go: Callable[[], bool]) -> None:
         self.rs = rs
         self.state = spool_dir
@@ -46,7 +46,7 @@ class Reader:
         self.pin = pin
         self.shm = shm
         self.wal = wal
-        self.snapshots = snapshots
+        self.pinned_reader = pinned_reader
         self.observations = observations
         self.letting_go = letting_go  # the pin policy reads unpinned on purpose (a WAL too big)
         self.unverified: list = []  # (WalTransaction, stamp) read but not yet vouched for
@@ -328,7 +328,7 @@ class Reader:
             return snap, position, db_pages, ts, kept, proven, diff, resize
 
         # The pin stays: it holds exactly the snapshot we are now positioned at.
-        snap, position, db_pages, ts, kept, proven, diff, resize = self.snapshots.under_snapshot(compare)
+        snap, position, db_pages, ts, kept, proven, diff, resize = self.pinned_reader.under_snapshot(compare)
         self.unverified = []
         items: list[SpooledTxn] = []
         if proven:

@@ -26,14 +26,13 @@ from .. import defaults, logs
 from ..errors import DaemonError, LeaseError, StoreUnreachable
 from ..fsutil import atomic_write
 from ..replica.lease import LEASE_SECONDS, Lease
-from ..sqlite.capture import SnapshotReader
+from ..sqlite.capture import PinnedReader
 from ..sqlite.fds import close_shared, open_shared
 from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
 from .lag import LagProbe
-from .startup import Startup
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
@@ -44,8 +43,9 @@ from .spool import (
     SpoolFull,
     StateDir,
 )
+from .startup import Startup
 from .state import ReplicationState, load_matching, save_uploaded
-from .stats import ReplicatorStats, ShipperStats  # noqa: F401 (ShipperStats: the old name)
+from .stats import ReplicatorStats
 from .uploader import Uploader
 from .waker import Waker
 
@@ -62,7 +62,7 @@ IDLE_POLL = 0.25  # fallback when inotify is quiet
 READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
-HEARTBEAT_SECONDS = 60.0
+HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
 
@@ -160,8 +160,8 @@ class Replicator:
         self.shm = ShmObserver(self.db_path + "-shm")
         self.db_fd = open_shared(self.db_path)
         self.wal = WalFile(self.db_path + "-wal")
-        self.snapshots = SnapshotReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
-        self.reader = Reader(self.rs, self.state, self.stats, self.pin, self.shm, self.wal, self.snapshots,
+        self.pinned_reader = PinnedReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
+        self.reader = Reader(self.rs, self.state, self.stats, self.pin, self.shm, self.wal, self.pinned_reader,
                              self.observations, lambda: self.pin_policy.letting_go)
 
     def _close(self) -> None:
@@ -487,4 +487,3 @@ class Replicator:
         signal.signal(signal.SIGINT, handler)
 
 
-Shipper = Replicator  # the old name (the CLI and tests construct it), until the lead's merge

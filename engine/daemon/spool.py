@@ -20,17 +20,18 @@ visible LATE/RESYNC transaction once there is room again (docs/DESIGN.md, sectio
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
 import os
 import struct
 import threading
-import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
+from .. import defaults
 from ..errors import DaemonError, StateLocked
 from ..fsutil import atomic_write, fsync_dir
 from ..replica.format import TxnRecord, decode_txns
@@ -42,8 +43,8 @@ from .spoolrecord import Batch, decode_body, encode_body, txn_spans
 _REC = struct.Struct("<II")
 
 
-DEFAULT_SPOOL_LIMIT = 4 << 30  # bytes of spool waiting for upload (hours of a busy database)
-DEFAULT_MIN_FREE = 256 << 20  # never take the spool's filesystem below this much free space
+DEFAULT_SPOOL_LIMIT = defaults.SPOOL_LIMIT_BYTES
+DEFAULT_MIN_FREE = defaults.SPOOL_MIN_FREE_BYTES
 
 
 class SpoolFull(DaemonError):

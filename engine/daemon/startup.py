@@ -154,7 +154,7 @@ class Startup:
         d.state.reset()
         base_txid = PROVISIONAL_BASE_TXID if found is None else found.max_txid + 1
         tmp = os.path.join(d.state.path, "snapshot.tmp")
-        base = write_base_snapshot(d.snapshots, tmp, d.rs.db_id, base_txid)
+        base = write_base_snapshot(d.pinned_reader, tmp, d.rs.db_id, base_txid)
         # The pin stays: its read transaction holds the WAL at exactly the snapshot's point, so
         # every commit after it is still in the WAL when the tail reads on from there, however
         # long the snapshot takes to upload.  (Releasing it here let the app's checkpoints

@@ -57,4 +57,3 @@ class ReplicatorStats:
         return max(0, self.last_txid - self.uploaded_txid)
 
 
-ShipperStats = ReplicatorStats  # the old name, until callers move

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-from array import array
 import threading
 import time
+from array import array
 from typing import Any, Protocol
 
-from ..errors import DaemonError, LeaseError, ObjectConflict, ObjectCorrupt, StoreUnreachable
+from ..errors import (
+    DaemonError,
+    LeaseError,
+    ObjectConflict,
+    ObjectCorrupt,
+    StoreUnreachable,
+)
 from ..logs import brief
 from ..replica import layout
 from ..replica.format import SegmentWriter, decode_segment, decode_txns

@@ -41,6 +41,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 
+from .. import defaults
 from ..errors import ForeignReplica, LeaseError, LeaseHeld, LeaseLost, ObjectNotFound  # noqa: F401
 from ..storage import Storage
 from ..timeparse import format_us
@@ -48,7 +49,7 @@ from . import layout
 
 log = logging.getLogger("walrewind.lease")
 
-LEASE_SECONDS = 300.0
+LEASE_SECONDS = defaults.LEASE_SECONDS
 LEASE_VERSION = 1
 _EPOCH_RE = re.compile(r"lease/([0-9a-f]{16})")
 _RENEWAL_RE = re.compile(r"lease/renewals/([0-9a-f]{16})-([0-9a-f]{16})")

@@ -29,7 +29,7 @@ class CheckpointerWaiting(WalrewindError):
     """Raised inside a full-database scan when an application checkpoint waits for our pin."""
 
 
-class SnapshotReader:
+class PinnedReader:
     def __init__(self, pin: ReadPin, shm: ShmObserver, wal: WalFile, db_fd: int, stats) -> None:
         self.pin = pin
         self.shm = shm

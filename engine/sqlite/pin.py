@@ -43,7 +43,7 @@ class ReadPin:
         # checkpoint and reuse frames we read, so what we made of them must be durable first.
         self._before_release = before_release
         self._active: int | None = None
-        self.snapshot: ShmHeader | None = None
+        self.header: ShmHeader | None = None  # the wal-index header the read transaction sees
         self.since = 0.0
 
     @property
@@ -83,7 +83,7 @@ class ReadPin:
                 self._before_release()
             self._conns[self._active].execute("COMMIT")
         self._active = idle
-        self.snapshot = snapshot
+        self.header = snapshot
         self.since = time.monotonic()
         return snapshot
 
@@ -93,7 +93,7 @@ class ReadPin:
                 self._before_release()
             self._conns[self._active].execute("COMMIT")
             self._active = None
-            self.snapshot = None
+            self.header = None
 
     def pragma(self, name: str) -> int:
         conn = self._conns[self._active if self._active is not None else 0]
