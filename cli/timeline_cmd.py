@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..engine.errors import ReplicaEmpty, TimestampError
-from ..engine.replica.format import FLAG_LATE, FLAG_RESYNC
+from ..engine.replica.format import FLAG_LATE, FLAG_RESYNC, FLAG_STAMP_LATE, LATE_FLAGS
 from ..engine.restore.planning import window_text
 from ..engine.timeparse import format_us
 from ..engine.workspace.recovery import parse_target
@@ -78,8 +78,10 @@ def timeline_command(src, by, since, until, tables, as_json):
         if as_json:
             emit_json({"source": name, "replica": replica.storage.url, "window": window, "by": by, "transactions": [
                 {"txid": t.txid, "commit_time": format_us(t.commit_us), "pages": t.pages, "db_pages": t.db_pages,
-                 "resync": bool(t.flags & FLAG_RESYNC), "late": bool(t.flags & FLAG_LATE),
-                 **({"tables": list(t.tables)} if tables else {})} for t in rows]})
+                 "resync": bool(t.flags & FLAG_RESYNC), "late": bool(t.flags & LATE_FLAGS),
+                 # a late stamp is an upper bound: the commit came after the previous transaction's
+                 **({"committed_after": format_us(prev.commit_us)} if t.flags & LATE_FLAGS and prev else {}),
+                 **({"tables": list(t.tables)} if tables else {})} for prev, t in zip([None, *rows], rows)]})
             return
         click.echo(f"{name}: {replica.storage.url}, restorable {window}")
         holes = [h for g in replica.generations for h in g.holes]
@@ -142,5 +144,7 @@ def _flags(flags: int) -> str:
     if flags & FLAG_RESYNC:
         notes.append("RESYNC")
     if flags & FLAG_LATE:
-        notes.append("late")
+        notes.append("late (after a restart)")
+    elif flags & FLAG_STAMP_LATE:
+        notes.append("late (seen late)")
     return ", ".join(notes)

@@ -37,34 +37,49 @@ FIRST_LOOK_RETRY = 32  # ... but made again after this many skips, in case the w
 class Observations:
     def __init__(self, limit: int = MAX_OBSERVATIONS) -> None:
         # (salts as one int, mxFrame, time us, iChange): in time order
-        self._seen: deque[tuple[int, int, int, int]] = deque()
+        # (salts as one key, mxFrame, time, iChange, uncertain): one per commit boundary first seen
+        self._seen: deque[tuple[int, int, int, int, bool]] = deque()
+        self.added = 0  # observations ever added (mark_uncertain counts from it)
+        self.looked_us = 0  # when the observer last read the header (the reader's looks compare)
         self._limit = limit
         self._lock = threading.Lock()  # the observer thread adds, the reader stamps
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def add(self, salts: bytes, max_frame: int, at_us: int, change: int) -> None:
+    def add(self, salts: bytes, max_frame: int, at_us: int, change: int, uncertain: bool = False) -> None:
+        """Record a look that showed commit boundary ``max_frame``; ``uncertain``: the look came
+        more than STAMP_SLACK_US after the one before it, so the commit may be that much older."""
         key = int.from_bytes(salts, "big")
         with self._lock:
             seen = self._seen
             if seen and seen[-1][0] == key and seen[-1][1] >= max_frame:
                 return  # nothing new since the last observation
-            seen.append((key, max_frame, at_us, change))
+            seen.append((key, max_frame, at_us, change, uncertain))
+            self.added += 1
             if len(seen) > self._limit:
                 seen.popleft()
 
-    def stamp(self, salt1: int, salt2: int, frame: int, fallback_us: int) -> int:
-        """The time of the first observation showing commit ``frame`` of generation (salt1, salt2)."""
+    def mark_uncertain(self, since_added: int) -> None:
+        """Every observation added after the count was ``since_added`` came after a gap."""
+        with self._lock:
+            seen = self._seen
+            for i in range(1, min(self.added - since_added, len(seen)) + 1):
+                seen[-i] = (*seen[-i][:4], True)
+
+    def stamp(self, salt1: int, salt2: int, frame: int, fallback_us: int) -> tuple[int, bool]:
+        """When commit ``frame`` of generation (salt1, salt2) was first seen, and whether that
+        time is only an upper bound (the look came after a gap; or no look showed it: the
+        reader's time ``fallback_us``, late by an unknown amount)."""
         key = (salt1 << 32) | salt2
         with self._lock:
             seen = self._seen
-            for i, (k, max_frame, at_us, _change) in enumerate(seen):
+            for i, (k, max_frame, at_us, _change, uncertain) in enumerate(seen):
                 if k == key and max_frame >= frame:
                     for _ in range(i):  # older ones only served commits already stamped
                         seen.popleft()
-                    return min(at_us, fallback_us)
-        return fallback_us
+                    return (at_us, uncertain) if at_us <= fallback_us else (fallback_us, True)
+        return fallback_us, True
 
     def change_at(self, salt1: int, salt2: int, frame: int) -> int | None:
         """SQLite's commit counter when the wal-index ended exactly at this commit, if observed.
@@ -74,7 +89,7 @@ class Observations:
         """
         key = (salt1 << 32) | salt2
         with self._lock:
-            for k, max_frame, _at, change in reversed(self._seen):
+            for k, max_frame, _at, change, _uncertain in reversed(self._seen):
                 if k == key and max_frame == frame:
                     return change
                 if k == key and max_frame < frame:
@@ -85,7 +100,7 @@ class Observations:
         """When a commit SQLite counted after counter value ``change`` was first seen (µs), if any
         observation shows one: the age of the oldest commit not yet read and spooled."""
         with self._lock:
-            for _key, _max_frame, at_us, seen_change in self._seen:
+            for _key, _max_frame, at_us, seen_change, _uncertain in self._seen:
                 if 0 < ((seen_change - change) & 0xFFFFFFFF) < 0x80000000:  # ahead, modulo wrap-around
                     return at_us
         return None
@@ -166,6 +181,7 @@ class Observer:
     def _observe_changed(self) -> bool:
         """Observe; True when the wal-index shows a commit boundary not seen before."""
         hdr = self.wal_index.header()
+        self.observations.looked_us = looked = clock.now_us()
         if hdr is None or hdr is self._last_hdr:
             return False  # the very same header bytes as at our last look: nothing to record
         self._last_hdr = hdr
@@ -173,12 +189,14 @@ class Observer:
         if seen == self._last_seen:
             return False  # only read marks or nBackfill moved
         self._last_seen = seen
-        self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
+        self.observations.add(hdr.salts, hdr.max_frame, looked, hdr.change)
         return True
 
-    def _uncertain(self, bound_us: int) -> None:
+    def _uncertain(self, bound_us: int, added_before: int) -> None:
         """A commit first seen by a timed look, or after the thread overslept: its stamp may be
-        late by up to ``bound_us``.  Counted, and logged at most once a minute."""
+        late by up to ``bound_us``.  Counted, logged at most once a minute, and its transactions
+        flagged (FLAG_STAMP_LATE) so a restore near them says so."""
+        self.observations.mark_uncertain(added_before)
         self.stats.uncertain_stamps += 1
         self.stats.max_stamp_gap_us = max(self.stats.max_stamp_gap_us, bound_us)
         self.uncertain_since_log += 1
@@ -222,6 +240,7 @@ class Observer:
         stats = self.stats
         while not stop.is_set():
             started = time.monotonic()
+            added_before = self.observations.added
             expecting = expect_until > started
             last_look = False
             if expect_until and not expecting:
@@ -248,6 +267,8 @@ class Observer:
                 else:
                     stats.wake_timeouts += 1
             now = time.monotonic()
+            if woke or expecting:  # attentive: a commit published from now on is seen within EXPECT_POLL
+                self.observations.looked_us = clock.now_us()
             overslept_us = 0 if woke else int((now - started - timeout) * 1e6)
             if stop.is_set():
                 break
@@ -278,9 +299,9 @@ class Observer:
                 expect_until = now + EXPECT_SECONDS if active else 0.0
                 if not woke and not expecting and not last_look:
                     stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
-                    self._uncertain(int(timeout * 1e6) + max(0, overslept_us))
+                    self._uncertain(int(timeout * 1e6) + max(0, overslept_us), added_before)
                 elif overslept_us > STAMP_SLACK_US:
-                    self._uncertain(overslept_us + int(timeout * 1e6))
+                    self._uncertain(overslept_us + int(timeout * 1e6), added_before)
                 self._notify()
             elif woke:
                 expect_until = now + EXPECT_SECONDS

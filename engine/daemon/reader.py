@@ -15,14 +15,20 @@ import time
 from typing import Callable
 
 from ..errors import DaemonError
-from ..replica.format import FLAG_LATE, FLAG_RESYNC, TxnRecord, decode_txns
+from ..replica.format import (
+    FLAG_LATE,
+    FLAG_RESYNC,
+    FLAG_STAMP_LATE,
+    TxnRecord,
+    decode_txns,
+)
 from ..sqlite.capture import PinnedReader
 from ..sqlite.pagehash import new_changes
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from . import clock
-from .observer import Observations
+from .observer import STAMP_SLACK_US, Observations
 from .spool import SpooledTxn, StateDir
 from .state import ReplicationState
 from .stats import ReplicatorStats
@@ -49,7 +55,7 @@ class Reader:
         self.pinned_reader = pinned_reader
         self.observations = observations
         self.letting_go = letting_go  # the pin policy reads unpinned on purpose (a WAL too big)
-        self.unverified: list = []  # (WalTransaction, stamp) read but not yet vouched for
+        self.unverified: list = []  # (WalTransaction, stamp, stamp only a bound) read but not yet vouched for
         self.last_commit_mono = time.monotonic()
         self.spooled_through_us = 0  # everything committed before this was spooled
         self._hold: tuple[int, int, int, float] | None = None  # see hold_off()
@@ -75,7 +81,11 @@ class Reader:
         """
         hdr = self.shm.header()
         if hdr is not None:
-            self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
+            now = clock.now_us()
+            # A commit the observer has not seen yet: it was starved (or polling) and the commit
+            # may be as old as its last look.  A commit it has seen is not added again.
+            late = now - self.observations.looked_us > STAMP_SLACK_US
+            self.observations.add(hdr.salts, hdr.max_frame, now, hdr.change, uncertain=late)
         return hdr
 
     def read_pass(self) -> int:
@@ -155,7 +165,7 @@ class Reader:
         if result.transactions:
             self.last_commit_mono = time.monotonic()
         for txn in result.transactions:
-            self.unverified.append((txn, self.observations.stamp(txn.end.salt1, txn.end.salt2, txn.end.frame, ts)))
+            self.unverified.append((txn, *self.observations.stamp(txn.end.salt1, txn.end.salt2, txn.end.frame, ts)))
             self.stats.wal_bytes += txn.frames * (24 + self.rs.page_size)
         if result.position is not None and result.position.cksum is not None:
             if result.transactions or result.generation != "empty":
@@ -187,7 +197,7 @@ class Reader:
         if self.rs.verified_pos is not None and self._matches(hdr, self.rs.verified_pos):
             count = 0
         else:
-            count = next((n + 1 for n, (txn, _) in enumerate(self.unverified) if self._matches(hdr, txn.end)), None)
+            count = next((n + 1 for n, (txn, *_) in enumerate(self.unverified) if self._matches(hdr, txn.end)), None)
             if count is None:
                 return False
         advanced = (hdr.change - self.rs.anchor) & MASK
@@ -198,8 +208,9 @@ class Reader:
         if count:
             batch, self.unverified = self.unverified[:count], self.unverified[count:]
             items = [
-                self._emit(txn.pages, txn.db_pages, seen, 0, txn.end, hdr.change if n == count - 1 else None)
-                for n, (txn, seen) in enumerate(batch)
+                self._emit(txn.pages, txn.db_pages, seen, FLAG_STAMP_LATE if bound else 0, txn.end,
+                           hdr.change if n == count - 1 else None)
+                for n, (txn, seen, bound) in enumerate(batch)
             ]
             self.spool(items, changes=self._net(items))
             self.observe()
@@ -214,7 +225,7 @@ class Reader:
         matches neither header of its pass; without this, unverified transactions (with their
         pages) would pile up in memory until the writer paused.
         """
-        for txn, _ in reversed(self.unverified):
+        for txn, *_ in reversed(self.unverified):
             end = txn.end
             change = self.observations.change_at(end.salt1, end.salt2, end.frame)
             if change is not None:
@@ -312,7 +323,7 @@ class Reader:
                 for txn in self.wal.read(self.rs.pos, published=(snap.salts, snap.max_frame), vouched=True).transactions:
                     if (txn.end.salt1, txn.end.salt2) == (snap.salt1, snap.salt2) and txn.end.frame > snap.max_frame:
                         break
-                    kept.append((txn, ts))
+                    kept.append((txn, ts, True))  # never observed: stamped now, late
             if kept:
                 last = kept[-1][0].end
                 at_snapshot = (last.salt1, last.salt2, last.frame) == (snap.salt1, snap.salt2, snap.max_frame)
@@ -321,7 +332,7 @@ class Reader:
             proven = self.rs.anchor is not None and at_snapshot and ((snap.change - self.rs.anchor) & MASK) == len(kept)
             expected = self.rs.hashes.copy()
             if proven:
-                for txn, _ in kept:
+                for txn, *_ in kept:
                     expected.apply(txn.pages, txn.db_pages)
             diff = {pgno: data for pgno, data in pages() if expected.differs(pgno, data)}
             resize = db_pages != expected.db_pages
@@ -332,9 +343,9 @@ class Reader:
         self.unverified = []
         items: list[SpooledTxn] = []
         if proven:
-            flags = FLAG_LATE if late else 0
-            for n, (txn, seen) in enumerate(kept):
+            for n, (txn, seen, bound) in enumerate(kept):
                 change = snap.change if n == len(kept) - 1 else None
+                flags = FLAG_LATE if late else FLAG_STAMP_LATE if bound else 0
                 items.append(self._emit(txn.pages, txn.db_pages, ts if late else seen, flags, txn.end, change))
         elif kept:
             log.warning("%d transactions cannot be proven complete; folding them into a RESYNC", len(kept))

@@ -38,6 +38,10 @@ _REQUIRED_SNAPSHOT = ("page_size", "page_count")
 
 FLAG_RESYNC = 1  # history before this record was not observed; pages are the difference
 FLAG_LATE = 2  # commit time is only bounded: observed after a daemon restart
+# The daemon saw this commit late (starved of CPU, or only when it read the WAL): it committed after
+# the previous transaction's commit time and at or before this record's.  Restores say so.
+FLAG_STAMP_LATE = 4
+LATE_FLAGS = FLAG_LATE | FLAG_STAMP_LATE  # either way, the commit time is an upper bound
 
 
 @dataclass
@@ -210,13 +214,11 @@ class SnapshotWriter:
     the *compressed* bytes.
     """
 
-    def __init__(self, path: str | None, level: int = ZSTD_LEVEL) -> None:
-        """``path`` None: the payload stays in memory and :meth:`finish_bytes` returns the
-        object (for small segments: no staging files).  ``level``: zstd's (any level decodes)."""
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._payload_path = path + ".payload" if path is not None else None
-        self._payload = open(self._payload_path, "w+b") if self._payload_path else io.BytesIO()
-        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
+        self._payload_path = path + ".payload"
+        self._payload = open(self._payload_path, "w+b")
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
         self.payload_len = 0
 
     def add_pages(self, data: bytes) -> None:
@@ -226,15 +228,7 @@ class SnapshotWriter:
 
     def abort(self) -> None:
         self._payload.close()
-        if self._payload_path:
-            os.unlink(self._payload_path)
-
-    def finish_bytes(self, header: dict) -> bytes:
-        """The whole segment object, built in memory (a writer made with ``path`` None)."""
-        self._compress_pending()
-        self._payload.write(self._compressor.flush())
-        full = dict(header, raw_length=self.raw_length, txn_count=self.count)
-        return _envelope(SEGMENT_MAGIC, full, self._payload.getvalue())
+        os.unlink(self._payload_path)
 
     def finish(self, header: dict) -> int:
         """Write the object to ``path`` (fsynced); returns its size."""

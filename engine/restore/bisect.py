@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import QueryFailed, RestoreError, UsageError
-from ..replica.format import FLAG_LATE, FLAG_RESYNC
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, FLAG_STAMP_LATE, LATE_FLAGS
 from ..replica.index import Replica
 from ..storage import Storage
 from ..timeparse import format_us
@@ -91,7 +91,7 @@ class BisectOutcome:
             "before": self.before.to_json(),
             "after": self.after.to_json() if self.after is not None else None,
             "resync": bool(self.flags & FLAG_RESYNC),
-            "late": bool(self.flags & FLAG_LATE),
+            "late": bool(self.flags & LATE_FLAGS),
             "since": {"txid": r.since_txid, "committed_at": format_us(r.since_us)},
             "until": {"txid": r.until_txid, "committed_at": format_us(r.until_us)},
             "transactions": r.transactions,
@@ -231,5 +231,9 @@ def _caveats(outcome: BisectOutcome, previous_us: int) -> list[str]:
     elif outcome.flags & FLAG_LATE:
         out.append(
             f"transaction {outcome.txid} was read after a daemon restart: it committed after {format_us(previous_us)} "
+            f"and at or before {format_us(outcome.commit_us)}")  # type: ignore[arg-type]
+    elif outcome.flags & FLAG_STAMP_LATE:
+        out.append(
+            f"transaction {outcome.txid} was seen late by the daemon: it committed after {format_us(previous_us)} "
             f"and at or before {format_us(outcome.commit_us)}")  # type: ignore[arg-type]
     return out
