@@ -10,9 +10,9 @@ one segment per simulated second holding ``--rate`` transactions, each an in-pla
 pages (mean 1.8) of a real SQLite database (4 KiB pages, ``--pages`` initially, JSON-ish text rows
 plus an index; a real INSERT of 20 rows every simulated minute grows it slowly), every record with
 its correct database checksum, so every restore below is verified (checksum + quick_check).  The
-maintenance scheduler (engine/maintenance.py) runs on the simulated clock as history grows, with
+maintenance scheduler (engine/maintenance/scheduler.py) runs on the simulated clock as history grows, with
 its default policy (snapshot after 24 h or when the segments since the newest snapshot exceed 4x
-its size, compressed) and retention (engine/retention.prune, ``--keep-hours`` exact window, no
+its size, compressed) and retention (engine/maintenance/retention.prune, ``--keep-hours`` exact window, no
 tiers) so the disk stays bounded; bytes written are counted before anything is pruned.
 
 Measured at the 1-hour mark and at the end (medians of ``--runs``): restore latest (one sample,
@@ -191,7 +191,7 @@ def _run(args, base: str) -> dict:
     peak = max(peak, du(storage.root))
     if args.compaction and "1h_back" in points[f"{seconds / 3600:g}h"]:
         if importlib.util.find_spec("walrewind.engine.maintenance.compaction") is None:
-            log("engine/compaction.py is not there; --compaction skipped")
+            log("engine/maintenance/compaction.py is not there; --compaction skipped")
         else:
             from walrewind.engine.maintenance import compaction
 

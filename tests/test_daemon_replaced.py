@@ -64,7 +64,7 @@ def test_a_replaced_file_ends_the_old_history_and_starts_a_new_generation(tmp_pa
     try:
         daemon.wait_for("replicating app")
         before = datetime.now(timezone.utc)
-        for suffix in ("-wal", "-shm"):  # what `cp backup.db app.db` after stopping the app leaves
+        for suffix in ("-wal", "-shm"):  # a backup moved into place, its stale -wal/-shm removed
             if os.path.exists(db + suffix):
                 os.unlink(db + suffix)
         os.replace(other, db)

@@ -1,13 +1,15 @@
 """Noticing that the database file under a running daemon is no longer the one it opened.
 
-A restore copied over the live database, a deploy that replaces the file, a ``rm``: the daemon
+A backup moved over the live database, a deploy that replaces the file, a ``rm``: the daemon
 keeps its descriptors on the old (deleted) files and would ship nothing more, silently.  The fleet
 compares each database's file identity (device, inode, and whether it still holds a database)
-with the one its daemon started on, every tick; on a change it says so loudly and restarts that
-database's daemon on a fresh state directory, i.e. a new generation from the new file.
+with the one its daemon started on, once a second; on a change it says so loudly and restarts that
+database's daemon with a reason to start a new generation from the new file (the state directory
+stays; the saved history is never continued).  A `cp` over the live file keeps its inode and is
+not seen here (SQLite itself cannot make sense of a file copied under its -wal).
 
 ``walrewind reseed`` uses the same restart: it leaves a request file in the daemon's state
-directory (or, with no daemon running, resets the state directory itself).
+directory; a running fleet takes it within a second, a daemon that was not running at its start.
 """
 
 from __future__ import annotations

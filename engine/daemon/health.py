@@ -1,6 +1,6 @@
 """How each database of a running ``walrewind replicate`` is doing, for other commands to read.
 
-A fleet (engine/daemon/fleet.py) rewrites ``<state root>/walrewind/fleets/<pid>.json`` whenever a
+A fleet (engine/daemon/fleet.py) rewrites ``<state root>/fleets/<pid>.json`` whenever a
 database changes state (starting, replicating, retrying after a failure with the error, the
 number of failures and when the next attempt is due, stopped) and every couple of seconds with
 each database's ``DatabaseSample`` (lag, backlog, last upload, restorable window, last drill).

@@ -97,7 +97,7 @@ class Reader:
         read.  Reading unpinned left what the read had not reached yet unprotected for as long as
         the read took: a writer faster than our read could fill the WAL, checkpoint and restart it
         meanwhile, and the new generation overwrote the old one's unread tail.  (Letting go of a
-        WAL we cannot keep up with reads unpinned on purpose, see engine/pinpolicy.py.)
+        WAL we cannot keep up with reads unpinned on purpose, see engine/daemon/pinpolicy.py.)
         """
         if not self.pin.active and not self.letting_go():
             checked_us = clock.now_us()

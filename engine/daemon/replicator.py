@@ -101,7 +101,7 @@ class Replicator:
         self.state = StateDir(state_dir or defaults.state_dir_for(self.db_path), spool_limit_bytes, spool_min_free_bytes)
         self.upload_interval = upload_interval
         self.heartbeat_interval = heartbeat_interval
-        # Fencing (engine/lease.py): ``takeover`` takes the lease from a daemon that still looks
+        # Fencing (engine/replica/lease.py): ``takeover`` takes the lease from a daemon that still looks
         # alive (or adopts a replica written for this database from another path/host).
         self.takeover = takeover
         if heartbeat_interval * 2 > lease_seconds * 0.75:
@@ -111,7 +111,7 @@ class Replicator:
             )
         self.lease = Lease(storage, self.state.path, self.db_path, lease_seconds)
         self.pin_policy = PinPolicy(self, checkpoint_frames, max_wal_bytes)
-        # Snapshots, retention, compaction, drills (engine/maintenance.py) on their own thread once
+        # Snapshots, retention, compaction, drills (engine/maintenance/scheduler.py) on their own thread once
         # the daemon is up; its status is saved as maintenance.json in the state directory.
         self.maintenance = maintenance
         self.stats = ReplicatorStats()
@@ -280,7 +280,7 @@ class Replicator:
     def hold_off(self) -> None:
         self.reader.hold_off()
 
-    # ------------------------------------------------------------------ uploading (engine/uploader.py)
+    # ------------------------------------------------------------------ uploading (engine/daemon/uploader.py)
     def upload_pending(self, final: bool = False) -> int:
         return self.uploader.upload_pending(final)
 

@@ -359,7 +359,7 @@ class S3Storage(Storage):
             # Small race: a concurrent writer that creates the key between our HEAD and our
             # complete is overwritten (last complete wins) instead of detected.  Accepted because
             # the window is one round trip, a replica normally has a single writer (the lease in
-            # engine/lease.py fences daemons), and only servers without conditional multipart
+            # engine/replica/lease.py fences daemons), and only servers without conditional multipart
             # completes take this path.
             if self._exists(key):
                 self._abort(full_key, upload_id)

@@ -105,7 +105,7 @@ class DatabaseConfig:
         return "sqld namespace" if self.namespace is not None else "replicated"
 
     def retention_policy(self) -> RetentionPolicy:
-        """The RetentionPolicy this database's settings describe (engine/retention.py)."""
+        """The RetentionPolicy this database's settings describe (engine/maintenance/retention.py)."""
         return RetentionPolicy(self.retention_us, self.keep_daily, self.keep_weekly, self.keep_monthly)
 
     @property
