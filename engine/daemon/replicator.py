@@ -311,11 +311,9 @@ class Replicator:
         except BaseException:
             self._close_waker()
             raise
+        observer = None
         try:
             self._reader_ident = threading.get_ident()
-            self.startup = Startup(self, load_matching(self.state, self.db_path, self.storage.url))
-            self.startup.begin()  # with the replica: as always; without it: capture now, check later
-            self.uploader.last_beat_mono = time.monotonic()
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
@@ -325,7 +323,12 @@ class Replicator:
                 self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
                                         name="walrewind-observer", daemon=True)
+            # Observing starts before the base snapshot: the commits made while a big database is
+            # captured (seconds) are read after it, and keep the times they were first seen.
             observer.start()
+            self.startup = Startup(self, load_matching(self.state, self.db_path, self.storage.url))
+            self.startup.begin()  # with the replica: as always; without it: capture now, check later
+            self.uploader.last_beat_mono = time.monotonic()
             uploader = threading.Thread(target=logs.bound_to(self.name, self.uploader.run), name="walrewind-uploader",
                                         daemon=True)
             uploader.start()
@@ -379,6 +382,9 @@ class Replicator:
             self.lease.release()
         finally:
             self._stop.set()  # if the tail loop failed, the uploader must not go on alone
+            if observer is not None and observer.is_alive():  # the start-up failed: it was looking
+                self._waker.wake()
+                observer.join()
             self._close_waker()
             self._close()
 
