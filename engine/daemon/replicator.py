@@ -32,17 +32,13 @@ from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
+from . import clock
 from .lag import LagProbe
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
 from .reader import Reader
-from .spool import (
-    DEFAULT_MIN_FREE,
-    DEFAULT_SPOOL_LIMIT,
-    SpoolFull,
-    StateDir,
-)
+from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpoolFull, StateDir
 from .startup import Startup
 from .state import ReplicationState, load_matching, save_uploaded
 from .stats import ReplicatorStats
@@ -61,6 +57,8 @@ IDLE_POLL = 0.25  # fallback when inotify is quiet
 # and an fsync, and the pin keeps the frames, stamped by the observer.  DESIGN.md section 2.
 READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
+BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
+QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once
 FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
 HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
@@ -181,6 +179,7 @@ class Replicator:
 
     def stop(self) -> None:
         self._stop.set()
+        self.uploader.soon.set()
         with self._waker_lock:
             if not self._waker_closed:  # never write to a descriptor number that may be reused
                 self._waker.wake()
@@ -429,6 +428,9 @@ class Replicator:
                     if time.monotonic() - self._last_flush >= FSYNC_SECONDS:
                         self.state.flush()
                         self._last_flush = time.monotonic()
+                    if (self.state.current_bytes() >= BURST_UPLOAD_BYTES and not ob.new_commits
+                            and clock.now_us() - self.stats.last_commit_us > QUIET_US):
+                        self.uploader.soon.set()  # a burst just ended: ship it now, not at the next interval
                     continue
             except SpoolFull as exc:
                 self._enter_overflow(exc)

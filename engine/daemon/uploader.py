@@ -100,6 +100,10 @@ class Uploader:
         self._backoff = 0.0
         self._next_attempt = 0.0  # monotonic time before which no full upload is tried (backing off)
         self.outage: Outage | None = None  # the replica is not taking uploads since ...
+        # Set by the reader when a burst has just ended (a large spool file, the writer quiet):
+        # upload now instead of at the next interval, so the burst's last commit is restorable
+        # at once.  A steady writer never sets it (never quiet), nor a slow one (small files).
+        self.soon = threading.Event()
 
     def upload_pending(self, final: bool = False, drain: bool = False) -> int:
         """Upload every sealed spool file as one segment each, in order; returns how many.
@@ -342,7 +346,7 @@ class Uploader:
         wait = 0.0 if self.shipper.pending_snapshot is not None else None  # the base snapshot at once
         if self.outage is not None:  # started without the replica (engine/daemon/startup.py)
             wait = self.outage.probe_interval()
-        while not self.shipper.wait_for_stop(self.shipper.upload_interval if wait is None else wait):
+        while not self._wait(self.shipper.upload_interval if wait is None else wait):
             wait = None
             if self.outage is not None:
                 wait = self.outage.probe_interval()
@@ -368,6 +372,12 @@ class Uploader:
                 wait = self.outage.probe_interval() if self.outage is not None else None
             else:
                 self.upload_ok()
+
+    def _wait(self, timeout: float) -> bool:
+        """Sleep until the next upload is due or the reader asks for one now; True when stopping."""
+        if self.soon.wait(timeout):
+            self.soon.clear()
+        return self.shipper.wait_for_stop(0)
 
     def _failed(self, exc: Exception) -> None:
         """An upload failed: the start of an outage (one line), or more of one (a reminder a minute).
