@@ -283,6 +283,7 @@ class Observer:
                 self._wakes_since_first_look += 1
                 expect_until = now + EXPECT_SECONDS
                 continue
+            first_look = self._last_seen is None  # the state at start: no commit just seen, no gap
             changed = self._observe_changed()
             if woke and not expecting:  # how often the look at a WAL write finds its commit
                 self._first_look_hits += ((1.0 if changed else 0.0) - self._first_look_hits) / 8
@@ -297,10 +298,11 @@ class Observer:
                     if active or not self._observe_changed():
                         break
                 expect_until = now + EXPECT_SECONDS if active else 0.0
-                if not woke and not expecting and not last_look:
-                    stats.polled_stamps += 1  # seen by a timed wake-up, not a file change
+                timed = not woke and not expecting and not last_look  # not woken by a file change
+                if timed and not first_look:
+                    stats.polled_stamps += 1
                     self._uncertain(int(timeout * 1e6) + max(0, overslept_us), added_before)
-                elif overslept_us > STAMP_SLACK_US:
+                elif overslept_us > STAMP_SLACK_US and not first_look:
                     self._uncertain(overslept_us + int(timeout * 1e6), added_before)
                 self._notify()
             elif woke:
