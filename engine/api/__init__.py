@@ -44,18 +44,18 @@ from walrewind.engine.errors import (  # noqa: F401  (re-exported: part of the A
     WalrewindError,
 )
 
-from .calls import (  # noqa: F401
-    BisectResult,
-    Mark,
-    RestoreResult,
-    Window,
-    bisect,
-    mark,
-    marks,
-    restore,
-    unmark,
-    window,
-)
+_CALLS = ("BisectResult", "Mark", "RestoreResult", "Window", "bisect", "mark", "marks", "restore", "unmark", "window")
+
+
+def __getattr__(name: str):
+    """The functions and result types, imported on first use: ``import walrewind.cli`` (every
+    command) loads this package and must not pay for them."""
+    if name in _CALLS:
+        from . import calls
+
+        return getattr(calls, name)
+    raise AttributeError(f"module 'walrewind' has no attribute {name!r}")
+
 
 __all__ = [
     "restore", "window", "bisect", "mark", "marks", "unmark", "RestoreResult", "Window", "BisectResult", "Mark",

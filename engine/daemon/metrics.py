@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from .. import defaults
@@ -161,6 +160,11 @@ class MetricsServer:
     def __init__(self, addr: str, sample: Callable[[], list[DatabaseSample]],
                  lag_budget_seconds: float = DEFAULT_LAG_BUDGET_SECONDS) -> None:
         host, port = parse_addr(addr)
+        from http.server import (  # only a daemon serving metrics
+            BaseHTTPRequestHandler,
+            ThreadingHTTPServer,
+        )
+
         import prometheus_client  # noqa: F401  (fail now, not at the first scrape, if it is missing)
 
         outer = self

@@ -177,7 +177,7 @@ class EncryptedStorage(Storage):
                 lasts.append(None)  # unknown: either
         skip = start - first * size
         plain = sum(len(p) for p in pieces) - sealed.TAG * len(pieces)
-        if sealed.DECRYPT_INTO and skip == 0 and plain <= length and pieces:
+        if sealed.decrypt_into_available() and skip == 0 and plain <= length and pieces:
             # The restore's aligned ranged reads: decrypted in place, one buffer (bytes-like) per range.
             out = bytearray(plain)
             view, pos = memoryview(out), 0

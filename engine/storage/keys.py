@@ -26,9 +26,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from ..errors import EncryptionKeyError
 
 ENV_VAR = "WALREWIND_ENCRYPTION_KEY"
@@ -39,6 +36,11 @@ _MARKER_INFO = b"walrewind marker v1"
 
 
 def _hkdf(master: bytes, info: bytes, length: int = 32) -> bytes:
+    from cryptography.hazmat.primitives import (
+        hashes,  # on first use: a plaintext replica never pays for it
+    )
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(master)
 
 

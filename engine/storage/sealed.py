@@ -20,9 +20,6 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from ..errors import EncryptionKeyError, ObjectCorrupt
 from .keys import ENV_VAR, Keyring, MasterKey
 
@@ -34,7 +31,21 @@ TAG = 16
 _HEADER = struct.Struct("<4sHBB8s8s")
 HEADER_SIZE = _HEADER.size  # 24
 _AAD_TAIL = struct.Struct("<IB")
-DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
+
+
+def _aesgcm(key: bytes):
+    """AES-GCM from `cryptography`, and the error it raises for a chunk that does not
+    authenticate; imported on first use (~40 ms): a plaintext replica never pays for it."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key), InvalidTag
+
+
+def decrypt_into_available() -> bool:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return hasattr(AESGCM, "decrypt_into")  # cryptography >= 46
 KEY_HINT = f"give it with --encryption-key-file FILE, encryption_key_file in the config, or {ENV_VAR}"
 
 
@@ -94,7 +105,7 @@ class Sealer:
 
     def __init__(self, key: MasterKey, name: str) -> None:
         self.name = name.encode("utf-8")
-        self.aead = AESGCM(key.object_key(name))
+        self.aead, _ = _aesgcm(key.object_key(name))
         self.header = _HEADER.pack(MAGIC, VERSION, CHUNK_SHIFT, 0, key.id_bytes, os.urandom(8))
         self._prefix = self.header[16:24]
 
@@ -109,13 +120,13 @@ class Opener:
     def __init__(self, keyring: Keyring | None, name: str, header: Header, where: str) -> None:
         self.header, self.where = header, where
         self.name = name.encode("utf-8")
-        self.aead = AESGCM(key_for(keyring, header.key_id, where).object_key(name))
+        self.aead, self._invalid = _aesgcm(key_for(keyring, header.key_id, where).object_key(name))
 
     def chunk(self, index: int, sealed: bytes | memoryview, last: bool) -> bytes:
         aad = self.header.raw + _AAD_TAIL.pack(index, last) + self.name
         try:
             return self.aead.decrypt(self.header.nonce_prefix + index.to_bytes(4, "big"), sealed, aad)
-        except InvalidTag:
+        except self._invalid:
             raise ObjectCorrupt(
                 f"{self.where}: chunk {index} does not authenticate under key id {self.header.key_id} "
                 "(the object was damaged, cut short, renamed or swapped for another)") from None
@@ -131,7 +142,7 @@ class Opener:
         aad = self.header.raw + _AAD_TAIL.pack(index, last) + self.name
         try:
             self.aead.decrypt_into(self.header.nonce_prefix + index.to_bytes(4, "big"), sealed, aad, out)
-        except InvalidTag:
+        except self._invalid:
             raise ObjectCorrupt(
                 f"{self.where}: chunk {index} does not authenticate under key id {self.header.key_id} "
                 "(the object was damaged, cut short, renamed or swapped for another)") from None

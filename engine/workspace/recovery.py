@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from ..daemon.health import database_health
 from ..errors import (
     ConfigError,
     MarkError,
@@ -28,7 +28,6 @@ from ..errors import (
     VerificationFailed,
 )
 from ..replica.marks import validate_mark_name
-from ..restore.drills import DrillResult
 from ..restore.planning import plan_restore
 from ..restore.restorer import Progress, RestoreResult, restore
 from ..sqlite.dbinfo import Validation, validate
@@ -36,10 +35,12 @@ from ..storage import Storage
 from ..timeparse import format_us, parse_timestamp_us
 from .catalog import Catalog, CatalogEntry, current_user, now_us
 from .config import Config, validate_name
-from .marks import resolve_mark
 from .sources import Source
 from .sqld import validate_new_namespace
-from .sqldload import Loaded, load_restored, preflight
+
+if TYPE_CHECKING:  # imported where used: a plain restore does not load marks, drills or sqld loading
+    from ..restore.drills import DrillResult
+    from .sqldload import Loaded
 
 ACCEPTED_FORMS = (
     "accepted forms: 2024-01-15T10:30:00Z, 2024-01-15T10:30:00.250Z, 2024-01-15T19:30:00+09:00, "
@@ -81,6 +82,8 @@ class Target:
         """This target with a mark's txid filled in (MarkNotFound, MarkBroken); others as they are."""
         if self.mark is None or self.txid is not None:
             return self
+        from .marks import resolve_mark
+
         return replace(self, txid=resolve_mark(storage, self.mark, self.exclusive).txid)
 
     @property
@@ -222,6 +225,10 @@ def refuse_live_database(path: str, config: Config | None) -> None:
         raise UsageError(f"refusing to write over {path}: it is inside sqld's data directory (namespace "
                          f"{config.sqld.owns(path)!r}); --force does not change that. To get a namespace back as it "
                          "was, create a new one: walrewind db create NEW --from-db NAMESPACE --timestamp T")
+    from ..daemon.health import (
+        database_health,  # here: a restore's start-up does not load the daemon
+    )
+
     daemon = database_health(path)  # what every running `walrewind replicate` says it replicates
     if daemon is not None:
         raise UsageError(f"refusing to write over {path}: a walrewind daemon (pid {daemon['pid']}) is replicating it "
@@ -349,6 +356,8 @@ def _create_namespace(config: Config, name: str, source: Source, target: Target,
     data directory, check it, then engine/workspace/sqldload.py makes it namespace NAME."""
     sqld = config.sqld
     assert sqld is not None
+    from .sqldload import load_restored, preflight
+
     validate_new_namespace(name)
     catalog = Catalog(config.catalog_path, create=True)
     history = _History(config, "create", name=name, source=source_name(source, config), replica=source.display,

@@ -19,18 +19,20 @@ Facts this relies on were checked against a real sqld 0.24.32 (docs/SQLD.md, tes
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..errors import InvalidName, SqldError
 from .config import SqldConfig
 
 # Names found on disk that we replicate (they become a replica prefix and a state directory name).
+if TYPE_CHECKING:
+    import http.client
+
 DISK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 # Names walrewind creates: a DNS label, since clients name the namespace in the Host header (and
 # host names are case-insensitive, so an upper-case namespace could not be reached).
@@ -149,6 +151,8 @@ class _Http:
         self._conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None, host: str | None = None) -> tuple[int, str]:
+        import http.client  # here: resolving a source name must not load an HTTP client (a restore's start-up)
+
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if host:
