@@ -26,3 +26,18 @@ from seaweed_server import seaweed_s3  # noqa: F401  (session fixture, re-export
 settings.register_profile("seeded", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("WALREWIND_HYPOTHESIS", "seeded"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start a real server (SeaweedFS, sqld) belong to the full suite, not the fast loop:
+    starting either costs seconds.  The fast loop keeps a local-replica test of every area."""
+    import pytest
+
+    for item in items:
+        module = os.path.basename(str(item.fspath))
+        if ("seaweed_s3" in getattr(item, "fixturenames", ()) or module.startswith("test_s3_")
+                or item.name.startswith("test_s3_") or "[s3" in item.name):
+            item.add_marker(pytest.mark.s3)
+            item.add_marker(pytest.mark.slow)
+        elif module.startswith("test_sqld") and module != "test_sqld_config.py":
+            item.add_marker(pytest.mark.slow)

@@ -134,6 +134,7 @@ def history(tmp_path_factory) -> dict:
     return steps
 
 
+@pytest.mark.slow
 def test_names_the_delete_with_its_commit_time(history):
     """The issue's scenario: bisect --json names the DELETE, committed_at within 50 ms of its COMMIT."""
     run = invoke(history["replica"], "--query", COUNT, "--json")

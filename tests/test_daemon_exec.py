@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from harness import create_db
 from walrewind.engine.replica.index import Replica
 from walrewind.engine.storage import open_storage
@@ -68,6 +69,7 @@ def test_exec_child_exit_0_means_final_sync_and_exit_0(tmp_path):
     assert Replica(open_storage(replica, create=False)).latest() is not None
 
 
+@pytest.mark.slow
 def test_exec_child_exit_code_becomes_the_exit_code(tmp_path):
     proc, _db, replica = _run(tmp_path, 5, 3)
     _out, err = proc.communicate(timeout=120)
@@ -75,6 +77,7 @@ def test_exec_child_exit_code_becomes_the_exit_code(tmp_path):
     assert _latest_rows(replica, tmp_path) == 5
 
 
+@pytest.mark.slow
 def test_sigterm_goes_to_the_child_and_its_last_write_is_shipped(tmp_path):
     proc, _db, replica = _run(tmp_path, 10, 99)
     assert proc.stdout.readline().startswith("app: wrote 10")

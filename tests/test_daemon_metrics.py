@@ -109,6 +109,7 @@ def _series(text: str, name: str) -> float | None:
     return None
 
 
+@pytest.mark.slow
 def test_replicate_exec_serves_metrics_health_and_status(tmp_path):
     import json
     import os

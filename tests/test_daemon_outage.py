@@ -52,6 +52,7 @@ def events(caplog, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "event", None) == name]
 
 
+@pytest.mark.slow
 def test_outage_lines_are_few_and_short_and_the_drain_is_immediate(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(outage_module, "REMIND_SECONDS", 1.0)
     caplog.set_level(logging.INFO, logger="walrewind")
@@ -121,6 +122,7 @@ def test_an_upload_refused_although_the_store_answers_backs_off(tmp_path, kind):
     assert waits[0] > 0.1 and max(waits) <= UPLOAD_BACKOFF_MAX and waits[-1] > UPLOAD_BACKOFF_MAX - 0.1
 
 
+@pytest.mark.slow
 def test_a_long_outage_still_cuts_the_spool_into_bounded_segments(tmp_path, monkeypatch):
     """Nothing is uploaded while the store is down, but the file being appended to is still sealed
     at SEAL_MAX_BYTES: each becomes one segment, and restores download whole segments."""

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+import pytest
 import walrewind
 from daemon_process import Daemon
 from harness import create_db, run_writer
@@ -85,6 +86,7 @@ def test_a_replaced_file_ends_the_old_history_and_starts_a_new_generation(tmp_pa
     assert ids(str(then.path)) == old_rows  # the old history is still restorable, exactly
 
 
+@pytest.mark.slow
 def test_reseed_starts_a_new_generation_of_a_running_daemon_and_waits_for_it(tmp_path):
     db, env = setup(tmp_path)
     daemon = Daemon(["replicate"], tmp_path, env)
@@ -108,6 +110,7 @@ def test_reseed_starts_a_new_generation_of_a_running_daemon_and_waits_for_it(tmp
     assert ids(str(latest.path)) == ids(db)
 
 
+@pytest.mark.slow
 def test_reseed_without_a_daemon_is_taken_at_the_next_start(tmp_path):
     db, env = setup(tmp_path, txns=5)
     daemon = Daemon(["replicate"], tmp_path, env)

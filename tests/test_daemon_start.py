@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from harness import (
     DaemonThread,
     assert_no_invented_states,
@@ -26,6 +27,7 @@ from walrewind.engine.storage.local import LocalStorage
 UPLOAD_DELAY = 2.0
 
 
+@pytest.mark.slow
 def test_start_under_writes_with_slow_snapshot_upload_loses_nothing(tmp_path, monkeypatch):
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
     create_db(db)

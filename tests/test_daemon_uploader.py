@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
-from harness import DaemonThread, create_db, read_log, replica_records, run_writer, wait_for
+from harness import (
+    DaemonThread,
+    create_db,
+    read_log,
+    replica_records,
+    run_writer,
+    wait_for,
+)
 
 
 def test_a_burst_is_uploaded_once_the_writer_is_quiet_not_at_the_next_interval(tmp_path):

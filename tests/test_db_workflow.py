@@ -662,6 +662,7 @@ def test_replicate_config_runs_every_database_and_stops_with_a_final_sync(tmp_pa
         assert read_rows(str(tmp_path / "data" / "databases" / f"{name}-latest.db"), "SELECT count(*) FROM customers") == [[rows]]
 
 
+@pytest.mark.slow
 def test_replicate_config_keeps_the_others_shipping_while_one_database_fails(tmp_path):
     """A database that cannot be replicated (not in WAL mode) is retried with backoff and reported
     (a log line, `db show`); the others ship as usual.  SIGTERM while it still fails: exit 1 naming

@@ -11,6 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_docker_static_checks_pass_and_cover_the_healthcheck():
     done = subprocess.run(["bash", os.path.join(ROOT, "docker", "check.sh")], capture_output=True, text=True, timeout=120)

@@ -184,6 +184,7 @@ def every_command_through_a_config(tmp_path, url: str, key: str, env: dict) -> s
     return out + res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_local_replica_holds_no_plaintext_and_restores_only_with_the_key(tmp_path):
     env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg"))
     env.pop("WALREWIND_ENCRYPTION_KEY", None)
