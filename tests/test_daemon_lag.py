@@ -6,12 +6,11 @@ import threading
 import time
 from types import SimpleNamespace
 
-from harness import create_db, read_log, run_writer, wait_for
-from test_daemon_outage import Switchable
+from harness import read_log, run_writer, wait_for
+from test_daemon_outage import switchable_daemon
 from test_daemon_spool import PAGE, make_items
 from walrewind.engine.daemon.lag import LagProbe
 from walrewind.engine.daemon.observer import Observations
-from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.spool import StateDir
 from walrewind.engine.daemon.stats import ReplicatorStats
 
@@ -60,12 +59,8 @@ def test_counter_wraps_around(tmp_path):
 
 
 def test_lag_of_a_running_daemon_grows_in_an_outage_and_returns_to_zero(tmp_path):
-    db, log, replica = str(tmp_path / "app.db"), str(tmp_path / "log"), str(tmp_path / "replica")
-    create_db(db)
-    store = Switchable(replica)
-    daemon = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1)
-    thread = threading.Thread(target=daemon.run)
-    thread.start()
+    log = str(tmp_path / "log")
+    db, store, daemon, thread = switchable_daemon(tmp_path, 0.1)
     try:
         assert daemon.ready.wait(30)
         assert daemon.lag_seconds() == 0.0 and daemon.phase == "replicating"

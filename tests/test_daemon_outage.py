@@ -48,6 +48,17 @@ class Switchable(LocalStorage):
         super().probe()
 
 
+
+def switchable_daemon(tmp_path, upload_interval: float):
+    """A new database, its replica behind a switch, and a daemon on them (started; not yet ready)."""
+    db = str(tmp_path / "app.db")
+    create_db(db)
+    store = Switchable(str(tmp_path / "replica"))
+    daemon = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=upload_interval)
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    return db, store, daemon, thread
+
 def events(caplog, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "event", None) == name]
 
@@ -56,12 +67,8 @@ def events(caplog, name: str) -> list[logging.LogRecord]:
 def test_outage_lines_are_few_and_short_and_the_drain_is_immediate(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(outage_module, "REMIND_SECONDS", 1.0)
     caplog.set_level(logging.INFO, logger="walrewind")
-    db, log = str(tmp_path / "app.db"), str(tmp_path / "log")
-    create_db(db)
-    store = Switchable(str(tmp_path / "replica"))
-    daemon = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.2)
-    thread = threading.Thread(target=daemon.run)
-    thread.start()
+    log = str(tmp_path / "log")
+    db, store, daemon, thread = switchable_daemon(tmp_path, 0.2)
     try:
         assert daemon.ready.wait(30)
         store.down = True
@@ -131,12 +138,8 @@ def test_a_long_outage_still_cuts_the_spool_into_bounded_segments(tmp_path, monk
     from walrewind.engine.storage import open_storage
 
     monkeypatch.setattr(uploader, "SEAL_MAX_BYTES", 64 << 10)
-    db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
-    create_db(db)
-    store = Switchable(replica)
-    daemon = Replicator(db, store, state_dir=str(tmp_path / "state"), upload_interval=0.1)
-    thread = threading.Thread(target=daemon.run)
-    thread.start()
+    replica = str(tmp_path / "replica")
+    db, store, daemon, thread = switchable_daemon(tmp_path, 0.1)
     try:
         assert daemon.ready.wait(30)
         store.down = True

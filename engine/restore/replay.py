@@ -37,7 +37,7 @@ from ..errors import (
     WalrewindError,
 )
 from ..replica import layout
-from ..replica.format import FLAG_LATE, FLAG_RESYNC, FLAG_STAMP_LATE, record_pages
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, LATE_FLAGS, record_pages
 from ..replica.index import Replica
 from ..replica.snapshotfile import SnapshotStream
 from ..storage import Storage
@@ -331,17 +331,13 @@ class Replay:
                     f"the replica has no record of changes between {format_us(previous)} and "
                     f"{format_us(past.commit_ts_us)} (history gap, repaired by a resync at txid {past.txid}); "
                     "restored the last point before the gap")
-            elif past.flags & FLAG_LATE:
+            elif past.flags & LATE_FLAGS:
                 self.inexact = True
+                why = ("was read after a daemon restart" if past.flags & FLAG_LATE else
+                       "was seen late by the daemon (starved of CPU, or found only when it read the WAL)")
                 self.warnings.append(
-                    f"transaction {past.txid} was read after a daemon restart: it committed between "
-                    f"{format_us(previous)} and {format_us(past.commit_ts_us)}, so the target may be missing it")
-            elif past.flags & FLAG_STAMP_LATE:
-                self.inexact = True
-                self.warnings.append(
-                    f"transaction {past.txid} was seen late by the daemon (starved of CPU, or found only when it "
-                    f"read the WAL): it committed between {format_us(previous)} and {format_us(past.commit_ts_us)}, "
-                    "so the target may be missing it")
+                    f"transaction {past.txid} {why}: it committed between {format_us(previous)} and "
+                    f"{format_us(past.commit_ts_us)}, so the target may be missing it")
         if self.target_txid is not None and plan.exact and final.txid != self.target_txid:
             raise RestoreError(f"transaction {self.target_txid} was not found in {self.storage.url} "
                                f"(history ends at {final.txid})")
