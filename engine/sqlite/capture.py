@@ -10,19 +10,25 @@ backfill altogether), so the result is page-exact for the snapshot.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from typing import Callable, Iterator
 
 from ..errors import WalrewindError
 from .pin import ReadPin
 from .shm import ShmHeader, ShmObserver
-from .walfile import WalFile, WalPosition
+from .walfile import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalFile, WalPosition
 
 CAPTURE_ATTEMPTS = 5
 YIELD_CHECK_PAGES = 512
 YIELD_MAX_SECONDS = 10.0
+OVERLAY_CHUNK_FRAMES = 256  # frames read at a time to find each page's newest version (1 MB at 4 KiB)
 
 Pages = Callable[[], Iterator[tuple[int, bytes]]]
+
+
+class CaptureFailed(WalrewindError):
+    """The -wal does not hold what the wal-index vouches for (it cannot happen under our read mark)."""
 
 
 class CheckpointerWaiting(WalrewindError):
@@ -47,27 +53,38 @@ class PinnedReader:
         assert snap is not None
         page_size = self.pin.pragma("page_size")
         db_pages = self.pin.pragma("page_count")
-        overlay: dict[int, bytes] = {}
+        # pgno -> where its newest version up to the snapshot lies in the -wal: offsets, not pages,
+        # so a capture over a WAL of any length holds 1-2 small ints per page, never the WAL itself
+        overlay: dict[int, int] = {}
         position = WalPosition(snap.salt1, snap.salt2, snap.max_frame, None, page_size)
         header = self.wal.header()
         if header is not None and header.salts == snap.salts:
-            start = WalPosition(header.salt1, header.salt2, 0, header.cksum, page_size, header.big_endian)
-            position = start if snap.max_frame == 0 else position
-            # Only up to the snapshot: what the writer appended since is not ours to overlay, and
-            # reading it would make a capture under a busy writer slower the longer the WAL is.
-            for txn in self.wal.read(None, published=(snap.salts, snap.max_frame), vouched=True).transactions:
-                if txn.end.frame > snap.max_frame:
-                    break
-                overlay.update(txn.pages)
-                if txn.end.frame == snap.max_frame:
-                    position = txn.end
+            position = WalPosition(header.salt1, header.salt2, 0, header.cksum, page_size, header.big_endian)
+            # Frames 1..mxFrame are committed and vouched for by the wal-index, and our read mark
+            # keeps the writer from restarting the WAL over them while we hold the pin.  Only up to
+            # the snapshot: what the writer appended since is not ours to overlay.
+            frame_size = FRAME_HEADER_SIZE + page_size
+            for first in range(0, snap.max_frame, OVERLAY_CHUNK_FRAMES):
+                count = min(OVERLAY_CHUNK_FRAMES, snap.max_frame - first)
+                buf = self.wal.read_at(WAL_HEADER_SIZE + first * frame_size, count * frame_size)
+                if len(buf) < count * frame_size or buf[8:16] != snap.salts:
+                    raise CaptureFailed(f"the -wal is shorter than the wal-index says ({snap.max_frame} frames)")
+                for i in range(count):
+                    overlay[int.from_bytes(buf[i * frame_size : i * frame_size + 4], "big")] = (
+                        WAL_HEADER_SIZE + (first + i) * frame_size + FRAME_HEADER_SIZE)
+                if first + count == snap.max_frame:  # the snapshot's own frame: its running checksum
+                    cksum = struct.unpack_from(">2I", buf, (count - 1) * frame_size + 16)
+                    position = WalPosition(snap.salt1, snap.salt2, snap.max_frame, cksum, page_size,
+                                           header.big_endian)
 
         def pages() -> Iterator[tuple[int, bytes]]:
             for pgno in range(1, db_pages + 1):
                 if self._yields and pgno % YIELD_CHECK_PAGES == 0 and self.shm.checkpointer_waiting():
                     raise CheckpointerWaiting()
-                data = overlay.get(pgno)
-                if data is None:
+                at = overlay.get(pgno)
+                if at is not None:
+                    data = self.wal.read_at(at, page_size)
+                else:
                     data = os.pread(self.db_fd, page_size, (pgno - 1) * page_size)
                     if len(data) < page_size:
                         data = data + bytes(page_size - len(data))
