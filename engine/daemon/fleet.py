@@ -377,6 +377,11 @@ class Fleet:
         assert self.sqld is not None
         m = self._members.get(self.sqld.namespace_path(name))
         if m is None:
+            # Already gone: its file check saw the new file first and the member left as deleted.
+            if successor is not None and not self._stop.is_set():
+                new = Member(successor)
+                self._members[new.db.path] = new
+                self._start(new)
             return
         m.deleted = True
         m.successor = successor
