@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from harness import DaemonThread, create_db, read_log, replica_records, run_writer
 from walrewind.cli.main import cli
@@ -45,6 +46,7 @@ def test_commits_the_observer_never_saw_are_flagged_and_restores_near_them_say_s
     assert rows[late.txid]["late"] is True and rows[late.txid]["committed_after"]
 
 
+@pytest.mark.slow
 def test_a_healthy_observer_flags_no_commit(tmp_path):
     db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
     create_db(db)

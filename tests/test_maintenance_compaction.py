@@ -94,6 +94,7 @@ def test_every_transaction_restores_exactly_after_compaction(daemon_replica, tmp
         assert judge(out, result.page_size, txns, txns[0]["checksum"], target).exact
 
 
+@pytest.mark.slow
 def test_only_old_segments_and_never_across_a_snapshot(synthetic, tmp_path):
     storage = open_storage(synthetic.replica, create=False)
     mid = synthetic.points[len(synthetic.points) // 2 + 7]  # inside a segment

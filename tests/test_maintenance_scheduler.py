@@ -297,6 +297,7 @@ def test_on_a_replica_written_by_the_daemon(tmp_path):
     assert res.task == "drill" and res.result == "PASSED", res.detail
 
 
+@pytest.mark.slow
 def test_the_daemon_runs_maintenance_and_saves_its_status(tmp_path):
     """Wired into the daemon: a snapshot by volume is built from the replica while it replicates,
     and the result lands in maintenance.json in the state directory (what `db show` prints)."""
