@@ -30,7 +30,8 @@ def fleets_dir(environ=None) -> str:
     return os.path.join(defaults.state_root(environ), "fleets")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists on this host (ours to signal or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -85,7 +86,7 @@ def running_fleets(directory: str | None = None) -> list[dict]:
             continue
         if host != socket.gethostname():
             continue
-        if _alive(pid):
+        if pid_alive(pid):
             out.append(doc)
         else:
             try:

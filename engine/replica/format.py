@@ -44,6 +44,13 @@ FLAG_STAMP_LATE = 4
 LATE_FLAGS = FLAG_LATE | FLAG_STAMP_LATE  # either way, the commit time is an upper bound
 
 
+def why_late(flags: int) -> str:
+    """Why a record with one of LATE_FLAGS has only an upper bound for its commit time."""
+    if flags & FLAG_LATE:
+        return "was read after a daemon restart"
+    return "was seen late by the daemon (starved of CPU, or found only when it read the WAL)"
+
+
 @dataclass
 class TxnRecord:
     txid: int
@@ -165,14 +172,20 @@ def record_pages(raw: memoryview, ref: RecordRef, page_size: int) -> Iterator[tu
         off += PGNO.size + page_size
 
 
-def unpack_segment(header: dict, payload: bytes | memoryview, name: str) -> tuple[bytes, list[RecordRef]]:
-    """Decompress a verified segment payload and index its records (counts and sizes checked)."""
+def _decompress_payload(header: dict, payload: bytes | memoryview, name: str) -> bytes:
+    """A segment's records, decompressed and exactly as long as its header says."""
     try:
         raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header["raw_length"])
     except zstandard.ZstdError as exc:
         raise ObjectCorrupt(f"{name}: cannot decompress payload ({exc})") from None
     if len(raw) != header["raw_length"]:
         raise ObjectCorrupt(f"{name}: payload decompressed to {len(raw)} bytes, header says {header['raw_length']}")
+    return raw
+
+
+def unpack_segment(header: dict, payload: bytes | memoryview, name: str) -> tuple[bytes, list[RecordRef]]:
+    """Decompress a verified segment payload and index its records (counts and sizes checked)."""
+    raw = _decompress_payload(header, payload, name)
     refs = index_txns(raw, header["page_size"], name)
     if len(refs) != header["txn_count"]:
         raise ObjectCorrupt(f"{name}: holds {len(refs)} transactions, header says {header['txn_count']}")
@@ -194,12 +207,7 @@ def decode_segment_raw(blob: bytes, name: str = "segment") -> tuple[dict, bytes,
     """Like :func:`decode_segment`, also returning the verified decompressed payload, so that
     compaction can concatenate records bit for bit instead of re-encoding them."""
     header, payload = _open_envelope(blob, SEGMENT_MAGIC, name)
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header["raw_length"])
-    except zstandard.ZstdError as exc:
-        raise ObjectCorrupt(f"{name}: cannot decompress payload ({exc})") from None
-    if len(raw) != header["raw_length"]:
-        raise ObjectCorrupt(f"{name}: payload decompressed to {len(raw)} bytes, header says {header['raw_length']}")
+    raw = _decompress_payload(header, payload, name)
     records = list(decode_txns(raw, header["page_size"], name))
     if len(records) != header["txn_count"]:
         raise ObjectCorrupt(f"{name}: holds {len(records)} transactions, header says {header['txn_count']}")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import QueryFailed, RestoreError, UsageError
-from ..replica.format import FLAG_LATE, FLAG_RESYNC, FLAG_STAMP_LATE, LATE_FLAGS
+from ..replica.format import FLAG_RESYNC, LATE_FLAGS, why_late
 from ..replica.index import Replica
 from ..storage import Storage
 from ..timeparse import format_us
@@ -228,12 +228,8 @@ def _caveats(outcome: BisectOutcome, previous_us: int) -> list[str]:
             f"transaction {outcome.txid} is a RESYNC: the daemon did not observe the database between "
             f"{format_us(previous_us)} and {format_us(outcome.commit_us)} (history repaired as one transaction), so the "
             "change was made by one of an unknown number of commits in that stretch")  # type: ignore[arg-type]
-    elif outcome.flags & FLAG_LATE:
+    elif outcome.flags & LATE_FLAGS:
         out.append(
-            f"transaction {outcome.txid} was read after a daemon restart: it committed after {format_us(previous_us)} "
-            f"and at or before {format_us(outcome.commit_us)}")  # type: ignore[arg-type]
-    elif outcome.flags & FLAG_STAMP_LATE:
-        out.append(
-            f"transaction {outcome.txid} was seen late by the daemon: it committed after {format_us(previous_us)} "
+            f"transaction {outcome.txid} {why_late(outcome.flags)}: it committed after {format_us(previous_us)} "
             f"and at or before {format_us(outcome.commit_us)}")  # type: ignore[arg-type]
     return out

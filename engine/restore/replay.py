@@ -37,7 +37,7 @@ from ..errors import (
     WalrewindError,
 )
 from ..replica import layout
-from ..replica.format import FLAG_LATE, FLAG_RESYNC, LATE_FLAGS, record_pages
+from ..replica.format import FLAG_LATE, FLAG_RESYNC, LATE_FLAGS, record_pages, why_late
 from ..replica.index import Replica
 from ..replica.snapshotfile import SnapshotStream
 from ..storage import Storage
@@ -333,10 +333,8 @@ class Replay:
                     "restored the last point before the gap")
             elif past.flags & LATE_FLAGS:
                 self.inexact = True
-                why = ("was read after a daemon restart" if past.flags & FLAG_LATE else
-                       "was seen late by the daemon (starved of CPU, or found only when it read the WAL)")
                 self.warnings.append(
-                    f"transaction {past.txid} {why}: it committed between {format_us(previous)} and "
+                    f"transaction {past.txid} {why_late(past.flags)}: it committed between {format_us(previous)} and "
                     f"{format_us(past.commit_ts_us)}, so the target may be missing it")
         if self.target_txid is not None and plan.exact and final.txid != self.target_txid:
             raise RestoreError(f"transaction {self.target_txid} was not found in {self.storage.url} "

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from .. import defaults
-from ..daemon.health import running_fleets
+from ..daemon.health import pid_alive, running_fleets
 from ..errors import MarkBroken, MarkError, RestoreError
 from ..replica.index import Replica
 from ..replica.lease import Holder
@@ -84,16 +84,6 @@ def _lease_holder(storage: Storage) -> Holder | None:
     return holder if holder.host == socket.gethostname() else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_database(source: Source, config: Config | None, storage: Storage) -> LiveDatabase:
     """Where the database of ``source`` lives on this host and where its daemon keeps state."""
     db = source.database
@@ -122,7 +112,7 @@ def live_database(source: Source, config: Config | None, storage: Storage) -> Li
     else:
         state_dir = defaults.state_dir_for(path)
     pid = int(entry["pid"]) if entry is not None else None
-    if pid is None and ours is not None and not ours.released and _alive(ours.pid):
+    if pid is None and ours is not None and not ours.released and pid_alive(ours.pid):
         pid = ours.pid  # a daemon without a fleet health file (embedded in an application, tests)
     return LiveDatabase(path, state_dir, pid)
 

@@ -321,8 +321,7 @@ def create_database(
                                  progress=progress, load_method=load_method, check=check)
     validate_name(name)
     catalog = Catalog(config.catalog_path, create=True)
-    history = _History(config, "create", name=name, source=source_name(source, config), replica=source.display,
-                       target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed)
+    history = _create_history(config, name, source, target, reason)
     reserved = False
     try:
         target = _resolve(source, target, history)
@@ -360,8 +359,7 @@ def _create_namespace(config: Config, name: str, source: Source, target: Target,
 
     validate_new_namespace(name)
     catalog = Catalog(config.catalog_path, create=True)
-    history = _History(config, "create", name=name, source=source_name(source, config), replica=source.display,
-                       target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed)
+    history = _create_history(config, name, source, target, reason)
     out_path = sqld.namespace_path(name)
     tmp = os.path.join(config.databases_dir, f".{name}.namespace-{os.getpid()}.db")
     reserved = keep_tmp = False
@@ -400,6 +398,12 @@ def _create_namespace(config: Config, name: str, source: Source, target: Target,
     history.write("ok", restored_txid=result.txid, restored_commit_us=result.commit_us)
     recovery.warnings = history.warnings
     return recovery
+
+
+def _create_history(config: Config, name: str, source: Source, target: Target, reason: str | None) -> _History:
+    """The history entry of a `db create` (into a file or a sqld namespace), written as it ends."""
+    return _History(config, "create", name=name, source=source_name(source, config), replica=source.display,
+                    target_txid=target.txid, target_us=target.us, reason=reason, target_input=target.typed)
 
 
 def _resolve(source: Source, target: Target, history: _History) -> Target:

@@ -21,6 +21,7 @@ from typing import Callable
 from ..daemon.dbwatch import RESEED_REQUEST, request_reseed
 from ..errors import DaemonError
 from ..replica.index import Replica
+from ..storage import Storage
 from .config import Config
 from .marks import live_database
 from .sources import Source
@@ -40,15 +41,16 @@ class Reseeded:
                 "new_generation": self.new_generation, "pending": self.daemon_pid is None}
 
 
-def _newest_generation(source: Source) -> str | None:
-    gens = [g.id for g in Replica(source.storage()).generations if g.snapshots]
+def _newest_generation(storage: Storage) -> str | None:
+    gens = [g.id for g in Replica(storage).generations if g.snapshots]
     return max(gens) if gens else None
 
 
 def reseed(source: Source, config: Config | None, *, reason: str = "walrewind reseed",
            timeout: float = RESEED_TIMEOUT_SECONDS, waiting: Callable[[str], None] | None = None) -> Reseeded:
-    live = live_database(source, config, source.storage())
-    old = _newest_generation(source)
+    storage = source.storage()  # one client for the whole wait (an S3 one is costly to make)
+    live = live_database(source, config, storage)
+    old = _newest_generation(storage)
     os.makedirs(live.state_dir, mode=0o700, exist_ok=True)
     request = request_reseed(live.state_dir, reason)
     if live.daemon_pid is None:
@@ -63,7 +65,7 @@ def reseed(source: Source, config: Config | None, *, reason: str = "walrewind re
                 f"walrewind daemon pid {live.daemon_pid} did not take the request within {timeout:g} s (only "
                 f"`walrewind replicate` watches {os.path.join(live.state_dir, RESEED_REQUEST)}); nothing changed")
         time.sleep(0.1)  # polling another process's state: no event to wait on
-    while (new := _newest_generation(source)) == old:
+    while (new := _newest_generation(storage)) == old:
         if time.monotonic() > deadline:
             raise DaemonError(f"walrewind daemon pid {live.daemon_pid} took the request but no new generation reached "
                               f"{source.display} within {timeout:g} s; see the daemon's log")
