@@ -304,6 +304,13 @@ def target_at_fraction(replicated: dict, fraction: float, whole_second: bool) ->
     return target
 
 
+def exact_or_stamped_late(result) -> bool:
+    """``result.exact``, or not only because a transaction next to the target was seen late by
+    the daemon (FLAG_STAMP_LATE: its observer starved on a loaded box), which the restore must
+    then say.  The restored state itself is still judged against the writer's log."""
+    return result.exact or (bool(result.warnings) and all("was seen late by the daemon" in w for w in result.warnings))
+
+
 def check_restore_at_fraction(replicated: dict, out: str, fraction: float, whole_second: bool) -> None:
     """restore(T) is exact for T at ``fraction`` of the restorable window (optionally a whole second).
 
@@ -321,7 +328,7 @@ def check_restore_at_fraction(replicated: dict, out: str, fraction: float, whole
     assert actual == txns[expected]["checksum"], (
         f"target {format_us(target)}: expected the state after commit {expected}, restored txn {v.restored_index}"
     )
-    assert result.exact and result.quick_check == "ok", result
+    assert exact_or_stamped_late(result) and result.quick_check == "ok", result
     assert v.exact, (
         f"target {target}: restored state of txn {v.restored_index}, allowed {v.allowed}; the restore is exact "
         f"to the stamps, but stamps lag commits by up to {replicated['points'].worst_lag_us(txns) / 1000:.1f} ms"
@@ -349,4 +356,4 @@ def check_restore_window_edges(replicated: dict, out_dir: str) -> None:
     first = os.path.join(out_dir, "first.db")
     result = restore(storage, first, target_us=earliest)
     assert f"{checksum_file(first, result.page_size):016x}" == txns[0]["checksum"]
-    assert result.exact and result.quick_check == "ok", result
+    assert exact_or_stamped_late(result) and result.quick_check == "ok", result
