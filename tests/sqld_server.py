@@ -402,12 +402,21 @@ def expected_row(namespace: str, seed: int, row_id: int) -> tuple[int, int, str]
     return row_id, int(digest[:8], 16), digest * 3
 
 
+BUSY_RETRIES = 20  # a write refused with SQLITE_BUSY (it did not run) is tried again this often
+
+
+def busy_retries(txns: list[dict]) -> int:
+    """How many writes sqld refused with SQLITE_BUSY before they went through."""
+    return sum(t.get("busy", 0) for t in txns)
+
+
 def run_writer(cfg: dict) -> None:
     """Insert-only transactions over Hrana at ``rate`` per second; one log line per commit.
 
     Config: port, ns, rate (0 = flat out), txns and/or duration, seed, log, stop_file.  Log lines:
-    {"i", "begin", "end", "ids"}; line 0 is the initial (empty) state.  Every request that fails
-    ends the writer with an error: a commit whose outcome is unknown would make the log useless.
+    {"i", "begin", "end", "ids"} (+ "busy": retries after SQLITE_BUSY); line 0 is the initial
+    (empty) state.  Every other failed request ends the writer with an error: a commit whose
+    outcome is unknown would make the log useless.
     """
     hrana = Hrana(cfg["port"])
     ns, seed, rate = cfg["ns"], cfg.get("seed", 0), cfg.get("rate", 0)
@@ -427,11 +436,24 @@ def run_writer(cfg: dict) -> None:
             sql = "INSERT INTO t(id, k, v) VALUES " + ", ".join("(?, ?, ?)" for _ in rows)
             args = tuple(x for row in rows for x in row)
             begin = time.time_ns() // 1000
-            hrana.pipeline(ns, [(sql, args)])
+            busy = 0
+            while True:
+                try:
+                    hrana.pipeline(ns, [(sql, args)])
+                    break
+                except SqldError as exc:
+                    # sqld's connections wait only 100 ms for a lock (a checkpoint holds it meanwhile);
+                    # the statement did not run, so retrying keeps the log exact.  Counted in the log.
+                    if "SQLITE_BUSY" not in str(exc) or busy >= BUSY_RETRIES:
+                        raise
+                    busy += 1
             end = time.time_ns() // 1000
             i += 1
             next_id += len(rows)
-            log.write(json.dumps({"i": i, "begin": begin, "end": end, "ids": [r[0] for r in rows]}) + "\n")
+            line = {"i": i, "begin": begin, "end": end, "ids": [r[0] for r in rows]}
+            if busy:
+                line["busy"] = busy
+            log.write(json.dumps(line) + "\n")
     hrana.close()
 
 

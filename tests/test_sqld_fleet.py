@@ -31,6 +31,7 @@ from harness import TEST_MARGIN_US, allowed_range
 from sqld_server import (
     TABLE_SQL,
     SqldError,
+    busy_retries,
     read_writer_log,
     rows_after,
     sqld_server,
@@ -193,7 +194,8 @@ upload_interval = 0.2
         out["rc"], out["log"], out["stop_s"] = daemon.stop()
         print(f"\nsqld fleet: pickup {out['pickup_s']:.2f} s, deleted namespace stopped after {out['gone_stop_s']:.2f} s, "
               f"db create back {out['create_s']:.2f} s, idle CPU (3 written + 2 other namespaces + 1 db) "
-              f"{out['idle_cpu']:.3f} s/s, SIGTERM -> exit {out['stop_s']:.2f} s")
+              f"{out['idle_cpu']:.3f} s/s, SIGTERM -> exit {out['stop_s']:.2f} s; writes refused busy (then retried) "
+              f"{ {ns: busy_retries(txns[ns]) for ns in WRITTEN} }")
         yield out
     finally:
         for w in writers.values():

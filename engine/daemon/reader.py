@@ -255,8 +255,8 @@ class Reader:
         return self.rs.hashes.net_changes(touched)
 
     def spool(self, items: list[SpooledTxn], allow_over_limit: bool = False, changes=None) -> None:
-        # One record per pass (a batch).  fsynced before the pin is released or handed over
-        # (ReadPin's before_release), before a seal, and at least every FSYNC_SECONDS: see
+        # One record per pass (a batch), written now and fsynced by the uploader's thread (at
+        # every seal and at least every uploader.FSYNC_SECONDS), never on this one: see
         # docs/DESIGN.md, "Grouped fsync".
         self.state.append(items, allow_over_limit, sync=False, changes=changes)
         self.stats.backlog_bytes = self.state.pending

@@ -53,13 +53,12 @@ log = logging.getLogger("walrewind.shipper")
 MASK = 0xFFFFFFFF
 IDLE_POLL = 0.25  # fallback when inotify is quiet
 # While pinned, read what was observed at most this often (or half the upload interval), unless the
-# observer reports a backlog (observer.BACKLOG_FRAMES): every pass costs a hand-over, header reads
-# and an fsync, and the pin keeps the frames, stamped by the observer.  DESIGN.md section 2.
+# observer reports a backlog (observer.BACKLOG_FRAMES): every pass costs a hand-over and header
+# reads, and the pin keeps the frames, stamped by the observer.  DESIGN.md section 2.
 READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
 QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once
-FSYNC_SECONDS = 0.25  # spool records are fsynced at least this often (and before any unpin)
 HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
@@ -131,7 +130,6 @@ class Replicator:
         self._housekeeper: threading.Thread | None = None
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
         self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
-        self._last_flush = time.monotonic()
         self._overflow_check = 0.0
         # (key, local file) of a new generation's base snapshot the uploader has not shipped yet
         self.pending_snapshot: tuple[str, str] | None = None
@@ -154,7 +152,7 @@ class Replicator:
         self.state.lock()
         # Order matters: SQLite connections first (they create the -shm), then our descriptors,
         # which stay open until every connection is closed (POSIX locks are per process).
-        self.pin = ReadPin(self.db_path, before_release=self.state.flush)
+        self.pin = ReadPin(self.db_path)
         self.shm = ShmObserver(self.db_path + "-shm")
         self.db_fd = open_shared(self.db_path)
         self.wal = WalFile(self.db_path + "-wal")
@@ -391,7 +389,7 @@ class Replicator:
         """The read stage: read what the observer saw, in batches, and apply the pin policy.
 
         Pinned, commits the observer reports are read at most every READ_DEFER_SECONDS (the pin
-        keeps their frames; one read pass, one hand-over and one fsync then serve several
+        keeps their frames; one read pass and one hand-over then serve several
         commits; their stamps were taken by the observer as they happened).  A checkpointer
         waiting for our read transaction interrupts at once.  Unpinned, anything new is pinned
         first and read at once.  With nothing reported the loop still runs the pin policy
@@ -425,9 +423,6 @@ class Replicator:
                     self.pin_policy.after_read(read_now)
                     pos = self.rs.pos
                     ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
-                    if time.monotonic() - self._last_flush >= FSYNC_SECONDS:
-                        self.state.flush()
-                        self._last_flush = time.monotonic()
                     if (self.state.current_bytes() >= BURST_UPLOAD_BYTES and not ob.new_commits
                             and clock.now_us() - self.stats.last_commit_us > QUIET_US):
                         self.uploader.soon.set()  # a burst just ended: ship it now, not at the next interval

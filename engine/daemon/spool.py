@@ -211,8 +211,7 @@ class StateDir:
         item's own changes when not given).
 
         With ``sync=False`` the records are written but fsynced only by the next :meth:`flush`
-        (or :meth:`seal`): the daemon flushes before it lets SQLite drop the frames they came from
-        (docs/DESIGN.md, "Grouped fsync").
+        (or :meth:`seal`), both run by the uploader's thread (docs/DESIGN.md, "Grouped fsync").
 
         All or nothing: raises SpoolFull (nothing appended) when the limit or the free-space floor
         would be crossed or the disk is full.  ``allow_over_limit`` lets one write past the size
@@ -228,8 +227,7 @@ class StateDir:
                 name = os.path.join(self.spool_dir, f"{items[0].record.txid:016x}.log")
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 self._current = (name, fd)
-                self._current_size = os.fstat(fd).st_size
-                fsync_dir(self.spool_dir)
+                self._current_size = os.fstat(fd).st_size  # its directory entry: fsynced by seal()
             name, fd = self._current
             start = os.fstat(fd).st_size
             try:
@@ -300,35 +298,52 @@ class StateDir:
             ) from exc
 
     def flush(self) -> bool:
-        """fsync what ``append(sync=False)`` wrote; True when there was something to sync."""
+        """fsync what ``append(sync=False)`` wrote; True when there was something to sync.
+
+        The fsync runs outside the lock, on a duplicate descriptor: an fsync can take hundreds of
+        milliseconds on a busy disk, and the reading thread appends under the lock while it holds
+        a read transaction that an application's checkpoint may be waiting for (sqld's writers
+        give up after 100 ms).  Nothing on the reading thread may wait for a disk flush.
+        """
         with self._lock:
             if not self._dirty or self._current is None:
                 return False
-            os.fsync(self._current[1])
+            fd = os.dup(self._current[1])
             self._dirty = False
-            return True
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
 
     def seal(self) -> None:
         """Close the file being appended to and mark it ready, so it is uploaded as one segment.
 
         Sealing renames ``*.log`` to ``*.sealed`` under the lock: the uploader only ever reads
         sealed files, so it can never read (or delete) a file the tailing thread still appends to.
-        Leftover ``*.log`` files from a previous run are sealed too.
+        Leftover ``*.log`` files from a previous run are sealed too.  The file is fsynced before
+        this returns (only durable records are uploaded), but outside the lock (see ``flush``):
+        sealed files are only read by the thread that sealed them, after it returns.
         """
         with self._lock:
-            if self._current is not None:
-                if self._dirty:
-                    os.fsync(self._current[1])
-                    self._dirty = False
-                os.close(self._current[1])
-                self._current = None
-                self._current_size = 0
+            detached = self._current[1] if self._current is not None else None
+            dirty = self._dirty
+            self._current = None
+            self._current_size = 0
+            self._dirty = False
             for name in os.listdir(self.spool_dir):
                 if name.endswith(".log"):
                     path = os.path.join(self.spool_dir, name)
                     os.replace(path, path[: -len(".log")] + ".sealed")
             # No directory fsync: a rename lost in a crash leaves a fsynced ``.log``, which the
             # next start seals again (its records are replayed or skipped by txid).
+        if detached is not None:
+            try:
+                if dirty:
+                    os.fsync(detached)
+            finally:
+                os.close(detached)
+            fsync_dir(self.spool_dir)  # the file's name, made by append() on the reading thread
 
     def sealed_files(self) -> list[str]:
         names = sorted(n for n in os.listdir(self.spool_dir) if n.endswith(".sealed"))

@@ -83,6 +83,7 @@ log = logging.getLogger("walrewind.shipper")
 SEAL_MAX_BYTES = 16 << 20  # while a backlog waits, keep appending to one spool file up to this size
 IN_MEMORY_BYTES = 4 << 20  # spool files up to this size become a segment in memory
 SEGMENT_ZSTD_LEVEL = 1
+FSYNC_SECONDS = 1.0  # spool records are fsynced at least this often (by this thread: see _wait)
 UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts the replica refused although it answered
 
 
@@ -374,9 +375,20 @@ class Uploader:
                 self.upload_ok()
 
     def _wait(self, timeout: float) -> bool:
-        """Sleep until the next upload is due or the reader asks for one now; True when stopping."""
-        if self.soon.wait(timeout):
-            self.soon.clear()
+        """Sleep until the next upload is due or the reader asks for one now; True when stopping.
+
+        The spool is fsynced here, at least every FSYNC_SECONDS, and at every seal: never on the
+        reading thread, which must stay free to step aside for an application's checkpoint
+        (docs/DESIGN.md, "Grouped fsync")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self.soon.wait(min(max(0.0, left), FSYNC_SECONDS)):
+                self.soon.clear()
+                break
+            self.shipper.state.flush()
+            if left <= FSYNC_SECONDS or self.shipper.wait_for_stop(0):
+                break
         return self.shipper.wait_for_stop(0)
 
     def _failed(self, exc: Exception) -> None:

@@ -12,7 +12,6 @@ writes to the user's database, never checkpoints it, and leaves no tables or row
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import apsw
 
@@ -37,11 +36,8 @@ def _same_snapshot(a: ShmHeader, b: ShmHeader) -> bool:
 
 
 class ReadPin:
-    def __init__(self, db_path: str, before_release: Callable[[], None] | None = None) -> None:
+    def __init__(self, db_path: str) -> None:
         self._conns = [open_readonly(db_path), open_readonly(db_path)]
-        # Called before any read transaction ends (hand-over or release): the moment SQLite may
-        # checkpoint and reuse frames we read, so what we made of them must be durable first.
-        self._before_release = before_release
         self._active: int | None = None
         self.header: ShmHeader | None = None  # the wal-index header the read transaction sees
         self.since = 0.0
@@ -79,8 +75,6 @@ class ReadPin:
         else:
             raise PinError("could not open a read transaction with a stable snapshot (100 attempts)")
         if self._active is not None:
-            if self._before_release is not None:
-                self._before_release()
             self._conns[self._active].execute("COMMIT")
         self._active = idle
         self.header = snapshot
@@ -89,8 +83,6 @@ class ReadPin:
 
     def release(self) -> None:
         if self._active is not None:
-            if self._before_release is not None:
-                self._before_release()
             self._conns[self._active].execute("COMMIT")
             self._active = None
             self.header = None
