@@ -40,6 +40,7 @@ from ..errors import ConfigError, WalrewindError
 from ..sqlite.dbinfo import check_replicable
 from ..workspace.config import DatabaseConfig, SqldConfig
 from ..workspace.sqld import namespace_id
+from . import memory
 from .child import ChildApp
 from .dbwatch import FileIdentity, replaced, take_reseed_request
 from .health import HealthFile
@@ -145,6 +146,8 @@ class Fleet:
                 self.stop()
 
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        memory.configure()  # before the members' threads make their malloc arenas
+        trimmer = memory.HeapTrimmer()
         try:
             if self.metrics is not None:
                 self.metrics.start()
@@ -170,6 +173,7 @@ class Fleet:
                     break
                 if self.child is not None and self._child_step():
                     break
+                trimmer.tick(now)
                 self._wake.wait(TICK)
                 self._wake.clear()
         finally:
