@@ -141,7 +141,13 @@ class SeaweedS3:
         return self._proc.pid if self._proc is not None else None
 
     def url(self, prefix: str) -> str:
+        """No credentials: boto3's chain decides, so the engine uses its boto3 backend (s3.py)."""
         return f"s3://{self.bucket}/{prefix}?endpoint={self.endpoint}"
+
+    def light_url(self, prefix: str) -> str:
+        """Explicit credentials (any: the server runs anonymous): the engine then writes and reads
+        without boto3 (s3write.py, s3read.py), as a daemon configured with keys does."""
+        return f"s3://walrewind:walrewind@{self.bucket}/{prefix}?endpoint={self.endpoint}"
 
     def client(self):
         """A plain boto3 client for assertions that go around the Storage interface."""

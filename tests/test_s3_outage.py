@@ -53,7 +53,7 @@ def now_us() -> int:
 
 @pytest.mark.slow
 def test_s3_down_for_30s_loses_nothing(own_seaweed, tmp_path):
-    url = own_seaweed.url("outage") + "&connect_timeout=1&read_timeout=5"
+    url = own_seaweed.light_url("outage") + "&connect_timeout=1&read_timeout=5"  # the daemon without boto3
     db, log, stop = (str(tmp_path / n) for n in ("app.db", "log", "stop"))
     create_db(db)
     with DaemonThread(db, url, str(tmp_path / "state"), upload_interval=0.5) as shipper:

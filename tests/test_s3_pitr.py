@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.s3, pytest.mark.slow]
 def replicated(request, tmp_path_factory, seaweed_s3):
     """One workload replicated end to end into SeaweedFS; the writer's log is the ground truth."""
     base = tmp_path_factory.mktemp(request.param)
-    replica = seaweed_s3.url(f"pitr/{request.param}-{uuid.uuid4().hex[:8]}")
+    replica = seaweed_s3.light_url(f"pitr/{request.param}-{uuid.uuid4().hex[:8]}")  # the daemon without boto3
     return replicate_workload(base, replica, PITR_WORKLOADS[request.param])
 
 
@@ -67,7 +67,7 @@ def test_every_transaction_restorable_by_txid(replicated, tmp_path):
 def test_app_truncate_checkpoints_on_s3(seaweed_s3, tmp_path):
     """The torture suite's sqld-style workload (TRUNCATE every second) shipped to S3."""
     db, log = str(tmp_path / "app.db"), str(tmp_path / "log")
-    replica = seaweed_s3.url(f"torture/{uuid.uuid4().hex}")
+    replica = seaweed_s3.light_url(f"torture/{uuid.uuid4().hex}")
     create_db(db)
     with DaemonThread(db, replica, str(tmp_path / "state")) as shipper:
         run_writer({"db": db, "log": log, "checksums": True, "rate": 100, "duration": 4, "truncate_every": 1.0, "seed": 11})

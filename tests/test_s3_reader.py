@@ -17,6 +17,7 @@ from walrewind.engine.errors import ObjectNotFound, StorageError
 from walrewind.engine.storage import ObjectInfo, open_storage
 from walrewind.engine.storage.s3 import S3Storage
 from walrewind.engine.storage.s3read import S3Reader
+from walrewind.engine.storage.s3write import S3Writer
 
 WHEN = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 
@@ -84,7 +85,7 @@ def test_used_only_when_credentials_and_region_need_no_lookup(clean_env, tmp_pat
 def test_reads_like_the_boto3_backend(seaweed_s3, clean_env):
     prefix = f"reader/{uuid.uuid4().hex}"
     url = seaweed_s3.url(prefix).replace("s3://", "s3://AK:SK@")
-    writer = open_storage(url)
+    writer = S3Storage.from_url(url)  # the boto3 backend, to compare with (open_storage would give S3Writer)
     keys = {f"many/{i:05d}": os.urandom(i % 7) for i in range(1050)}
     keys.update({"a b/c+d=e.bin": b"x" * 100, "a-b": b"333"})
     from concurrent.futures import ThreadPoolExecutor
@@ -225,3 +226,35 @@ def test_https_endpoint_with_a_private_ca(clean_env, tmp_path):
         assert "after 3 attempts" not in str(err.value) and strict.retry_stats.retries == 0
     finally:
         server.shutdown()
+
+
+@pytest.mark.s3
+def test_writer_without_boto3_interoperates_with_the_boto3_backend(seaweed_s3, clean_env):
+    url = seaweed_s3.url(f"writer/{uuid.uuid4().hex}").replace("s3://", "s3://AK:SK@")
+    light, full = open_storage(url), S3Storage.from_url(url)
+    assert isinstance(light, S3Writer)
+    assert light.put_if_absent("seg/0001", b"one") is True
+    assert full.put_if_absent("seg/0001", b"other") is False  # what S3Writer made, boto3 sees as there
+    assert full.put_if_absent("seg/0002", b"two") is True
+    assert light.put_if_absent("seg/0002", b"other") is False
+    light.put("lease/current", b"epoch 3")
+    assert full.get("lease/current") == b"epoch 3" and light.get("seg/0002") == b"two"
+    light.delete("seg/0002")
+    light.delete("seg/0002")  # idempotent
+    assert [o.key for o in full.list("")] == ["lease/current", "seg/0001"]
+    light.probe()
+    light.close()
+    full.close()
+
+
+def test_writer_unreachable_is_store_unreachable(clean_env):
+    from seaweed_server import free_ports
+    from walrewind.engine.errors import StoreUnreachable
+
+    (port,) = free_ports(1)
+    writer = S3Writer.from_url(f"s3://AK:SK@b/x?endpoint=http://127.0.0.1:{port}&max_attempts=2&connect_timeout=2")
+    writer.retry.sleep = lambda s: None
+    with pytest.raises(StoreUnreachable, match=f"s3://b/x/k: create failed: cannot reach endpoint http://127.0.0.1:{port}"):
+        writer.put_if_absent("k", b"v")
+    with pytest.raises(StoreUnreachable, match="probe failed"):
+        writer.probe()

@@ -25,18 +25,24 @@ from walrewind.engine.storage import (
 )
 from walrewind.engine.storage.local import LocalStorage
 from walrewind.engine.storage.s3 import S3Storage
+from walrewind.engine.storage.s3write import S3Writer
 
 MiB = 1 << 20
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3), pytest.param("s3-light", marks=pytest.mark.s3)])
 def storage(request, tmp_path) -> Iterator[Storage]:
     if request.param == "local":
         store: Storage = LocalStorage(str(tmp_path / "replica"))
-    else:
+    elif request.param == "s3":
         server = request.getfixturevalue("seaweed_s3")
         store = open_storage(server.url(f"contract/{uuid.uuid4().hex}"))
-        assert isinstance(store, S3Storage)
+        assert isinstance(store, S3Storage)  # no credentials given: boto3's chain decides
+    else:
+        server = request.getfixturevalue("seaweed_s3")
+        url = server.url(f"contract/{uuid.uuid4().hex}").replace("s3://", "s3://walrewind:walrewind@", 1)
+        store = open_storage(url)
+        assert isinstance(store, S3Writer)  # explicit credentials: no boto3 on the write path
     try:
         yield store
     finally:

@@ -34,7 +34,8 @@ def open_storage(url: str, create: bool = True, read_only: bool = False, keyring
     of an empty directory silently appearing.  ``read_only=True`` (restores, drills, ``ls``: they
     only LIST and GET) lets an ``s3://`` URL with explicit credentials and region use
     ``s3read.S3Reader``, which does not import boto3 (~0.9 s of CPU saved per process); writes
-    through it raise StorageError.  Other URLs get the full backend either way.
+    through it raise StorageError.  Writers with such a URL get ``s3write.S3Writer`` (no boto3
+    either: ~5x less CPU per PUT, ~28 MB less RSS); other URLs get the boto3 backend.
 
     ``keyring`` (keys.py) encrypts what is written and decrypts what is read (encrypted.py).
     Without one, readers (``create=False`` or ``read_only``) look for the replica's encryption
@@ -50,14 +51,17 @@ def _backend(url: str, create: bool, read_only: bool) -> Storage:
         if parsed.netloc not in ("", "localhost"):
             raise StorageError(f"{url}: file URLs must be absolute (file:///path)")
         return LocalStorage(parsed.path, create=create)
-    if parsed.scheme == "s3" and read_only:
-        from .s3read import S3Reader
-
-        reader = S3Reader.from_url(url)
-        if reader is not None:
+    if parsed.scheme == "s3":
+        # Without boto3 wherever the credentials and region are explicit (s3read.py, s3write.py).
+        if read_only:
+            from .s3read import S3Reader as light
+        else:
+            from .s3write import S3Writer as light  # type: ignore[assignment]
+        store = light.from_url(url)
+        if store is not None:
             if not create:
-                reader.check_bucket()
-            return reader
+                store.check_bucket()
+            return store
     if parsed.scheme == "s3":
         try:
             from .s3 import S3Storage

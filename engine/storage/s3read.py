@@ -17,6 +17,7 @@ instance roles and AWS's cross-region redirects stay boto3's job.  Writes raise 
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import hmac
@@ -26,7 +27,7 @@ import threading
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, TypeVar
 from urllib.parse import quote, urlparse
 
-from ..errors import ObjectNotFound, StorageError, WalrewindError
+from ..errors import ObjectNotFound, StorageError, StoreUnreachable, WalrewindError
 from . import retry
 from .base import ObjectInfo, Storage
 from .s3common import NOT_FOUND_CODES, TRANSIENT_CODES, S3Url
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_OPERATIONS = {"GET": "GetObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)  # resets, refusals, timeouts, short bodies
 
 
@@ -102,6 +104,11 @@ class S3Reader(Storage):
         self.retry_stats = retry.RetryStats()
         self._local = threading.local()
         self._ssl: ssl.SSLContext | None = None
+        self._url_with_secrets = url
+        # HTTP requests sent per operation, every attempt counted, named as boto3 names them
+        # (S3Storage.requests): request-economy measurements read either backend the same way.
+        self.requests: collections.Counter[str] = collections.Counter()
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> "S3Reader | None":
@@ -125,8 +132,10 @@ class S3Reader(Storage):
         bucket, safe_url = u.bucket, u.safe_url
         connect_timeout, read_timeout, attempts = u.connect_timeout, u.read_timeout, u.max_attempts
         endpoint = endpoint or f"https://s3.{region}.amazonaws.com"
-        return cls(bucket, u.prefix, safe_url, endpoint, region, path_style, creds, connect_timeout,
-                   read_timeout, attempts)
+        store = cls(bucket, u.prefix, safe_url, endpoint, region, path_style, creds, connect_timeout,
+                    read_timeout, attempts)
+        store._url_with_secrets = url  # only ever handed to S3Storage.from_url (s3write.py), never shown
+        return store
 
     # ------------------------------------------------------------------------------ HTTP
     def _conn(self) -> http.client.HTTPConnection:
@@ -152,19 +161,21 @@ class S3Reader(Storage):
             conn.close()
 
     def _sign(self, path: str, query: str, extra: dict[str, str] | None = None,
-              now: datetime.datetime | None = None) -> dict[str, str]:
-        """AWS Signature V4 headers for a GET of ``path?query`` (both already URI-encoded);
-        ``extra`` headers (Range) are sent and signed too."""
+              now: datetime.datetime | None = None, method: str = "GET",
+              payload_sha256: str = _EMPTY_SHA256) -> dict[str, str]:
+        """AWS Signature V4 headers for ``method path?query`` (both already URI-encoded) with a
+        body whose SHA-256 is ``payload_sha256``; ``extra`` headers (Range, If-None-Match) are
+        sent and signed too."""
         key_id, secret, token = self._creds
         now = now or datetime.datetime.now(datetime.timezone.utc)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        headers = {"host": self._host_header, "x-amz-content-sha256": _EMPTY_SHA256, "x-amz-date": amz_date}
+        headers = {"host": self._host_header, "x-amz-content-sha256": payload_sha256, "x-amz-date": amz_date}
         headers.update({k.lower(): v.strip() for k, v in (extra or {}).items()})
         if token:
             headers["x-amz-security-token"] = token
         names = sorted(headers)
-        canonical = "\n".join(["GET", path, query, *(f"{n}:{headers[n]}" for n in names), "", ";".join(names),
-                               _EMPTY_SHA256])
+        canonical = "\n".join([method, path, query, *(f"{n}:{headers[n]}" for n in names), "", ";".join(names),
+                               payload_sha256])
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         k = hmac.new(("AWS4" + secret).encode(), day.encode(), hashlib.sha256).digest()
@@ -185,11 +196,20 @@ class S3Reader(Storage):
     def _get(self, key: str | None, params: dict[str, str] | None = None,
              extra: dict[str, str] | None = None) -> tuple[int, http.client.HTTPResponse, bytes]:
         """One GET attempt (of the bucket when ``key`` is None); raises _HTTPError on >= 300."""
+        return self._send("GET", key, params, extra)
+
+    def _send(self, method: str, key: str | None, params: dict[str, str] | None = None,
+              extra: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, http.client.HTTPResponse, bytes]:
+        """One request attempt; raises _HTTPError on >= 300 (but 416: an empty range)."""
         path, query = self._target(key, params)
-        headers = self._sign(path, query, extra)
+        headers = self._sign(path, query, extra, method=method,
+                             payload_sha256=hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256)
+        operation = _OPERATIONS[method] if key is not None else "ListObjectsV2"
+        with self._count_lock:
+            self.requests[operation] += 1
         conn = self._conn()
         try:
-            conn.request("GET", path + ("?" + query if query else ""), headers=headers)
+            conn.request(method, path + ("?" + query if query else ""), body=body or None, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
         except BaseException:
@@ -224,10 +244,15 @@ class S3Reader(Storage):
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _HTTPError) else str(exc)
         if transient(exc) and self.retry.attempts > 1:
             reason += f" (after {self.retry.attempts} attempts)"
-        raise StorageError(f"{where}: {action} failed: {reason}") from exc
+        kind = StoreUnreachable if transient(exc) else StorageError  # the daemon spools on the former
+        raise kind(f"{where}: {action} failed: {reason}") from exc
 
     def _key_url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def request_counts(self) -> dict[str, int]:
+        with self._count_lock:
+            return dict(self.requests)
 
     def check_bucket(self) -> None:
         """What ``S3Storage.from_url(create=False)`` checks: the bucket exists and answers."""
