@@ -15,6 +15,7 @@ import select
 import struct
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+_IN_Q_OVERFLOW = 0x4000
 
 
 class Waker:
@@ -101,7 +102,7 @@ class Waker:
             off = 0
             while off + _EVENT.size <= len(buf):
                 wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
-                if wd == self._wal_wd:
+                if wd == self._wal_wd or mask & _IN_Q_OVERFLOW:  # overflow: events were lost, look now
                     relevant = True  # a write to the -wal (or IN_IGNORED: it went away)
                 elif wd == self._dir_wd and length:
                     name = buf[off + _EVENT.size : off + _EVENT.size + length].rstrip(b"\0")
