@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ from .health import HealthFile
 from .members import Member, ThreadWorker, build, state_dir_of  # noqa: F401  (build: part of this module's interface)
 from .metrics import DEFAULT_LAG_BUDGET_SECONDS, DatabaseSample, MetricsServer
 from .namespaces import NamespaceWatcher
-from .replicator import Replicator
+from .replicator import SHORT_GIL_SWITCH, Replicator
 from .samples import member_sample
 
 log = logging.getLogger("walrewind.fleet")
@@ -58,6 +60,7 @@ RETRY_MAX = 60.0  # ... doubling up to this
 STABLE_AFTER = 60.0  # a database that ran this long before failing starts its backoff again
 WATCH_SECONDS = 1.0  # how often each database file's identity and reseed requests are checked (dbwatch.py)
 SAMPLE_SECONDS = 2.0  # the health file (walrewind status) is rewritten this often
+FEW_DATABASES = 8  # up to this many (and no sqld), the stages get a 0.5 ms GIL switch interval
 
 
 @dataclass
@@ -73,6 +76,23 @@ class Outcome:
     def describe(self) -> str:
         state = f"FAILED: {self.error}" if self.state == "failed" else self.state
         return f"{self.name}: {state}; {self.transactions} transactions shipped, last txid {self.uploaded_txid}"
+
+
+def prepare_process(many: bool) -> None:
+    """Before the first database opens.  A process serving many databases (a sqld data directory,
+    one per tenant) needs ~8 descriptors per database, so the soft limit on open files is raised
+    to the hard one; and with ``many`` (sqld, or more than FEW_DATABASES) the GIL keeps Python's
+    5 ms switch interval: with hundreds of threads, a 0.5 ms one (Replicator.gil_switch_interval)
+    made 300 namespaces cost 118 % of a core."""
+    Replicator.gil_switch_interval = None if many else SHORT_GIL_SWITCH
+    if many:
+        sys.setswitchinterval(0.005)  # Python's default (an earlier daemon of this process may have lowered it)
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # some hard limits cannot be set as the soft one
+        log.debug("cannot raise the open-files limit: %s", exc)
 
 
 def _expected(exc: BaseException) -> bool:
@@ -147,6 +167,7 @@ class Fleet:
 
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         memory.configure()  # before the members' threads make their malloc arenas
+        prepare_process(many=self.sqld is not None or len(self._members) > FEW_DATABASES)
         trimmer = memory.HeapTrimmer()
         try:
             if self.metrics is not None:

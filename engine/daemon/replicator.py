@@ -6,9 +6,8 @@
 Each stage hands work forward and never calls back; they share one ReplicationState (state.py)
 owned here.  This module wires them: start-up (lock, lease, identity, a new generation's base
 snapshot or the resume of a saved one), the read loop, a full spool, the final sync and stop.
-docs/DESIGN.md gives the protocol and why each rule exists (pin before reading, hand over only
-while the old read mark holds, commit-counter accounting, RESYNC only when history was lost,
-yield to checkpointers within milliseconds).
+docs/DESIGN.md gives the protocol and why each rule exists (pin before reading, commit-counter
+accounting, RESYNC only when history was lost, yield to checkpointers within milliseconds).
 """
 
 from __future__ import annotations
@@ -52,13 +51,11 @@ log = logging.getLogger("walrewind.shipper")
 
 MASK = 0xFFFFFFFF
 IDLE_POLL = 0.25  # unpinned and quiet, without inotify: how often the observer and reader look
-# ... with inotify: every commit writes the -wal and wakes the observer, which wakes the reader; this
-# is only a safety net (a missed event: a commit stamped late and flagged so, never lost).  Timed
-# wake-ups cost ~60-100 us each: at 4 a second per stage, 100 idle databases cost 7 % of a core.
+# ... with inotify (every commit writes the -wal and wakes the observer, which wakes the reader) only
+# a safety net: timed wake-ups cost ~60-100 us each (100 idle databases: 7 % of a core at 0.25 s).
 IDLE_WAIT_INOTIFY = 5.0
-# While pinned, read what was observed at most this often (or half the upload interval), unless the
-# observer reports a backlog (observer.BACKLOG_FRAMES): every pass costs a hand-over and header
-# reads, and the pin keeps the frames, stamped by the observer.  DESIGN.md section 2.
+# While pinned, read what was observed at most this often (or half the upload interval) unless the
+# observer reports a backlog (observer.BACKLOG_FRAMES): the pin keeps the frames.  DESIGN.md, 2.
 READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
@@ -66,6 +63,7 @@ QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at o
 HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
+SHORT_GIL_SWITCH = 0.0005  # a few databases: the stages get the GIL within a fraction of a ms
 
 
 def _through(owner: str, name: str) -> property:
@@ -74,6 +72,8 @@ def _through(owner: str, name: str) -> property:
 
 
 class Replicator:
+    gil_switch_interval: float | None = SHORT_GIL_SWITCH  # None: leave it (fleet.prepare_process)
+
     def __init__(
         self,
         db_path: str,
@@ -307,7 +307,8 @@ class Replicator:
     def run(self) -> None:
         """Replicate until stop() (or SIGTERM/SIGINT via install_signal_handlers)."""
         logs.bind(self.name)  # this thread reads; its log lines name the database
-        sys.setswitchinterval(0.0005)  # the tail loop must get the GIL within a fraction of a ms
+        if Replicator.gil_switch_interval is not None:  # the tail loop must get the GIL within a fraction of a ms
+            sys.setswitchinterval(Replicator.gil_switch_interval)
         try:
             self._open()
         except BaseException:
