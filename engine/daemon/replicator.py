@@ -354,6 +354,7 @@ class Replicator:
                         self._final_read()
                 except SpoolFull as exc:
                     self._enter_overflow(exc)
+            self.state.flush()  # at stop the spool is made durable here, whatever the upload does
             self.pin.release()
             uploader.join()
             if self._housekeeper is not None:
@@ -395,9 +396,8 @@ class Replicator:
     def _tail_loop(self) -> None:
         """The read stage: read what the observer saw, in batches, and apply the pin policy.
 
-        Pinned, commits the observer reports are read at most every READ_DEFER_SECONDS (the pin
-        keeps their frames; one read pass and one hand-over then serve several
-        commits; their stamps were taken by the observer as they happened).  A checkpointer
+        Pinned, commits the observer reports are read at most every READ_DEFER_SECONDS (the pin keeps
+        their frames; one pass and one hand-over serve several; the observer stamped them).  A checkpointer
         waiting for our read transaction interrupts at once.  Unpinned, anything new is pinned
         first and read at once.  With nothing reported the loop still runs the pin policy
         every HOUSEKEEPING_SECONDS pinned (idle release), unpinned every IDLE_WAIT_INOTIFY (IDLE_POLL
