@@ -58,11 +58,16 @@ class PinnedReader:
         overlay: dict[int, int] = {}
         position = WalPosition(snap.salt1, snap.salt2, snap.max_frame, None, page_size)
         header = self.wal.header()
-        if header is not None and header.salts == snap.salts:
+        # A fully backfilled snapshot is all in the database file, which no checkpoint can write
+        # while we read (read mark 0 blocks backfill; a higher mark blocks it past the snapshot).
+        # Its frames are NOT ours to read: SQLite gives such a read transaction mark 0, which does
+        # not stop the next writer from restarting the WAL over them (the overlay used to read the
+        # overwritten pages lazily: a capture later than its snapshot, unnoticed).
+        if header is not None and header.salts == snap.salts and snap.backfilled < snap.max_frame:
             position = WalPosition(header.salt1, header.salt2, 0, header.cksum, page_size, header.big_endian)
             # Frames 1..mxFrame are committed and vouched for by the wal-index, and our read mark
-            # keeps the writer from restarting the WAL over them while we hold the pin.  Only up to
-            # the snapshot: what the writer appended since is not ours to overlay.
+            # (>= 1: not all backfilled) keeps the writer from restarting the WAL over them while we
+            # hold the pin.  Only up to the snapshot: what the writer appended since is not ours.
             frame_size = FRAME_HEADER_SIZE + page_size
             for first in range(0, snap.max_frame, OVERLAY_CHUNK_FRAMES):
                 count = min(OVERLAY_CHUNK_FRAMES, snap.max_frame - first)
