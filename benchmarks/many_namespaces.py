@@ -43,7 +43,6 @@ sys.path.insert(0, HERE)
 from _common import log, read_log  # noqa: E402  (puts tests/ on sys.path too)
 from _oracle import InsertOnly, digest_file, random_targets  # noqa: E402
 from _procwatch import cpu_seconds, memory_mb  # noqa: E402
-
 from walrewind.engine.restore.restorer import restore  # noqa: E402
 from walrewind.engine.storage import open_storage  # noqa: E402
 
