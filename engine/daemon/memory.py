@@ -24,7 +24,6 @@ import time
 
 log = logging.getLogger("walrewind.memory")
 
-M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 ARENA_MAX = 2

@@ -52,12 +52,11 @@ def _backend(url: str, create: bool, read_only: bool) -> Storage:
             raise StorageError(f"{url}: file URLs must be absolute (file:///path)")
         return LocalStorage(parsed.path, create=create)
     if parsed.scheme == "s3":
+        from .s3read import S3Reader
+        from .s3write import S3Writer
+
         # Without boto3 wherever the credentials and region are explicit (s3read.py, s3write.py).
-        if read_only:
-            from .s3read import S3Reader as light
-        else:
-            from .s3write import S3Writer as light  # type: ignore[assignment]
-        store = light.from_url(url)
+        store = (S3Reader if read_only else S3Writer).from_url(url)
         if store is not None:
             if not create:
                 store.check_bucket()
