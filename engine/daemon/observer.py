@@ -6,7 +6,10 @@ time taken *after* the header was read.  A transaction read later, perhaps secon
 burst, takes the time of the first observation whose mxFrame had reached its commit frame in the
 same generation: the commit had happened by then (the stamp never precedes it), and it was seen
 within one wake-up of happening.  Without a matching observation the reader's own time is used,
-which is later still, so a lost observation makes a stamp late, never early.
+which is later still, so a lost observation makes a stamp late, never early.  A look may also
+find a commit frame written but not yet published (``synchronous=FULL`` fsyncs in between): that
+observation carries the frame's running checksum and stamps only the transaction ending there
+with that checksum (``Observer._observe_unpublished``).
 
 Memory is bounded: observations older than the last stamped commit are dropped, and at most
 ``MAX_OBSERVATIONS`` are kept (the oldest go first; their commits fall back to a later stamp).
@@ -32,13 +35,15 @@ UNCERTAIN_LOG_SECONDS = 60.0  # at most one warning about uncertain stamps per m
 BACKLOG_FRAMES = 256  # frames the reader may fall behind before it is woken (see Observer)
 FIRST_LOOK_MIN = 0.3  # below this hit rate the look at a WAL write is skipped (see run())
 FIRST_LOOK_RETRY = 32  # ... but made again after this many skips, in case the writer changed
+PUBLISH_POLL = 0.02  # a commit seen written but not yet published: when to look again, unless a file event comes first
+UNKNOWN_CHANGE = -1  # the commit counter of an observation made before the commit was published
 
 
 class Observations:
     def __init__(self, limit: int = MAX_OBSERVATIONS) -> None:
-        # (salts as one int, mxFrame, time us, iChange): in time order
-        # (salts as one key, mxFrame, time, iChange, uncertain): one per commit boundary first seen
-        self._seen: deque[tuple[int, int, int, int, bool]] = deque()
+        # (salts as one key, mxFrame, time, iChange, uncertain, running checksum if seen unpublished):
+        # one per commit boundary first seen, in time order
+        self._seen: deque[tuple[int, int, int, int, bool, tuple[int, int] | None]] = deque()
         self.added = 0  # observations ever added (mark_uncertain counts from it)
         self.looked_us = 0  # when the observer last read the header (the reader's looks compare)
         self._limit = limit
@@ -47,15 +52,22 @@ class Observations:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def add(self, salts: bytes, max_frame: int, at_us: int, change: int, uncertain: bool = False) -> None:
+    def add(self, salts: bytes, max_frame: int, at_us: int, change: int, uncertain: bool = False,
+            cksum: tuple[int, int] | None = None) -> None:
         """Record a look that showed commit boundary ``max_frame``; ``uncertain``: the look came
-        more than STAMP_SLACK_US after the one before it, so the commit may be that much older."""
+        more than STAMP_SLACK_US after the one before it, so the commit may be that much older.
+
+        ``cksum``: the look saw commit frame ``max_frame`` *written* but not yet published (see
+        WalFile.peek_commit); its running checksum then identifies the transaction, and the
+        observation stamps only the one ending at exactly that frame with exactly that checksum.
+        ``change`` is UNKNOWN_CHANGE for those (SQLite counts the commit when it publishes it).
+        """
         key = int.from_bytes(salts, "big")
         with self._lock:
             seen = self._seen
-            if seen and seen[-1][0] == key and seen[-1][1] >= max_frame:
+            if seen and seen[-1][0] == key and seen[-1][1] >= max_frame and (cksum is not None or seen[-1][5] is None):
                 return  # nothing new since the last observation
-            seen.append((key, max_frame, at_us, change, uncertain))
+            seen.append((key, max_frame, at_us, change, uncertain, cksum))
             self.added += 1
             if len(seen) > self._limit:
                 seen.popleft()
@@ -65,20 +77,27 @@ class Observations:
         with self._lock:
             seen = self._seen
             for i in range(1, min(self.added - since_added, len(seen)) + 1):
-                seen[-i] = (*seen[-i][:4], True)
+                key, max_frame, at_us, change, _uncertain, cksum = seen[-i]
+                seen[-i] = (key, max_frame, at_us, change, True, cksum)
 
-    def stamp(self, salt1: int, salt2: int, frame: int, fallback_us: int) -> tuple[int, bool]:
+    def stamp(self, salt1: int, salt2: int, frame: int, fallback_us: int,
+              cksum: tuple[int, int] | None = None) -> tuple[int, bool]:
         """When commit ``frame`` of generation (salt1, salt2) was first seen, and whether that
         time is only an upper bound (the look came after a gap; or no look showed it: the
-        reader's time ``fallback_us``, late by an unknown amount)."""
+        reader's time ``fallback_us``, late by an unknown amount).  ``cksum``: the running
+        checksum after the transaction's commit frame (what a look at an unpublished commit
+        frame must match)."""
         key = (salt1 << 32) | salt2
         with self._lock:
             seen = self._seen
-            for i, (k, max_frame, at_us, _change, uncertain) in enumerate(seen):
-                if k == key and max_frame >= frame:
-                    for _ in range(i):  # older ones only served commits already stamped
-                        seen.popleft()
-                    return (at_us, uncertain) if at_us <= fallback_us else (fallback_us, True)
+            for i, (k, max_frame, at_us, _change, uncertain, seen_cksum) in enumerate(seen):
+                if k != key or max_frame < frame:
+                    continue
+                if seen_cksum is not None and (max_frame != frame or seen_cksum != cksum):
+                    continue  # a commit frame seen before it was published: evidence for that transaction only
+                for _ in range(i):  # older ones only served commits already stamped
+                    seen.popleft()
+                return (at_us, uncertain) if at_us <= fallback_us else (fallback_us, True)
         return fallback_us, True
 
     def change_at(self, salt1: int, salt2: int, frame: int) -> int | None:
@@ -89,7 +108,9 @@ class Observations:
         """
         key = (salt1 << 32) | salt2
         with self._lock:
-            for k, max_frame, _at, change, _uncertain in reversed(self._seen):
+            for k, max_frame, _at, change, _uncertain, _cksum in reversed(self._seen):
+                if change == UNKNOWN_CHANGE:
+                    continue
                 if k == key and max_frame == frame:
                     return change
                 if k == key and max_frame < frame:
@@ -100,8 +121,8 @@ class Observations:
         """When a commit SQLite counted after counter value ``change`` was first seen (µs), if any
         observation shows one: the age of the oldest commit not yet read and spooled."""
         with self._lock:
-            for _key, _max_frame, at_us, seen_change, _uncertain in self._seen:
-                if 0 < ((seen_change - change) & 0xFFFFFFFF) < 0x80000000:  # ahead, modulo wrap-around
+            for _key, _max_frame, at_us, seen_change, _uncertain, _cksum in self._seen:
+                if seen_change != UNKNOWN_CHANGE and 0 < ((seen_change - change) & 0xFFFFFFFF) < 0x80000000:  # ahead, modulo wrap-around
                     return at_us
         return None
 
@@ -140,8 +161,10 @@ class Observer:
 
     def __init__(self, wal_index: WalIndex, waker: FileWaker, stats, pinned: Callable[[], bool],
                  probe_interval: Callable[[], float], idle_poll: float, inotify: bool,
-                 observations: Observations | None = None) -> None:
+                 observations: Observations | None = None,
+                 peek: Callable[[bytes, int], tuple[bytes, int, tuple[int, int]] | None] | None = None) -> None:
         self.wal_index = wal_index
+        self.peek = peek  # WalFile.peek_commit of the -wal, on a descriptor of this thread's own
         self.waker = waker
         self.stats = stats
         self.pinned = pinned
@@ -161,6 +184,7 @@ class Observer:
         self.backlog = False
         self._last_seen: tuple | None = None
         self._last_hdr = None  # the header object of our last look (ShmObserver caches by bytes)
+        self._last_peek: tuple | None = None  # the last commit frame seen written before it was published
         self._first_look_hits = 1.0  # moving average: a look at a WAL write found its commit
         self._wakes_since_first_look = 0
         self._last_uncertain_log = 0.0
@@ -190,6 +214,30 @@ class Observer:
             return False  # only read marks or nBackfill moved
         self._last_seen = seen
         self.observations.add(hdr.salts, hdr.max_frame, looked, hdr.change)
+        return True
+
+    def _observe_unpublished(self) -> bool:
+        """Look for a commit frame written past the published end; True when one is new.
+
+        At a WAL write's file event a writer with ``synchronous=FULL`` is usually fsyncing its
+        frames and has not published the commit yet.  Its commit frame is on the file already:
+        recording it now stamps the commit at this wake-up, where otherwise a second look
+        (EXPECT_POLL later) was needed, which cost as much again per commit.  The stamp falls
+        between the writer's COMMIT and its return.  Only the transaction that ends at exactly
+        this frame with exactly this running checksum takes it (Observations.stamp): a writer
+        that died before publishing leaves frames the next writer overwrites, and a torn read
+        of a header being written never matches either.
+        """
+        hdr = self._last_hdr
+        if hdr is None or self.peek is None:
+            return False
+        found = self.peek(hdr.salts, hdr.max_frame)
+        if found is None or found == self._last_peek:
+            return False
+        self._last_peek = found
+        salts, frame, cksum = found
+        self.observations.add(salts, frame, clock.now_us(), UNKNOWN_CHANGE, cksum=cksum)
+        self.stats.unpublished_stamps += 1
         return True
 
     def _uncertain(self, bound_us: int, added_before: int) -> None:
@@ -224,18 +272,23 @@ class Observer:
         return hdr.max_frame - upto[2]
 
     def run(self, stop: threading.Event) -> None:
-        """Wake at each WAL write, then look until its commit shows up; probe locks while pinned.
+        """Wake at each WAL write and stamp its commit; probe locks while pinned.
 
-        Per commit at a steady rate this is two wake-ups: the WAL write (inotify), and one look
-        ``EXPECT_POLL`` later, when SQLite has fsynced and published the commit (the wal-index
-        changes without a file event).  Each wake-up costs ~40-60 us of CPU on a small VM with
-        a writer running (cold caches), and so does each extra system call after it, so a
-        wake-up does as little as it can: drain the inotify events *before* looking (a commit
-        published after the look has a writer holding the write lock, which the one probe after
-        an observed commit sees), no second look, and the lock probe for a waiting
-        checkpointer at most every ``probe_interval()`` (it was at every wake-up).
+        Per commit at a steady rate this is one wake-up: the WAL write (inotify).  Its look finds
+        the commit published (``synchronous=NORMAL``: SQLite publishes right after writing) or
+        its commit frame written and not yet published (``FULL``: SQLite fsyncs first), which
+        is stamped then (``_observe_unpublished``); the reader hears of it when it is published,
+        at the next WAL write or ``PUBLISH_POLL`` later.  Only when neither shows (a transaction
+        longer than the peek, or one still writing) does it look again every ``EXPECT_POLL``
+        while the writer holds the write lock.  Each wake-up costs ~100-200 us of CPU on a small
+        VM with a writer running (cold caches, a cross-CPU wake), and each extra system call
+        after it some more, so a wake-up does as little as it can: drain the inotify events
+        *before* looking (a commit published after the look has a writer holding the write lock,
+        which the one probe after an observed commit sees), and the lock probe for a waiting
+        checkpointer at most every ``probe_interval()``.
         """
         expect_until = 0.0  # the WAL was written but the wal-index showed no new commit yet
+        publish_at = 0.0  # a commit seen written (stamped) but not published: look then, unless an event comes first
         next_probe = 0.0
         stats = self.stats
         while not stop.is_set():
@@ -261,11 +314,17 @@ class Observer:
                 woke = False
             else:
                 timeout = self.probe_interval() if self.pinned() else self.idle_poll
+                if publish_at:
+                    timeout = max(0.0, min(timeout, publish_at - started))
                 woke = self.waker.wait(timeout)  # drains the file events it woke for
                 if woke:
                     stats.wake_changes += 1
+                elif publish_at and time.monotonic() >= publish_at:
+                    expecting = True  # the look for a commit stamped already: not a timed discovery
+                    stats.wake_looks += 1
                 else:
                     stats.wake_timeouts += 1
+                publish_at = 0.0
             now = time.monotonic()
             if woke or expecting:  # attentive: a commit published from now on is seen within EXPECT_POLL
                 self.observations.looked_us = clock.now_us()
@@ -285,8 +344,11 @@ class Observer:
                 continue
             first_look = self._last_seen is None  # the state at start: no commit just seen, no gap
             changed = self._observe_changed()
+            written = woke and not expecting and self._observe_unpublished()
+            if written:
+                publish_at = now + PUBLISH_POLL  # then tell the reader (if no file event came first)
             if woke and not expecting:  # how often the look at a WAL write finds its commit
-                self._first_look_hits += ((1.0 if changed else 0.0) - self._first_look_hits) / 8
+                self._first_look_hits += ((1.0 if changed or written else 0.0) - self._first_look_hits) / 8
                 self._wakes_since_first_look = 0
             if changed:
                 # Another write transaction already under way: keep looking for its commit (its
@@ -297,7 +359,7 @@ class Observer:
                     active = self.wal_index.writer_active()
                     if active or not self._observe_changed():
                         break
-                expect_until = now + EXPECT_SECONDS if active else 0.0
+                expect_until = now + EXPECT_SECONDS if active and not written else 0.0
                 timed = not woke and not expecting and not last_look  # not woken by a file change
                 if timed and not first_look:
                     stats.polled_stamps += 1
@@ -305,8 +367,10 @@ class Observer:
                 elif overslept_us > STAMP_SLACK_US and not first_look:
                     self._uncertain(overslept_us + int(timeout * 1e6), added_before)
                 self._notify()
-            elif woke:
-                expect_until = now + EXPECT_SECONDS
+            elif written:
+                expect_until = 0.0
+            elif woke or expecting and not expect_until:
+                expect_until = now + EXPECT_SECONDS  # (expecting: a stamped commit still unpublished)
             elif not self.inotify:
                 self._notify()  # polling only: let the reader look for itself
             if now >= next_probe and self.pinned():

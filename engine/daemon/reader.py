@@ -165,7 +165,8 @@ class Reader:
         if result.transactions:
             self.last_commit_mono = time.monotonic()
         for txn in result.transactions:
-            self.unverified.append((txn, *self.observations.stamp(txn.end.salt1, txn.end.salt2, txn.end.frame, ts)))
+            end = txn.end
+            self.unverified.append((txn, *self.observations.stamp(end.salt1, end.salt2, end.frame, ts, end.cksum)))
             self.stats.wal_bytes += txn.frames * (24 + self.rs.page_size)
         if result.position is not None and result.position.cksum is not None:
             if result.transactions or result.generation != "empty":

@@ -160,7 +160,7 @@ class Replicator:
         self.pin = ReadPin(self.db_path)
         self.shm = ShmObserver(self.db_path + "-shm")
         self.db_fd = open_shared(self.db_path)
-        self.wal = WalFile(self.db_path + "-wal")
+        self.wal, self.peek_wal = WalFile(self.db_path + "-wal"), WalFile(self.db_path + "-wal")  # (observer's own)
         self.pinned_reader = PinnedReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
         self.reader = Reader(self.rs, self.state, self.stats, self.pin, self.shm, self.wal, self.pinned_reader,
                              self.observations, lambda: self.pin_policy.letting_go)
@@ -168,8 +168,8 @@ class Replicator:
     def _close(self) -> None:
         self.pin_policy.close()
         self.pin.close()
-        self.wal.close()
-        self.shm.close()
+        for descriptor in (self.wal, self.peek_wal, self.shm):
+            descriptor.close()
         close_shared(self.db_fd)
         self.state.unlock()
 
@@ -322,7 +322,7 @@ class Replicator:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
             self._idle_wait = IDLE_WAIT_INOTIFY if inotify else IDLE_POLL
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self.pin_policy.probe_interval,
-                                     self._idle_wait, inotify, self.observations)
+                                     self._idle_wait, inotify, self.observations, self.peek_wal.peek_commit)
             if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes: read sooner
                 self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),

@@ -36,6 +36,7 @@ MASK = 0xFFFFFFFF
 READ_CHUNK = 8 << 20  # the largest single pread of frames
 FIRST_CHUNK_FRAMES = 16  # the first pread past a position; chunks double up to READ_CHUNK
 OLD_TAIL_FRAMES = 512  # the first pread of an old generation's tail (see WalFile._scan)
+PEEK_FRAMES = 8  # frame headers looked at past the published end for a commit being written
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,40 @@ class WalFile:
 
     def header(self) -> WalHeader | None:
         return parse_header(self.read_at(0, WAL_HEADER_SIZE))
+
+    def peek_commit(self, salts: bytes, max_frame: int, limit: int = PEEK_FRAMES) -> tuple[bytes, int, tuple[int, int]] | None:
+        """The first commit frame already *written* past published frame ``max_frame``.
+
+        A writer appends its frames, then (``synchronous=FULL``) fsyncs, and only then publishes
+        the commit in the wal-index.  The observer looks here at the WAL write's file event, so a
+        commit is seen within one wake-up even while its fsync runs, instead of by a second
+        look after it.  Only frame headers are read (``limit`` at most, each one pread): a frame
+        carrying the generation's salts and a non-zero commit size is a commit frame being
+        written now.  A header torn by the concurrent write, or a commit whose writer died before
+        publishing it (the next writer then reuses the frames), is caught later: the caller
+        records the frame's running checksum and the reader only accepts this evidence for the
+        transaction ending at exactly that frame with exactly that checksum.  Returns
+        ``(salts, frame, running checksum)`` or None.  When the file's header carries other
+        salts than ``salts``, the writer restarted the WAL: frames are looked for from frame 1.
+        """
+        fd = self._ensure_open()
+        if fd is None:
+            return None
+        head = os.pread(fd, WAL_HEADER_SIZE, 0)
+        if len(head) < WAL_HEADER_SIZE:
+            return None
+        page_size = struct.unpack_from(">I", head, 8)[0]
+        page_size = 65536 if page_size == 1 else page_size
+        file_salts = head[16:24]
+        start = max_frame if file_salts == salts else 0
+        frame_size = FRAME_HEADER_SIZE + page_size
+        for n in range(start + 1, start + 1 + limit):
+            fh = os.pread(fd, FRAME_HEADER_SIZE, WAL_HEADER_SIZE + (n - 1) * frame_size)
+            if len(fh) < FRAME_HEADER_SIZE or fh[8:16] != file_salts or fh[0:4] == b"\0\0\0\0":
+                return None  # not written yet (or an older generation's frame)
+            if fh[4:8] != b"\0\0\0\0":
+                return file_salts, n, struct.unpack_from(">2I", fh, 16)
+        return None
 
     def read(self, pos: WalPosition | None, max_bytes: int | None = None,
              published: tuple[bytes, int] | None = None, vouched: bool = False) -> ReadResult:

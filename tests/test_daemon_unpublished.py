@@ -1,0 +1,143 @@
+"""A commit is stamped at the WAL write that carries its commit frame, before SQLite publishes it.
+
+With ``synchronous=FULL`` a writer fsyncs its frames before it publishes the commit in the
+wal-index, so the observer's look at the WAL write's file event used to find nothing and a second
+look was needed (two wake-ups per commit).  Now that look also reads the frame headers past the
+published end (``WalFile.peek_commit``); a commit frame found there is stamped at once.  Such an
+observation only vouches for the transaction ending at exactly that frame with exactly that running
+checksum: a writer that died before publishing leaves frames the next writer overwrites, and that
+next transaction must never inherit the earlier time (it would be an extra transaction in a restore).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import threading
+
+from harness import (
+    DaemonThread,
+    assert_one_record_per_commit,
+    create_db,
+    read_log,
+    run_writer,
+)
+from walrewind.engine.daemon.observer import UNKNOWN_CHANGE, Observations, Observer
+from walrewind.engine.daemon.stats import ReplicatorStats
+from walrewind.engine.sqlite.shm import ShmHeader
+from walrewind.engine.sqlite.walfile import WalFile
+
+
+def _wal_with_commits(tmp_path, rows_per_txn: list[int]) -> tuple[str, list, sqlite3.Connection]:
+    """A -wal holding one transaction per entry (stdlib sqlite3 only in this process; no checkpoint)."""
+    db = str(tmp_path / "t.db")
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t(x BLOB)")
+    for n in rows_per_txn:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 3000,)] * n)
+        conn.execute("COMMIT")
+    txns = WalFile(db + "-wal").read(None).transactions  # the ground truth: chain-verified
+    return db + "-wal", txns, conn  # open: closing the last connection would checkpoint the WAL away
+
+
+def test_peek_finds_the_next_commit_frame_written_past_the_published_end(tmp_path):
+    wal_path, txns, conn = _wal_with_commits(tmp_path, [1, 1, 30])
+    try:
+        wal = WalFile(wal_path)
+        salts = wal.header().salts
+        first, second, big = (t.end for t in txns[1:4])  # txns[0]: CREATE TABLE
+        assert wal.peek_commit(salts, txns[0].end.frame) == (salts, first.frame, first.cksum)
+        assert wal.peek_commit(salts, first.frame) == (salts, second.frame, second.cksum)
+        # a transaction longer than the look-ahead is left to the wal-index (a later look)
+        assert wal.peek_commit(salts, second.frame) is None
+        assert wal.peek_commit(salts, second.frame, limit=64) == (salts, big.frame, big.cksum)
+        assert wal.peek_commit(salts, big.frame) is None  # nothing written past the end
+        # the file's salts differ from the published ones: the writer restarted the WAL, look from frame 1
+        other = struct.pack(">II", 1, 2)
+        assert wal.peek_commit(other, big.frame)[1] == txns[0].end.frame
+        wal.close()
+    finally:
+        conn.close()
+
+
+def test_an_unpublished_observation_stamps_only_its_own_transaction():
+    seen = Observations()
+    salts = struct.pack(">II", 7, 9)
+    seen.add(salts, 10, 1_000, 5)  # published: commit boundary 10
+    seen.add(salts, 12, 2_000, UNKNOWN_CHANGE, cksum=(1, 2))  # commit frame 12 written, not published
+    seen.add(salts, 12, 3_000, 6)  # ... published one look later
+    assert seen.stamp(7, 9, 12, 9_000, cksum=(1, 2)) == (2_000, False)
+    other = Observations()
+    for args, kw in (((salts, 12, 2_000, UNKNOWN_CHANGE), {"cksum": (1, 2)}), ((salts, 12, 3_000, 6), {})):
+        other.add(*args, **kw)
+    # another transaction reusing frame 12 (its first writer died unpublished): the later look stamps it
+    assert other.stamp(7, 9, 12, 9_000, cksum=(3, 4)) == (3_000, False)
+    # nor does it vouch for a shorter transaction that reused frames up to 11
+    third = Observations()
+    third.add(salts, 12, 2_000, UNKNOWN_CHANGE, cksum=(1, 2))
+    assert third.stamp(7, 9, 11, 9_000, cksum=(5, 6)) == (9_000, True)
+    # and SQLite's commit counter is never taken from it
+    assert third.change_at(7, 9, 12) is None and third.first_seen_after(0) is None
+
+
+class _OneEvent:
+    """A waker that reports one WAL write, then sleeps until stopped."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop, self.events = stop, 1
+
+    def wait(self, timeout: float, changes: bool = True) -> bool:
+        if changes and self.events:
+            self.events -= 1
+            return True
+        self.stop.wait(timeout)
+        return False
+
+    def drain(self) -> bool:
+        return False
+
+
+def test_the_observer_stamps_a_commit_at_the_write_event_before_it_is_published(tmp_path):
+    wal_path, txns, conn = _wal_with_commits(tmp_path, [1])
+    try:
+        wal = WalFile(wal_path)
+        salts = wal.header().salts
+        published, written = txns[0].end, txns[1].end  # SQLite has published only the CREATE TABLE
+        hdr = ShmHeader(1, published.frame, 2, salts, 0, (), 4096)
+        index = type("Index", (), {"header": lambda self: hdr, "writer_active": lambda self: True,
+                                   "checkpointer_waiting": lambda self: False})()
+        stop, stats = threading.Event(), ReplicatorStats()
+        observer = Observer(index, _OneEvent(stop), stats, lambda: True, lambda: 0.02, 0.02, True, peek=wal.peek_commit)
+        thread = threading.Thread(target=observer.run, args=(stop,))
+        thread.start()
+        try:
+            for _ in range(200):
+                if stats.unpublished_stamps:
+                    break
+                stop.wait(0.01)
+        finally:
+            stop.set()
+            thread.join()
+        assert stats.unpublished_stamps == 1
+        at, late = observer.observations.stamp(written.salt1, written.salt2, written.frame, 1 << 62, written.cksum)
+        assert not late and at < 1 << 62
+        wal.close()
+    finally:
+        conn.close()
+
+
+def test_stamps_of_a_fully_synced_writer_fall_inside_their_commits(tmp_path):
+    """End to end, synchronous=FULL (the stdlib default): no stamp before its BEGIN, none after
+    its COMMIT returned (plus scheduling slack), one record per commit."""
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    with DaemonThread(db, replica, str(tmp_path / "state"), upload_interval=0.1) as daemon:
+        run_writer({"db": db, "log": log, "rate": 50, "txns": 40, "seed": 5, "checksums": True})
+    txns, _ = read_log(log)
+    points = assert_one_record_per_commit(replica, txns)  # also: no stamp before its BEGIN
+    assert points.commits[-1] == 40  # (a commit that changed nothing has no record)
+    # none long after its COMMIT returned (a loaded box may delay a few: they are flagged and counted)
+    assert points.worst_lag_us(txns) < 200_000 or daemon.stats.uncertain_stamps, points.worst_lag_us(txns)
