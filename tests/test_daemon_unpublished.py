@@ -49,15 +49,15 @@ def test_peek_finds_the_next_commit_frame_written_past_the_published_end(tmp_pat
         wal = WalFile(wal_path)
         salts = wal.header().salts
         first, second, big = (t.end for t in txns[1:4])  # txns[0]: CREATE TABLE
-        assert wal.peek_commit(salts, txns[0].end.frame) == (salts, first.frame, first.cksum)
-        assert wal.peek_commit(salts, first.frame) == (salts, second.frame, second.cksum)
-        # a transaction longer than the look-ahead is left to the wal-index (a later look)
-        assert wal.peek_commit(salts, second.frame) is None
-        assert wal.peek_commit(salts, second.frame, limit=64) == (salts, big.frame, big.cksum)
-        assert wal.peek_commit(salts, big.frame) is None  # nothing written past the end
+        assert wal.peek_commit(salts, txns[0].end.frame, 4096) == (salts, first.frame, first.cksum)
+        assert wal.peek_commit(salts, first.frame, 4096) == (salts, second.frame, second.cksum)
+        # a transaction longer than the look-ahead (4 frames) is left to the wal-index (a later look)
+        assert wal.peek_commit(salts, second.frame, 4096) is None
+        assert wal.peek_commit(salts, second.frame, 4096, limit=64) == (salts, big.frame, big.cksum)
+        assert wal.peek_commit(salts, big.frame, 4096) is None  # nothing written past the end
         # the file's salts differ from the published ones: the writer restarted the WAL, look from frame 1
         other = struct.pack(">II", 1, 2)
-        assert wal.peek_commit(other, big.frame)[1] == txns[0].end.frame
+        assert wal.peek_commit(other, big.frame, 4096)[1] == txns[0].end.frame
         wal.close()
     finally:
         conn.close()

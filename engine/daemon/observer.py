@@ -162,7 +162,7 @@ class Observer:
     def __init__(self, wal_index: WalIndex, waker: FileWaker, stats, pinned: Callable[[], bool],
                  probe_interval: Callable[[], float], idle_poll: float, inotify: bool,
                  observations: Observations | None = None,
-                 peek: Callable[[bytes, int], tuple[bytes, int, tuple[int, int]] | None] | None = None) -> None:
+                 peek: Callable[[bytes, int, int], tuple[bytes, int, tuple[int, int]] | None] | None = None) -> None:
         self.wal_index = wal_index
         self.peek = peek  # WalFile.peek_commit of the -wal, on a descriptor of this thread's own
         self.waker = waker
@@ -231,7 +231,7 @@ class Observer:
         hdr = self._last_hdr
         if hdr is None or self.peek is None:
             return False
-        found = self.peek(hdr.salts, hdr.max_frame)
+        found = self.peek(hdr.salts, hdr.max_frame, hdr.page_size)
         if found is None or found == self._last_peek:
             return False
         self._last_peek = found
@@ -267,7 +267,7 @@ class Observer:
         hdr, upto = self._last_hdr, self.read_upto
         if hdr is None or upto is None:
             return 0
-        if (hdr.salt1, hdr.salt2) != upto[:2]:
+        if int.from_bytes(hdr.salts, "big") != (upto[0] << 32) | upto[1]:
             return 1 << 30
         return hdr.max_frame - upto[2]
 

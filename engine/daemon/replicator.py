@@ -51,15 +51,13 @@ log = logging.getLogger("walrewind.shipper")
 
 MASK = 0xFFFFFFFF
 IDLE_POLL = 0.25  # unpinned and quiet, without inotify: how often the observer and reader look
-# ... with inotify (every commit writes the -wal and wakes the observer, which wakes the reader) only
-# a safety net: timed wake-ups cost ~60-100 us each (100 idle databases: 7 % of a core at 0.25 s).
-IDLE_WAIT_INOTIFY = 5.0
+IDLE_WAIT_INOTIFY = 5.0  # ... with inotify (each commit's -wal write wakes the observer): a safety net only
 # While pinned, read what was observed at most this often (or half the upload interval) unless the
 # observer reports a backlog (observer.BACKLOG_FRAMES): the pin keeps the frames.  DESIGN.md, 2.
 READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
-QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once
+QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once (noticed within this)
 HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
@@ -417,13 +415,15 @@ class Replicator:
                 pending, backlog = ob.new_commits, ob.backlog
             pinned = self.pin.active
             now = time.monotonic()
-            due = last_read + (min(READ_DEFER_SECONDS, self.upload_interval / 2) if pinned else 0.0)
+            burst = self.state.current_bytes() >= BURST_UPLOAD_BYTES  # under way or just ended: see its end within QUIET_US
+            period = QUIET_US / 1e6 if burst else HOUSEKEEPING_SECONDS if pinned else self._idle_wait
+            due = last_read + (min(READ_DEFER_SECONDS, self.upload_interval / 2, period) if pinned else 0.0)
             try:
                 if urgent and pinned:
                     self.pin_policy.yield_to_checkpointer()
                     last_read = time.monotonic()
                     continue
-                if (pending and (now >= due or backlog)) or now - last_read >= (HOUSEKEEPING_SECONDS if pinned else self._idle_wait):
+                if (pending and (now >= due or backlog)) or now - last_read >= period:
                     with ob.cond:
                         ob.new_commits = ob.backlog = False
                     last_read = now
@@ -446,7 +446,7 @@ class Replicator:
                     timeout = due - time.monotonic()
                 else:
                     ob.reader_waiting_for_commits = True
-                    timeout = (HOUSEKEEPING_SECONDS if pinned else self._idle_wait) - (time.monotonic() - last_read)
+                    timeout = period - (time.monotonic() - last_read)
                 ob.cond.wait(max(0.0, timeout))
 
     def _final_read(self) -> None:

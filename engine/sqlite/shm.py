@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .fds import close_shared, open_shared
 
@@ -28,8 +28,10 @@ _TYPE_BYTES = struct.calcsize("h")
 _UNLOCKED = struct.pack("h", fcntl.F_UNLCK)
 
 
-@dataclass(frozen=True)
-class ShmHeader:
+class ShmHeader(NamedTuple):
+    """A wal-index header.  A named tuple: one is built at every observed commit (the observer's
+    hot path), where a frozen dataclass's per-field ``object.__setattr__`` showed in profiles."""
+
     change: int  # iChange: incremented by every commit
     max_frame: int
     db_pages: int
@@ -47,19 +49,20 @@ class ShmHeader:
         return int.from_bytes(self.salts[4:], "big")
 
 
+_FIRST_COPY = struct.Struct("=8xIBxHII8x8s")  # iChange, isInit, szPage, mxFrame, nPage, (cksum), salts
+_BACKFILL_MARKS = struct.Struct("=6I")  # nBackfill, aReadMark[5] at offset 96
+
+
 def parse_shm_header(buf: bytes) -> ShmHeader | None:
     """Decode a consistent wal-index header; None when the two copies disagree or it is not built."""
     if len(buf) < SHM_HEADER_BYTES or buf[0:48] != buf[48:96]:
         return None
-    _version, _unused, change, is_init, _big, sz = struct.unpack_from("=IIIBBH", buf, 0)
+    change, is_init, sz, max_frame, n_page, salts = _FIRST_COPY.unpack_from(buf, 0)
     if not is_init:
         return None
-    max_frame, n_page = struct.unpack_from("=II", buf, 16)
-    salts = bytes(buf[32:40])
-    backfilled = struct.unpack_from("=I", buf, 96)[0]
-    marks = struct.unpack_from("=5I", buf, 100)
+    backfilled, *marks = _BACKFILL_MARKS.unpack_from(buf, 96)
     page_size = (sz & 0xFF00) | ((sz & 1) << 16)
-    return ShmHeader(change, max_frame, n_page, salts, backfilled, marks, page_size or 65536)
+    return ShmHeader(change, max_frame, n_page, salts, backfilled, tuple(marks), page_size or 65536)
 
 
 class ShmObserver:
