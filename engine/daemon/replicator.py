@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported l
 
 log = logging.getLogger("walrewind.shipper")
 
-MASK = 0xFFFFFFFF
 IDLE_POLL = 0.25  # unpinned and quiet, without inotify: how often the observer and reader look
 IDLE_WAIT_INOTIFY = 5.0  # ... with inotify (each commit's -wal write wakes the observer): a safety net only
 # While pinned, read what was observed at most this often (or half the upload interval) unless the
@@ -58,7 +57,6 @@ READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
 BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
 QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once (noticed within this)
-HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
 SHORT_GIL_SWITCH = 0.0005  # a few databases: the stages get the GIL within a fraction of a ms
@@ -78,7 +76,7 @@ class Replicator:
         storage: Storage,
         state_dir: str | None = None,
         upload_interval: float = 1.0,
-        heartbeat_interval: float = HEARTBEAT_SECONDS,
+        heartbeat_interval: float = defaults.HEARTBEAT_SECONDS,
         checkpoint_frames: int = 0,
         takeover: bool = False,
         lease_seconds: float = LEASE_SECONDS,
@@ -129,6 +127,7 @@ class Replicator:
         self.startup: Startup | None = None  # from run(): lease, identity, generation (with or without the store)
         self._reader_ident: int | None = None
         self._jobs: list = []  # work the uploader hands to the reading thread (startup.py)
+        self._burst = False  # a burst was being uploaded in short pieces (see _tail_loop)
         self._idle_wait = IDLE_POLL  # unpinned and quiet: how long the stages wait (see IDLE_WAIT_INOTIFY)
         self._housekeeper: threading.Thread | None = None
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
@@ -392,15 +391,10 @@ class Replicator:
             self._close()
 
     def _tail_loop(self) -> None:
-        """The read stage: read what the observer saw, in batches, and apply the pin policy.
-
-        Pinned, commits the observer reports are read at most every READ_DEFER_SECONDS (the pin keeps
-        their frames; one pass and one hand-over serve several; the observer stamped them).  A checkpointer
-        waiting for our read transaction interrupts at once.  Unpinned, anything new is pinned
-        first and read at once.  With nothing reported the loop still runs the pin policy
-        every HOUSEKEEPING_SECONDS pinned (idle release), unpinned every IDLE_WAIT_INOTIFY (IDLE_POLL
-        without inotify).
-        """
+        """The read stage.  Pinned, reported commits are read at most every READ_DEFER_SECONDS (the pin keeps
+        their frames; the observer stamped them), every QUIET_US while a burst is spooled; a waiting checkpointer
+        interrupts at once.  Unpinned, anything new is pinned first and read at once.  With nothing reported the
+        pin policy still runs every HOUSEKEEPING_SECONDS pinned (idle release), unpinned every IDLE_WAIT_INOTIFY."""
         ob = self.observer
         last_read = 0.0
         while not self._stop.is_set():
@@ -415,7 +409,7 @@ class Replicator:
                 pending, backlog = ob.new_commits, ob.backlog
             pinned = self.pin.active
             now = time.monotonic()
-            burst = self.state.current_bytes() >= BURST_UPLOAD_BYTES  # under way or just ended: see its end within QUIET_US
+            burst = self._burst or self.state.current_bytes() >= BURST_UPLOAD_BYTES  # see its end within QUIET_US
             period = QUIET_US / 1e6 if burst else HOUSEKEEPING_SECONDS if pinned else self._idle_wait
             due = last_read + (min(READ_DEFER_SECONDS, self.upload_interval / 2, period) if pinned else 0.0)
             try:
@@ -431,9 +425,14 @@ class Replicator:
                     self.pin_policy.after_read(read_now)
                     pos = self.rs.pos
                     ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
-                    if (self.state.current_bytes() >= BURST_UPLOAD_BYTES and not ob.new_commits
-                            and clock.now_us() - self.stats.last_commit_us > QUIET_US):
-                        self.uploader.soon.set()  # a burst just ended: ship it now, not at the next interval
+                    spooled = self.state.current_bytes()
+                    quiet = not ob.new_commits and clock.now_us() - self.stats.last_commit_us > QUIET_US
+                    if spooled >= 2 * BURST_UPLOAD_BYTES * max(1.0, self.upload_interval):
+                        self._burst = True  # a burst goes on: ship it in short uploads, the last one soon after
+                        self.uploader.soon.set()
+                    elif quiet and (self._burst or spooled >= BURST_UPLOAD_BYTES):
+                        self._burst = False  # a burst ended: ship its tail now, not at the next interval
+                        self.uploader.soon.set()
                     continue
             except SpoolFull as exc:
                 self._enter_overflow(exc)
@@ -464,7 +463,7 @@ class Replicator:
         if hdr is not None and not self.pin_policy.caught_up(hdr):
             behind = "an unknown number of"
             if self.rs.anchor is not None:
-                behind = str(max(0, ((hdr.change - self.rs.anchor) & MASK) - len(self.reader.unverified)))
+                behind = str(max(0, ((hdr.change - self.rs.anchor) & 0xFFFFFFFF) - len(self.reader.unverified)))
             log.warning("stopping %.1f s into the final sync with %s commits that SQLite counted not read yet; "
                         "the next start continues from where this one stopped", time.monotonic() - start, behind)
 
