@@ -31,7 +31,6 @@ from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
-from . import clock
 from .lag import LagProbe
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
@@ -41,6 +40,16 @@ from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpoolFull, StateDir
 from .startup import Startup
 from .state import ReplicationState, load_matching, save_uploaded
 from .stats import ReplicatorStats
+from .tailloop import (  # noqa: F401  (the loop's timings, importable from here as before)
+    BURST_UPLOAD_BYTES,
+    FINAL_SYNC_SECONDS,
+    HOUSEKEEPING_SECONDS,
+    IDLE_POLL,
+    IDLE_WAIT_INOTIFY,
+    READ_DEFER_SECONDS,
+    final_read,
+    tail_loop,
+)
 from .uploader import Uploader
 from .waker import Waker
 
@@ -49,19 +58,7 @@ if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported l
 
 log = logging.getLogger("walrewind.shipper")
 
-MASK = 0xFFFFFFFF
-IDLE_POLL = 0.25  # unpinned and quiet, without inotify: how often the observer and reader look
-# ... with inotify (every commit writes the -wal and wakes the observer, which wakes the reader) only
-# a safety net: timed wake-ups cost ~60-100 us each (100 idle databases: 7 % of a core at 0.25 s).
-IDLE_WAIT_INOTIFY = 5.0
-# While pinned, read what was observed at most this often (or half the upload interval) unless the
-# observer reports a backlog (observer.BACKLOG_FRAMES): the pin keeps the frames.  DESIGN.md, 2.
-READ_DEFER_SECONDS = 0.25
-HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
-BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
-QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once
 HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
-FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
 SHORT_GIL_SWITCH = 0.0005  # a few databases: the stages get the GIL within a fraction of a ms
 
@@ -394,79 +391,10 @@ class Replicator:
             self._close()
 
     def _tail_loop(self) -> None:
-        """The read stage: read what the observer saw, in batches, and apply the pin policy.
-
-        Pinned, commits the observer reports are read at most every READ_DEFER_SECONDS (the pin keeps
-        their frames; one pass and one hand-over serve several; the observer stamped them).  A checkpointer
-        waiting for our read transaction interrupts at once.  Unpinned, anything new is pinned
-        first and read at once.  With nothing reported the loop still runs the pin policy
-        every HOUSEKEEPING_SECONDS pinned (idle release), unpinned every IDLE_WAIT_INOTIFY (IDLE_POLL
-        without inotify).
-        """
-        ob = self.observer
-        last_read = 0.0
-        while not self._stop.is_set():
-            if self._jobs:
-                self._run_jobs()  # the uploader's start-up work (renumber, new generation)
-            if self.overflow is not None:
-                self._stop.wait(IDLE_POLL)
-                self._leave_overflow()
-                continue
-            with ob.cond:
-                urgent, ob.checkpointer = ob.checkpointer, False
-                pending, backlog = ob.new_commits, ob.backlog
-            pinned = self.pin.active
-            now = time.monotonic()
-            due = last_read + (min(READ_DEFER_SECONDS, self.upload_interval / 2) if pinned else 0.0)
-            try:
-                if urgent and pinned:
-                    self.pin_policy.yield_to_checkpointer()
-                    last_read = time.monotonic()
-                    continue
-                if (pending and (now >= due or backlog)) or now - last_read >= (HOUSEKEEPING_SECONDS if pinned else self._idle_wait):
-                    with ob.cond:
-                        ob.new_commits = ob.backlog = False
-                    last_read = now
-                    read_now = self.read_pass()
-                    self.pin_policy.after_read(read_now)
-                    pos = self.rs.pos
-                    ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
-                    if (self.state.current_bytes() >= BURST_UPLOAD_BYTES and not ob.new_commits
-                            and clock.now_us() - self.stats.last_commit_us > QUIET_US):
-                        self.uploader.soon.set()  # a burst just ended: ship it now, not at the next interval
-                    continue
-            except SpoolFull as exc:
-                self._enter_overflow(exc)
-                continue
-            with ob.cond:
-                if ob.checkpointer or self._stop.is_set():
-                    continue
-                if ob.new_commits:  # deferring: only a checkpointer, a backlog (or stop) wakes us early
-                    ob.reader_waiting_for_commits = False
-                    timeout = due - time.monotonic()
-                else:
-                    ob.reader_waiting_for_commits = True
-                    timeout = (HOUSEKEEPING_SECONDS if pinned else self._idle_wait) - (time.monotonic() - last_read)
-                ob.cond.wait(max(0.0, timeout))
+        tail_loop(self)  # engine/daemon/tailloop.py
 
     def _final_read(self) -> None:
-        """Read until caught up: a daemon that was behind has more than one read batch to go.
-
-        Bounded by FINAL_SYNC_SECONDS, for a writer that keeps committing faster than we read;
-        what is left then is read (or reconciled) by the next start.
-        """
-        start = time.monotonic()
-        deadline = start + FINAL_SYNC_SECONDS
-        self.reader.end_hold_off()
-        while self.read_pass() and time.monotonic() < deadline:
-            pass
-        hdr = self.shm.header()
-        if hdr is not None and not self.pin_policy.caught_up(hdr):
-            behind = "an unknown number of"
-            if self.rs.anchor is not None:
-                behind = str(max(0, ((hdr.change - self.rs.anchor) & MASK) - len(self.reader.unverified)))
-            log.warning("stopping %.1f s into the final sync with %s commits that SQLite counted not read yet; "
-                        "the next start continues from where this one stopped", time.monotonic() - start, behind)
+        final_read(self)
 
     def _start_maintenance(self) -> threading.Thread | None:
         if self.maintenance is None:

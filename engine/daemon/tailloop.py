@@ -1,0 +1,115 @@
+"""The read stage's loop: when the reading thread reads, runs the pin policy, and sleeps.
+
+One loop per database, on its replicator's thread (engine/daemon/replicator.py owns the parts it
+uses: the observer, the reader, the pin and its policy, the spool).  Its sleeps are what a quiet
+database costs: with file events, every commit writes the -wal and wakes the observer, which
+wakes this loop; the timed passes are housekeeping (the pin's idle release) and a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import clock
+from .spool import SpoolFull
+
+Replicator = Any  # engine/daemon/replicator.Replicator (not imported: it imports this module)
+
+log = logging.getLogger("walrewind.shipper")
+
+MASK = 0xFFFFFFFF
+IDLE_POLL = 0.25  # unpinned and quiet, without inotify: how often the observer and reader look
+# ... with inotify (every commit writes the -wal and wakes the observer, which wakes the reader) only
+# a safety net: timed wake-ups cost ~60-100 us each (100 idle databases: 7 % of a core at 0.25 s).
+IDLE_WAIT_INOTIFY = 5.0
+# While pinned, read what was observed at most this often (or half the upload interval) unless the
+# observer reports a backlog (observer.BACKLOG_FRAMES): the pin keeps the frames.  DESIGN.md, 2.
+READ_DEFER_SECONDS = 0.25
+HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
+BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
+QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once
+FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
+
+
+def tail_loop(d: Replicator) -> None:
+    """The read stage: read what the observer saw, in batches, and apply the pin policy.
+
+    Pinned, commits the observer reports are read at most every READ_DEFER_SECONDS (the pin keeps
+    their frames; one pass and one hand-over serve several; the observer stamped them).  A checkpointer
+    waiting for our read transaction interrupts at once.  Unpinned, anything new is pinned
+    first and read at once.  With nothing reported the loop still runs the pin policy
+    every ``quiet_seconds`` (HOUSEKEEPING_SECONDS pinned, IDLE_WAIT_INOTIFY unpinned, IDLE_POLL
+    without inotify).
+    """
+    ob = d.observer
+    last_read = 0.0
+    while not d._stop.is_set():
+        if d._jobs:
+            d._run_jobs()  # the uploader's start-up work (renumber, new generation)
+        if d.overflow is not None:
+            d._stop.wait(IDLE_POLL)
+            d._leave_overflow()
+            continue
+        with ob.cond:
+            urgent, ob.checkpointer = ob.checkpointer, False
+            pending, backlog = ob.new_commits, ob.backlog
+        pinned = d.pin.active
+        now = time.monotonic()
+        due = last_read + (min(READ_DEFER_SECONDS, d.upload_interval / 2) if pinned else 0.0)
+        try:
+            if urgent and pinned:
+                d.pin_policy.yield_to_checkpointer()
+                last_read = time.monotonic()
+                continue
+            if (pending and (now >= due or backlog)) or now - last_read >= quiet_seconds(d, pinned, last_read):
+                with ob.cond:
+                    ob.new_commits = ob.backlog = False
+                last_read = now
+                read_now = d.read_pass()
+                d.pin_policy.after_read(read_now)
+                pos = d.rs.pos
+                ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
+                if (d.state.current_bytes() >= BURST_UPLOAD_BYTES and not ob.new_commits
+                        and clock.now_us() - d.stats.last_commit_us > QUIET_US):
+                    d.uploader.soon.set()  # a burst just ended: ship it now, not at the next interval
+                continue
+        except SpoolFull as exc:
+            d._enter_overflow(exc)
+            continue
+        with ob.cond:
+            if ob.checkpointer or d._stop.is_set():
+                continue
+            if ob.new_commits:  # deferring: only a checkpointer, a backlog (or stop) wakes us early
+                ob.reader_waiting_for_commits = False
+                timeout = due - time.monotonic()
+            else:
+                ob.reader_waiting_for_commits = True
+                timeout = quiet_seconds(d, pinned, last_read) - (time.monotonic() - last_read)
+            ob.cond.wait(max(0.0, timeout))
+
+
+def quiet_seconds(d: Replicator, pinned: bool, last_read: float) -> float:
+    """How long after its last pass the loop runs the pin policy with nothing reported."""
+    return HOUSEKEEPING_SECONDS if pinned else d._idle_wait
+
+
+def final_read(d: Replicator) -> None:
+    """Read until caught up: a daemon that was behind has more than one read batch to go.
+
+    Bounded by FINAL_SYNC_SECONDS, for a writer that keeps committing faster than we read;
+    what is left then is read (or reconciled) by the next start.
+    """
+    start = time.monotonic()
+    deadline = start + FINAL_SYNC_SECONDS
+    d.reader.end_hold_off()
+    while d.read_pass() and time.monotonic() < deadline:
+        pass
+    hdr = d.shm.header()
+    if hdr is not None and not d.pin_policy.caught_up(hdr):
+        behind = "an unknown number of"
+        if d.rs.anchor is not None:
+            behind = str(max(0, ((hdr.change - d.rs.anchor) & MASK) - len(d.reader.unverified)))
+        log.warning("stopping %.1f s into the final sync with %s commits that SQLite counted not read yet; "
+                    "the next start continues from where this one stopped", time.monotonic() - start, behind)
