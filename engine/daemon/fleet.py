@@ -83,8 +83,11 @@ def prepare_process(many: bool) -> None:
     one per tenant) needs ~8 descriptors per database, so the soft limit on open files is raised
     to the hard one; and with ``many`` (sqld, or more than FEW_DATABASES) the GIL keeps Python's
     5 ms switch interval: with hundreds of threads, a 0.5 ms one (Replicator.gil_switch_interval)
-    made 300 namespaces cost 118 % of a core."""
+    made 300 namespaces cost 118 % of a core; and their wake-ups share one inotify instance."""
     Replicator.gil_switch_interval = None if many else SHORT_GIL_SWITCH
+    # Many: one inotify instance and dispatcher thread for every database (inotifyhub.py); a few
+    # keep a descriptor each, waited on by their observers directly (no thread hop per commit).
+    Replicator.many_databases = many
     if many:
         sys.setswitchinterval(0.005)  # Python's default (an earlier daemon of this process may have lowered it)
     try:
@@ -208,6 +211,7 @@ class Fleet:
                     m.worker.join()
                     self._finished(m, time.monotonic(), stopping=True)
             self.health.remove()
+            Replicator.many_databases = False  # a replicator started later in this process is on its own
             if self.metrics is not None:
                 self.metrics.stop()
             for s, handler in previous.items():

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from typing import TYPE_CHECKING, Callable
 
 from .. import defaults, logs
@@ -31,6 +32,7 @@ from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
+from .inotifyhub import HubWaker
 from .lag import LagProbe
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
@@ -70,6 +72,9 @@ def _through(owner: str, name: str) -> property:
 
 class Replicator:
     gil_switch_interval: float | None = SHORT_GIL_SWITCH  # None: leave it (fleet.prepare_process)
+    # A process serving many databases (fleet.prepare_process): their wake-ups share one inotify
+    # instance and dispatcher thread (inotifyhub.py), their timers are spread by a phase of their own.
+    many_databases = False
 
     def __init__(
         self,
@@ -91,6 +96,10 @@ class Replicator:
     ) -> None:
         self.db_path = os.path.abspath(db_path)
         self.name = name or os.path.basename(self.db_path)  # what log lines and metrics call it
+        self.many = Replicator.many_databases
+        # Where in their periods this database's timers fall (safety looks, heartbeats), in [0, 1):
+        # spread by path, so the databases of a fleet started together do not all wake at once.
+        self.phase_fraction = zlib.crc32(self.db_path.encode()) / 2**32
         # Checks the replica's encryption marker before anything is written (engine/storage/marker.py);
         # a message means: never append to the newest history, start a new generation (Startup).
         self.encryption_check = encryption_check
@@ -114,7 +123,7 @@ class Replicator:
         self.maintenance = maintenance
         self.stats = ReplicatorStats()
         self._stop = threading.Event()
-        self._waker = Waker()
+        self._waker: Waker | HubWaker = HubWaker() if self.many else Waker()
         self._waker_lock = threading.Lock()  # stop() may come from any thread, even after run() ended
         self._waker_closed = False
         self.rs = ReplicationState()  # where the history stands: one object, passed to the stages
@@ -128,7 +137,6 @@ class Replicator:
         self.startup: Startup | None = None  # from run(): lease, identity, generation (with or without the store)
         self._reader_ident: int | None = None
         self._jobs: list = []  # work the uploader hands to the reading thread (startup.py)
-        self._idle_wait = IDLE_POLL  # unpinned and quiet: how long the stages wait (see IDLE_WAIT_INOTIFY)
         self._housekeeper: threading.Thread | None = None
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
         self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
@@ -317,9 +325,9 @@ class Replicator:
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
-            self._idle_wait = IDLE_WAIT_INOTIFY if inotify else IDLE_POLL
+            safety = IDLE_WAIT_INOTIFY * (1.0 + self.phase_fraction) if self.many else IDLE_WAIT_INOTIFY
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self.pin_policy.probe_interval,
-                                     self._idle_wait, inotify, self.observations)
+                                     IDLE_POLL, inotify, self.observations, safety_poll=safety)
             if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes: read sooner
                 self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
@@ -329,7 +337,8 @@ class Replicator:
             observer.start()
             self.startup = Startup(self, load_matching(self.state, self.db_path, self.storage.url))
             self.startup.begin()  # with the replica: as always; without it: capture now, check later
-            self.uploader.last_beat_mono = time.monotonic()
+            # Many databases: each heartbeats at a phase of its own (they all start together).
+            self.uploader.last_beat_mono = time.monotonic() - self.heartbeat_interval * self.phase_fraction * self.many
             uploader = threading.Thread(target=logs.bound_to(self.name, self.uploader.run), name="walrewind-uploader",
                                         daemon=True)
             uploader.start()

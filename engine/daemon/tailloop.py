@@ -91,8 +91,11 @@ def tail_loop(d: Replicator) -> None:
 
 
 def quiet_seconds(d: Replicator, pinned: bool, last_read: float) -> float:
-    """How long after its last pass the loop runs the pin policy with nothing reported."""
-    return HOUSEKEEPING_SECONDS if pinned else d._idle_wait
+    """How long after its last pass the loop runs the pin policy with nothing reported (the
+    observer may switch to polling while running: observer.MISSED_EVENTS_MAX)."""
+    if pinned:
+        return HOUSEKEEPING_SECONDS
+    return IDLE_WAIT_INOTIFY if d.observer.inotify else IDLE_POLL
 
 
 def final_read(d: Replicator) -> None:
