@@ -37,6 +37,7 @@ from .lag import LagProbe
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
+from .prober import CheckpointProber
 from .reader import Reader
 from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpoolFull, StateDir
 from .startup import Startup
@@ -130,6 +131,7 @@ class Replicator:
         self.reader: Reader | None = None  # the read stage, once the database is open
         self.observations = Observations()  # when each commit boundary was first seen
         self.observer: Observer | None = None  # the observe stage's thread, while running
+        self._prober: CheckpointProber | None = None  # many databases: the shared one probes our lock bytes
         self.ready = threading.Event()  # the replica holds our base and we hold its lease
         self.capturing = threading.Event()  # tailing: every commit from now on reaches the spool
         self.pending_snapshot_ts = 0  # the moment of the newest base snapshot this daemon took
@@ -168,9 +170,11 @@ class Replicator:
         self.wal = WalFile(self.db_path + "-wal")
         self.pinned_reader = PinnedReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
         self.reader = Reader(self.rs, self.state, self.stats, self.pin, self.shm, self.wal, self.pinned_reader,
-                             self.observations, lambda: self.pin_policy.letting_go)
+                             self.observations, lambda: self.pin_policy.letting_go, on_spooled=self.uploader.kick.set)
 
     def _close(self) -> None:
+        if self._prober is not None and self.observer is not None:
+            self._prober.unwatch(self.observer, wait=True)  # no probe of descriptors about to close
         self.pin_policy.close()
         self.pin.close()
         self.wal.close()
@@ -188,6 +192,7 @@ class Replicator:
     def stop(self) -> None:
         self._stop.set()
         self.uploader.soon.set()
+        self.uploader.kick.set()
         with self._waker_lock:
             if not self._waker_closed:  # never write to a descriptor number that may be reused
                 self._waker.wake()
@@ -245,6 +250,31 @@ class Replicator:
             if self._stop.is_set():
                 return False
         return True
+
+    def refresh_tail(self) -> None:
+        """One read pass on the reading thread now (the uploader's, before a heartbeat): in a
+        many-database process a quiet reader sleeps 30-60 s, and a heartbeat vouches only for
+        what the last pass checked.  Nothing to do for a few databases (a pass every 5 s)."""
+        if not self.many:
+            return
+
+        def job() -> None:
+            if self.overflow is None and self.reader is not None:
+                try:
+                    self.pin_policy.after_read(self.read_pass())  # as one pass of tailloop.py's loop
+                except SpoolFull as exc:
+                    self._enter_overflow(exc)
+
+        self.in_reader(job)
+
+    def _share_prober(self, observer: Observer) -> None:
+        """Let the process's one prober thread probe our lock bytes while pinned (prober.py): the
+        observer then sleeps until the -wal changes, instead of waking every 5-20 ms to probe."""
+        prober = self._prober = CheckpointProber.shared()
+        observer.self_probe = False
+        self.pin.on_change = lambda pinned: prober.watch(observer) if pinned else prober.unwatch(observer)
+        if self.pin.active:
+            prober.watch(observer)
 
     def _run_jobs(self) -> None:
         while self._jobs:
@@ -328,6 +358,8 @@ class Replicator:
             safety = IDLE_WAIT_INOTIFY * (1.0 + self.phase_fraction) if self.many else IDLE_WAIT_INOTIFY
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self.pin_policy.probe_interval,
                                      IDLE_POLL, inotify, self.observations, safety_poll=safety)
+            if self.many and inotify:
+                self._share_prober(self.observer)
             if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes: read sooner
                 self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from . import clock
+from .pinpolicy import IDLE_RELEASE_SECONDS
 from .spool import SpoolFull
 
 Replicator = Any  # engine/daemon/replicator.Replicator (not imported: it imports this module)
@@ -28,6 +29,10 @@ IDLE_WAIT_INOTIFY = 5.0
 # observer reports a backlog (observer.BACKLOG_FRAMES): the pin keeps the frames.  DESIGN.md, 2.
 READ_DEFER_SECONDS = 0.25
 HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
+# A many-database process (fleet.prepare_process), with file events: how long a quiet, unpinned
+# reader sleeps when nothing wakes it (the observer does for every commit; the uploader asks for a
+# pass before each heartbeat: Replicator.refresh_tail), times 1-2 by the database's phase.
+READER_QUIET_SECONDS = 30.0
 BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
 QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
@@ -91,11 +96,24 @@ def tail_loop(d: Replicator) -> None:
 
 
 def quiet_seconds(d: Replicator, pinned: bool, last_read: float) -> float:
-    """How long after its last pass the loop runs the pin policy with nothing reported (the
-    observer may switch to polling while running: observer.MISSED_EVENTS_MAX)."""
+    """How long after its last pass the loop runs the pin policy with nothing reported.
+
+    Without file events (the observer may switch to polling while running: its
+    MISSED_EVENTS_MAX), or with a few databases: HOUSEKEEPING_SECONDS pinned, IDLE_POLL or
+    IDLE_WAIT_INOTIFY unpinned.  In a many-database process with file events, pinned: until the
+    idle release is due (nothing else to do meanwhile: a waiting checkpointer is reported by the
+    shared prober, new commits by the observer); unpinned: READER_QUIET_SECONDS, unless a
+    hold-off, a WAL let go, or commits read but not yet vouched for need another look soon.
+    """
+    if not d.observer.inotify:
+        return HOUSEKEEPING_SECONDS if pinned else IDLE_POLL
+    if not d.many:
+        return HOUSEKEEPING_SECONDS if pinned else IDLE_WAIT_INOTIFY
     if pinned:
-        return HOUSEKEEPING_SECONDS
-    return IDLE_WAIT_INOTIFY if d.observer.inotify else IDLE_POLL
+        return max(HOUSEKEEPING_SECONDS, d.reader.last_commit_mono + IDLE_RELEASE_SECONDS + 0.01 - last_read)
+    if d.reader.holding_off or d.reader.unverified or d.pin_policy.letting_go:
+        return IDLE_POLL
+    return READER_QUIET_SECONDS * (1.0 + d.phase_fraction)
 
 
 def final_read(d: Replicator) -> None:
