@@ -52,7 +52,8 @@ PY_SPY = (shutil.which("py-spy", path=os.path.dirname(sys.executable))
           or shutil.which("py-spy", path=os.path.join(os.path.dirname(HERE), ".venv", "bin")) or "py-spy")
 # Where a sampled stack's CPU goes, by the first of these functions found in it (leaf first).
 STAGES = [("observer", "daemon/observer.py"), ("reader", "tailloop.py"), ("reader", "_tail_loop"),
-          ("uploader", "uploader.py"), ("inotify dispatcher", "waker.py"), ("prober", "prober.py"),
+          ("uploader", "uploader.py"), ("inotify dispatcher", "inotifyhub.py"),
+          ("observer", "waker.py"), ("prober", "prober.py"),
           ("fleet loop", "fleet.py"), ("maintenance", "maintenance/"), ("start-up", "startup.py"),
           ("namespaces", "namespaces.py")]
 

@@ -58,8 +58,11 @@ TICK = 0.25  # the fleet's loop: how soon a finished worker or a due retry is ac
 RETRY_FIRST = 1.0  # seconds before the first retry of a failed database ...
 RETRY_MAX = 60.0  # ... doubling up to this
 STABLE_AFTER = 60.0  # a database that ran this long before failing starts its backoff again
-WATCH_SECONDS = 1.0  # how often each database file's identity and reseed requests are checked (dbwatch.py)
-SAMPLE_SECONDS = 2.0  # the health file (walrewind status) is rewritten this often
+WATCH_SECONDS = 1.0  # how often each database file's identity and reseed requests are checked (dbwatch.py) ...
+WATCHES_PER_SECOND = 200  # ... at most this many a second (1,000 sqld namespaces: each every 5 s), spread over ticks
+SAMPLE_SECONDS = 2.0  # the health file (walrewind status) is rewritten this often ...
+SAMPLES_PER_SECOND = 200  # ... or less often for a big fleet (a sample costs ~50 us: 1,000 namespaces every 5 s)
+BIG_FLEET = 100  # above this many databases, changes are published at most once a second
 FEW_DATABASES = 8  # up to this many (and no sqld), the stages get a 0.5 ms GIL switch interval
 
 
@@ -83,8 +86,11 @@ def prepare_process(many: bool) -> None:
     one per tenant) needs ~8 descriptors per database, so the soft limit on open files is raised
     to the hard one; and with ``many`` (sqld, or more than FEW_DATABASES) the GIL keeps Python's
     5 ms switch interval: with hundreds of threads, a 0.5 ms one (Replicator.gil_switch_interval)
-    made 300 namespaces cost 118 % of a core."""
+    made 300 namespaces cost 118 % of a core; and their wake-ups share one inotify instance."""
     Replicator.gil_switch_interval = None if many else SHORT_GIL_SWITCH
+    # Many: one inotify instance and dispatcher thread for every database (inotifyhub.py); a few
+    # keep a descriptor each, waited on by their observers directly (no thread hop per commit).
+    Replicator.many_databases = many
     if many:
         sys.setswitchinterval(0.005)  # Python's default (an earlier daemon of this process may have lowered it)
     try:
@@ -122,8 +128,7 @@ class Fleet:
         self._started_us = time.time_ns() // 1000
         self.lag_budget = lag_budget
         self._published = 0.0
-        self._watched = 0.0
-        self._watch_due = False
+        self._watch_cursor = 0
         if not retry:
             for db in databases:
                 check_replicable(db.path)  # one database: refuse at once, as before
@@ -178,24 +183,22 @@ class Fleet:
             for m in self._members.values():
                 self._start(m)
             self._publish()
+            full = True  # look at every member (else only those not simply replicating, see _tick)
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self.watcher is not None and self.watcher.due(now):
-                    self._scan(now)
-                changed = False
-                self._watch_due = now - self._watched >= WATCH_SECONDS
-                if self._watch_due:
-                    self._watched = now
-                for m in list(self._members.values()):
-                    changed |= self._step(m, now)
-                if changed or now - self._published >= SAMPLE_SECONDS:
+                    full |= self._scan(now)
+                changed = self._tick(now, full)
+                n = len(self._members)
+                since = now - self._published
+                if (changed and (n <= BIG_FLEET or since >= 1.0)) or since >= max(SAMPLE_SECONDS, n / SAMPLES_PER_SECOND):
                     self._publish()
                 if not self.retry and any(m.state == "failed" for m in self._members.values()):
                     break
                 if self.child is not None and self._child_step():
                     break
                 trimmer.tick(now)
-                self._wake.wait(TICK)
+                full = self._wake.wait(TICK)  # a worker ended, or stop: look at everyone
                 self._wake.clear()
         finally:
             if self.child is not None:
@@ -208,11 +211,36 @@ class Fleet:
                     m.worker.join()
                     self._finished(m, time.monotonic(), stopping=True)
             self.health.remove()
+            Replicator.many_databases = False  # a replicator started later in this process is on its own
             if self.metrics is not None:
                 self.metrics.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._ended + [self._outcome(m) for m in self._members.values()]
+
+    def _tick(self, now: float, full: bool) -> bool:
+        """Advance the members that need it; True when a state changed.
+
+        A member simply replicating needs nothing until its worker ends (which wakes the loop:
+        ``full``) or its file is due for a check: each tick checks the next slice of the members,
+        so every file is checked every WATCH_SECONDS, or every ``n / WATCHES_PER_SECOND`` seconds
+        in a big fleet.  With 1,000 sqld namespaces, visiting every member four times a second
+        and checking every file every second cost ~8 % of a core on its own."""
+        members = list(self._members.values())
+        n = len(members)
+        watch: set[int] = set()
+        if n:
+            period = max(WATCH_SECONDS, n / WATCHES_PER_SECOND)
+            count = min(n, -(-int(n * TICK * 1000) // int(period * 1000)))  # ceil(n * TICK / period)
+            start = self._watch_cursor % n
+            watch = {(start + k) % n for k in range(count)}
+            self._watch_cursor = start + count
+        changed = False
+        for i, m in enumerate(members):
+            due = i in watch
+            if full or due or m.state != "replicating" or m.offline:
+                changed |= self._step(m, now, due)
+        return changed
 
     def _child_step(self) -> bool:
         """Start the --exec child once every database replicates; True once it has exited."""
@@ -260,10 +288,10 @@ class Fleet:
         m.worker.stop()
         return True
 
-    def _step(self, m: Member, now: float) -> bool:
-        """Advance one member; True when its state changed."""
+    def _step(self, m: Member, now: float, watch: bool = False) -> bool:
+        """Advance one member (``watch``: check its file too); True when its state changed."""
         w = m.worker
-        if w is not None and not w.done and self._watch_due and self._watch_file(m):
+        if w is not None and not w.done and watch and self._watch_file(m):
             return True
         if w is not None and m.state == "starting" and w.ready:
             m.set_state("replicating")
@@ -374,7 +402,7 @@ class Fleet:
         return current is not None and current != db.namespace_id
 
     # ------------------------------------------------------------------ namespaces
-    def _scan(self, now: float) -> None:
+    def _scan(self, now: float) -> bool:
         assert self.watcher is not None and self.sqld is not None
         changes = self.watcher.scan(now)
         for name, why in changes.waiting.items():
@@ -397,6 +425,7 @@ class Fleet:
             self._start(m)
         if changes:
             self._publish()
+        return bool(changes)
 
     def _delete(self, name: str, successor: DatabaseConfig | None) -> None:
         assert self.sqld is not None

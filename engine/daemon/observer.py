@@ -32,6 +32,8 @@ EXPECT_POLL = 0.002  # after a WAL write, how often to look for the commit in th
 EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames long before COMMIT)
 STAMP_SLACK_US = 5_000  # a commit first seen more than this after the previous look: stamp uncertain
 UNCERTAIN_LOG_SECONDS = 60.0  # at most one warning about uncertain stamps per minute
+MISSED_EVENTS_MAX = 3  # commits in a row found by a timed look with no file event: inotify is not
+# delivering this database's events (a bind mount, a network file system): poll it from then on
 BACKLOG_FRAMES = 256  # frames the reader may fall behind before it is woken (see Observer)
 FIRST_LOOK_MIN = 0.3  # below this hit rate the look at a WAL write is skipped (see run())
 FIRST_LOOK_RETRY = 32  # ... but made again after this many skips, in case the writer changed
@@ -140,10 +142,12 @@ class WalIndex(Protocol):
 
 
 class FileWaker(Protocol):
-    """What the observer needs of the file-change waker (engine/daemon/waker.Waker)."""
+    """What the observer needs of the file-change waker: engine/daemon/waker.Waker (its own inotify
+    descriptor) or engine/daemon/inotifyhub.HubWaker (the process's shared one); it cannot tell."""
 
     def wait(self, timeout: float, changes: bool = True) -> bool: ...
-    def drain(self) -> None: ...
+    def drain(self) -> bool: ...
+    def pending(self) -> bool: ...
 
 
 class Observer:
@@ -155,13 +159,16 @@ class Observer:
     ``probe_interval()`` even while the reader works.  The reader is told through ``signal``:
     ``new_commits`` (something to read) and ``checkpointer`` (step aside now).
 
-    One database per observer today; for many databases one such thread would wait on one
-    epoll set of inotify descriptors and look at each database's header on its events.
+    With file events a quiet, unpinned observer looks only every ``safety_poll`` (a safety net:
+    every commit writes the -wal, which wakes it); without them every ``idle_poll``.  Pinned, it
+    probes the lock bytes every ``probe_interval()``, unless the process's shared prober
+    (engine/daemon/prober.py) does that for it (``self_probe`` False: a process serving many
+    databases).
     """
 
     def __init__(self, wal_index: WalIndex, waker: FileWaker, stats, pinned: Callable[[], bool],
                  probe_interval: Callable[[], float], idle_poll: float, inotify: bool,
-                 observations: Observations | None = None,
+                 observations: Observations | None = None, safety_poll: float | None = None,
                  peek: Callable[[bytes, int, int], tuple[bytes, int, tuple[int, int]] | None] | None = None) -> None:
         self.wal_index = wal_index
         self.peek = peek  # WalFile.peek_commit of the -wal, on a descriptor of this thread's own
@@ -169,8 +176,11 @@ class Observer:
         self.stats = stats
         self.pinned = pinned
         self.probe_interval = probe_interval
-        self.idle_poll = idle_poll
+        self.idle_poll = idle_poll  # how often to look without file events
+        self.safety_poll = safety_poll if safety_poll is not None else idle_poll  # ... and with them
         self.inotify = inotify
+        self._missed_events = 0  # commits in a row first seen by a timed look with no file event
+        self.self_probe = True  # False: the shared prober probes our lock bytes while pinned
         self.observations = observations if observations is not None else Observations()
         self.cond = threading.Condition()
         self.new_commits = False  # a commit boundary observed that the reader has not taken
@@ -189,6 +199,31 @@ class Observer:
         self._wakes_since_first_look = 0
         self._last_uncertain_log = 0.0
         self.uncertain_since_log = 0
+
+    def _idle_timeout(self) -> float:
+        if self.self_probe and self.pinned():
+            return self.probe_interval()
+        return self.safety_poll if self.inotify else self.idle_poll
+
+    def _timed_discovery(self) -> None:
+        """A commit was first seen by a timed look.  With file events that should not happen (the
+        commit wrote the -wal after our last drain): if it keeps happening and no event is pending
+        even now, this database's events are not delivered; poll it as without inotify, rather
+        than stamp every commit up to ``safety_poll`` late."""
+        if not self.inotify or self.waker.pending():  # its event was only late (not taken: it may be the next commit's)
+            self._missed_events = 0
+            return
+        self._missed_events += 1
+        if self._missed_events >= MISSED_EVENTS_MAX:
+            self.inotify = False
+            log.warning("%d commits in a row were found by a timed look, not announced by a file event: inotify "
+                        "does not deliver this database's events; polling it every %.0f ms from now on",
+                        self._missed_events, self.idle_poll * 1000)
+
+    def probe_checkpointer(self) -> None:
+        """Tell the reader when a blocking checkpoint waits for our pin (the shared prober's call)."""
+        if self.wal_index.checkpointer_waiting():
+            self._notify(checkpointer=True)
 
     def observe(self):
         """Read the wal-index header and remember when each commit boundary was first seen.
@@ -313,7 +348,7 @@ class Observer:
                 stats.wake_looks += 1
                 woke = False
             else:
-                timeout = self.probe_interval() if self.pinned() else self.idle_poll
+                timeout = self._idle_timeout()
                 if publish_at:
                     timeout = max(0.0, min(timeout, publish_at - started))
                 woke = self.waker.wait(timeout)  # drains the file events it woke for
@@ -364,8 +399,11 @@ class Observer:
                 if timed and not first_look:
                     stats.polled_stamps += 1
                     self._uncertain(int(timeout * 1e6) + max(0, overslept_us), added_before)
-                elif overslept_us > STAMP_SLACK_US and not first_look:
-                    self._uncertain(overslept_us + int(timeout * 1e6), added_before)
+                    self._timed_discovery()
+                elif not timed:
+                    self._missed_events = 0  # announced by its file event (directly or by the look after it)
+                    if overslept_us > STAMP_SLACK_US and not first_look:
+                        self._uncertain(overslept_us + int(timeout * 1e6), added_before)
                 self._notify()
             elif written:
                 expect_until = 0.0
@@ -373,7 +411,7 @@ class Observer:
                 expect_until = now + EXPECT_SECONDS  # (expecting: a stamped commit still unpublished)
             elif not self.inotify:
                 self._notify()  # polling only: let the reader look for itself
-            if now >= next_probe and self.pinned():
+            if self.self_probe and now >= next_probe and self.pinned():
                 next_probe = now + self.probe_interval() - 0.001  # a timed wake-up always probes
                 if self.wal_index.checkpointer_waiting():
                     self._notify(checkpointer=True)

@@ -45,7 +45,7 @@ HOLD_OFF_FRAMES = 256  # ... and at most this many frames of the same WAL genera
 class Reader:
     def __init__(self, rs: ReplicationState, spool_dir: StateDir, stats: ReplicatorStats, pin: ReadPin,
                  shm: ShmObserver, wal: WalFile, pinned_reader: PinnedReader, observations: Observations,
-                 letting_go: Callable[[], bool]) -> None:
+                 letting_go: Callable[[], bool], on_spooled: Callable[[], None] | None = None) -> None:
         self.rs = rs
         self.state = spool_dir
         self.stats = stats
@@ -54,6 +54,7 @@ class Reader:
         self.wal = wal
         self.pinned_reader = pinned_reader
         self.observations = observations
+        self.on_spooled = on_spooled  # wakes the uploader, which sleeps while the spool is empty
         self.letting_go = letting_go  # the pin policy reads unpinned on purpose (a WAL too big)
         self.unverified: list = []  # (WalTransaction, stamp, stamp only a bound) read but not yet vouched for
         self.last_commit_mono = time.monotonic()
@@ -105,6 +106,8 @@ class Reader:
             if hdr is not None and self.caught_up(hdr) and not self.unverified:
                 if self.rs.anchor is not None and hdr.change == self.rs.anchor:
                     self.spooled_through_us = checked_us  # as tick() does when it finds nothing
+                if self._hold is not None:
+                    self._holding_off(hdr)  # ends once run out (a quiet loop polls while one lasts)
                 return 0
             if hdr is not None and self._holding_off(hdr):
                 return 0
@@ -131,6 +134,10 @@ class Reader:
 
     def end_hold_off(self) -> None:
         self._hold = None
+
+    @property
+    def holding_off(self) -> bool:
+        return self._hold is not None
 
     def _holding_off(self, hdr: ShmHeader) -> bool:
         hold = self._hold
@@ -260,6 +267,8 @@ class Reader:
         # every seal and at least every uploader.FSYNC_SECONDS), never on this one: see
         # docs/DESIGN.md, "Grouped fsync".
         self.state.append(items, allow_over_limit, sync=False, changes=changes)
+        if self.on_spooled is not None:
+            self.on_spooled()
         self.stats.backlog_bytes = self.state.pending
 
     def replay_spool(self) -> None:

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from typing import TYPE_CHECKING, Callable
 
 from .. import defaults, logs
@@ -31,16 +32,27 @@ from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
-from . import clock
+from .inotifyhub import HubWaker
 from .lag import LagProbe
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
+from .prober import CheckpointProber
 from .reader import Reader
 from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpoolFull, StateDir
 from .startup import Startup
 from .state import ReplicationState, load_matching, save_uploaded
 from .stats import ReplicatorStats
+from .tailloop import (  # noqa: F401  (the loop's timings, importable from here as before)
+    BURST_UPLOAD_BYTES,
+    FINAL_SYNC_SECONDS,
+    HOUSEKEEPING_SECONDS,
+    IDLE_POLL,
+    IDLE_WAIT_INOTIFY,
+    READ_DEFER_SECONDS,
+    final_read,
+    tail_loop,
+)
 from .uploader import Uploader
 from .waker import Waker
 
@@ -49,15 +61,7 @@ if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported l
 
 log = logging.getLogger("walrewind.shipper")
 
-IDLE_POLL = 0.25  # unpinned and quiet, without inotify: how often the observer and reader look
-IDLE_WAIT_INOTIFY = 5.0  # ... with inotify (each commit's -wal write wakes the observer): a safety net only
-# While pinned, read what was observed at most this often (or half the upload interval) unless the
-# observer reports a backlog (observer.BACKLOG_FRAMES): the pin keeps the frames.  DESIGN.md, 2.
-READ_DEFER_SECONDS = 0.25
-HOUSEKEEPING_SECONDS = 0.25  # while pinned and quiet, re-check the pin policy this often
-BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
-QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once (noticed within this)
-FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
+HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 MAINTENANCE_JOIN_SECONDS = 30.0  # at stop, how long a running snapshot/prune/drill may finish
 SHORT_GIL_SWITCH = 0.0005  # a few databases: the stages get the GIL within a fraction of a ms
 
@@ -69,6 +73,9 @@ def _through(owner: str, name: str) -> property:
 
 class Replicator:
     gil_switch_interval: float | None = SHORT_GIL_SWITCH  # None: leave it (fleet.prepare_process)
+    # A process serving many databases (fleet.prepare_process): their wake-ups share one inotify
+    # instance and dispatcher thread (inotifyhub.py), their timers are spread by a phase of their own.
+    many_databases = False
 
     def __init__(
         self,
@@ -76,7 +83,7 @@ class Replicator:
         storage: Storage,
         state_dir: str | None = None,
         upload_interval: float = 1.0,
-        heartbeat_interval: float = defaults.HEARTBEAT_SECONDS,
+        heartbeat_interval: float = HEARTBEAT_SECONDS,
         checkpoint_frames: int = 0,
         takeover: bool = False,
         lease_seconds: float = LEASE_SECONDS,
@@ -90,6 +97,10 @@ class Replicator:
     ) -> None:
         self.db_path = os.path.abspath(db_path)
         self.name = name or os.path.basename(self.db_path)  # what log lines and metrics call it
+        self.many = Replicator.many_databases
+        # Where in their periods this database's timers fall (safety looks, heartbeats), in [0, 1):
+        # spread by path, so the databases of a fleet started together do not all wake at once.
+        self.phase_fraction = zlib.crc32(self.db_path.encode()) / 2**32
         # Checks the replica's encryption marker before anything is written (engine/storage/marker.py);
         # a message means: never append to the newest history, start a new generation (Startup).
         self.encryption_check = encryption_check
@@ -113,13 +124,14 @@ class Replicator:
         self.maintenance = maintenance
         self.stats = ReplicatorStats()
         self._stop = threading.Event()
-        self._waker = Waker()
+        self._waker: Waker | HubWaker = HubWaker() if self.many else Waker()
         self._waker_lock = threading.Lock()  # stop() may come from any thread, even after run() ended
         self._waker_closed = False
         self.rs = ReplicationState()  # where the history stands: one object, passed to the stages
         self.reader: Reader | None = None  # the read stage, once the database is open
         self.observations = Observations()  # when each commit boundary was first seen
         self.observer: Observer | None = None  # the observe stage's thread, while running
+        self._prober: CheckpointProber | None = None  # many databases: the shared one probes our lock bytes
         self.ready = threading.Event()  # the replica holds our base and we hold its lease
         self.capturing = threading.Event()  # tailing: every commit from now on reaches the spool
         self.pending_snapshot_ts = 0  # the moment of the newest base snapshot this daemon took
@@ -127,8 +139,7 @@ class Replicator:
         self.startup: Startup | None = None  # from run(): lease, identity, generation (with or without the store)
         self._reader_ident: int | None = None
         self._jobs: list = []  # work the uploader hands to the reading thread (startup.py)
-        self._burst = False  # a burst was being uploaded in short pieces (see _tail_loop)
-        self._idle_wait = IDLE_POLL  # unpinned and quiet: how long the stages wait (see IDLE_WAIT_INOTIFY)
+        self._burst = False  # a burst was being uploaded in short pieces (engine/daemon/tailloop.py)
         self._housekeeper: threading.Thread | None = None
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
         self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
@@ -160,9 +171,11 @@ class Replicator:
         self.wal, self.peek_wal = WalFile(self.db_path + "-wal"), WalFile(self.db_path + "-wal")  # (observer's own)
         self.pinned_reader = PinnedReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
         self.reader = Reader(self.rs, self.state, self.stats, self.pin, self.shm, self.wal, self.pinned_reader,
-                             self.observations, lambda: self.pin_policy.letting_go)
+                             self.observations, lambda: self.pin_policy.letting_go, on_spooled=self.uploader.kick.set)
 
     def _close(self) -> None:
+        if self._prober is not None and self.observer is not None:
+            self._prober.unwatch(self.observer, wait=True)  # no probe of descriptors about to close
         self.pin_policy.close()
         self.pin.close()
         for descriptor in (self.wal, self.peek_wal, self.shm):
@@ -180,6 +193,7 @@ class Replicator:
     def stop(self) -> None:
         self._stop.set()
         self.uploader.soon.set()
+        self.uploader.kick.set()
         with self._waker_lock:
             if not self._waker_closed:  # never write to a descriptor number that may be reused
                 self._waker.wake()
@@ -237,6 +251,31 @@ class Replicator:
             if self._stop.is_set():
                 return False
         return True
+
+    def refresh_tail(self) -> None:
+        """One read pass on the reading thread now (the uploader's, before a heartbeat): in a
+        many-database process a quiet reader sleeps 30-60 s, and a heartbeat vouches only for
+        what the last pass checked.  Nothing to do for a few databases (a pass every 5 s)."""
+        if not self.many:
+            return
+
+        def job() -> None:
+            if self.overflow is None and self.reader is not None:
+                try:
+                    self.pin_policy.after_read(self.read_pass())  # as one pass of tailloop.py's loop
+                except SpoolFull as exc:
+                    self._enter_overflow(exc)
+
+        self.in_reader(job)
+
+    def _share_prober(self, observer: Observer) -> None:
+        """Let the process's one prober thread probe our lock bytes while pinned (prober.py): the
+        observer then sleeps until the -wal changes, instead of waking every 5-20 ms to probe."""
+        prober = self._prober = CheckpointProber.shared()
+        observer.self_probe = False
+        self.pin.on_change = lambda pinned: prober.watch(observer) if pinned else prober.unwatch(observer)
+        if self.pin.active:
+            prober.watch(observer)
 
     def _run_jobs(self) -> None:
         while self._jobs:
@@ -317,9 +356,12 @@ class Replicator:
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
-            self._idle_wait = IDLE_WAIT_INOTIFY if inotify else IDLE_POLL
+            safety = IDLE_WAIT_INOTIFY * (1.0 + self.phase_fraction) if self.many else IDLE_WAIT_INOTIFY
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self.pin_policy.probe_interval,
-                                     self._idle_wait, inotify, self.observations, self.peek_wal.peek_commit)
+                                     IDLE_POLL, inotify, self.observations, safety_poll=safety,
+                                     peek=self.peek_wal.peek_commit)
+            if self.many and inotify:
+                self._share_prober(self.observer)
             if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes: read sooner
                 self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
             observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
@@ -329,7 +371,8 @@ class Replicator:
             observer.start()
             self.startup = Startup(self, load_matching(self.state, self.db_path, self.storage.url))
             self.startup.begin()  # with the replica: as always; without it: capture now, check later
-            self.uploader.last_beat_mono = time.monotonic()
+            # Many databases: each heartbeats at a phase of its own (they all start together).
+            self.uploader.last_beat_mono = time.monotonic() - self.heartbeat_interval * self.phase_fraction * self.many
             uploader = threading.Thread(target=logs.bound_to(self.name, self.uploader.run), name="walrewind-uploader",
                                         daemon=True)
             uploader.start()
@@ -391,81 +434,10 @@ class Replicator:
             self._close()
 
     def _tail_loop(self) -> None:
-        """The read stage.  Pinned, reported commits are read at most every READ_DEFER_SECONDS (the pin keeps
-        their frames; the observer stamped them), every QUIET_US while a burst is spooled; a waiting checkpointer
-        interrupts at once.  Unpinned, anything new is pinned first and read at once.  With nothing reported the
-        pin policy still runs every HOUSEKEEPING_SECONDS pinned (idle release), unpinned every IDLE_WAIT_INOTIFY."""
-        ob = self.observer
-        last_read = 0.0
-        while not self._stop.is_set():
-            if self._jobs:
-                self._run_jobs()  # the uploader's start-up work (renumber, new generation)
-            if self.overflow is not None:
-                self._stop.wait(IDLE_POLL)
-                self._leave_overflow()
-                continue
-            with ob.cond:
-                urgent, ob.checkpointer = ob.checkpointer, False
-                pending, backlog = ob.new_commits, ob.backlog
-            pinned = self.pin.active
-            now = time.monotonic()
-            burst = self._burst or self.state.current_bytes() >= BURST_UPLOAD_BYTES  # see its end within QUIET_US
-            period = QUIET_US / 1e6 if burst else HOUSEKEEPING_SECONDS if pinned else self._idle_wait
-            due = last_read + (min(READ_DEFER_SECONDS, self.upload_interval / 2, period) if pinned else 0.0)
-            try:
-                if urgent and pinned:
-                    self.pin_policy.yield_to_checkpointer()
-                    last_read = time.monotonic()
-                    continue
-                if (pending and (now >= due or backlog)) or now - last_read >= period:
-                    with ob.cond:
-                        ob.new_commits = ob.backlog = False
-                    last_read = now
-                    read_now = self.read_pass()
-                    self.pin_policy.after_read(read_now)
-                    pos = self.rs.pos
-                    ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
-                    spooled = self.state.current_bytes()
-                    quiet = not ob.new_commits and clock.now_us() - self.stats.last_commit_us > QUIET_US
-                    if spooled >= 2 * BURST_UPLOAD_BYTES * max(1.0, self.upload_interval):
-                        self._burst = True  # a burst goes on: ship it in short uploads, the last one soon after
-                        self.uploader.soon.set()
-                    elif quiet and (self._burst or spooled >= BURST_UPLOAD_BYTES):
-                        self._burst = False  # a burst ended: ship its tail now, not at the next interval
-                        self.uploader.soon.set()
-                    continue
-            except SpoolFull as exc:
-                self._enter_overflow(exc)
-                continue
-            with ob.cond:
-                if ob.checkpointer or self._stop.is_set():
-                    continue
-                if ob.new_commits:  # deferring: only a checkpointer, a backlog (or stop) wakes us early
-                    ob.reader_waiting_for_commits = False
-                    timeout = due - time.monotonic()
-                else:
-                    ob.reader_waiting_for_commits = True
-                    timeout = period - (time.monotonic() - last_read)
-                ob.cond.wait(max(0.0, timeout))
+        tail_loop(self)  # engine/daemon/tailloop.py
 
     def _final_read(self) -> None:
-        """Read until caught up: a daemon that was behind has more than one read batch to go.
-
-        Bounded by FINAL_SYNC_SECONDS, for a writer that keeps committing faster than we read;
-        what is left then is read (or reconciled) by the next start.
-        """
-        start = time.monotonic()
-        deadline = start + FINAL_SYNC_SECONDS
-        self.reader.end_hold_off()
-        while self.read_pass() and time.monotonic() < deadline:
-            pass
-        hdr = self.shm.header()
-        if hdr is not None and not self.pin_policy.caught_up(hdr):
-            behind = "an unknown number of"
-            if self.rs.anchor is not None:
-                behind = str(max(0, ((hdr.change - self.rs.anchor) & 0xFFFFFFFF) - len(self.reader.unverified)))
-            log.warning("stopping %.1f s into the final sync with %s commits that SQLite counted not read yet; "
-                        "the next start continues from where this one stopped", time.monotonic() - start, behind)
+        final_read(self)
 
     def _start_maintenance(self) -> threading.Thread | None:
         if self.maintenance is None:

@@ -92,6 +92,11 @@ class SpooledTxn:
     changes: PageChanges | None = None  # the page hashes it set, as PageHashes.apply recorded them
 
 
+def _state_json(state: dict) -> bytes:
+    # No indent: json's C encoder (with indent, the pure-Python one took ~0.4 ms per upload)
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
 class StateDir:
     def __init__(
         self, path: str, limit_bytes: int = DEFAULT_SPOOL_LIMIT, min_free_bytes: int = DEFAULT_MIN_FREE
@@ -157,7 +162,7 @@ class StateDir:
                 and self._hash_log_bytes < max(hashlog.MIN_COMPACT_BYTES, self._hash_base_bytes)):
             record = hashlog.encode(first_txid, txid, hashes.db_pages, hashes.checksum, changes)
             self._hash_log_bytes = hashlog.append(os.path.join(self.path, hashlog.log_name(base)), record)
-            atomic_write(os.path.join(self.path, "state.json"), json.dumps(dict(state, hashes=base), indent=1).encode())
+            atomic_write(os.path.join(self.path, "state.json"), _state_json(dict(state, hashes=base)))
             return
         name = hashlog.base_name(txid)
         blob = hashes.to_bytes()
@@ -165,7 +170,7 @@ class StateDir:
         log = os.path.join(self.path, hashlog.log_name(name))
         if os.path.exists(log):
             os.unlink(log)  # a leftover of an earlier base at this same txid
-        atomic_write(os.path.join(self.path, "state.json"), json.dumps(dict(state, hashes=name), indent=1).encode())
+        atomic_write(os.path.join(self.path, "state.json"), _state_json(dict(state, hashes=name)))
         for other in os.listdir(self.path):
             if other.startswith("hashes-") and other.endswith((".bin", ".log")) and other != name:
                 os.unlink(os.path.join(self.path, other))

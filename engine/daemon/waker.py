@@ -6,6 +6,11 @@ observer therefore waits on the inotify descriptor itself (created through watch
 bindings, without watchdog's own observer and dispatch threads), through epoll.  A self-pipe lets
 stop() interrupt the wait; where inotify is unavailable the wait degrades to the caller's
 polling interval.
+
+This is the waker of a process with a few databases.  A process serving many (more than
+fleet.FEW_DATABASES, or a sqld data directory) uses engine/daemon/inotifyhub.HubWaker instead: one
+inotify instance for the process (``fs.inotify.max_user_instances`` is often 128) and one
+dispatcher thread, at the cost of one thread hop per commit.  The observer cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Waker:
         self._fd: int | None = None
         self._dir_wd = self._wal_wd = -1
         self._names: tuple[bytes, ...] = ()
+        self._carried = False  # a change seen by pending(), still to be reported by wait()/drain()
 
     def watch(self, db_path: str) -> bool:
         """Watch the database's -wal for writes (and its directory for the -wal being replaced).
@@ -77,6 +83,9 @@ class Waker:
         # has thousands open), and no per-call list of descriptors to build.
         poll = self._epoll_all if self._fd is not None and changes else self._epoll_stop
         woke = False
+        if changes and self._carried:
+            self._carried = False
+            woke, timeout = True, 0.0
         for fd, _ev in poll.poll(timeout if timeout > 0.0 else 0.0):
             if fd == self._fd:
                 woke = self._drain() or woke
@@ -90,7 +99,14 @@ class Waker:
 
     def drain(self) -> bool:
         """Forget the file changes reported so far; True when there were any (of our files)."""
-        return self._drain() if self._fd is not None else False
+        carried, self._carried = self._carried, False
+        return (self._drain() if self._fd is not None else False) or carried
+
+    def pending(self) -> bool:
+        """A file change happened that no wait()/drain() took yet (they still report it)."""
+        if self._fd is not None and not self._carried:
+            self._carried = self._drain()
+        return self._carried
 
     def _drain(self) -> bool:
         relevant = False

@@ -12,6 +12,7 @@ writes to the user's database, never checkpoints it, and leaves no tables or row
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import apsw
 
@@ -41,6 +42,9 @@ class ReadPin:
         self._active: int | None = None
         self.header: ShmHeader | None = None  # the wal-index header the read transaction sees
         self.since = 0.0
+        # Told True when a read transaction is taken while none was held, False when it ends (a
+        # process serving many databases probes only the pinned ones: engine/daemon/prober.py).
+        self.on_change: Callable[[bool], None] | None = None
 
     @property
     def active(self) -> bool:
@@ -74,11 +78,14 @@ class ReadPin:
             conn.execute("COMMIT")
         else:
             raise PinError("could not open a read transaction with a stable snapshot (100 attempts)")
-        if self._active is not None:
+        was_active = self._active is not None
+        if was_active:
             self._conns[self._active].execute("COMMIT")
         self._active = idle
         self.header = snapshot
         self.since = time.monotonic()
+        if not was_active and self.on_change is not None:
+            self.on_change(True)
         return snapshot
 
     def release(self) -> None:
@@ -86,6 +93,8 @@ class ReadPin:
             self._conns[self._active].execute("COMMIT")
             self._active = None
             self.header = None
+            if self.on_change is not None:
+                self.on_change(False)
 
     def pragma(self, name: str) -> int:
         conn = self._conns[self._active if self._active is not None else 0]

@@ -1,0 +1,110 @@
+"""One thread that notices, for every pinned database of a many-database process, a checkpointer
+waiting for us.
+
+While the daemon holds a read transaction (the pin), an application's blocking checkpoint
+(RESTART/TRUNCATE: sqld runs them on a timer) waits for it while holding the write lock; the
+daemon steps aside within milliseconds once the lock bytes show it (engine/daemon/pinpolicy.py,
+``yield_to_checkpointer``).  Nothing announces such a waiter (it makes no file event), so its lock
+bytes are probed every ``probe_interval()`` (20 ms, 5 ms after a recent yield) while pinned.  A
+database written once a second stays pinned, and its observer thread woke 50 times a second for
+that probe alone: 100 such databases cost ~30 % of a core in thread wake-ups.  In a process
+serving many databases (fleet.prepare_process) ONE thread probes every pinned database instead (a
+probe is one or two ``fcntl(F_OFD_GETLK)`` calls, a few microseconds) and tells that database's
+observer, which wakes its reader as before.  Probes due within BATCH_SECONDS of each other share
+one wake-up (a little early, never late).  A process with a few databases keeps each observer's
+own probing: one thread fewer to hop through.
+
+A database is probed from the moment its pin is taken until it is released (``ReadPin``'s
+``on_change``); ``unwatch(wait=True)`` returns only once no probe of it is running, so the
+descriptors it probes can be closed right after.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Protocol
+
+log = logging.getLogger("walrewind.prober")
+
+MAX_SLEEP = 1.0  # with nothing pinned the thread sleeps until a database is watched
+# Probes due within this much of the earliest are made in the same round (a little early, never
+# late): one wake-up serves many databases instead of one wake-up per database and interval.
+BATCH_SECONDS = 0.004
+
+
+class Probed(Protocol):
+    """What the prober needs of a database's observer (engine/daemon/observer.Observer)."""
+
+    probe_interval: Callable[[], float]
+
+    def probe_checkpointer(self) -> None: ...
+
+
+class CheckpointProber:
+    _shared: CheckpointProber | None = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> CheckpointProber:
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._probing = threading.Lock()  # held while a round of probes runs (see unwatch)
+        self._due: dict[Probed, float] = {}  # watched -> next probe (monotonic)
+        self.probes = 0
+        self.rounds = 0
+        self._thread = threading.Thread(target=self._run, name="walrewind-prober", daemon=True)
+        self._thread.start()
+
+    def watch(self, observer: Probed) -> None:
+        with self._cond:
+            self._due[observer] = 0.0  # at once: the checkpointer may already be waiting
+            self._cond.notify()
+
+    def unwatch(self, observer: Probed, wait: bool = False) -> None:
+        """Probe ``observer`` no more; ``wait``: also for a round that took it before (its
+        descriptors are about to be closed).  A pin's release does not wait: it may be stepping
+        aside for a checkpointer, and a probe of an unpinned database is harmless."""
+        with self._cond:
+            self._due.pop(observer, None)
+        if wait:
+            with self._probing:
+                pass
+
+    @property
+    def watched(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                nxt = min(self._due.values(), default=now + MAX_SLEEP)
+                if nxt > now:
+                    self._cond.wait(nxt - now)
+                    continue
+                due = [ob for ob, at in self._due.items() if at <= now + BATCH_SECONDS]
+            self.rounds += 1
+            with self._probing:
+                for ob in due:
+                    with self._cond:
+                        if ob not in self._due:
+                            continue  # unwatched meanwhile: its descriptors may be closing
+                    try:
+                        ob.probe_checkpointer()
+                        interval = ob.probe_interval()
+                    except Exception:  # a closed database, a bug: never stop probing the others
+                        log.debug("probe failed", exc_info=True)
+                        interval = MAX_SLEEP
+                    self.probes += 1
+                    with self._cond:
+                        if ob in self._due:
+                            # a hair early, as the observer did: a timed probe then always finds it due
+                            self._due[ob] = time.monotonic() + interval - 0.001

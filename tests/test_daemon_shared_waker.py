@@ -1,0 +1,330 @@
+"""Many databases in one process: one inotify instance and one dispatcher thread wake them all.
+
+A daemon serving a sqld data directory replicates one database per tenant.  With an inotify
+instance per database, everything past ``fs.inotify.max_user_instances`` (128 by default) polled
+silently.  A "many" process (fleet.prepare_process: sqld, or more than FEW_DATABASES) therefore
+shares one (engine/daemon/inotifyhub.py); a process with a few keeps a Waker per database, waited
+on by its observer directly.  These tests pin down: which waker each kind of process gets; the
+hub routes each event to the wakers of that -wal only; a many process holds ONE inotify
+descriptor however many databases it tails, and each database's commits are stamped by file
+events (restores at random targets are exact); a database whose watch cannot be set, or whose
+events never arrive (either waker), still replicates by polling.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from harness import (
+    DaemonThread,
+    create_db,
+    exact_or_stamped_late,
+    judge,
+    now_us,
+    read_log,
+    start_writer,
+)
+from walrewind.engine.daemon import fleet
+from walrewind.engine.daemon import replicator as replicator_module
+from walrewind.engine.daemon.inotifyhub import HubWaker, InotifyHub
+from walrewind.engine.daemon.prober import CheckpointProber
+from walrewind.engine.daemon.replicator import Replicator
+from walrewind.engine.daemon.uploader import Uploader
+from walrewind.engine.daemon.waker import Waker
+from walrewind.engine.restore.restorer import restore
+from walrewind.engine.storage import open_storage
+
+
+@pytest.fixture
+def many(monkeypatch):
+    """This test process serves "many" databases (what Fleet.run decides for sqld or > 8)."""
+    monkeypatch.setattr(Replicator, "many_databases", True)
+    monkeypatch.setattr(Replicator, "gil_switch_interval", None)
+
+
+def inotify_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+        except OSError:
+            pass
+    return n
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_few_databases_keep_their_own_waker_and_many_share_the_hub(tmp_path):
+    db = str(tmp_path / "app.db")
+    create_db(db)
+    storage = open_storage(str(tmp_path / "replica"))
+    try:
+        fleet.prepare_process(many=False)
+        assert type(Replicator(db, storage, state_dir=str(tmp_path / "s1"))._waker) is Waker
+        fleet.prepare_process(many=True)
+        assert type(Replicator(db, storage, state_dir=str(tmp_path / "s2"))._waker) is HubWaker
+    finally:
+        fleet.prepare_process(many=False)
+        Replicator.many_databases = False
+
+
+def test_one_hub_routes_each_wal_write_to_its_waker_only(tmp_path):
+    """Wakers of databases in one directory and in others share one inotify instance; a write
+    wakes exactly the wakers of that -wal (two on one file: both); closing one keeps the other;
+    a -wal deleted and created again is followed; closing all removes every watch."""
+    hub = InotifyHub()
+    dbs = [tmp_path / "a" / "one.db", tmp_path / "a" / "two.db", tmp_path / "b" / "three.db"]
+    for db in dbs:
+        db.parent.mkdir(exist_ok=True)
+        db.write_bytes(b"")
+        (db.parent / (db.name + "-wal")).write_bytes(b"")
+    wakers = [HubWaker(hub) for _ in dbs] + [HubWaker(hub)]
+    for w, db in zip(wakers, dbs + [dbs[0]]):
+        assert w.watch(str(db))
+    try:
+        for n, db in enumerate(dbs):
+            with open(str(db) + "-wal", "ab") as f:
+                f.write(b"frame")
+            expected = {n, 3} if n == 0 else {n}
+            wait_until(lambda: all(wakers[i].pending() for i in expected), 5, f"a wake-up for {db}")
+            time.sleep(0.05)  # any stray event would have arrived by now
+            assert {i for i, w in enumerate(wakers) if w.drain()} == expected
+        with open(tmp_path / "a" / "app.log", "a") as f:
+            f.write("a line per commit\n")  # another file in the directory wakes nobody
+        time.sleep(0.05)
+        assert not any(w.pending() for w in wakers)
+        wakers[3].close()
+        with open(str(dbs[0]) + "-wal", "ab") as f:
+            f.write(b"frame")
+        assert wakers[0].wait(5.0)
+        os.unlink(str(dbs[1]) + "-wal")
+        assert wakers[1].wait(5.0)  # the -wal went away (its name is ours)
+        with open(str(dbs[1]) + "-wal", "wb") as f:
+            f.write(b"new")
+        wakers[1].wait(5.0)
+        wakers[1].drain()
+        with open(str(dbs[1]) + "-wal", "ab") as f:
+            f.write(b"frame")
+        assert wakers[1].wait(5.0), "a re-created -wal must be watched again"
+        assert not wakers[2].pending()
+    finally:
+        for w in wakers:
+            w.close()
+    assert hub.watches == 0
+
+
+@pytest.mark.parametrize("kind", ["own", "hub"])
+def test_wake_interrupts_and_changes_false_sleeps_through_writes(tmp_path, kind):
+    """Both wakers: a pending change is a peek (still reported by the next wait), a look-again
+    delay sleeps through writes, wake() interrupts it."""
+    db = tmp_path / "app.db"
+    db.write_bytes(b"")
+    (tmp_path / "app.db-wal").write_bytes(b"")
+    w = Waker() if kind == "own" else HubWaker(InotifyHub())
+    assert w.watch(str(db))
+    try:
+        assert not w.pending()
+        with open(tmp_path / "app.db-wal", "ab") as f:
+            f.write(b"frame")
+        wait_until(w.pending, 5, "the write's event")
+        assert w.pending()  # still there
+        started = time.monotonic()
+        assert not w.wait(0.05, changes=False)  # a write does not end a look-again delay ...
+        assert time.monotonic() - started >= 0.04
+        assert w.wait(0.0)  # ... and is still reported afterwards
+        assert not w.pending() and not w.drain()
+        with open(tmp_path / "app.db-wal", "ab") as f:
+            f.write(b"frame")
+        wait_until(w.pending, 5, "the second write's event")
+        assert w.drain() and not w.wait(0.0)
+        w.wake()
+        assert w.wait(5.0, changes=False)
+    finally:
+        w.close()
+
+
+def _written(tmp_path, n: int, rate: float, duration: float, seed: int):
+    dbs = [str(tmp_path / f"db{i}" / "data") for i in range(n)]
+    for db in dbs:
+        os.makedirs(os.path.dirname(db))
+        create_db(db)
+    return dbs, [{"db": db, "log": db + ".log", "checksums": True, "rate": rate, "duration": duration,
+                  "seed": seed + i} for i, db in enumerate(dbs)]
+
+
+def _check_latest(replica: str, log: str, out: str) -> None:
+    txns, _ = read_log(log)
+    result = restore(open_storage(replica), out)
+    assert judge(out, result.page_size, txns, txns[0]["checksum"], now_us() + 10**7).restored_index == txns[-1]["i"]
+
+
+def _check_targets(replica: str, log: str, tmp_path, targets: int, seed: int) -> None:
+    tmp_path = tmp_path / f"restores{seed}"
+    tmp_path.mkdir()
+    _check_latest(replica, log, str(tmp_path / "latest.db"))
+    txns, _ = read_log(log)
+    storage = open_storage(replica)
+    rng = random.Random(seed)
+    for n in range(targets):
+        target = rng.randint(txns[1]["begin"], txns[-1]["end"])
+        out = str(tmp_path / f"t{n}.db")
+        result = restore(storage, out, target_us=target)
+        v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
+        assert v.exact or exact_or_stamped_late(result), \
+            f"{log}: target {target}: got txn {v.restored_index}, allowed {v.allowed}"
+
+
+@pytest.mark.slow
+def test_many_databases_share_one_inotify_instance_and_are_stamped_promptly(tmp_path, many):
+    """Eight databases tailed in a many process, all written at once: one inotify descriptor in
+    the process; every database's commits are stamped by file events (no timed look found one),
+    and restores at random targets are exact in each."""
+    n = 8
+    dbs, configs = _written(tmp_path, n, rate=20, duration=3.0, seed=500)
+    before = inotify_fds()
+    daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}")) for i, db in enumerate(dbs)]
+    try:
+        shippers = [d.__enter__() for d in daemons]
+        assert inotify_fds() - before <= 1, "one inotify instance for the process, not one per database"
+        assert all(s.observer.inotify and isinstance(s._waker, HubWaker) and not s.observer.self_probe for s in shippers)
+        writers = [start_writer(c) for c in configs]
+        for w in writers:
+            out, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err
+    finally:
+        for d in daemons:
+            d.stop()
+    for i, s in enumerate(shippers):
+        assert s.stats.polled_stamps == 0, f"db{i}: a commit was found by a timed look, not by its file event"
+        _check_targets(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 4, 600 + i)
+
+
+@pytest.mark.slow
+def test_a_database_without_a_watch_replicates_by_polling(tmp_path, monkeypatch, many):
+    """The watch cannot be set (max_user_watches reached, a file system without events): that
+    database polls, and every commit is still shipped; the others keep their file events."""
+    dbs, configs = _written(tmp_path, 2, rate=20, duration=2.0, seed=700)
+    real_add = InotifyHub.add
+    monkeypatch.setattr(InotifyHub, "add", lambda hub, waker, path: False if path == dbs[0] else real_add(hub, waker, path))
+    daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}")) for i, db in enumerate(dbs)]
+    try:
+        polled, watched = (d.__enter__() for d in daemons)
+        assert not polled.observer.inotify
+        assert watched.observer.inotify
+        writers = [start_writer(c) for c in configs]
+        for w in writers:
+            out, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err
+    finally:
+        for d in daemons:
+            d.stop()
+    for i in range(2):
+        _check_latest(str(tmp_path / f"replica{i}"), configs[i]["log"], str(tmp_path / f"latest{i}.db"))
+    assert polled.stats.polled_stamps > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["own", "hub"])
+def test_events_that_never_arrive_switch_the_database_to_polling(tmp_path, monkeypatch, kind):
+    """Watched, but its events are never delivered (some bind mounts): the safety look finds the
+    commits; after a few in a row the database is polled like one without inotify, and every
+    commit is shipped."""
+    monkeypatch.setattr(replicator_module, "IDLE_WAIT_INOTIFY", 0.05)
+    if kind == "hub":
+        monkeypatch.setattr(Replicator, "many_databases", True)
+        monkeypatch.setattr(HubWaker, "_changed_now", lambda self: None)  # the kernel's events are lost
+    else:
+        real_drain = Waker._drain
+        monkeypatch.setattr(Waker, "_drain", lambda self: real_drain(self) and False)
+    dbs, configs = _written(tmp_path, 1, rate=20, duration=2.0, seed=800)
+    with DaemonThread(dbs[0], str(tmp_path / "replica"), str(tmp_path / "state")) as shipper:
+        assert shipper.observer.inotify
+        w = start_writer(configs[0])
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+        assert not shipper.observer.inotify, "should have switched to polling"
+    _check_latest(str(tmp_path / "replica"), configs[0]["log"], str(tmp_path / "latest.db"))
+
+
+@pytest.mark.slow
+def test_the_shared_prober_lets_app_checkpoints_through_at_once(tmp_path, many):
+    """A many process: no observer probes its own lock bytes; the one prober thread sees the
+    app's TRUNCATE checkpoints (sqld-style, every second) waiting for our pin, and the daemon
+    steps aside: never busy, never slow, nothing lost."""
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    probes = CheckpointProber.shared().probes
+    with DaemonThread(db, replica, str(tmp_path / "state")) as shipper:
+        assert not shipper.observer.self_probe
+        w = start_writer({"db": db, "log": log, "checksums": True, "rate": 100, "duration": 5, "truncate_every": 1.0,
+                          "seed": 21})
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+    txns, ckpts = read_log(log)
+    assert len(ckpts) >= 3
+    assert [c["busy"] for c in ckpts] == [0] * len(ckpts)
+    assert max(c["dur_us"] for c in ckpts) <= 100_000, ckpts
+    assert shipper.stats.yields >= 1 and shipper.stats.resyncs == 0
+    assert CheckpointProber.shared().probes > probes
+    _check_targets(replica, log, tmp_path, 6, 900)
+
+
+def _switches(tids: list[int]) -> int:
+    total = 0
+    for tid in tids:
+        with open(f"/proc/self/task/{tid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+@pytest.mark.parametrize("kind", ["own", "hub"])
+def test_an_idle_database_does_not_wake_its_threads(tmp_path, monkeypatch, kind):
+    """Nothing written: the reader, observer and uploader sleep (no wake-up every 250 ms or every
+    upload interval: a few databases look every 5 s, many every 5-60 s); a commit then still
+    ships at once."""
+    if kind == "hub":
+        monkeypatch.setattr(Replicator, "many_databases", True)
+    db = str(tmp_path / "app.db")
+    create_db(db)
+    daemon = DaemonThread(db, str(tmp_path / "replica"), str(tmp_path / "state"), upload_interval=0.1)
+    with daemon as shipper:
+        reader = shipper.reader
+        wait_until(lambda: not (shipper.pin.active or reader.holding_off or reader.unverified), 10, "the idle release")
+        time.sleep(0.5)
+        tids = [t.native_id for t in threading.enumerate() if t.name in ("walrewind-observer", "walrewind-uploader")]
+        tids.append(daemon.thread.native_id)
+        assert len(tids) == 3
+        before = _switches(tids)
+        per = [_switches([t]) for t in tids]
+        time.sleep(2.0)
+        woke = _switches(tids) - before
+        per = [_switches([t]) - p for t, p in zip(tids, per)]  # observer, uploader, reader
+        assert woke <= (3 if kind == "own" else 2), f"{woke} wake-ups of an idle database's threads in 2 s (were ~40): {per}"
+        txid = shipper.stats.uploaded_txid
+        start_writer({"db": db, "log": os.devnull, "txns": 1}).communicate(timeout=60)
+        wait_until(lambda: shipper.stats.uploaded_txid > txid, 10, "the commit's upload")
+
+
+def test_an_idle_uploader_sees_a_stop_that_came_before_its_sleep():
+    """stop() sets the kick, the uploader's next round clears it before sleeping: it must still
+    see the stop (it slept until its next heartbeat: SIGTERM of 1,000 namespaces took 85 s)."""
+    stop = threading.Event()
+    host = SimpleNamespace(pending_snapshot=None, state=SimpleNamespace(pending=0), heartbeat_interval=60.0,
+                           upload_interval=1.0, wait_for_stop=stop.wait, stopping=False)
+    up = Uploader(host)
+    stop.set()
+    host.stopping = True
+    up.kick.set()  # what Replicator.stop() does ...
+    started = time.monotonic()
+    assert up._sleep(None)  # ... and the round's clear must not lose it
+    assert time.monotonic() - started < 1.0
