@@ -153,6 +153,14 @@ def test_wake_interrupts_and_changes_false_sleeps_through_writes(tmp_path, kind)
         w.close()
 
 
+def _write_all(configs: list[dict]) -> None:
+    """Run every writer at once (each its own process) and wait for all of them."""
+    writers = [start_writer(c) for c in configs]
+    for w in writers:
+        _out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+
+
 def _written(tmp_path, n: int, rate: float, duration: float, seed: int):
     dbs = [str(tmp_path / f"db{i}" / "data") for i in range(n)]
     for db in dbs:
@@ -197,10 +205,7 @@ def test_many_databases_share_one_inotify_instance_and_are_stamped_promptly(tmp_
         shippers = [d.__enter__() for d in daemons]
         assert inotify_fds() - before <= 1, "one inotify instance for the process, not one per database"
         assert all(s.observer.inotify and isinstance(s._waker, HubWaker) and not s.observer.self_probe for s in shippers)
-        writers = [start_writer(c) for c in configs]
-        for w in writers:
-            out, err = w.communicate(timeout=120)
-            assert w.returncode == 0, err
+        _write_all(configs)
     finally:
         for d in daemons:
             d.stop()
@@ -221,10 +226,7 @@ def test_a_database_without_a_watch_replicates_by_polling(tmp_path, monkeypatch,
         polled, watched = (d.__enter__() for d in daemons)
         assert not polled.observer.inotify
         assert watched.observer.inotify
-        writers = [start_writer(c) for c in configs]
-        for w in writers:
-            out, err = w.communicate(timeout=120)
-            assert w.returncode == 0, err
+        _write_all(configs)
     finally:
         for d in daemons:
             d.stop()
