@@ -26,7 +26,7 @@ from ..sqlite.capture import PinnedReader
 from ..sqlite.pagehash import new_changes
 from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
-from ..sqlite.walfile import WalFile, WalPosition
+from ..sqlite.walfile import MASK, WalFile, WalPosition
 from . import clock
 from .observer import STAMP_SLACK_US, Observations
 from .spool import SpooledTxn, StateDir
@@ -35,7 +35,6 @@ from .stats import ReplicatorStats
 
 log = logging.getLogger("walrewind.shipper")
 
-MASK = 0xFFFFFFFF
 READ_BATCH_BYTES = 8 << 20  # per read pass: bounds the memory of a pass and the stamps' delay
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
 HOLD_OFF_SECONDS = 0.05  # after a release that lets the WAL reset, at most this long unpinned ...

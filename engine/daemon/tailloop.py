@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from ..sqlite.walfile import MASK
 from . import clock
 from .pinpolicy import IDLE_RELEASE_SECONDS
 from .spool import SpoolFull
@@ -20,7 +21,6 @@ Replicator = Any  # engine/daemon/replicator.Replicator (not imported: it import
 
 log = logging.getLogger("walrewind.shipper")
 
-MASK = 0xFFFFFFFF
 IDLE_POLL = 0.25  # unpinned and quiet, without inotify: how often the observer and reader look
 # ... with inotify (every commit writes the -wal and wakes the observer, which wakes the reader) only
 # a safety net: timed wake-ups cost ~60-100 us each (100 idle databases: 7 % of a core at 0.25 s).
