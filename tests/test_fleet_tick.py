@@ -3,6 +3,9 @@ member's file is still checked regularly (engine/daemon/fleet.py, ``Fleet._tick`
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from walrewind.engine.daemon import fleet as fleet_module
 from walrewind.engine.daemon.fleet import Fleet
 from walrewind.engine.workspace.config import DatabaseConfig
@@ -48,3 +51,35 @@ def test_a_member_that_is_not_simply_replicating_is_stepped_every_tick(tmp_path)
     stepped.clear()
     f._tick(0.0, full=True)  # a worker ended (or stop): everyone
     assert len(stepped) == 300
+
+
+def test_the_prober_probes_databases_on_one_grid():
+    """Databases pinned at different moments, probed every 20 ms: after their first probe they
+    fall on the same multiples of 20 ms, so each round probes them all (rounds, not probes, are
+    what wakes the thread)."""
+    from walrewind.engine.daemon.prober import CheckpointProber, next_on_grid
+
+    assert next_on_grid(1.0001, 0.02) == pytest.approx(1.02)
+    assert next_on_grid(1.0161, 0.02) == pytest.approx(1.04)  # early in its batch: not at once again
+    prober = CheckpointProber()
+    seen = threading.Event()
+
+    class Watched:
+        probe_interval = staticmethod(lambda: 0.02)
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def probe_checkpointer(self) -> None:
+            self.count += 1
+            if all(w.count >= 10 for w in watched):
+                seen.set()
+
+    watched = [Watched() for _ in range(20)]
+    for w in watched:
+        prober.watch(w)
+    assert seen.wait(30)
+    for w in watched:
+        prober.unwatch(w, wait=True)
+    assert prober.probes >= 200
+    assert prober.rounds <= prober.probes / 20 + 3, (prober.rounds, prober.probes)

@@ -92,6 +92,7 @@ def prepare_process(many: bool) -> None:
     # keep a descriptor each, waited on by their observers directly (no thread hop per commit).
     Replicator.many_databases = many
     if many:
+        memory.small_sqlite_connections()  # two read-only connections per database: no lookaside each
         sys.setswitchinterval(0.005)  # Python's default (an earlier daemon of this process may have lowered it)
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -144,7 +145,7 @@ class Fleet:
 
     def members(self) -> list[dict]:
         """Every database's health, as the health file has it."""
-        return [m.health() for m in self._members.values()]
+        return [m.health() for m in list(self._members.values())]
 
     def samples(self) -> list[DatabaseSample]:
         """Every database as it is now (metrics and the health file; callable from any thread)."""

@@ -10,9 +10,13 @@ database written once a second stays pinned, and its observer thread woke 50 tim
 that probe alone: 100 such databases cost ~30 % of a core in thread wake-ups.  In a process
 serving many databases (fleet.prepare_process) ONE thread probes every pinned database instead (a
 probe is one or two ``fcntl(F_OFD_GETLK)`` calls, a few microseconds) and tells that database's
-observer, which wakes its reader as before.  Probes due within BATCH_SECONDS of each other share
-one wake-up (a little early, never late).  A process with a few databases keeps each observer's
-own probing: one thread fewer to hop through.
+observer, which wakes its reader as before.  Probes fall on a grid of their interval (every
+database probed every 20 ms is probed at the same multiples of 20 ms), so one wake-up serves them
+all: 100 pinned databases cost 50 rounds a second, not one round per database and interval (20
+sqld namespaces written at 1 txn/s: the prober took 2.2 % of a core with a round per probe).
+Probes due within BATCH_SECONDS of each other still share one wake-up (a little early, never
+late).  A process with a few databases keeps each observer's own probing: one thread fewer to hop
+through.
 
 A database is probed from the moment its pin is taken until it is released (``ReadPin``'s
 ``on_change``); ``unwatch(wait=True)`` returns only once no probe of it is running, so the
@@ -22,6 +26,7 @@ descriptors it probes can be closed right after.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Callable, Protocol
@@ -32,6 +37,12 @@ MAX_SLEEP = 1.0  # with nothing pinned the thread sleeps until a database is wat
 # Probes due within this much of the earliest are made in the same round (a little early, never
 # late): one wake-up serves many databases instead of one wake-up per database and interval.
 BATCH_SECONDS = 0.004
+
+
+def next_on_grid(now: float, interval: float) -> float:
+    """The first multiple of ``interval`` more than BATCH_SECONDS after ``now`` (a probe made a
+    little early in its batch is not repeated at once): at most interval + BATCH_SECONDS away."""
+    return (math.floor((now + BATCH_SECONDS) / interval) + 1) * interval
 
 
 class Probed(Protocol):
@@ -92,19 +103,23 @@ class CheckpointProber:
                     continue
                 due = [ob for ob, at in self._due.items() if at <= now + BATCH_SECONDS]
             self.rounds += 1
+            probed = []
             with self._probing:
                 for ob in due:
-                    with self._cond:
-                        if ob not in self._due:
-                            continue  # unwatched meanwhile: its descriptors may be closing
+                    # (A dict lookup is atomic: unwatched meanwhile means its descriptors may be
+                    # closing once this round ends, see unwatch; no lock taken per probe.)
+                    if ob not in self._due:
+                        continue
                     try:
                         ob.probe_checkpointer()
                         interval = ob.probe_interval()
                     except Exception:  # a closed database, a bug: never stop probing the others
                         log.debug("probe failed", exc_info=True)
                         interval = MAX_SLEEP
-                    self.probes += 1
-                    with self._cond:
-                        if ob in self._due:
-                            # a hair early, as the observer did: a timed probe then always finds it due
-                            self._due[ob] = time.monotonic() + interval - 0.001
+                    probed.append((ob, interval))
+            self.probes += len(probed)
+            now = time.monotonic()
+            with self._cond:
+                for ob, interval in probed:
+                    if ob in self._due:
+                        self._due[ob] = next_on_grid(now, interval)
