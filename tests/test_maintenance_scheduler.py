@@ -298,12 +298,19 @@ def test_on_a_replica_written_by_the_daemon(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_daemon_runs_maintenance_and_saves_its_status(tmp_path):
+@pytest.mark.parametrize("many", [False, True], ids=["own-thread", "shared-pool"])
+def test_the_daemon_runs_maintenance_and_saves_its_status(tmp_path, monkeypatch, many):
     """Wired into the daemon: a snapshot by volume is built from the replica while it replicates,
-    and the result lands in maintenance.json in the state directory (what `db show` prints)."""
+    and the result lands in maintenance.json in the state directory (what `db show` prints).  In a
+    many-database process the shared pool (maintenancepool.py) runs it instead of a thread."""
     from harness import DaemonThread, create_db, read_log, run_writer
+    from walrewind.engine.daemon.maintenancepool import PooledMaintenance
+    from walrewind.engine.daemon.replicator import Replicator
     from walrewind.engine.maintenance.scheduler import read_status
     from walrewind.engine.sqlite.pagehash import checksum_file
+
+    monkeypatch.setattr(Replicator, "many_databases", many)
+    monkeypatch.setattr(Replicator, "gil_switch_interval", None if many else Replicator.gil_switch_interval)
 
     db, replica, state = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "state")
     create_db(db)
@@ -312,7 +319,8 @@ def test_the_daemon_runs_maintenance_and_saves_its_status(tmp_path):
                                retention_interval_us=None, compact_interval_us=None)
     storage = open_storage(replica)
     maintenance = Maintenance(storage, policy)
-    with DaemonThread(db, replica, state, maintenance=maintenance):
+    with DaemonThread(db, replica, state, maintenance=maintenance) as shipper:
+        assert isinstance(shipper._housekeeper, PooledMaintenance) == many
         run_writer({"db": db, "log": str(tmp_path / "log"), "checksums": True, "txns": 150, "rate": 0, "seed": 3})
         deadline = time.monotonic() + 30
         while maintenance.status()["tasks"]["snapshot"]["last"] is None and time.monotonic() < deadline:

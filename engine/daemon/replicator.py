@@ -34,6 +34,7 @@ from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
 from .inotifyhub import HubWaker
 from .lag import LagProbe
+from .maintenancepool import MaintenancePool, PooledMaintenance
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, PinPolicy
@@ -140,7 +141,7 @@ class Replicator:
         self._reader_ident: int | None = None
         self._jobs: list = []  # work the uploader hands to the reading thread (startup.py)
         self._burst = False  # a burst was being uploaded in short pieces (engine/daemon/tailloop.py)
-        self._housekeeper: threading.Thread | None = None
+        self._housekeeper: threading.Thread | PooledMaintenance | None = None
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
         self.overflow: SpoolFull | None = None  # the spool is full: not reading until there is room
         self._overflow_check = 0.0
@@ -230,10 +231,10 @@ class Replicator:
     def started(self) -> None:
         """The replica answered and the lease is ours: maintenance may touch it; ready once the
         base snapshot (if any) is in it."""
-        if self.pending_snapshot is None:
-            self.ready.set()
         if self._housekeeper is None and not self._stop.is_set():
             self._housekeeper = self._start_maintenance()
+        if self.pending_snapshot is None:
+            self.ready.set()
 
     def in_reader(self, job) -> bool:
         """Run ``job`` on the reading thread between two read passes (it owns the pin and the spool's
@@ -427,6 +428,8 @@ class Replicator:
             self.lease.release()
         finally:
             self._stop.set()  # if the tail loop failed, the uploader must not go on alone
+            if isinstance(self._housekeeper, PooledMaintenance):
+                self._housekeeper.join(0)  # a failed start: leave the shared pool (a thread just ends)
             if observer is not None and observer.is_alive():  # the start-up failed: it was looking
                 self._waker.wake()
                 observer.join()
@@ -439,7 +442,7 @@ class Replicator:
     def _final_read(self) -> None:
         final_read(self)
 
-    def _start_maintenance(self) -> threading.Thread | None:
+    def _start_maintenance(self) -> threading.Thread | PooledMaintenance | None:
         if self.maintenance is None:
             return None
         if self.maintenance.workdir is None:
@@ -453,6 +456,8 @@ class Replicator:
         def save(status: dict) -> None:
             atomic_write(path, json.dumps(status, indent=1, sort_keys=True).encode())
 
+        if self.many:  # a few shared threads run every database's maintenance (maintenancepool.py)
+            return MaintenancePool.shared().add(self.name, self.maintenance, self._stop, save)
         thread = threading.Thread(
             target=logs.bound_to(self.name, self.maintenance.run_forever), args=(self._stop,), kwargs={"on_status": save},
             name="walrewind-maintenance", daemon=True,
