@@ -59,7 +59,8 @@ STAGES = [("observer", "daemon/observer.py"), ("reader", "tailloop.py"), ("reade
 
 
 KNOWN_THREADS = {"MainThread": "fleet loop (main thread)", "walrewind-observer": "observers",
-                 "walrewind-uploader": "uploaders", "walrewind-maintenance": "maintenance",
+                 "walrewind-uploader": "uploaders", "walrewind-upload-pool": "uploaders",
+                 "walrewind-maintenance": "maintenance",
                  "walrewind-inotify": "inotify dispatcher", "walrewind-prober": "prober"}
 
 

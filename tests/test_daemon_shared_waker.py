@@ -35,6 +35,7 @@ from walrewind.engine.daemon.inotifyhub import HubWaker, InotifyHub
 from walrewind.engine.daemon.prober import CheckpointProber
 from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.uploader import Uploader
+from walrewind.engine.daemon.uploadloop import UploadPool
 from walrewind.engine.daemon.waker import Waker
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
@@ -303,30 +304,92 @@ def test_an_idle_database_does_not_wake_its_threads(tmp_path, monkeypatch, kind)
         reader = shipper.reader
         wait_until(lambda: not (shipper.pin.active or reader.holding_off or reader.unverified), 10, "the idle release")
         time.sleep(0.5)
-        tids = [t.native_id for t in threading.enumerate() if t.name in ("walrewind-observer", "walrewind-uploader")]
-        tids.append(daemon.thread.native_id)
-        assert len(tids) == 3
+        uploaders = ([t for t in threading.enumerate() if t.name == "walrewind-uploader"] if kind == "own"
+                     else UploadPool.shared()._threads)  # many: the shared pool runs its upload steps
+        tids = [t.native_id for t in threading.enumerate() if t.name == "walrewind-observer"]
+        tids += [t.native_id for t in uploaders] + [daemon.thread.native_id]
+        assert len(tids) == 2 + len(uploaders) and len(uploaders) >= 1
         before = _switches(tids)
         per = [_switches([t]) for t in tids]
         time.sleep(2.0)
         woke = _switches(tids) - before
-        per = [_switches([t]) - p for t, p in zip(tids, per)]  # observer, uploader, reader
+        per = [_switches([t]) - p for t, p in zip(tids, per)]  # observer, uploader(s), reader
         assert woke <= (3 if kind == "own" else 2), f"{woke} wake-ups of an idle database's threads in 2 s (were ~40): {per}"
         txid = shipper.stats.uploaded_txid
         start_writer({"db": db, "log": os.devnull, "txns": 1}).communicate(timeout=60)
         wait_until(lambda: shipper.stats.uploaded_txid > txid, 10, "the commit's upload")
 
 
-def test_an_idle_uploader_sees_a_stop_that_came_before_its_sleep():
-    """stop() sets the kick, the uploader's next round clears it before sleeping: it must still
-    see the stop (it slept until its next heartbeat: SIGTERM of 1,000 namespaces took 85 s)."""
-    stop = threading.Event()
+@pytest.mark.parametrize("runner", ["own-thread", "pool"])
+@pytest.mark.parametrize("when", ["before", "while-asleep"])
+def test_an_idle_uploader_sees_a_stop_at_once(runner, when):
+    """stop() sets the kick; an idle upload stage (nothing spooled, next heartbeat in 60 s) must
+    end at once, whether the stop came before its first step or while it sleeps (it slept until
+    its next heartbeat once: SIGTERM of 1,000 namespaces took 85 s).  On its own thread and in
+    the shared pool (uploadloop.py)."""
     host = SimpleNamespace(pending_snapshot=None, state=SimpleNamespace(pending=0), heartbeat_interval=60.0,
-                           upload_interval=1.0, wait_for_stop=stop.wait, stopping=False)
+                           upload_interval=1.0, stopping=False)
     up = Uploader(host)
-    stop.set()
-    host.stopping = True
-    up.kick.set()  # what Replicator.stop() does ...
+
+    def stop() -> None:
+        host.stopping = True
+        up.kick.set()  # what Replicator.stop() does
+
+    if when == "before":
+        stop()
     started = time.monotonic()
-    assert up._sleep(None)  # ... and the round's clear must not lose it
-    assert time.monotonic() - started < 1.0
+    if runner == "pool":
+        member = UploadPool(min_workers=1).add(up, "idle")
+    else:
+        thread = threading.Thread(target=up.run, daemon=True)
+        thread.start()
+    if when == "while-asleep":
+        stop()
+    if runner == "pool":
+        member.join(30)
+        assert member.done
+    else:
+        thread.join(30)
+        assert not thread.is_alive()
+    assert time.monotonic() - started < 5.0
+
+
+def test_the_pool_runs_each_stage_when_it_is_due_and_when_signalled():
+    """Many stages on one worker: each runs its first step at once, the next when due() says,
+    and a signal brings its next step forward; a stage whose step says done leaves the pool."""
+    class Stage:
+        def __init__(self) -> None:
+            from walrewind.engine.daemon.uploadloop import Signal
+
+            self.kick, self.soon = Signal(), Signal()
+            self.steps = 0
+            self.at = 0.0
+            self.done = threading.Event()
+
+        def begin(self) -> None:
+            self.at = 0.0
+
+        def due(self) -> float:
+            return 0.0 if self.kick.is_set() else self.at
+
+        def step(self) -> bool:
+            self.kick.clear()
+            self.steps += 1
+            self.at = time.monotonic() + 3600  # nothing more for an hour, unless signalled
+            if self.steps == 3:
+                self.done.set()
+                return False
+            return True
+
+    pool = UploadPool(min_workers=1)
+    stages = [Stage() for _ in range(20)]
+    members = [pool.add(s, f"db{i}") for i, s in enumerate(stages)]
+    wait_until(lambda: all(s.steps == 1 for s in stages), 30, "every first step")
+    for s in stages:
+        s.kick.set()
+    wait_until(lambda: all(s.steps == 2 for s in stages), 30, "a step per signal")
+    for s in stages:
+        s.kick.set()
+    for m, s in zip(members, stages):
+        m.join(30)
+        assert m.done and s.steps == 3

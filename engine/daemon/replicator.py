@@ -1,7 +1,7 @@
 """The replication daemon for one database: a pipeline that never loses or invents a commit.
 
     observe (observer.py, own thread) -> read (reader.py, this thread, pin policy: pinpolicy.py)
-      -> spool (spool.py, fsynced in groups) -> upload (uploader.py, own thread) -> replica
+      -> spool (spool.py, fsynced in groups) -> upload (uploader.py, own thread or a shared pool) -> replica
 
 Each stage hands work forward and never calls back; they share one ReplicationState (state.py)
 owned here.  This module wires them: start-up (lock, lease, identity, a new generation's base
@@ -55,6 +55,7 @@ from .tailloop import (  # noqa: F401  (the loop's timings, importable from here
     tail_loop,
 )
 from .uploader import Uploader
+from .uploadloop import Pooled, UploadPool
 from .waker import Waker
 
 if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported lazily
@@ -374,9 +375,13 @@ class Replicator:
             self.startup.begin()  # with the replica: as always; without it: capture now, check later
             # Many databases: each heartbeats at a phase of its own (they all start together).
             self.uploader.last_beat_mono = time.monotonic() - self.heartbeat_interval * self.phase_fraction * self.many
-            uploader = threading.Thread(target=logs.bound_to(self.name, self.uploader.run), name="walrewind-uploader",
-                                        daemon=True)
-            uploader.start()
+            uploader: threading.Thread | Pooled
+            if self.many:  # a few shared threads run every database's upload steps (uploadloop.py)
+                uploader = UploadPool.shared().add(self.uploader, self.name)
+            else:
+                uploader = threading.Thread(target=logs.bound_to(self.name, self.uploader.run), name="walrewind-uploader",
+                                            daemon=True)
+                uploader.start()
             if self.startup.done:
                 self.started()  # ready now, or once the uploader has shipped the base snapshot
             self.capturing.set()

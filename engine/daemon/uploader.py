@@ -33,6 +33,7 @@ from .outage import Outage
 from .spool import StateDir
 from .spoolrecord import txn_spans
 from .stats import LAG_SAMPLES
+from .uploadloop import Signal, run_on_own_thread
 
 
 class UploadHost(Protocol):
@@ -104,15 +105,18 @@ class Uploader:
         self._last_heartbeat_ts = 0
         self._last_upload_mono = time.monotonic()
         self._last_attempt_mono = time.monotonic()  # the last round (paces uploads: one per interval)
-        # Set by the reader when it spools and by stop(): with nothing spooled the thread sleeps on it.
-        self.kick = threading.Event()
+        # Set by the reader when it spools and by stop(): with nothing spooled nothing runs until then.
+        # (Signals: setting one wakes whatever runs this stage's steps, see uploadloop.py.)
+        self.kick = Signal()
+        self._hold_until: float | None = None  # an explicit wait (an outage's probe interval), see due()
+        self._last_flush_mono = time.monotonic()
         self._backoff = 0.0
         self._next_attempt = 0.0  # monotonic time before which no full upload is tried (backing off)
         self.outage: Outage | None = None  # the replica is not taking uploads since ...
         # Set by the reader when a burst has just ended (a large spool file, the writer quiet):
         # upload now instead of at the next interval, so the burst's last commit is restorable
         # at once.  A steady writer never sets it (never quiet), nor a slow one (small files).
-        self.soon = threading.Event()
+        self.soon = Signal()
 
     def upload_pending(self, final: bool = False, drain: bool = False) -> int:
         """Upload every sealed spool file as one segment each, in order; returns how many.
@@ -350,86 +354,100 @@ class Uploader:
             self.last_beat_mono = time.monotonic()
 
     def run(self) -> None:
-        """Upload every ``upload_interval`` while the spool holds something; while the replica is
-        unreachable, ask it every few tenths of a second (engine/daemon/outage.py) and drain the
-        whole backlog as soon as it answers.
+        """The upload stage on a thread of its own (a process with a few databases; a process
+        serving many runs every database's steps on a few shared threads: uploadloop.UploadPool)."""
+        run_on_own_thread(self)
 
-        With nothing spooled the thread sleeps until the reader spools (``kick``), the next
-        heartbeat is due, or stop: a database nobody writes costs no wake-up a second (1,000 sqld
-        namespaces paid ~10 % of a core for those).  A spooled commit still waits at most one
-        interval after the previous upload, as before."""
-        wait = 0.0 if self.shipper.pending_snapshot is not None else None  # the base snapshot at once
-        if self.outage is not None:  # started without the replica (engine/daemon/startup.py)
-            wait = self.outage.probe_interval()
-        while not self._sleep(wait):
-            wait = None
-            if self.outage is not None:
-                wait = self.outage.probe_interval()
-                self._seal_if_full()
-                if time.monotonic() < self._next_attempt or not self.outage.answers(self.shipper.storage):
-                    continue
-            try:
-                if not self.shipper.complete_startup():  # identity and lease, before the first upload
-                    return  # stopping; the final sync completes it
-                self._last_attempt_mono = time.monotonic()
-                beat = time.monotonic() - self.last_beat_mono >= self.shipper.heartbeat_interval
-                if beat:
-                    self.shipper.refresh_tail()  # a quiet reader sleeps long: a pass vouches for "nothing unread" now
-                self.upload_pending(drain=self.outage is not None)
-                if beat:
-                    self.write_heartbeat()
-            except (LeaseError, ObjectConflict, DaemonError) as exc:
-                # Someone else writes this replica path (or our spool is inconsistent): uploading
-                # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
-                self.shipper.fatal = exc
-                self.shipper.stats.last_error = str(exc)
-                log.error("stopping: %s", exc, extra={"event": "fenced" if isinstance(exc, LeaseError) else "stopping"})
-                self.shipper.stop()
-                return
-            except Exception as exc:  # keep spooling; retried once the replica answers
-                self._failed(exc)
-                wait = self.outage.probe_interval() if self.outage is not None else None
-            else:
-                self.upload_ok()
+    def begin(self) -> None:
+        """Before the first step: the base snapshot at once; started without the replica, the
+        first look at it after a probe interval (engine/daemon/startup.py)."""
+        if self.shipper.pending_snapshot is not None:
+            self._hold_until = 0.0
+        elif self.outage is not None:
+            self._hold_until = time.monotonic() + self.outage.probe_interval()
+
+    def due(self) -> float:
+        """When the next step has something to do (monotonic), unless signalled sooner (``kick``:
+        the reader spooled; ``soon``: a burst ended; both: stop).
+
+        Upload every ``upload_interval`` while the spool holds something (a batch of commits per
+        segment), fsyncing the spool at least every FSYNC_SECONDS meanwhile (never on the reading
+        thread, which must stay free to step aside for a checkpointer: docs/DESIGN.md, "Grouped
+        fsync"); while the replica is unreachable, ask it every few tenths of a second
+        (engine/daemon/outage.py).  With nothing spooled: nothing until the reader spools or the
+        next heartbeat is due (a database nobody writes costs no wake-up a second)."""
+        if self.soon.is_set() or self.shipper.stopping:
+            return 0.0
+        if self._hold_until is not None:
+            return min(self._hold_until, self._last_flush_mono + FSYNC_SECONDS)
+        if not self._has_work():
+            return self.last_beat_mono + self.shipper.heartbeat_interval
+        return min(self._last_attempt_mono + self.shipper.upload_interval, self._last_flush_mono + FSYNC_SECONDS)
+
+    def step(self) -> bool:
+        """Do what is due now (an upload round, a heartbeat, a spool fsync, or nothing); False
+        once this stage is done (stopping, or stopped by another writer in the replica path)."""
+        sh = self.shipper
+        if sh.stopping:
+            return False
+        now = time.monotonic()
+        soon = self.soon.is_set()
+        self.soon.clear()
+        self.kick.clear()
+        if self._hold_until is not None and not soon:
+            if now < self._hold_until:
+                return self._flush_if_due(now)
+        elif not self._has_work():
+            if now < self.last_beat_mono + sh.heartbeat_interval:
+                return True  # kicked, but the spool was empty by the time we looked
+        elif not soon and now < self._last_attempt_mono + sh.upload_interval:
+            return self._flush_if_due(now)
+        self._hold_until = None
+        return self._round(now)
+
+    def _flush_if_due(self, now: float) -> bool:
+        if now >= self._last_flush_mono + FSYNC_SECONDS:
+            self.shipper.state.flush()
+            self._last_flush_mono = now
+        return True
+
+    def _round(self, now: float) -> bool:
+        """One upload round: what is sealed and spooled, and a heartbeat when one is due."""
+        sh = self.shipper
+        if self.outage is not None:
+            self._hold_until = now + self.outage.probe_interval()
+            self._seal_if_full()
+            if now < self._next_attempt or not self.outage.answers(sh.storage):
+                return True
+        try:
+            if not sh.complete_startup():  # identity and lease, before the first upload
+                return False  # stopping; the final sync completes it
+            self._last_attempt_mono = self._last_flush_mono = time.monotonic()
+            beat = time.monotonic() - self.last_beat_mono >= sh.heartbeat_interval
+            if beat:
+                sh.refresh_tail()  # a quiet reader sleeps long: a pass vouches for "nothing unread" now
+            self.upload_pending(drain=self.outage is not None)
+            if beat:
+                self.write_heartbeat()
+        except (LeaseError, ObjectConflict, DaemonError) as exc:
+            # Someone else writes this replica path (or our spool is inconsistent): uploading
+            # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
+            sh.fatal = exc
+            sh.stats.last_error = str(exc)
+            log.error("stopping: %s", exc, extra={"event": "fenced" if isinstance(exc, LeaseError) else "stopping"})
+            sh.stop()
+            return False
+        except Exception as exc:  # keep spooling; retried once the replica answers
+            self._failed(exc)
+            self._hold_until = time.monotonic() + self.outage.probe_interval() if self.outage is not None else None
+        else:
+            self.upload_ok()
+            self._hold_until = None
+        return True
 
     def _has_work(self) -> bool:
         sh = self.shipper
         return sh.pending_snapshot is not None or sh.state.pending > 0
-
-    def _sleep(self, wait: float | None) -> bool:
-        """Sleep ``wait`` seconds, or (None) until the next upload of what is spooled is due; True
-        once stopping.  With nothing spooled, until the reader spools or a heartbeat is due."""
-        sh = self.shipper
-        if wait is not None:
-            return self._wait(wait)
-        self.kick.clear()  # before looking: a spool append (or stop) from now on sets it again
-        if sh.stopping:
-            return True  # stop() may have set it before the clear
-        if not self._has_work():
-            self.kick.wait(max(0.0, self.last_beat_mono + sh.heartbeat_interval - time.monotonic()))
-            if sh.stopping:
-                return True
-            if not self._has_work():
-                return False  # a heartbeat is due
-        # Something to upload: at most one upload per interval (a batch of commits per segment).
-        return self._wait(max(0.0, self._last_attempt_mono + sh.upload_interval - time.monotonic()))
-
-    def _wait(self, timeout: float) -> bool:
-        """Sleep until the next upload is due or the reader asks for one now; True when stopping.
-
-        The spool is fsynced here, at least every FSYNC_SECONDS, and at every seal: never on the
-        reading thread, which must stay free to step aside for an application's checkpoint
-        (docs/DESIGN.md, "Grouped fsync")."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if self.soon.wait(min(max(0.0, left), FSYNC_SECONDS)):
-                self.soon.clear()
-                break
-            self.shipper.state.flush()
-            if left <= FSYNC_SECONDS or self.shipper.wait_for_stop(0):
-                break
-        return self.shipper.wait_for_stop(0)
 
     def _failed(self, exc: Exception) -> None:
         """An upload failed: the start of an outage (one line), or more of one (a reminder a minute).
