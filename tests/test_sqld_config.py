@@ -313,3 +313,28 @@ def test_db_list_show_and_destroy_know_namespaces_on_disk(tmp_path, monkeypatch)
     assert res.exit_code == 1 and "inside sqld's data directory" in res.output
     res = runner.invoke(cli, ["--config", str(cfg), "ls", "typo"])
     assert res.exit_code == 1 and "sqld namespaces in" in res.output and "tenant" in res.output
+
+
+def test_watcher_rechecks_known_namespaces_in_slices(tmp_path, monkeypatch):
+    """Many namespaces: every scan lists dbs/ (a deleted one is gone at once, a new one probed at
+    once), but a known one is probed again only in its slice: each within RECHECK_SECONDS."""
+    config = write_config(tmp_path, '[sqld]\ndata_dir = "sqld"\nreplica = "r"\n')
+    dbs = tmp_path / "sqld" / "dbs"
+    for i in range(20):
+        _fake_namespace(dbs, f"n{i:02d}", f"id-{i}")
+    watcher = NamespaceWatcher(config.sqld, interval=2.0)
+    assert len(watcher.scan(0.0).appeared) == 20
+    looked: list[str] = []  # namespaces whose files were looked at (two stat calls each)
+    real = watcher._probe
+    monkeypatch.setattr(watcher, "_probe", lambda name: looked.append(name) or real(name))
+    (dbs / "n05" / "stats.json").write_text(json.dumps({"id": "id-5b"}))  # re-created under its name
+    _fake_namespace(dbs, "new", "id-new")
+    replaced = []
+    for k in range(1, 6):  # 5 scans x 2 s = RECHECK_SECONDS: every known one re-checked once
+        changes = watcher.scan(2.0 * k)
+        replaced += [n.id for n in changes.replaced]
+        if k == 1:
+            assert [n.name for n in changes.appeared] == ["new"]
+    assert replaced == ["id-5b"]
+    assert set(looked) == {f"n{i:02d}" for i in range(20)} | {"new"}
+    assert len(looked) <= 21 + 5, f"{len(looked)} looks in 5 scans (each of 21 every scan: 105)"
