@@ -285,7 +285,7 @@ def test_state_and_hashes_round_trip(tmp_path):
     assert {k: v for k, v in state.load_state().items() if k != "hashes"} == doc2
     assert state.load_hashes().checksum == hashes.checksum
     assert state.load_hashes().db_pages == 10
-    assert sorted(os.listdir(state.path)) == [f"hashes-{78:016x}.bin", "spool", "state.json"]
+    assert sorted(os.listdir(state.path)) == [f"hashes-{78:016x}.bin", f"hashes-{78:016x}.log", "spool", "state.json"]
     # A fresh StateDir object reads the same.
     again = StateDir(state.path)
     assert again.load_state() == state.load_state()

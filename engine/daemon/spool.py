@@ -1,8 +1,9 @@
 """The daemon's local, fsynced memory: what it has read but not yet uploaded, and where it stands.
 
-    <state>/state.json     last *uploaded* point: generation, txid, WAL position (atomic replace)
+    <state>/state.json     generation, identity, the point of the hashes base (atomic replace)
     <state>/hashes-<txid>.bin  per-page hashes of the database at a point (named by state.json)
-    <state>/hashes-<txid>.log  the pages each upload since changed (hashlog.py)
+    <state>/hashes-<txid>.log  the pages each upload since changed, and the uploaded point after
+                           it (hashlog.py): the newest point is state.json's or the log's last
     <state>/spool/*.log    transactions read since, appended + fsynced by the tailing thread
     <state>/spool/*.sealed the same, closed and waiting to be uploaded as one segment each
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import json
 import os
 import struct
 import threading
@@ -35,10 +35,10 @@ from .. import defaults
 from ..errors import DaemonError, StateLocked
 from ..fsutil import atomic_write, fsync_dir
 from ..replica.format import TxnRecord, decode_txns
-from ..sqlite.pagehash import PageChanges, PageHashes
+from ..sqlite.pagehash import PageChanges
 from ..sqlite.walfile import WalPosition
-from . import hashlog
 from .spoolrecord import Batch, decode_body, encode_body, txn_spans
+from .statefile import UploadedPoint
 
 _REC = struct.Struct("<II")
 
@@ -92,12 +92,8 @@ class SpooledTxn:
     changes: PageChanges | None = None  # the page hashes it set, as PageHashes.apply recorded them
 
 
-def _state_json(state: dict) -> bytes:
-    # No indent: json's C encoder (with indent, the pure-Python one took ~0.4 ms per upload)
-    return json.dumps(state, separators=(",", ":")).encode()
 
-
-class StateDir:
+class StateDir(UploadedPoint):
     def __init__(
         self, path: str, limit_bytes: int = DEFAULT_SPOOL_LIMIT, min_free_bytes: int = DEFAULT_MIN_FREE
     ) -> None:
@@ -112,10 +108,7 @@ class StateDir:
         self._current_size = 0
         self._pending = self.pending_bytes()  # bytes in spool files, kept up to date without listing
         self._dirty = False  # the file being appended to has records not fsynced yet
-        # The hashes base file state.json names, its size, and the size of its log (hashlog.py)
-        self._hash_base: str | None = None
-        self._hash_base_bytes = 0
-        self._hash_log_bytes = 0
+        self._init_point()
 
     def lock(self) -> None:
         """Take the state directory for this process; a second daemon on it is refused.
@@ -134,65 +127,15 @@ class StateDir:
         self._lock_fd = fd
 
     def unlock(self) -> None:
+        self._close_log()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # -- the uploaded point -------------------------------------------------------------------
-    def load_state(self) -> dict | None:
-        try:
-            with open(os.path.join(self.path, "state.json"), "rb") as f:
-                return json.loads(f.read())
-        except FileNotFoundError:
-            return None
-
-    def save_state(self, state: dict, hashes: PageHashes, changes: PageChanges | None = None,
-                   first_txid: int | None = None) -> None:
-        """Persist the uploaded point and the page hashes *of that same point*.
-
-        With ``changes`` (the pages changed by txids ``first_txid``..``uploaded_txid``, net),
-        they are appended to the hashes log of the current base (hashlog.py); otherwise, or when
-        the log has grown as large as the base, the whole table goes to a new base file named
-        after the point (``hashes-<txid>.bin``).  state.json names the base and is replaced
-        last, so a crash between the writes never pairs a state with hashes of another point.
-        """
-        txid = state.get("uploaded_txid", 0)
-        base = self._hash_base
-        if (changes is not None and base is not None and first_txid is not None
-                and self._hash_log_bytes < max(hashlog.MIN_COMPACT_BYTES, self._hash_base_bytes)):
-            record = hashlog.encode(first_txid, txid, hashes.db_pages, hashes.checksum, changes)
-            self._hash_log_bytes = hashlog.append(os.path.join(self.path, hashlog.log_name(base)), record)
-            atomic_write(os.path.join(self.path, "state.json"), _state_json(dict(state, hashes=base)))
-            return
-        name = hashlog.base_name(txid)
-        blob = hashes.to_bytes()
-        atomic_write(os.path.join(self.path, name), blob)
-        log = os.path.join(self.path, hashlog.log_name(name))
-        if os.path.exists(log):
-            os.unlink(log)  # a leftover of an earlier base at this same txid
-        atomic_write(os.path.join(self.path, "state.json"), _state_json(dict(state, hashes=name)))
-        for other in os.listdir(self.path):
-            if other.startswith("hashes-") and other.endswith((".bin", ".log")) and other != name:
-                os.unlink(os.path.join(self.path, other))
-        self._hash_base, self._hash_base_bytes, self._hash_log_bytes = name, len(blob), 0
-
-    def load_hashes(self) -> PageHashes:
-        """The page hashes at state.json's uploaded point: its base file plus the base's log."""
-        state = self.load_state() or {}
-        name = state.get("hashes", "hashes.bin")
-        with open(os.path.join(self.path, name), "rb") as f:
-            blob = f.read()
-        hashes = PageHashes.from_bytes(blob)
-        log_bytes = 0
-        if name.startswith("hashes-") and name.endswith(".bin"):
-            base_txid = int(name[len("hashes-") : -len(".bin")], 16)
-            log_bytes = hashlog.replay(os.path.join(self.path, hashlog.log_name(name)), hashes, base_txid,
-                                       state.get("uploaded_txid", base_txid))
-        self._hash_base, self._hash_base_bytes, self._hash_log_bytes = name, len(blob), log_bytes
-        return hashes
-
     def reset(self) -> None:
         """Forget everything (a new generation is starting)."""
+        self._close_log()
+        self._hash_base, self._saved_fixed = None, None
         for name in os.listdir(self.path):
             if name == "state.json" or (name.startswith("hashes") and name.endswith((".bin", ".log"))):
                 os.unlink(os.path.join(self.path, name))
