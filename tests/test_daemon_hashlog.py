@@ -111,16 +111,16 @@ def test_spooled_changes_reach_the_reader_of_the_file(tmp_path):
     for item in items[:4]:
         partial.apply_changes(*item.changes, item.record.db_pages)
     state.seal()
-    (path,) = state.sealed_files()
+    (piece,) = state.sealed_files()
     replica = PageHashes(PAGE)
-    for rec in StateDir.iter_raw(path):
+    for rec in piece.records():
         assert replica.apply_changes(*rec.batch.changes, rec.batch.db_pages) == rec.batch.db_checksum
     assert replica.hashes == hashes.hashes
     # Several transactions in one batch: the net changes the caller passes.
     state2 = StateDir(str(tmp_path / "two"))
     state2.append(items[:4], changes=partial.net_changes(touched))
     state2.seal()
-    (rec,) = list(StateDir.iter_raw(state2.sealed_files()[0]))
+    (rec,) = list(state2.sealed_files()[0].records())
     again = PageHashes(PAGE)
     assert again.apply_changes(*rec.batch.changes, rec.batch.db_pages) == items[3].record.db_checksum
     assert (rec.txid, rec.last_txid) == (1, 4)

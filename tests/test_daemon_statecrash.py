@@ -21,7 +21,7 @@ from harness import (
     run_writer,
     wait_for,
 )
-from walrewind.engine.daemon import hashlog
+from walrewind.engine.daemon import hashlog, spool
 from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.spool import StateDir
 from walrewind.engine.daemon.statefile import load_state_file
@@ -85,11 +85,13 @@ def test_restart_resumes_from_the_log_when_state_json_is_older(tmp_path):
     first = Running(db, replica, state)
     write(db, str(tmp_path / "log1"), 41, 40)
     wait_for(first.caught_up, what="the first run to upload")
-    uploaded = first.daemon.stats.uploaded_txid
     first.stop()
+    uploaded = first.daemon.stats.uploaded_txid  # the final sync may have uploaded one more
     on_disk = json.loads(open(os.path.join(state, "state.json")).read())
     assert on_disk["uploaded_txid"] < uploaded  # state.json was written at the base only
     assert load_state_file(state)["uploaded_txid"] == uploaded
+    (left,) = os.listdir(os.path.join(state, "spool"))  # the file being appended to: all of it uploaded
+    assert [r.last_txid for r in StateDir.iter_raw(os.path.join(state, "spool", left))][-1] == uploaded
     second = Running(db, replica, state)
     assert second.daemon.stats.uploaded_txid == uploaded
     write(db, str(tmp_path / "log2"), 42, 30, id_base=10**6)
@@ -109,11 +111,15 @@ def test_crash_after_uploads_whose_log_records_were_lost(tmp_path, monkeypatch):
     os.mkdir(kept)
     real_remove = StateDir.remove
 
-    def remove(self, path):  # keep a link: the unlink is lost in the crash
-        os.link(path, os.path.join(kept, os.path.basename(path)))
-        removed.append(path)
-        real_remove(self, path)
+    def remove(self, piece):  # keep a link to every spool file: its unlink is lost in the crash
+        try:
+            os.link(piece.path, os.path.join(kept, os.path.basename(piece.path)))
+        except FileExistsError:
+            pass
+        removed.append(piece)
+        real_remove(self, piece)
 
+    monkeypatch.setattr(spool, "ROLL_BYTES", 3000)  # files roll (and are removed) every few uploads
     monkeypatch.setattr(StateDir, "remove", remove)
     first = Running(db, replica, state)
     write(db, str(tmp_path / "log1"), 43, 40)
@@ -122,7 +128,8 @@ def test_crash_after_uploads_whose_log_records_were_lost(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert len(removed) >= 5
     for name in os.listdir(kept):
-        os.rename(os.path.join(kept, name), os.path.join(state, "spool", name))
+        if not os.path.exists(os.path.join(state, "spool", name)):
+            os.rename(os.path.join(kept, name), os.path.join(state, "spool", name))
     base = json.loads(open(os.path.join(state, "state.json")).read())["hashes"]
     log = os.path.join(state, hashlog.log_name(base))
     data = open(log, "rb").read()
@@ -142,4 +149,4 @@ def test_crash_after_uploads_whose_log_records_were_lost(tmp_path, monkeypatch):
     wait_for(second.caught_up, what="the second run to upload")
     second.stop()
     check_history(tmp_path, replica, [str(tmp_path / "log1"), str(tmp_path / "log2")])
-    assert not [n for n in os.listdir(os.path.join(state, "spool")) if n.endswith(".sealed")]
+    assert len(os.listdir(os.path.join(state, "spool"))) <= 1  # the leftovers were uploaded again and removed
