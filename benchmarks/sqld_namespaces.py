@@ -43,6 +43,7 @@ from sqld_server import (  # noqa: E402
     read_writer_log,
     start_writer,
 )
+from walrewind.engine.daemon.statefile import load_state_file  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,8 +54,7 @@ def cpu_seconds(pid: int) -> float:
 
 def uploaded_ts(state_dir: str) -> int:
     try:
-        with open(os.path.join(state_dir, "state.json")) as f:
-            return json.load(f)["uploaded_ts_us"]
+        return (load_state_file(state_dir) or {})["uploaded_ts_us"]  # the point rides on the hashes log
     except (OSError, ValueError, KeyError):
         return -1
 

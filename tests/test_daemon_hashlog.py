@@ -111,27 +111,31 @@ def test_spooled_changes_reach_the_reader_of_the_file(tmp_path):
     for item in items[:4]:
         partial.apply_changes(*item.changes, item.record.db_pages)
     state.seal()
-    (path,) = state.sealed_files()
+    (piece,) = state.sealed_files()
     replica = PageHashes(PAGE)
-    for rec in StateDir.iter_raw(path):
+    for rec in piece.records():
         assert replica.apply_changes(*rec.batch.changes, rec.batch.db_pages) == rec.batch.db_checksum
     assert replica.hashes == hashes.hashes
     # Several transactions in one batch: the net changes the caller passes.
     state2 = StateDir(str(tmp_path / "two"))
     state2.append(items[:4], changes=partial.net_changes(touched))
     state2.seal()
-    (rec,) = list(StateDir.iter_raw(state2.sealed_files()[0]))
+    (rec,) = list(state2.sealed_files()[0].records())
     again = PageHashes(PAGE)
     assert again.apply_changes(*rec.batch.changes, rec.batch.db_pages) == items[3].record.db_checksum
     assert (rec.txid, rec.last_txid) == (1, 4)
 
 
-def save_uploads(state: StateDir, seed: int, uploads: int, per_upload: int = 3):
-    """Upload-like saves: a full save at txid 1, then one log record per upload."""
+def save_uploads(state: StateDir, seed: int, uploads: int, per_upload: int = 3, point=None):
+    """Upload-like saves: a full save at txid 1, then one log record per upload.
+
+    Without ``point`` (txid -> the other state keys) every save changes state.json's keys (only
+    ``uploaded_txid``): each record is followed by a state.json, as a version 1 daemon did."""
     hashes = PageHashes(PAGE)
     txns = random_txns(seed, 1 + uploads * per_upload)
     hashes.apply(*txns[0])
-    state.save_state({"uploaded_txid": 1}, hashes)
+    extra = point or (lambda txid: {"txid_copy": txid})
+    state.save_state(dict(extra(1), uploaded_txid=1), hashes)
     txid = 1
     snapshots = {1: hashes.copy()}
     for _ in range(uploads):
@@ -142,7 +146,7 @@ def save_uploads(state: StateDir, seed: int, uploads: int, per_upload: int = 3):
             changes = new_changes()
             hashes.apply(*txns[txid - 1], changes)
             touched.update(changes[0])
-        state.save_state({"uploaded_txid": txid}, hashes, hashes.net_changes(touched), first)
+        state.save_state(dict(extra(txid), uploaded_txid=txid), hashes, hashes.net_changes(touched), first)
         snapshots[txid] = hashes.copy()
     return hashes, snapshots
 
@@ -158,21 +162,63 @@ def test_uploads_append_to_a_log_instead_of_rewriting_every_hash(tmp_path):
         assert loaded.hashes == hashes.hashes and loaded.checksum == hashes.checksum
 
 
-def test_a_log_record_past_the_saved_point_is_ignored_and_cut_off(tmp_path):
-    """A crash after the log append but before state.json: the old point and its hashes."""
+def test_uploads_advance_the_point_in_the_log_and_leave_state_json_alone(tmp_path):
+    """State version 2: an upload is one log append; state.json keeps the base's point, and the
+    point a load returns is the log's last record's (the newest of the two)."""
+    state = StateDir(str(tmp_path))
+    pos = WalPosition(7, 8, 40, (11, 12), PAGE, False)
+    hashes, snapshots = save_uploads(state, 5, 6, point=lambda txid: {
+        "generation": "g", "uploaded_ts_us": 1000 + txid, "change": txid * 2,
+        "position": dict(pos.to_json(), frame=txid)})
+    on_disk = json.loads((tmp_path / "state.json").read_text())
+    assert on_disk["uploaded_txid"] == 1 and on_disk["generation"] == "g"  # written once, at the base
+    loaded = StateDir(state.path).load_state()
+    assert loaded["uploaded_txid"] == 19 and loaded["uploaded_ts_us"] == 1019 and loaded["change"] == 38
+    assert WalPosition.from_json(loaded["position"]) == WalPosition(7, 8, 19, (11, 12), PAGE, False)
+    assert StateDir(state.path).load_hashes().hashes == snapshots[19].hashes
+    # Another key changing (a version 1 directory being upgraded, say) rewrites state.json too.
+    more = new_changes()
+    hashes.apply({2: b"q" * PAGE}, hashes.db_pages, more)
+    state.save_state({"generation": "g", "version": 2, "uploaded_txid": 20, "uploaded_ts_us": 5, "change": None,
+                      "position": None}, hashes, more, 20)
+    on_disk = json.loads((tmp_path / "state.json").read_text())
+    assert (on_disk["version"], on_disk["uploaded_txid"]) == (2, 20)
+    assert StateDir(state.path).load_state() == on_disk
+
+
+def test_a_crash_before_the_log_append_keeps_the_older_point(tmp_path):
+    """A crash after the segment's upload but before its log record (or with the record torn):
+    the point before it, and its hashes; the spool file is still there and uploads again."""
+    state = StateDir(str(tmp_path))
+    _hashes, snapshots = save_uploads(state, 6, 5, point=lambda txid: {"uploaded_ts_us": txid})
+    log = tmp_path / hashlog.log_name(hashlog.base_name(1))
+    data = log.read_bytes()
+    length = struct.unpack_from("<I", data, 8 + struct.unpack_from("<I", data, 0)[0])[0]
+    second_end = 8 + struct.unpack_from("<I", data, 0)[0] + 8 + length
+    log.write_bytes(data[: second_end + 11])  # the third record torn
+    again = StateDir(state.path)
+    assert again.load_state()["uploaded_txid"] == 7
+    assert again.load_hashes().hashes == snapshots[7].hashes
+    assert log.read_bytes() == data[:second_end]  # the torn tail is cut off
+
+
+def test_an_old_log_record_past_the_saved_point_is_ignored_and_cut_off(tmp_path):
+    """Version 1 records carry no point: one past state.json's (a crash between the two writes of
+    a version 1 daemon) is ignored, as that version did, and cut off."""
     state = StateDir(str(tmp_path))
     _hashes, snapshots = save_uploads(state, 2, 6)
-    saved = (tmp_path / "state.json").read_bytes()
     log = tmp_path / hashlog.log_name(hashlog.base_name(1))
     size = log.stat().st_size
-    save_uploads_more = StateDir(state.path)
-    loaded = save_uploads_more.load_hashes()
+    doc = json.loads((tmp_path / "state.json").read_text())
+    assert doc["uploaded_txid"] == 19
+    loaded = StateDir(state.path).load_hashes()
     more = new_changes()
     loaded.apply({2: b"z" * PAGE}, loaded.db_pages, more)
-    save_uploads_more.save_state({"uploaded_txid": 20}, loaded, more, 20)
-    (tmp_path / "state.json").write_bytes(saved)  # state.json never got replaced
-    again = StateDir(state.path).load_hashes()
-    assert again.hashes == snapshots[19].hashes
+    with open(log, "ab") as f:
+        f.write(hashlog.encode(20, 20, loaded.db_pages, loaded.checksum, more))  # no point: version 1
+    again = StateDir(state.path)
+    assert again.load_state()["uploaded_txid"] == 19
+    assert again.load_hashes().hashes == snapshots[19].hashes
     assert log.stat().st_size == size
 
 

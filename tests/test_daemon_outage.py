@@ -4,7 +4,6 @@ drains as soon as the store answers again (a probe every fraction of a second, n
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -148,7 +147,7 @@ def test_a_long_outage_still_cuts_the_spool_into_bounded_segments(tmp_path, monk
         run_writer({"db": db, "rate": 100, "txns": 150, "seed": 8, "row_bytes": 3000, "id_base": 10**6})
         wait_for(lambda: not daemon.reader.unverified and daemon.state.current_bytes() < 64 << 10, timeout=30,
                  what="the last file to be cut")
-        sizes = [os.path.getsize(p) for p in daemon.state.sealed_files()]
+        sizes = [p.size for p in daemon.state.sealed_files()]
         store.down = False
         wait_for(lambda: daemon.stats.backlog_txns == 0, timeout=30, what="the drain")
     finally:

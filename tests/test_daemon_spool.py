@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from walrewind.engine.daemon.spool import SpooledTxn, StateDir, atomic_write
+from walrewind.engine.daemon import spool
+from walrewind.engine.daemon.spool import Piece, SpooledTxn, StateDir, atomic_write
 from walrewind.engine.replica.format import TxnRecord
 from walrewind.engine.sqlite.pagehash import PageHashes
 from walrewind.engine.sqlite.walfile import WalPosition
@@ -63,15 +64,19 @@ def same(got: list[SpooledTxn], items: list[SpooledTxn]) -> bool:
     return True
 
 
+def read_piece(piece: Piece) -> list[SpooledTxn]:
+    return StateDir.read_file(piece.path, PAGE, start=piece.start, end=piece.end)
+
+
 def spool_one_by_one(state: StateDir, items: list[SpooledTxn]) -> tuple[str, list[int]]:
-    """Append each item separately; returns the file and the size after every record."""
+    """Append each item separately; returns the file (closed) and the size after every record."""
     ends = []
     for item in items:
         state.append([item])
         ends.append(state.pending_bytes())  # the only file in the spool
-    state.seal()
-    (path,) = state.sealed_files()
-    return path, ends
+    state.seal(close=True)
+    (piece,) = state.sealed_files()
+    return piece.path, ends
 
 
 # ----------------------------------------------------------------------------- spool round trip
@@ -85,33 +90,67 @@ def test_append_seal_read_round_trip(tmp_path):
     assert os.listdir(state.spool_dir) == []
     state.append(first)
     state.append(second)
-    # The file being appended to is not offered for upload.
+    # What is being appended is not offered for upload.
     assert state.sealed_files() == []
     assert state.pending_bytes() > 0
     state.seal()
-    sealed = state.sealed_files()
-    assert sealed == [os.path.join(state.spool_dir, f"{10:016x}.sealed")]
-    assert os.listdir(state.spool_dir) == [f"{10:016x}.sealed"]
-    assert same(StateDir.read_file(sealed[0], PAGE), first + second)
+    (p1,) = state.sealed_files()
+    assert (p1.path, p1.start) == (os.path.join(state.spool_dir, f"{10:016x}.log"), 0)
+    assert os.listdir(state.spool_dir) == [f"{10:016x}.log"]  # sealed by offset: no rename
+    assert same(read_piece(p1), first + second)
     state.append(third)
-    assert state.sealed_files() == sealed
+    assert state.sealed_files() == [p1]
     state.seal()
     state.seal()  # sealing twice is harmless
-    sealed2 = state.sealed_files()
-    assert sealed2 == sealed + [os.path.join(state.spool_dir, f"{17:016x}.sealed")]
-    assert same(StateDir.read_file(sealed2[1], PAGE), third)
-    assert state.pending_bytes() == sum(os.path.getsize(p) for p in sealed2)
-    state.remove(sealed2[0])
-    assert state.sealed_files() == sealed2[1:]
+    _, p2 = state.sealed_files()
+    assert (p2.path, p2.start, p2.end) == (p1.path, p1.end, os.path.getsize(p1.path))  # the same file, cut on
+    assert same(read_piece(p2), third)
+    assert state.pending == state.pending_bytes() == p1.size + p2.size
+    state.remove(p1)
+    assert state.sealed_files() == [p2] and state.pending == p2.size
+    state.remove(p2)
+    assert os.listdir(state.spool_dir) == [f"{10:016x}.log"]  # still appended to (its start uploaded)
+    assert state.pending == 0
+    state.seal(close=True)  # closed with nothing left to upload: removed
+    assert os.listdir(state.spool_dir) == []
+
+
+def test_a_file_rolls_at_roll_bytes_and_goes_once_uploaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool, "ROLL_BYTES", 1)
+    state = StateDir(str(tmp_path))
+    state.append(make_items(1, 2, 1))
+    state.seal()  # the file is full: closed, the next append starts another
+    state.append(make_items(2, 2, 3))
+    state.seal()
+    p1, p2 = state.sealed_files()
+    assert [os.path.basename(p.path) for p in (p1, p2)] == [f"{1:016x}.log", f"{3:016x}.log"]
+    state.remove(p1)
+    assert os.listdir(state.spool_dir) == [f"{3:016x}.log"]
+
+
+def test_a_new_file_name_is_fsynced_once(tmp_path, monkeypatch):
+    """The directory is fsynced at the first seal of a file (its name, made on the reading
+    thread), not at every seal: the file's later pieces live under a name already durable."""
+    synced: list[str] = []
+    monkeypatch.setattr(spool, "fsync_dir", synced.append)
+    state = StateDir(str(tmp_path))
+    for k in range(4):
+        state.append(make_items(k, 1, k + 1))
+        state.seal()
+    assert synced == [state.spool_dir]
+    state.seal(close=True)
+    state.append(make_items(9, 1, 5))
+    state.seal()
+    assert synced == [state.spool_dir, state.spool_dir]
 
 
 def test_sealed_files_are_in_txid_order(tmp_path):
     state = StateDir(str(tmp_path))
     for first in (0x1F, 0x100, 0x2, 0xABC):
         state.append(make_items(first, 1, first))
-        state.seal()
-    names = [os.path.basename(p) for p in state.sealed_files()]
-    assert names == [f"{t:016x}.sealed" for t in (0x2, 0x1F, 0x100, 0xABC)]
+        state.seal(close=True)
+    names = [os.path.basename(p.path) for p in StateDir(str(tmp_path)).sealed_files()]
+    assert names == [f"{t:016x}.log" for t in (0x2, 0x1F, 0x100, 0xABC)]
 
 
 def test_reopening_the_state_dir_sees_sealed_files(tmp_path):
@@ -120,21 +159,29 @@ def test_reopening_the_state_dir_sees_sealed_files(tmp_path):
     state.append(items)
     state.seal()
     again = StateDir(str(tmp_path / "s"))
-    (path,) = again.sealed_files()
-    assert same(again.read_file(path, PAGE), items)
+    (piece,) = again.sealed_files()
+    assert same(read_piece(piece), items)
 
 
-def test_log_left_by_a_previous_run_is_sealed_on_the_next_seal(tmp_path):
+def test_files_left_by_a_previous_run_are_pieces_at_the_next_start(tmp_path):
+    """A crash leaves the file being appended to (``.log``, possibly with an uploaded start),
+    an older version's ``.sealed`` files, and maybe a file created just before the crash and
+    still empty: each non-empty file is one piece, in txid order; the empty one goes."""
     old = StateDir(str(tmp_path / "s"))
-    items = make_items(5, 3, first_txid=40)
+    older, items = make_items(6, 2, first_txid=30), make_items(5, 3, first_txid=40)
+    old.append(older)
+    old.seal(close=True)
+    sealed = os.path.join(old.spool_dir, f"{30:016x}.sealed")
+    os.rename(os.path.join(old.spool_dir, f"{30:016x}.log"), sealed)  # as an older version named it
     old.append(items)  # the previous run died without sealing
-    assert old.sealed_files() == []
+    assert [p.path for p in old.sealed_files()] == [os.path.join(old.spool_dir, f"{30:016x}.log")]
+    open(os.path.join(old.spool_dir, f"{99:016x}.log"), "wb").close()  # created, then the crash
     new = StateDir(str(tmp_path / "s"))
-    assert new.sealed_files() == []
-    new.seal()
-    (path,) = new.sealed_files()
-    assert os.path.basename(path) == f"{40:016x}.sealed"
-    assert same(StateDir.read_file(path, PAGE), items)
+    p0, p1 = new.sealed_files()
+    assert (p0.path, p1.path) == (sealed, os.path.join(new.spool_dir, f"{40:016x}.log"))
+    assert same(read_piece(p0), older) and same(read_piece(p1), items)
+    assert new.pending == p0.size + p1.size == new.pending_bytes()
+    assert sorted(os.listdir(new.spool_dir)) == [f"{30:016x}.sealed", f"{40:016x}.log"]
 
 
 @settings(max_examples=40, deadline=None)
@@ -153,8 +200,8 @@ def test_spool_round_trip_property(seed, sizes):
             assert files == []
             return
         assert len(files) == 1
-        assert same(StateDir.read_file(files[0], PAGE), items)
-        assert os.path.getsize(files[0]) == state.pending_bytes()
+        assert same(read_piece(files[0]), items)
+        assert files[0].size == state.pending == state.pending_bytes()
 
 
 # ----------------------------------------------------------------------------- torn tails
@@ -238,10 +285,11 @@ def test_appending_after_a_repair_continues_cleanly(tmp_path):
     more = make_items(15, 2, first_txid=3)  # the torn txid 3 is read again into a new file
     state.append(more)
     state.seal()
+    state.remeasure()  # what replay does after its repairs
     first, second = state.sealed_files()
-    assert first == path
-    assert same(StateDir.read_file(first, PAGE), items[:2])
-    assert same(StateDir.read_file(second, PAGE), more)
+    assert (first.path, first.end) == (path, ends[1])
+    assert same(read_piece(first), items[:2])
+    assert same(read_piece(second), more)
 
 
 @pytest.mark.parametrize("zeros", [8, 10, 4096])
@@ -285,7 +333,7 @@ def test_state_and_hashes_round_trip(tmp_path):
     assert {k: v for k, v in state.load_state().items() if k != "hashes"} == doc2
     assert state.load_hashes().checksum == hashes.checksum
     assert state.load_hashes().db_pages == 10
-    assert sorted(os.listdir(state.path)) == [f"hashes-{78:016x}.bin", "spool", "state.json"]
+    assert sorted(os.listdir(state.path)) == [f"hashes-{78:016x}.bin", f"hashes-{78:016x}.log", "spool", "state.json"]
     # A fresh StateDir object reads the same.
     again = StateDir(state.path)
     assert again.load_state() == state.load_state()
@@ -317,9 +365,9 @@ def test_renumber_moves_every_record_and_keeps_everything_else(tmp_path):
     state = StateDir(str(tmp_path))
     first, second, third = make_items(31, 3, first_txid=1), make_items(32, 2, first_txid=4), make_items(33, 2, 6)
     state.append(first)
-    state.seal()
+    state.seal(close=True)
     state.append(second)
-    state.seal()
+    state.seal(close=True)
     state.append(third)  # still being appended to: sealed by renumber
     state.flush()
     # as spooled: one batch per append (its position, counter and net hashes go with its last one)
@@ -327,8 +375,8 @@ def test_renumber_moves_every_record_and_keeps_everything_else(tmp_path):
             for item in StateDir.read_file(os.path.join(state.spool_dir, name), PAGE, repair=False)]
     state.renumber(100, PAGE)
     files = state.sealed_files()
-    assert [os.path.basename(f) for f in files] == [f"{101:016x}.sealed", f"{104:016x}.sealed", f"{106:016x}.sealed"]
-    got = [item for f in files for item in StateDir.read_file(f, PAGE)]
+    assert [os.path.basename(f.path) for f in files] == [f"{101:016x}.log", f"{104:016x}.log", f"{106:016x}.log"]
+    got = [item for f in files for item in read_piece(f)]
     assert [i.record.txid for i in want] == [i.record.txid for i in first + second + third]
     assert [i.record.txid for i in got] == [i.record.txid + 100 for i in want]
     for a, b in zip(got, want):

@@ -208,8 +208,8 @@ def test_disk_full_cuts_the_failed_write_off(tmp_path, monkeypatch):
     state.append(make_items(4, 2, first_txid=4))  # the retry after room came back
     monkeypatch.setattr(spool.os, "write", real_write)
     state.seal()
-    (path,) = state.sealed_files()
-    assert [i.record.txid for i in StateDir.read_file(path, PAGE)] == [1, 2, 3, 4, 5]
+    (piece,) = state.sealed_files()
+    assert [i.record.txid for i in StateDir.read_file(piece.path, PAGE, start=piece.start, end=piece.end)] == [1, 2, 3, 4, 5]
     with pytest.raises(SpoolFull, match="at its limit"):
         StateDir(str(tmp_path / "state"), limit_bytes=state.pending).append(make_items(6, 1, first_txid=6))
     with pytest.raises(SpoolFull, match="disk almost full"):

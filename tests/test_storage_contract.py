@@ -383,3 +383,37 @@ def test_local_delete_removes_empty_directories_only(tmp_path) -> None:
     store.delete("generations/g1/snapshots/b")
     assert os.listdir(tmp_path / "rep") == []  # the replica root itself stays
     assert store.put_if_absent("generations/g1/segments/a", b"3")  # and can be written again
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_local_create_only_put_leaves_no_temp_file(tmp_path, unnamed) -> None:
+    """The unnamed-file protocol (O_TMPFILE + linkat) and the named one (mkstemp + link) agree:
+    create-only, nothing left beside the object, an existing object never replaced."""
+    store = LocalStorage(str(tmp_path / "rep"))
+    store._unnamed = store._unnamed and unnamed
+    assert store.put_if_absent("generations/g1/segments/a", b"first")
+    assert store.put_if_absent("generations/g1/segments/a", b"second") is False
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 3_000_000)
+    assert store.put_file_if_absent("generations/g1/segments/b", str(src))
+    other = tmp_path / "other"
+    other.write_bytes(b"y")
+    assert store.put_file_if_absent("generations/g1/segments/b", str(other)) is False
+    assert store.get("generations/g1/segments/a") == b"first"
+    assert store.get("generations/g1/segments/b") == src.read_bytes()
+    assert sorted(os.listdir(tmp_path / "rep" / "generations" / "g1" / "segments")) == ["a", "b"]
+
+
+def test_local_put_remakes_a_directory_another_store_removed(tmp_path) -> None:
+    """Known directories are cached; one removed under the cache (another process's retention
+    deleting a generation's last object) is made again at the next put."""
+    store, other = LocalStorage(str(tmp_path / "rep")), LocalStorage(str(tmp_path / "rep"))
+    assert store.put_if_absent("generations/g1/segments/a", b"1")
+    other.delete("generations/g1/segments/a")
+    assert not (tmp_path / "rep" / "generations").exists()
+    assert store.put_if_absent("generations/g1/segments/b", b"2")
+    assert store.get("generations/g1/segments/b") == b"2"
+    store._unnamed = False
+    other.delete("generations/g1/segments/b")
+    assert store.put_if_absent("generations/g1/segments/c", b"3")
+    assert [o.key for o in store.list("generations/")] == ["generations/g1/segments/c"]

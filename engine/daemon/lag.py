@@ -4,8 +4,8 @@ Lag is the age of the oldest commit that is not yet durable in the replica; 0 wh
 No stage knows it alone, so it is the oldest of:
 
 * a new generation's base snapshot not uploaded yet (its moment: the whole database is owed);
-* the oldest spooled record not uploaded (its stamp, read from the head of the oldest spool file;
-  cached per file, so a scrape costs a directory listing);
+* the oldest spooled record not uploaded (its stamp, read where the oldest waiting bytes of the
+  spool start, ``StateDir.pending_head``; cached until the uploaded point moves);
 * the oldest commit SQLite counted that is not spooled yet: the observer's first observation of a
   commit counter ahead of the reader's verified counter (``Observations.first_seen_after``);
 * while the spool is full, the moment it filled (reading stopped then).
@@ -21,7 +21,6 @@ Everything here only reads; it runs on the metrics/health thread, never on the d
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..errors import LeaseError
@@ -61,24 +60,22 @@ class LagProbe:
     def _spooled_head(self) -> int | None:
         """Stamp of the first spooled record after the uploaded point (the oldest not uploaded)."""
         uploaded = self.daemon.stats.uploaded_txid
-        try:
-            names = sorted(os.listdir(self.daemon.state.spool_dir))
-        except OSError:
+        head = self.daemon.state.pending_head()  # where the oldest waiting bytes start: no listing
+        if head is None:
             return None
-        for name in names:
-            path = os.path.join(self.daemon.state.spool_dir, name)
-            if self._head is not None and self._head[:2] == (path, uploaded):
-                return self._head[2]
-            try:
-                for rec in StateDir.iter_raw(path, repair=False):
-                    if rec.last_txid > uploaded:  # a batch: the first of its transactions past the point
-                        stamp = rec.batch.first_ts_us if rec.txid > uploaded else next(
-                            ts for txid, ts, _start, _end in txn_spans(rec.raw, self.daemon.page_size)
-                            if txid > uploaded)
-                        self._head = (path, uploaded, stamp)
-                        return stamp
-            except (OSError, ValueError, StopIteration):  # uploaded and removed meanwhile, or being written
-                continue
+        path, start = head
+        if self._head is not None and self._head[:2] == (path, uploaded):
+            return self._head[2]
+        try:
+            for rec in StateDir.iter_raw(path, repair=False, start=start):
+                if rec.last_txid > uploaded:  # a batch: the first of its transactions past the point
+                    stamp = rec.batch.first_ts_us if rec.txid > uploaded else next(
+                        ts for txid, ts, _start, _end in txn_spans(rec.raw, self.daemon.page_size)
+                        if txid > uploaded)
+                    self._head = (path, uploaded, stamp)
+                    return stamp
+        except (OSError, ValueError, StopIteration):  # uploaded and removed meanwhile, or being written
+            pass
         return None
 
     def seconds(self, now_us: int | None = None) -> float | None:

@@ -282,8 +282,9 @@ class Reader:
         self.rs.next_txid = self.stats.uploaded_txid + 1
         self.rs.last_ts = self.stats.uploaded_commit_us
         self.state.seal()
-        for path in self.state.sealed_files():
-            for rec in StateDir.iter_raw(path):
+        for piece in self.state.sealed_files():
+            path = piece.path
+            for rec in piece.records():
                 if rec.last_txid < self.rs.next_txid:
                     continue
                 if rec.txid < self.rs.next_txid:

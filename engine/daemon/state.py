@@ -5,7 +5,8 @@ size), the reader's position in the WAL (``pos``, the last verified commit ``ver
 SQLite's commit counter there, ``anchor``), the next txid, the page hashes of the state the
 spool ends at (``hashes``) and of the state the replica ends at (``uploaded_hashes``), and the
 uploaded point as saved in ``state.json``.  The reader advances the read side, the uploader the
-uploaded side; :func:`save_uploaded` and :func:`load_matching` are the only state.json I/O.
+uploaded side; :func:`save_uploaded` and :func:`load_matching` are the only state.json I/O (the
+point itself mostly advances in the hashes log: engine/daemon/hashlog.py, state version 2).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from ..sqlite.pagehash import PageChanges, PageHashes
 from ..sqlite.walfile import WalPosition
 from .spool import StateDir
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the uploaded point advances in the hashes log (hashlog.py), not in state.json
+READS_VERSIONS = (1, 2)  # a version 1 directory is resumed, and its state.json rewritten as 2 at the first upload
 
 
 @dataclass
@@ -43,10 +45,10 @@ def load_matching(state_dir: StateDir, db_path: str, replica_url: str) -> dict |
     saved = state_dir.load_state()
     if not saved or saved.get("db_path") != db_path or saved.get("replica") != replica_url:
         return None
-    if saved.get("version") != STATE_VERSION:
+    if saved.get("version") not in READS_VERSIONS:
         raise DaemonError(
             f"state directory {state_dir.path} has format version {saved.get('version')}; this build "
-            f"reads version {STATE_VERSION} (use a matching walrewind or a fresh --state-dir)"
+            f"reads versions {', '.join(map(str, READS_VERSIONS))} (use a matching walrewind or a fresh --state-dir)"
         )
     return saved
 

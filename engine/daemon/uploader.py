@@ -30,7 +30,7 @@ from ..storage import put_file_immutable
 from ..timeparse import format_us
 from . import clock
 from .outage import Outage
-from .spool import StateDir
+from .spool import Piece, StateDir
 from .spoolrecord import txn_spans
 from .stats import LAG_SAMPLES
 from .uploadloop import Signal, run_on_own_thread
@@ -137,8 +137,8 @@ class Uploader:
                 self.shipper.state.seal()
                 self.sealed_through_us = through
             uploaded = 0
-            for path in self.shipper.state.sealed_files():
-                if self._upload_file(path):
+            for piece in self.shipper.state.sealed_files():
+                if self._upload_file(piece):
                     uploaded += 1
             return uploaded
 
@@ -167,8 +167,8 @@ class Uploader:
         self.shipper.ready.set()
         log.info("base snapshot %s uploaded", key)
 
-    def _upload_file(self, path: str) -> bool:
-        """Stream one sealed spool file into a segment file, upload it, advance the saved point.
+    def _upload_file(self, piece: Piece) -> bool:
+        """Stream one sealed piece of the spool into a segment, upload it, advance the saved point.
 
         One sequential pass over the file and one record (a read pass's batch) in memory at a
         time: its transactions are already encoded as a segment payload holds them, so they go
@@ -178,12 +178,13 @@ class Uploader:
         pages this segment changed are appended to the hashes log (hashlog.py).
         """
         sh = self.shipper
+        path = piece.path
         uploaded_txid = sh.stats.uploaded_txid
         # Small files are compressed in memory and sent from there; big ones (a backlog drained
         # after an outage, up to SEAL_MAX_BYTES) through a staging file.  zstd level 1: the
         # daemon's segments are written once per second on the application's machine (a third
         # faster than level 3); compaction re-compresses old ones.
-        tmp = None if os.path.getsize(path) <= IN_MEMORY_BYTES else os.path.join(sh.state.path, "segment.tmp")
+        tmp = None if piece.size <= IN_MEMORY_BYTES else os.path.join(sh.state.path, "segment.tmp")
         writer = SegmentWriter(tmp, level=SEGMENT_ZSTD_LEVEL)
         first_txid = last_txid = None
         first_ts = last_ts = 0
@@ -192,7 +193,7 @@ class Uploader:
         batches: list = []  # (Batch, raw or None) replayed onto the uploaded hashes after the upload
         stamps = array("q")  # every transaction's commit time (upload lag samples)
         try:
-            for rec in StateDir.iter_raw(path):
+            for rec in piece.records():
                 if rec.last_txid <= uploaded_txid:
                     continue
                 if rec.txid <= uploaded_txid:
@@ -222,7 +223,7 @@ class Uploader:
             raise
         if first_txid is None or last_txid is None:
             writer.abort()
-            sh.state.remove(path)
+            sh.state.remove(piece)
             return False
         sh.ensure_lease()
         key = layout.SegmentKey(sh.generation, first_txid, last_txid, first_ts, last_ts)
@@ -253,7 +254,7 @@ class Uploader:
         net = self._advance_hashes(path, batches)
         sh.stats.lag_samples_us.extend(now - ts for ts in stamps[-LAG_SAMPLES:])
         sh.save_state(last_txid, last_ts, position, change, net, first_txid)
-        sh.state.remove(path)
+        sh.state.remove(piece)
         sh.stats.uploaded_txid = last_txid
         sh.stats.uploaded_commit_us = last_ts
         sh.stats.segments += 1

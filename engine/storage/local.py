@@ -2,11 +2,21 @@
 
 Objects are written to a temporary file, fsynced, and then *linked* into place: ``link(2)`` fails
 if the name exists, which gives the same create-only guarantee as S3's ``If-None-Match: *`` and
-means a reader never sees a half-written object.
+means a reader never sees a half-written object.  The directory is fsynced after the link: that
+is what makes the new name (the object) survive a power cut.
+
+Create-only puts (every segment, once a second per written database) use an *unnamed* temporary
+file where the filesystem offers one (``O_TMPFILE``, linked with ``linkat`` through
+``/proc/self/fd``): no temporary name is created and unlinked, and a crash leaves no ``.tmp-``
+file behind.  Directories already made by this object are remembered instead of being made again
+at every put (a ``mkdir`` that fails with EEXIST, and a ``stat``); a directory removed under us
+(``delete`` of a generation's last object, possibly by another process) is made again when the
+create or the link finds it missing.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -25,16 +35,78 @@ class LocalStorage(Storage):
             os.makedirs(self.root, exist_ok=True)
         elif not os.path.isdir(self.root):
             raise StorageError(f"{self.url}: replica directory does not exist")
+        self._dirs: set[str] = set()  # directories this object made or found (no mkdir per put)
+        # Unnamed temporary files: Linux with /proc (linkat needs /proc/self/fd without
+        # CAP_DAC_READ_SEARCH); turned off at the first filesystem that refuses O_TMPFILE.
+        self._unnamed = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 
     def _path(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid object key {key!r}")
         return os.path.join(self.root, *key.split("/"))
 
+    def _makedirs(self, directory: str, again: bool = False) -> None:
+        if again or directory not in self._dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._dirs.add(directory)
+
+    @staticmethod
+    def _write_fd(fd: int, data: bytes | None, source: str | None) -> None:
+        """Write the object's bytes to ``fd`` and fsync them (before any name points at them)."""
+        if data is not None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        else:
+            with open(source, "rb") as src:  # type: ignore[arg-type]
+                while chunk := src.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+        os.fsync(fd)
+
+    def _create_unnamed(self, final: str, data: bytes | None, source: str | None) -> bool | None:
+        """Create-only put through an unnamed file: True created, False exists, None unsupported.
+
+        Same order as the named protocol: the bytes are fsynced before the link, the directory
+        after it (the same descriptor opens the file, takes the link and is fsynced)."""
+        directory, name = os.path.split(final)
+        for attempt in range(3):
+            self._makedirs(directory, again=attempt > 0)
+            try:
+                dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                break
+            except FileNotFoundError:  # a delete() removed the directory as it became empty
+                if attempt == 2:
+                    raise
+        try:
+            try:
+                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    self._unnamed = False  # a filesystem without O_TMPFILE: named files from now on
+                    return None
+                raise
+            try:
+                self._write_fd(fd, data, source)
+                try:
+                    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd)  # linkat(AT_SYMLINK_FOLLOW)
+                except FileExistsError:
+                    return False
+                except FileNotFoundError:  # the directory was removed meanwhile: the named way
+                    self._dirs.discard(directory)
+                    return None
+            finally:
+                os.close(fd)
+            os.fsync(dfd)
+            return True
+        finally:
+            os.close(dfd)
+
     def _write_temp(self, final: str, data: bytes | None, source: str | None) -> str:
         directory = os.path.dirname(final)
         for attempt in range(3):
-            os.makedirs(directory, exist_ok=True)
+            self._makedirs(directory, again=attempt > 0)
             try:
                 fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
                 break
@@ -42,15 +114,10 @@ class LocalStorage(Storage):
                 if attempt == 2:
                     raise
         try:
-            with os.fdopen(fd, "wb") as f:
-                if data is not None:
-                    f.write(data)
-                else:
-                    with open(source, "rb") as src:  # type: ignore[arg-type]
-                        while chunk := src.read(1 << 20):
-                            f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                self._write_fd(fd, data, source)
+            finally:
+                os.close(fd)
         except BaseException:
             os.unlink(tmp)
             raise
@@ -78,17 +145,21 @@ class LocalStorage(Storage):
         fsync_dir(os.path.dirname(final))
         return True
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def _put_absent(self, key: str, data: bytes | None, source: str | None) -> bool:
         final = self._path(key)
-        if os.path.exists(final):
+        if self._unnamed:
+            created = self._create_unnamed(final, data, source)
+            if created is not None:
+                return created
+        elif os.path.exists(final):  # the link would refuse it anyway; skip writing a copy
             return False
-        return self._link_into_place(self._write_temp(final, data, None), final)
+        return self._link_into_place(self._write_temp(final, data, source), final)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._put_absent(key, data, None)
 
     def put_file_if_absent(self, key: str, path: str) -> bool:
-        final = self._path(key)
-        if os.path.exists(final):
-            return False
-        return self._link_into_place(self._write_temp(final, None, path), final)
+        return self._put_absent(key, None, path)
 
     def get(self, key: str) -> bytes:
         try:
@@ -145,4 +216,5 @@ class LocalStorage(Storage):
                 os.rmdir(directory)  # fails while anything (an object, a temp file) is inside
             except OSError:
                 return
+            self._dirs.discard(directory)
             directory = os.path.dirname(directory)

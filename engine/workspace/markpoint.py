@@ -22,7 +22,6 @@ uploaded that far and the objects are listed in the replica.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from urllib.parse import urlparse
 
 import zstandard
 
-from ..daemon.state import STATE_VERSION
+from ..daemon.state import READS_VERSIONS
+from ..daemon.statefile import load_state_file
 from ..errors import MarkError, MarkInexact, MarkTimeout, ObjectCorrupt, ObjectNotFound
 from ..replica import layout
 from ..replica.format import (
@@ -98,14 +98,14 @@ def read_uploaded(state_dir: str, db_path: str, replica_url: str) -> Uploaded | 
     """The uploaded point in ``state_dir``, checked to be this database's and this replica's."""
     path = os.path.join(state_dir, "state.json")
     try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read())
-    except FileNotFoundError:
-        return None
+        doc = load_state_file(state_dir)  # state.json, with the newer point its hashes log may carry
     except ValueError as exc:
         raise MarkError(f"{path} is unreadable ({exc})") from None
-    if doc.get("version") != STATE_VERSION:
-        raise MarkError(f"{path} has format version {doc.get('version')}; this build reads version {STATE_VERSION}")
+    if doc is None:
+        return None
+    if doc.get("version") not in READS_VERSIONS:
+        raise MarkError(f"{path} has format version {doc.get('version')}; this build reads versions "
+                        f"{', '.join(map(str, READS_VERSIONS))}")
     if os.path.abspath(str(doc.get("db_path"))) != os.path.abspath(db_path):
         raise MarkError(f"{path} is the state of {doc.get('db_path')}, not of {db_path}")
     if not same_replica(str(doc.get("replica")), replica_url):
