@@ -1,8 +1,9 @@
 """The read pin's connections: opened when needed, closed while a database is quiet (``shed``).
 
 A process serving 1,000 sqld namespaces kept two read-only SQLite connections per namespace
-open for good (page cache, schema and -shm mapping: ~160 KiB each).  A pin now closes them
-once unpinned for a while and opens one again at the next commit.  These tests pin down that a
+open for good (page cache and schema: ~64 KiB each).  A pin now closes the spare one once
+unpinned for a while and opens it again at the next hand-over; one always stays open (its lock
+keeps an application's last close from deleting the -wal under us).  These tests pin down that a
 shed pin takes the next read transaction at the current end of the WAL, never sheds while it
 holds one, and that a daemon whose pin sheds between groups of commits still restores every
 moment exactly.
@@ -36,7 +37,10 @@ def _commit(conn: apsw.Connection, n: int, tag: str) -> None:
             conn.execute("INSERT INTO t(v) VALUES (?)", (f"{tag}-{i}",))
 
 
-def test_a_shed_pin_reopens_at_the_latest_commit(tmp_path):
+def test_a_shed_pin_keeps_one_connection_and_sees_the_next_commit(tmp_path):
+    """The spare connection is closed; the one kept open holds the database's SHARED lock, so an
+    application closing its last connection can neither checkpoint-and-delete the -wal nor
+    rebuild the -shm under our descriptors: its next commit is still in the WAL for us."""
     db = str(tmp_path / "app.db")
     app = _writer(db)
     _commit(app, 3, "a")
@@ -48,14 +52,18 @@ def test_a_shed_pin_reopens_at_the_latest_commit(tmp_path):
         pin.release()
         before = len(apsw.connections())
         assert pin.shed() is True
-        assert len(apsw.connections()) == before - 2
-        assert pin.shed() is False, "nothing left to close"
+        assert len(apsw.connections()) == before - 1, "one connection stays open"
+        assert pin.shed() is False, "the spare is closed already"
+        app.close()  # the application's last connection: it may not delete the -wal
+        assert os.path.exists(db + "-wal")
+        app = _writer(db)
         _commit(app, 2, "b")
+        app.close()
+        assert os.path.getsize(db + "-wal") > 0, "the new commits are in the WAL, not checkpointed away"
         again = pin.acquire(shm)
-        assert again.max_frame > first.max_frame
-        assert again.change != first.change
+        assert again.max_frame > first.max_frame and again.change != first.change
         assert pin.connection.execute("SELECT count(*) FROM t").fetchall() == [(5,)]
-        pin.acquire(shm)  # a hand-over opens the second connection again
+        pin.acquire(shm)  # a hand-over opens the spare again
         assert pin.connection.execute("SELECT count(*) FROM t").fetchall() == [(5,)]
         assert pin.sheds == 1
     finally:

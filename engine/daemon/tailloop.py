@@ -37,7 +37,8 @@ BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady
 QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once (noticed within this)
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
 # Unpinned this long, the pin's SQLite connections are closed until the next commit (ReadPin.shed):
-# a quiet database then holds no page cache, schema or -shm mapping (1,000 sqld namespaces).
+# a quiet database then holds no page cache, schema or -shm mapping (1,000 sqld namespaces).  A
+# database with no commit since the daemon started sheds them as soon as its start-up pin ends.
 PIN_SHED_SECONDS = 20.0
 
 
@@ -80,8 +81,8 @@ def tail_loop(d: Replicator) -> None:
                 last_read = now
                 read_now = d.read_pass()
                 d.pin_policy.after_read(read_now)
-                if not d.pin.active and now - d.pin.released_mono >= PIN_SHED_SECONDS:
-                    d.pin.shed()
+                if not d.pin.active and (now - d.pin.released_mono >= PIN_SHED_SECONDS or not d.stats.transactions):
+                    d.pin.shed()  # (nothing committed since the start: 1,000 namespaces at once peaked here)
                 pos = d.rs.pos
                 ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
                 spooled = d.state.current_bytes()

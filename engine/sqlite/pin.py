@@ -7,9 +7,9 @@ transaction can be opened before the old one ends (a hand-over never leaves a ga
 
 The connections are opened with SQLITE_OPEN_READONLY and NO_CKPT_ON_CLOSE: the daemon never
 writes to the user's database, never checkpoints it, and leaves no tables or rows behind.  They
-are opened when first needed and may be closed while no read transaction is held (``shed``): a
-quiet database then costs no SQLite memory (page cache, schema, the -shm mapping: ~160 KiB each
-for a sqld namespace nobody writes; a process serving 1,000 of them).
+are opened when first needed, and the spare one is closed while no read transaction is held
+(``shed``): a quiet database then costs one connection's memory, not two (page cache and schema:
+~64 KiB each for a sqld namespace nobody writes; a process serving 1,000 of them).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class ReadPin:
         self._conns: list[apsw.Connection | None] = [open_readonly(db_path), open_readonly(db_path)]
         self._active: int | None = None
         self.released_mono = time.monotonic()  # when the last read transaction ended (or none was held)
+        self._last = 0  # the connection of the newest read transaction (kept open by shed)
         self.sheds = 0
         self.header: ShmHeader | None = None  # the wal-index header the read transaction sees
         self.since = 0.0
@@ -87,7 +88,7 @@ class ReadPin:
         was_active = self._active is not None
         if was_active:
             self._conns[self._active].execute("COMMIT")
-        self._active = idle
+        self._active = self._last = idle
         self.header = snapshot
         self.since = time.monotonic()
         if not was_active and self.on_change is not None:
@@ -114,16 +115,24 @@ class ReadPin:
         return int(conn.execute(f"PRAGMA {name}").fetchall()[0][0])
 
     def shed(self) -> bool:
-        """Close both connections while no read transaction is held (the next ``acquire`` opens
-        one again, ~0.3 ms); True when something was closed.  Safe for the process's locks: a
-        connection without a transaction holds none, and SQLite keeps the descriptors other
-        connections to the same file still lock with (engine/sqlite/fds.py says why that matters)."""
-        if self._active is not None or self._conns == [None, None]:
+        """Close the connection the last read transaction did not use, while none is held (the
+        next hand-over opens it again, ~0.3 ms); True when one was closed.
+
+        One connection always stays open: in WAL mode an open connection keeps a SHARED lock on
+        the database file, so an application closing its last connection cannot take the
+        EXCLUSIVE lock it needs to checkpoint and delete the -wal (and rebuild the -shm at its
+        next open) under our descriptors of those files.  Closing both made a short-lived
+        writer's commit vanish into the database file unread.  Safe for the process's locks: a
+        connection without a transaction holds none that SQLite does not keep through the other
+        (engine/sqlite/fds.py says why that matters)."""
+        if self._active is not None:
             return False
-        for i, conn in enumerate(self._conns):
-            if conn is not None:
-                self._conns[i] = None
-                conn.close()
+        spare = 1 - self._last
+        conn = self._conns[spare]
+        if conn is None:
+            return False
+        self._conns[spare] = None
+        conn.close()
         self.sheds += 1
         return True
 
