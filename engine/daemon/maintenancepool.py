@@ -20,6 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from .. import logs
+from .processwide import ProcessWide
 
 if TYPE_CHECKING:
     from ..maintenance.scheduler import Maintenance
@@ -54,17 +55,7 @@ class PooledMaintenance:
         self.pool.remove(self, timeout)
 
 
-class MaintenancePool:
-    _shared: MaintenancePool | None = None
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls) -> MaintenancePool:
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
+class MaintenancePool(ProcessWide):
     def __init__(self, workers: int = WORKERS) -> None:
         self.cond = threading.Condition()
         self._entries: list[PooledMaintenance] = []

@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Callable, Protocol
 
+from .processwide import ProcessWide
+
 log = logging.getLogger("walrewind.prober")
 
 MAX_SLEEP = 1.0  # with nothing pinned the thread sleeps until a database is watched
@@ -53,17 +55,7 @@ class Probed(Protocol):
     def probe_checkpointer(self) -> None: ...
 
 
-class CheckpointProber:
-    _shared: CheckpointProber | None = None
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls) -> CheckpointProber:
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
+class CheckpointProber(ProcessWide):
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._probing = threading.Lock()  # held while a round of probes runs (see unwatch)

@@ -21,6 +21,7 @@ import time
 from typing import Callable, Protocol
 
 from .. import logs
+from .processwide import ProcessWide
 
 log = logging.getLogger("walrewind.shipper")
 
@@ -107,17 +108,7 @@ class Pooled:
             return not self.done
 
 
-class UploadPool:
-    _shared: UploadPool | None = None
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls) -> UploadPool:
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
+class UploadPool(ProcessWide):
     def __init__(self, min_workers: int = MIN_WORKERS) -> None:
         self.cond = threading.Condition()
         self._heap: list[tuple[float, int, Pooled]] = []

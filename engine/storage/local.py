@@ -20,11 +20,13 @@ import errno
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from ..errors import ObjectNotFound, StorageError
 from ..fsutil import fsync_dir
 from .base import ObjectInfo, Storage
+
+T = TypeVar("T")
 
 
 class LocalStorage(Storage):
@@ -50,6 +52,18 @@ class LocalStorage(Storage):
             os.makedirs(directory, exist_ok=True)
             self._dirs.add(directory)
 
+    def _in_directory(self, directory: str, make: Callable[[], T]) -> T:
+        """``make()`` (a file or descriptor in ``directory``), making the directory first, again
+        if a delete() removed it as it became empty (another store object's retention)."""
+        for attempt in range(3):
+            self._makedirs(directory, again=attempt > 0)
+            try:
+                return make()
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     @staticmethod
     def _write_fd(fd: int, data: bytes | None, source: str | None) -> None:
         """Write the object's bytes to ``fd`` and fsync them (before any name points at them)."""
@@ -71,14 +85,7 @@ class LocalStorage(Storage):
         Same order as the named protocol: the bytes are fsynced before the link, the directory
         after it (the same descriptor opens the file, takes the link and is fsynced)."""
         directory, name = os.path.split(final)
-        for attempt in range(3):
-            self._makedirs(directory, again=attempt > 0)
-            try:
-                dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-                break
-            except FileNotFoundError:  # a delete() removed the directory as it became empty
-                if attempt == 2:
-                    raise
+        dfd = self._in_directory(directory, lambda: os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
         try:
             try:
                 fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=dfd)
@@ -105,14 +112,7 @@ class LocalStorage(Storage):
 
     def _write_temp(self, final: str, data: bytes | None, source: str | None) -> str:
         directory = os.path.dirname(final)
-        for attempt in range(3):
-            self._makedirs(directory, again=attempt > 0)
-            try:
-                fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-                break
-            except FileNotFoundError:  # a delete() removed the directory as it became empty
-                if attempt == 2:
-                    raise
+        fd, tmp = self._in_directory(directory, lambda: tempfile.mkstemp(prefix=".tmp-", dir=directory))
         try:
             try:
                 self._write_fd(fd, data, source)
