@@ -14,7 +14,6 @@ explains them.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -36,6 +35,7 @@ from sqld_server import (
     start_writer,
     state_index,
 )
+from walrewind.engine.daemon.statefile import load_state_file
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
@@ -62,9 +62,9 @@ def wait_for(condition, timeout: float, what: str, procs: dict | None = None) ->
 
 
 def uploaded_txid(state_dir: str) -> int:
+    """The daemon's uploaded point (state.json, advanced by its hashes log: statefile.py)."""
     try:
-        with open(os.path.join(state_dir, "state.json")) as f:
-            return json.load(f)["uploaded_txid"]
+        return (load_state_file(state_dir) or {})["uploaded_txid"]
     except (OSError, ValueError, KeyError):
         return -1
 

@@ -38,6 +38,7 @@ from sqld_server import (
     start_writer,
     state_index,
 )
+from walrewind.engine.daemon.statefile import load_state_file
 from walrewind.engine.replica.index import Replica
 from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
@@ -70,8 +71,9 @@ def wait_for(condition, timeout: float, what: str, daemon: Daemon | None = None)
 
 
 def uploaded_ts(state_dir) -> int:
+    """The daemon's uploaded point (state.json, advanced by its hashes log: statefile.py)."""
     try:
-        return json.loads((state_dir / "state.json").read_text())["uploaded_ts_us"]
+        return (load_state_file(str(state_dir)) or {})["uploaded_ts_us"]
     except (OSError, ValueError, KeyError):
         return -1
 
