@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 
 from harness import (
+    DaemonThread,
     assert_one_record_per_commit,
     create_db,
     judge,
@@ -22,7 +22,6 @@ from harness import (
     wait_for,
 )
 from walrewind.engine.daemon import hashlog, spool
-from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.spool import StateDir
 from walrewind.engine.daemon.statefile import load_state_file
 from walrewind.engine.replica.index import Replica
@@ -30,30 +29,16 @@ from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
 
 
-class Running:
-    """A daemon on a thread of the test (file replica, an upload every 50 ms)."""
+def start(db: str, replica: str, state: str) -> DaemonThread:
+    """A daemon on a thread of the test (file replica, an upload every 50 ms), once it is ready."""
+    daemon = DaemonThread(db, replica, state, upload_interval=0.05)
+    daemon.__enter__()
+    return daemon
 
-    def __init__(self, db: str, replica: str, state: str) -> None:
-        self.daemon = Replicator(db, open_storage(replica), state_dir=state, upload_interval=0.05)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.daemon.ready.wait(30), self.error
 
-    def _run(self) -> None:
-        try:
-            self.daemon.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def caught_up(self) -> bool:
-        d = self.daemon
-        return d.stats.uploaded_txid == d.stats.last_txid and not d.reader.unverified
-
-    def stop(self) -> None:
-        self.daemon.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive() and self.error is None, self.error
+def caught_up(daemon: DaemonThread) -> bool:
+    d = daemon.shipper
+    return d.stats.uploaded_txid == d.stats.last_txid and not d.reader.unverified
 
 
 def segment_ranges(replica: str) -> list[tuple[int, int]]:
@@ -82,20 +67,20 @@ def write(db: str, log: str, seed: int, txns: int, id_base: int = 0) -> None:
 def test_restart_resumes_from_the_log_when_state_json_is_older(tmp_path):
     db, replica, state = (str(tmp_path / n) for n in ("app.db", "replica", "state"))
     create_db(db)
-    first = Running(db, replica, state)
+    first = start(db, replica, state)
     write(db, str(tmp_path / "log1"), 41, 40)
-    wait_for(first.caught_up, what="the first run to upload")
+    wait_for(lambda: caught_up(first), what="the first run to upload")
     first.stop()
-    uploaded = first.daemon.stats.uploaded_txid  # the final sync may have uploaded one more
+    uploaded = first.shipper.stats.uploaded_txid  # the final sync may have uploaded one more
     on_disk = json.loads(open(os.path.join(state, "state.json")).read())
     assert on_disk["uploaded_txid"] < uploaded  # state.json was written at the base only
     assert load_state_file(state)["uploaded_txid"] == uploaded
     (left,) = os.listdir(os.path.join(state, "spool"))  # the file being appended to: all of it uploaded
     assert [r.last_txid for r in StateDir.iter_raw(os.path.join(state, "spool", left))][-1] == uploaded
-    second = Running(db, replica, state)
-    assert second.daemon.stats.uploaded_txid == uploaded
+    second = start(db, replica, state)
+    assert second.shipper.stats.uploaded_txid == uploaded
     write(db, str(tmp_path / "log2"), 42, 30, id_base=10**6)
-    wait_for(second.caught_up, what="the second run to upload")
+    wait_for(lambda: caught_up(second), what="the second run to upload")
     second.stop()
     check_history(tmp_path, replica, [str(tmp_path / "log1"), str(tmp_path / "log2")])
 
@@ -121,9 +106,9 @@ def test_crash_after_uploads_whose_log_records_were_lost(tmp_path, monkeypatch):
 
     monkeypatch.setattr(spool, "ROLL_BYTES", 3000)  # files roll (and are removed) every few uploads
     monkeypatch.setattr(StateDir, "remove", remove)
-    first = Running(db, replica, state)
+    first = start(db, replica, state)
     write(db, str(tmp_path / "log1"), 43, 40)
-    wait_for(first.caught_up, what="the first run to upload")
+    wait_for(lambda: caught_up(first), what="the first run to upload")
     first.stop()
     monkeypatch.undo()
     assert len(removed) >= 5
@@ -143,10 +128,10 @@ def test_crash_after_uploads_whose_log_records_were_lost(tmp_path, monkeypatch):
         f.write(data[:keep] + data[keep : keep + 20])
     point = load_state_file(state)["uploaded_txid"]
     assert point < max(last for _first, last in segment_ranges(replica))
-    second = Running(db, replica, state)
-    assert second.daemon.stats.uploaded_txid >= point
+    second = start(db, replica, state)
+    assert second.shipper.stats.uploaded_txid >= point
     write(db, str(tmp_path / "log2"), 44, 30, id_base=10**6)
-    wait_for(second.caught_up, what="the second run to upload")
+    wait_for(lambda: caught_up(second), what="the second run to upload")
     second.stop()
     check_history(tmp_path, replica, [str(tmp_path / "log1"), str(tmp_path / "log2")])
     assert len(os.listdir(os.path.join(state, "spool"))) <= 1  # the leftovers were uploaded again and removed
