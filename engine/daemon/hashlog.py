@@ -62,6 +62,14 @@ def base_name(txid: int) -> str:
     return f"hashes-{txid:016x}.bin"
 
 
+def base_txid(name: str) -> int | None:
+    """The txid a base file is named after (:func:`base_name`); None for an older single
+    ``hashes.bin``."""
+    if name.startswith("hashes-") and name.endswith(".bin"):
+        return int(name[len("hashes-") : -len(".bin")], 16)
+    return None
+
+
 def log_name(base: str) -> str:
     return base[: -len(".bin")] + ".log"
 

@@ -189,9 +189,6 @@ class Replicator:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def wait_for_stop(self, timeout: float) -> bool:
-        return self._stop.wait(timeout)
-
     def stop(self) -> None:
         self._stop.set()
         self.uploader.soon.set()

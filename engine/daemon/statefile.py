@@ -35,8 +35,8 @@ def load_state_file(path: str, merge: bool = True) -> dict | None:
     except FileNotFoundError:
         return None
     name = state.get("hashes", "")
-    if merge and name.startswith("hashes-") and name.endswith(".bin"):
-        base_txid = int(name[len("hashes-") : -len(".bin")], 16)
+    base_txid = hashlog.base_txid(name)
+    if merge and base_txid is not None:
         newer = hashlog.newest_point(os.path.join(path, hashlog.log_name(name)), base_txid,
                                      state.get("uploaded_txid", base_txid))
         if newer is not None:
@@ -141,8 +141,8 @@ class UploadedPoint:
         hashes = PageHashes.from_bytes(blob)
         log_bytes = 0
         self._close_log()
-        if name.startswith("hashes-") and name.endswith(".bin"):
-            base_txid = int(name[len("hashes-") : -len(".bin")], 16)
+        base_txid = hashlog.base_txid(name)
+        if base_txid is not None:
             log_bytes = hashlog.replay(os.path.join(self.path, hashlog.log_name(name)), hashes, base_txid,
                                        state.get("uploaded_txid", base_txid),
                                        saved.get("uploaded_txid", base_txid))

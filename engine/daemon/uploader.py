@@ -82,8 +82,6 @@ class UploadHost(Protocol):
 
     def stop(self) -> None: ...
 
-    def wait_for_stop(self, timeout: float) -> bool: ...
-
 log = logging.getLogger("walrewind.shipper")
 
 SEAL_MAX_BYTES = 16 << 20  # while a backlog waits, keep appending to one spool file up to this size
