@@ -6,10 +6,10 @@ frames we have not copied yet cannot disappear.  We keep two read-only connectio
 transaction can be opened before the old one ends (a hand-over never leaves a gap).
 
 The connections are opened with SQLITE_OPEN_READONLY and NO_CKPT_ON_CLOSE: the daemon never
-writes to the user's database, never checkpoints it, and leaves no tables or rows behind.  They
-are opened when first needed, and the spare one is closed while no read transaction is held
-(``shed``): a quiet database then costs one connection's memory, not two (page cache and schema:
-~64 KiB each for a sqld namespace nobody writes; a process serving 1,000 of them).
+writes to the user's database, never checkpoints it, and leaves no tables or rows behind.  The
+spare one is closed while no read transaction is held (``shed``) and opened again at the next
+hand-over: a quiet database then costs one connection's memory, not two (a process serving 1,000
+sqld namespaces; most of a connection's memory is SQLite's initial page cache, ~86 KiB).
 """
 
 from __future__ import annotations
