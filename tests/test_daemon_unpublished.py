@@ -24,8 +24,8 @@ from harness import (
 )
 from walrewind.engine.daemon.observer import UNKNOWN_CHANGE, Observations, Observer
 from walrewind.engine.daemon.stats import ReplicatorStats
-from walrewind.engine.sqlite.shm import ShmHeader
-from walrewind.engine.sqlite.walfile import WalFile
+from walrewind.engine.sqlite.shm import SHM_HEADER_BYTES, commit_fields
+from walrewind.engine.sqlite.walfile import PEEK_FRAMES, WalFile
 
 
 def _wal_with_commits(tmp_path, rows_per_txn: list[int]) -> tuple[str, list, sqlite3.Connection]:
@@ -52,13 +52,20 @@ def test_peek_finds_the_next_commit_frame_written_past_the_published_end(tmp_pat
         assert wal.peek_commit(salts, txns[0].end.frame, 4096) == (salts, first.frame, first.cksum)
         assert wal.peek_commit(salts, first.frame, 4096) == (salts, second.frame, second.cksum)
         # a transaction longer than the look-ahead (4 frames) is left to the wal-index (a later look)
-        assert wal.peek_commit(salts, second.frame, 4096) is None
+        assert wal.peek_commit(salts, second.frame, 4096) == PEEK_FRAMES == 4
         assert wal.peek_commit(salts, second.frame, 4096, limit=64) == (salts, big.frame, big.cksum)
-        assert wal.peek_commit(salts, big.frame, 4096) is None  # nothing written past the end
+        assert wal.peek_commit(salts, big.frame, 4096) == 0  # nothing written past the end
         # the file's salts differ from the published ones: the writer restarted the WAL, look from frame 1
         other = struct.pack(">II", 1, 2)
         assert wal.peek_commit(other, big.frame, 4096)[1] == txns[0].end.frame
         wal.close()
+        # a transaction still being written (two of its frames so far): its next write is still to come
+        partial = wal_path + ".partial"
+        with open(wal_path, "rb") as src, open(partial, "wb") as dst:
+            dst.write(src.read(32 + (second.frame + 2) * (24 + 4096)))
+        part = WalFile(partial)
+        assert part.peek_commit(salts, second.frame, 4096) == 2
+        part.close()
     finally:
         conn.close()
 
@@ -81,6 +88,13 @@ def test_an_unpublished_observation_stamps_only_its_own_transaction():
     assert third.stamp(7, 9, 11, 9_000, cksum=(5, 6)) == (9_000, True)
     # and SQLite's commit counter is never taken from it
     assert third.change_at(7, 9, 12) is None and third.first_seen_after(0) is None
+
+
+def _shm_header(max_frame: int, salts: bytes, change: int = 1) -> bytes:
+    """Wal-index header bytes: two equal copies (iVersion, unused, iChange, isInit, bigEndCksum,
+    szPage, mxFrame, nPage, aFrameCksum, aSalt, aCksum), then nBackfill, read marks, lock bytes."""
+    copy = struct.pack("=IIIBBHII8x8s8x", 3007000, 0, change, 1, 0, 4096, max_frame, 2, salts)
+    return copy * 2 + bytes(SHM_HEADER_BYTES - 96)
 
 
 class _OneEvent:
@@ -106,8 +120,9 @@ def test_the_observer_stamps_a_commit_at_the_write_event_before_it_is_published(
         wal = WalFile(wal_path)
         salts = wal.header().salts
         published, written = txns[0].end, txns[1].end  # SQLite has published only the CREATE TABLE
-        hdr = ShmHeader(1, published.frame, 2, salts, 0, (), 4096)
-        index = type("Index", (), {"header": lambda self: hdr, "writer_active": lambda self: True,
+        raw = _shm_header(published.frame, salts)
+        assert commit_fields(raw) == (1, published.frame, salts, 4096)
+        index = type("Index", (), {"read_header": lambda self: raw, "writer_active": lambda self: True,
                                    "checkpointer_waiting": lambda self: False})()
         stop, stats = threading.Event(), ReplicatorStats()
         observer = Observer(index, _OneEvent(stop), stats, lambda: True, lambda: 0.02, 0.02, True, peek=wal.peek_commit)

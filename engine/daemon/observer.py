@@ -9,7 +9,7 @@ within one wake-up of happening.  Without a matching observation the reader's ow
 which is later still, so a lost observation makes a stamp late, never early.  A look may also
 find a commit frame written but not yet published (``synchronous=FULL`` fsyncs in between): that
 observation carries the frame's running checksum and stamps only the transaction ending there
-with that checksum (``Observer._observe_unpublished``).
+with that checksum (see ``Observer.run``).
 
 Memory is bounded: observations older than the last stamped commit are dropped, and at most
 ``MAX_OBSERVATIONS`` are kept (the oldest go first; their commits fall back to a later stamp).
@@ -23,6 +23,8 @@ import time
 from collections import deque
 from typing import Callable, Protocol
 
+from ..sqlite.shm import commit_fields
+from ..sqlite.walfile import PEEK_FRAMES
 from . import clock
 
 log = logging.getLogger("walrewind.observer")
@@ -137,6 +139,7 @@ class WalIndex(Protocol):
     """What the observer needs of the wal-index (engine/sqlite/shm.ShmObserver)."""
 
     def header(self): ...
+    def read_header(self) -> bytes: ...  # the raw header bytes (shm.commit_fields parses them)
     def writer_active(self) -> bool: ...
     def checkpointer_waiting(self) -> bool: ...
 
@@ -153,7 +156,7 @@ class FileWaker(Protocol):
 class Observer:
     """The observe stage: its own thread, waking at every change of the WAL.
 
-    It only looks (wal-index header, lock bytes) and records; it never reads frames.  So commits
+    It only looks (wal-index header, frame headers, lock bytes) and records; it never reads pages.  So commits
     are stamped within a wake-up of being published however busy the reader is (a burst, a
     big fsync), and a checkpointer waiting for our read transaction is noticed within
     ``probe_interval()`` even while the reader works.  The reader is told through ``signal``:
@@ -161,7 +164,8 @@ class Observer:
 
     With file events a quiet, unpinned observer looks only every ``safety_poll`` (a safety net:
     every commit writes the -wal, which wakes it); without them every ``idle_poll``.  Pinned, it
-    probes the lock bytes every ``probe_interval()``, unless the process's shared prober
+    probes the lock bytes after ``probe_interval()`` without a WAL write (a waiting checkpointer
+    holds the write lock: no commit lands meanwhile), unless the process's shared prober
     (engine/daemon/prober.py) does that for it (``self_probe`` False: a process serving many
     databases).
     """
@@ -169,7 +173,7 @@ class Observer:
     def __init__(self, wal_index: WalIndex, waker: FileWaker, stats, pinned: Callable[[], bool],
                  probe_interval: Callable[[], float], idle_poll: float, inotify: bool,
                  observations: Observations | None = None, safety_poll: float | None = None,
-                 peek: Callable[[bytes, int, int], tuple[bytes, int, tuple[int, int]] | None] | None = None) -> None:
+                 peek: Callable[[bytes, int, int], tuple[bytes, int, tuple[int, int]] | int] | None = None) -> None:
         self.wal_index = wal_index
         self.peek = peek  # WalFile.peek_commit of the -wal, on a descriptor of this thread's own
         self.waker = waker
@@ -192,11 +196,9 @@ class Observer:
         self.read_upto: tuple[int, int, int] | None = None
         self.backlog_frames = BACKLOG_FRAMES
         self.backlog = False
-        self._last_seen: tuple | None = None
-        self._last_hdr = None  # the header object of our last look (ShmObserver caches by bytes)
-        self._last_peek: tuple | None = None  # the last commit frame seen written before it was published
-        self._first_look_hits = 1.0  # moving average: a look at a WAL write found its commit
-        self._wakes_since_first_look = 0
+        self._last_seen: tuple | None = None  # (iChange, salts, mxFrame) last recorded
+        self._cur: tuple[int, int, bytes, int] | None = None  # (iChange, mxFrame, salts, page size) last read
+        self._raw = b""  # the wal-index header bytes _cur was read from
         self._last_uncertain_log = 0.0
         self.uncertain_since_log = 0
 
@@ -237,42 +239,30 @@ class Observer:
             self.observations.add(hdr.salts, hdr.max_frame, clock.now_us(), hdr.change)
         return hdr
 
-    def _observe_changed(self) -> bool:
-        """Observe; True when the wal-index shows a commit boundary not seen before."""
-        hdr = self.wal_index.header()
-        self.observations.looked_us = looked = clock.now_us()
-        if hdr is None or hdr is self._last_hdr:
-            return False  # the very same header bytes as at our last look: nothing to record
-        self._last_hdr = hdr
-        seen = (hdr.change, hdr.salts, hdr.max_frame)
+    def _header(self, raw: bytes, looked: int) -> bool:
+        """Record what wal-index header bytes ``raw`` (read just before ``looked``) show, when they
+        differ from the last look's; True when a commit boundary is new.
+
+        Bytes torn by a concurrent update (the two copies differ) are read again; the time is then
+        taken after the read that succeeded, so a stamp never precedes its commit.
+        """
+        fields = commit_fields(raw)
+        for _ in range(50):
+            if fields is not None:
+                break
+            raw = self.wal_index.read_header()
+            looked = clock.now_us()
+            fields = commit_fields(raw)
+        else:
+            self._raw = b""
+            return False
+        change, max_frame, salts, _page_size = fields
+        self._cur, self._raw = fields, raw
+        seen = (change, salts, max_frame)
         if seen == self._last_seen:
             return False  # only read marks or nBackfill moved
         self._last_seen = seen
-        self.observations.add(hdr.salts, hdr.max_frame, looked, hdr.change)
-        return True
-
-    def _observe_unpublished(self) -> bool:
-        """Look for a commit frame written past the published end; True when one is new.
-
-        At a WAL write's file event a writer with ``synchronous=FULL`` is usually fsyncing its
-        frames and has not published the commit yet.  Its commit frame is on the file already:
-        recording it now stamps the commit at this wake-up, where otherwise a second look
-        (EXPECT_POLL later) was needed, which cost as much again per commit.  The stamp falls
-        between the writer's COMMIT and its return.  Only the transaction that ends at exactly
-        this frame with exactly this running checksum takes it (Observations.stamp): a writer
-        that died before publishing leaves frames the next writer overwrites, and a torn read
-        of a header being written never matches either.
-        """
-        hdr = self._last_hdr
-        if hdr is None or self.peek is None:
-            return False
-        found = self.peek(hdr.salts, hdr.max_frame, hdr.page_size)
-        if found is None or found == self._last_peek:
-            return False
-        self._last_peek = found
-        salts, frame, cksum = found
-        self.observations.add(salts, frame, clock.now_us(), UNKNOWN_CHANGE, cksum=cksum)
-        self.stats.unpublished_stamps += 1
+        self.observations.add(salts, max_frame, looked, change)
         return True
 
     def _uncertain(self, bound_us: int, added_before: int) -> None:
@@ -299,127 +289,184 @@ class Observer:
 
     def _behind(self) -> int:
         """Frames published past the reader's position (a lot, in another generation)."""
-        hdr, upto = self._last_hdr, self.read_upto
-        if hdr is None or upto is None:
+        cur, upto = self._cur, self.read_upto
+        if cur is None or upto is None:
             return 0
-        if int.from_bytes(hdr.salts, "big") != (upto[0] << 32) | upto[1]:
+        if int.from_bytes(cur[2], "big") != (upto[0] << 32) | upto[1]:
             return 1 << 30
-        return hdr.max_frame - upto[2]
+        return cur[1] - upto[2]
 
     def run(self, stop: threading.Event) -> None:
         """Wake at each WAL write and stamp its commit; probe locks while pinned.
 
         Per commit at a steady rate this is one wake-up: the WAL write (inotify).  Its look finds
         the commit published (``synchronous=NORMAL``: SQLite publishes right after writing) or
-        its commit frame written and not yet published (``FULL``: SQLite fsyncs first), which
-        is stamped then (``_observe_unpublished``); the reader hears of it when it is published,
-        at the next WAL write or ``PUBLISH_POLL`` later.  Only when neither shows (a transaction
-        longer than the peek, or one still writing) does it look again every ``EXPECT_POLL``
-        while the writer holds the write lock.  Each wake-up costs ~100-200 us of CPU on a small
-        VM with a writer running (cold caches, a cross-CPU wake), and each extra system call
-        after it some more, so a wake-up does as little as it can: drain the inotify events
-        *before* looking (a commit published after the look has a writer holding the write lock,
-        which the one probe after an observed commit sees), and the lock probe for a waiting
-        checkpointer at most every ``probe_interval()``.
+        its commit frame written and not yet published (``FULL``: SQLite fsyncs first).  The
+        latter is stamped then, with the frame's running checksum (WalFile.peek_commit): only
+        the transaction ending at exactly that frame with exactly that checksum takes the time
+        (Observations.stamp), so a writer that died before publishing, whose frames the next
+        writer overwrites, or a torn read, never lends it.  The reader hears of the commit when
+        it is published, at the next WAL write or ``PUBLISH_POLL`` later.
+
+        A wake-up costs ~100-200 us of CPU on a small VM with a writer running (a cross-CPU wake,
+        cold caches: every Python operation after it costs several times its warm cost), so the
+        event path below does only this: one inotify read (in the wait), one header pread
+        compared as raw bytes with the last one (parsed only when they differ), one pread of
+        the frame headers past the published end, the reader's notification only when a commit
+        was published and the reader does not know of new commits yet.  No lock probe: the
+        events are drained *before* the look and the peek sees every frame written before that,
+        so a transaction still being written (or not begun) writes the WAL again after the
+        drain, and wakes us again.  Only a transaction longer than the peek (or a look without
+        one) needs the timed looks every ``EXPECT_POLL`` while the writer holds the write lock.
+        Nor a checkpointer probe: a blocking checkpointer holds the write lock while it waits,
+        so no WAL write wakes us then, and the timed wake-up (``probe_interval()`` at most
+        after the last event) probes.  ``clock.now_us`` is bound when the thread starts.
         """
-        expect_until = 0.0  # the WAL was written but the wal-index showed no new commit yet
+        wait, read_header, peek, writer_active = self.waker.wait, self.wal_index.read_header, self.peek, self.wal_index.writer_active
+        stats, obs, pinned, now_us, monotonic = self.stats, self.observations, self.pinned, clock.now_us, time.monotonic
+        last_peek: tuple | None = None  # the last commit frame seen written before it was published
+        expect_until = 0.0  # the WAL was written but no commit seen yet: look again every EXPECT_POLL
         publish_at = 0.0  # a commit seen written (stamped) but not published: look then, unless an event comes first
         next_probe = 0.0
-        stats = self.stats
+        hits, skipped = 1.0, 0  # how often a look at a WAL write finds something (moving average); looks skipped
         while not stop.is_set():
-            started = time.monotonic()
-            added_before = self.observations.added
-            expecting = expect_until > started
+            started = monotonic()
             last_look = False
-            if expect_until and not expecting:
-                # Still no commit after EXPECT_SECONDS: while the writer holds the write lock (a
-                # slow fsync under load, a big transaction) its commit is still to come; keep
-                # looking rather than wait for a timed look (its file events were drained).
-                # Otherwise look once more now: it may have committed since the last look.
-                expecting = self.wal_index.writer_active()
-                expect_until = started + EXPECT_SECONDS if expecting else 0.0
-                last_look = not expecting
-            if last_look:
-                woke = False
-                timeout = 0.0
-            elif expecting:
-                timeout = EXPECT_POLL
-                self.waker.wait(timeout, changes=False)
-                stats.wake_looks += 1
-                woke = False
-            else:
-                timeout = self._idle_timeout()
+            if not expect_until:
+                timeout = self.probe_interval() if self.self_probe and pinned() else (
+                    self.safety_poll if self.inotify else self.idle_poll)
                 if publish_at:
                     timeout = max(0.0, min(timeout, publish_at - started))
-                woke = self.waker.wait(timeout)  # drains the file events it woke for
-                if woke:
+                if wait(timeout):
+                    # ---- the event path: a WAL write, nothing expected
                     stats.wake_changes += 1
-                elif publish_at and time.monotonic() >= publish_at:
-                    expecting = True  # the look for a commit stamped already: not a timed discovery
+                    publish_at = 0.0
+                    if hits < FIRST_LOOK_MIN and skipped < FIRST_LOOK_RETRY:
+                        # A writer whose looks at its WAL writes keep finding nothing: look
+                        # EXPECT_POLL later instead.
+                        skipped += 1
+                        obs.looked_us = now_us()
+                        expect_until = monotonic() + EXPECT_SECONDS
+                        continue
+                    raw = read_header()
+                    obs.looked_us = looked = now_us()
+                    changed = raw != self._raw and self._header(raw, looked)
+                    cur = self._cur
+                    found = peek(cur[2], cur[1], cur[3]) if cur is not None and peek is not None else None
+                    if found.__class__ is tuple:
+                        if found != last_peek:
+                            last_peek = found
+                            obs.add(found[0], found[1], now_us(), UNKNOWN_CHANGE, cksum=found[2])
+                            stats.unpublished_stamps += 1
+                            publish_at = monotonic() + PUBLISH_POLL
+                        elif not changed:  # stamped already, still not published
+                            publish_at = monotonic() + PUBLISH_POLL
+                        hit = True
+                    elif found is None or found == PEEK_FRAMES:  # no peek, or too long to tell: look again
+                        hit = changed
+                        if not changed or writer_active():
+                            expect_until = monotonic() + EXPECT_SECONDS
+                        else:  # no writer now: one more look, for a commit published since ours
+                            raw = read_header()
+                            if raw != self._raw and self._header(raw, now_us()):
+                                expect_until = monotonic() + EXPECT_SECONDS  # (and yet another: keep looking)
+                    else:
+                        hit = changed or found > 0  # a transaction under way: its next write wakes us
+                    hits += ((1.0 if hit else 0.0) - hits) / 8
+                    skipped = 0
+                    if changed:
+                        self._missed_events = 0
+                        # The reader knows of new commits already and defers: only a backlog is news.
+                        # (Read without the lock: the reader clears new_commits before it reads the
+                        # wal-index, so a commit published before our look is read either way.)
+                        if not self.new_commits or self.reader_waiting_for_commits or (
+                                not self.backlog and self._behind() >= self.backlog_frames):
+                            self._notify()
+                    continue
+                expecting = bool(publish_at) and monotonic() >= publish_at  # a look for a commit stamped already
+                publish_at = 0.0
+                if expecting:
                     stats.wake_looks += 1
                 else:
                     stats.wake_timeouts += 1
-                publish_at = 0.0
-            now = time.monotonic()
-            if woke or expecting:  # attentive: a commit published from now on is seen within EXPECT_POLL
-                self.observations.looked_us = clock.now_us()
-            overslept_us = 0 if woke else int((now - started - timeout) * 1e6)
+            else:
+                expecting = expect_until > started
+                if not expecting:
+                    # Still no commit after EXPECT_SECONDS: while the writer holds the write lock (a
+                    # slow fsync under load, a big transaction) its commit is still to come; keep
+                    # looking rather than wait for a timed look (its file events were drained).
+                    # Otherwise look once more now: it may have committed since the last look.
+                    expecting = writer_active()
+                    expect_until = started + EXPECT_SECONDS if expecting else 0.0
+                    last_look = not expecting
+                if last_look:
+                    timeout = 0.0
+                else:
+                    timeout = EXPECT_POLL
+                    wait(timeout, False)
+                    stats.wake_looks += 1
             if stop.is_set():
                 break
-            if expecting or last_look:
-                # The file changes so far belong to the commit we are looking for (or to one
-                # already under way, whose writer holds the write lock: see below).
-                if self.waker.drain() and last_look:
-                    expect_until = now + EXPECT_SECONDS  # a transaction began after the probe
-            elif woke and self._first_look_hits < FIRST_LOOK_MIN and self._wakes_since_first_look < FIRST_LOOK_RETRY:
-                # A writer that fsyncs before publishing (synchronous=FULL) has never published
-                # its commit yet when its WAL write wakes us: skip that look, look in EXPECT_POLL.
-                self._wakes_since_first_look += 1
-                expect_until = now + EXPECT_SECONDS
-                continue
-            first_look = self._last_seen is None  # the state at start: no commit just seen, no gap
-            changed = self._observe_changed()
-            written = woke and not expecting and self._observe_unpublished()
-            if written:
-                publish_at = now + PUBLISH_POLL  # then tell the reader (if no file event came first)
-            if woke and not expecting:  # how often the look at a WAL write finds its commit
-                self._first_look_hits += ((1.0 if changed or written else 0.0) - self._first_look_hits) / 8
-                self._wakes_since_first_look = 0
-            if changed:
-                # Another write transaction already under way: keep looking for its commit (its
-                # file events may have been drained above).  No writer now: look once more, for
-                # a commit published between our look and the probe (its events were drained
-                # too); any later one writes the WAL after the drain and wakes us.
-                while True:
-                    active = self.wal_index.writer_active()
-                    if active or not self._observe_changed():
-                        break
-                expect_until = now + EXPECT_SECONDS if active and not written else 0.0
-                timed = not woke and not expecting and not last_look  # not woken by a file change
-                if timed and not first_look:
-                    stats.polled_stamps += 1
-                    self._uncertain(int(timeout * 1e6) + max(0, overslept_us), added_before)
-                    self._timed_discovery()
-                elif not timed:
-                    self._missed_events = 0  # announced by its file event (directly or by the look after it)
-                    if overslept_us > STAMP_SLACK_US and not first_look:
-                        self._uncertain(overslept_us + int(timeout * 1e6), added_before)
-                self._notify()
-            elif written:
-                expect_until = 0.0
-            elif woke or expecting and not expect_until:
-                expect_until = now + EXPECT_SECONDS  # (expecting: a stamped commit still unpublished)
-            elif not self.inotify:
-                self._notify()  # polling only: let the reader look for itself
-            if self.self_probe and now >= next_probe and self.pinned():
-                next_probe = now + self.probe_interval() - 0.001  # a timed wake-up always probes
-                if self.wal_index.checkpointer_waiting():
-                    self._notify(checkpointer=True)
-            if self.uncertain_since_log and time.monotonic() - self._last_uncertain_log > UNCERTAIN_LOG_SECONDS:
-                log.warning(
-                    "%d commits were first seen more than %.0f ms after the previous look (largest gap %.0f ms): "
-                    "their stamps may be that late (the daemon was starved of CPU or busy)",
-                    self.uncertain_since_log, STAMP_SLACK_US / 1000, self.stats.max_stamp_gap_us / 1000,
-                )
-                self.uncertain_since_log = 0
-                self._last_uncertain_log = time.monotonic()
+            expect_until, next_probe = self._timed_look(started, timeout, expecting, last_look, expect_until, next_probe)
+
+    def _timed_look(self, started: float, timeout: float, expecting: bool, last_look: bool, expect_until: float,
+                    next_probe: float) -> tuple[float, float]:
+        """A look no file event asked for: EXPECT_POLL after one, or a timed (safety) look.
+
+        Returns the new ``expect_until`` and ``next_probe``.  A commit this finds that no event
+        announced is counted and flagged (its stamp is late by up to the timeout); so is one
+        found after the thread overslept its timeout by more than STAMP_SLACK_US.
+        """
+        obs, stats = self.observations, self.stats
+        now = time.monotonic()
+        added_before = obs.added
+        overslept_us = int((now - started - timeout) * 1e6)
+        if expecting or last_look:
+            obs.looked_us = clock.now_us()  # attentive: a commit published from now on is seen within EXPECT_POLL
+            # The file changes so far belong to the commit we are looking for (or to one
+            # already under way, whose writer holds the write lock: see below).
+            if self.waker.drain() and last_look:
+                expect_until = now + EXPECT_SECONDS  # a transaction began after the probe
+        first_look = self._last_seen is None  # the state at start: no commit just seen, no gap
+        raw = self.wal_index.read_header()
+        obs.looked_us = looked = clock.now_us()
+        if raw != self._raw and self._header(raw, looked):
+            # Another write transaction already under way: keep looking for its commit (its
+            # file events may have been drained above).  No writer now: look once more, for
+            # a commit published between our look and the probe (its events were drained
+            # too); any later one writes the WAL after the drain and wakes us.
+            while True:
+                active = self.wal_index.writer_active()
+                if active:
+                    break
+                raw = self.wal_index.read_header()
+                if raw == self._raw or not self._header(raw, clock.now_us()):
+                    break
+            expect_until = now + EXPECT_SECONDS if active else 0.0
+            timed = not expecting and not last_look  # not woken by a file change
+            if timed and not first_look:
+                stats.polled_stamps += 1
+                self._uncertain(int(timeout * 1e6) + max(0, overslept_us), added_before)
+                self._timed_discovery()
+            elif not timed:
+                self._missed_events = 0  # announced by its file event (directly or by the look after it)
+                if overslept_us > STAMP_SLACK_US and not first_look:
+                    self._uncertain(overslept_us + int(timeout * 1e6), added_before)
+            self._notify()
+        elif expecting and not expect_until:
+            expect_until = now + EXPECT_SECONDS  # (a stamped commit still unpublished)
+        elif not self.inotify:
+            self._notify()  # polling only: let the reader look for itself
+        if self.self_probe and now >= next_probe and self.pinned():
+            next_probe = now + self.probe_interval() - 0.001  # a timed wake-up always probes
+            if self.wal_index.checkpointer_waiting():
+                self._notify(checkpointer=True)
+        if self.uncertain_since_log and time.monotonic() - self._last_uncertain_log > UNCERTAIN_LOG_SECONDS:
+            log.warning(
+                "%d commits were first seen more than %.0f ms after the previous look (largest gap %.0f ms): "
+                "their stamps may be that late (the daemon was starved of CPU or busy)",
+                self.uncertain_since_log, STAMP_SLACK_US / 1000, stats.max_stamp_gap_us / 1000,
+            )
+            self.uncertain_since_log = 0
+            self._last_uncertain_log = time.monotonic()
+        return expect_until, next_probe

@@ -20,6 +20,7 @@ import select
 import struct
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+_IN_MODIFY = 0x002
 _IN_Q_OVERFLOW = 0x4000
 
 
@@ -33,6 +34,7 @@ class Waker:
         self._epoll_all.register(self._pipe_r, select.EPOLLIN)
         self._fd: int | None = None
         self._dir_wd = self._wal_wd = -1
+        self._one_write = b""  # what a read of the descriptor returns for one write to the -wal
         self._names: tuple[bytes, ...] = ()
         self._carried = False  # a change seen by pending(), still to be reported by wait()/drain()
 
@@ -64,7 +66,7 @@ class Waker:
             return False
         self._add_wal_watch = lambda: inotify_add_watch(fd, (os.path.abspath(db_path) + "-wal").encode(), c.IN_MODIFY)
         self._appeared = c.IN_CREATE | c.IN_MOVED_TO
-        self._wal_wd = self._add_wal_watch()  # -1 until the -wal exists (then a directory event)
+        self._watch_wal()  # -1 until the -wal exists (then a directory event)
         os.set_blocking(fd, False)
         self._epoll_all.register(fd, select.EPOLLIN)
         base = os.path.basename(db_path).encode()
@@ -108,6 +110,10 @@ class Waker:
             self._carried = self._drain()
         return self._carried
 
+    def _watch_wal(self) -> None:
+        self._wal_wd = self._add_wal_watch()
+        self._one_write = _EVENT.pack(self._wal_wd, _IN_MODIFY, 0, 0)
+
     def _drain(self) -> bool:
         relevant = False
         while True:
@@ -115,6 +121,8 @@ class Waker:
                 buf = os.read(self._fd, 65536)  # type: ignore[arg-type]
             except BlockingIOError:
                 return relevant
+            if buf == self._one_write:
+                return True  # the usual read at a wake-up: one (coalesced) write to the -wal
             off = 0
             while off + _EVENT.size <= len(buf):
                 wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
@@ -125,7 +133,7 @@ class Waker:
                     if name in self._names:
                         relevant = True
                         if name == self._names[1] and mask & self._appeared:
-                            self._wal_wd = self._add_wal_watch()  # a new -wal file: watch it
+                            self._watch_wal()  # a new -wal file: watch it
                 off += _EVENT.size + length
             if len(buf) < 32768:
                 return relevant

@@ -11,6 +11,7 @@ shows up as a checkpointer.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import struct
 from typing import NamedTuple
@@ -65,6 +66,19 @@ def parse_shm_header(buf: bytes) -> ShmHeader | None:
     return ShmHeader(change, max_frame, n_page, salts, backfilled, tuple(marks), page_size or 65536)
 
 
+def commit_fields(buf: bytes) -> tuple[int, int, bytes, int] | None:
+    """``(iChange, mxFrame, salts, page size)`` of a consistent header, or None (see parse_shm_header).
+
+    The observer's parse, once per commit it sees: only what it records, no ShmHeader built.
+    """
+    if len(buf) < SHM_HEADER_BYTES or buf[0:48] != buf[48:96]:
+        return None
+    change, is_init, sz, max_frame, _n_page, salts = _FIRST_COPY.unpack_from(buf, 0)
+    if not is_init:
+        return None
+    return change, max_frame, salts, ((sz & 0xFF00) | ((sz & 1) << 16)) or 65536
+
+
 class ShmObserver:
     """Read-only window on ``<db>-shm``; must outlive every SQLite connection of this process."""
 
@@ -72,6 +86,9 @@ class ShmObserver:
         self.path = path
         self.fd = open_shared(path)  # one descriptor per file per process (engine/sqlite/fds.py)
         self._last: tuple[bytes, ShmHeader | None] = (b"", None)  # one attribute: read by two threads
+        # The raw header bytes, for the observer's look at every wake-up: a partial of os.pread
+        # is called without a Python frame (each one costs microseconds on a cold cache).
+        self.read_header = functools.partial(os.pread, self.fd, SHM_HEADER_BYTES, 0)
 
     def header(self, attempts: int = 50) -> ShmHeader | None:
         """The current wal-index header (a consistent copy), or None if none could be read.

@@ -269,43 +269,52 @@ class WalFile:
         return parse_header(self.read_at(0, WAL_HEADER_SIZE))
 
     def peek_commit(self, salts: bytes, max_frame: int, page_size: int,
-                    limit: int = PEEK_FRAMES) -> tuple[bytes, int, tuple[int, int]] | None:
+                    limit: int = PEEK_FRAMES) -> tuple[bytes, int, tuple[int, int]] | int:
         """The first commit frame already *written* past published frame ``max_frame``.
 
         A writer appends its frames, then (``synchronous=FULL``) fsyncs, and only then publishes
         the commit in the wal-index.  The observer looks here at the WAL write's file event, so a
         commit is seen within one wake-up even while its fsync runs, instead of by a second
-        look after it.  Only frame headers are read (``limit`` at most, one pread each): a frame
+        look after it.  Only frame headers are read (``limit`` at most, one pread): a frame
         carrying the generation's salts and a non-zero commit size is a commit frame being
         written now.  A header torn by the concurrent write, or a commit whose writer died before
         publishing it (the next writer then reuses the frames), is caught later: the caller
         records the frame's running checksum and the reader only accepts this evidence for the
-        transaction ending at exactly that frame with exactly that checksum.  Returns
-        ``(salts, frame, running checksum)`` or None.  When the frame after ``max_frame`` carries
-        other salts, the file's header tells whether the writer restarted the WAL (then frames
-        are looked for from frame 1).  Called at every WAL write: the descriptor is checked
-        against a replaced file only when nothing was found.
+        transaction ending at exactly that frame with exactly that running checksum.  When the
+        frame after ``max_frame`` carries other salts, the file's header tells whether the writer
+        restarted the WAL (then frames are looked for from frame 1).
+
+        Returns ``(salts, frame, running checksum)``, or else how many frames of a transaction
+        were found written with no commit frame among them: 0 (nothing written past the end),
+        fewer than ``limit`` (a transaction still being written: its next write comes after this
+        look, so its file event will come too) or ``limit`` (too long to tell).  Called at every
+        WAL write: the descriptor is checked against a replaced file only when nothing was found.
         """
         fd = self._fd if self._fd is not None else self._ensure_open()
         if fd is None:
-            return None
+            return 0
         frame_size = FRAME_HEADER_SIZE + page_size
         # One pread for the frames' headers (a system call right after a wake-up costs ~15-20 us
         # here, copying a few pages ~1 us): the commit frame is usually one of the first.
         buf = os.pread(fd, (limit - 1) * frame_size + FRAME_HEADER_SIZE, WAL_HEADER_SIZE + max_frame * frame_size)
         for i in range(limit):
-            fh = buf[i * frame_size : i * frame_size + FRAME_HEADER_SIZE]
-            n = max_frame + 1 + i
+            at = i * frame_size
+            fh = buf[at : at + FRAME_HEADER_SIZE]
             if len(fh) < FRAME_HEADER_SIZE or fh[8:16] != salts or fh[0:4] == b"\0\0\0\0":
-                if n == max_frame + 1:
+                if i == 0:  # nothing written yet, a restarted WAL, or a replaced file
+                    ino = self._ino
+                    fd = self._ensure_open()  # reopens a replaced file
+                    if fd is None:
+                        return 0
+                    if self._ino != ino:
+                        return self.peek_commit(salts, max_frame, page_size, limit)  # look in the live file
                     head = os.pread(fd, WAL_HEADER_SIZE, 0)
                     if len(head) == WAL_HEADER_SIZE and head[16:24] != salts:
                         return self.peek_commit(head[16:24], 0, page_size, limit)  # a restarted WAL
-                self._ensure_open()  # nothing written yet, or the file was replaced: reopen if so
-                return None
+                return i  # (frames of this generation found: the descriptor is the live file's)
             if fh[4:8] != b"\0\0\0\0":
-                return salts, n, struct.unpack_from(">2I", fh, 16)
-        return None
+                return salts, max_frame + 1 + i, struct.unpack_from(">2I", fh, 16)
+        return limit
 
     def read(self, pos: WalPosition | None, max_bytes: int | None = None,
              published: tuple[bytes, int] | None = None, vouched: bool = False) -> ReadResult:
