@@ -66,6 +66,7 @@ MAX_WAL_BYTES = defaults.MAX_WAL_MB << 20  # past this, a daemon that cannot kee
 PROBE_INTERVAL = 0.005  # lock probing while we hold a pin: how fast a checkpointer gets its way
 PROBE_INTERVAL_RELAXED = 0.02  # ... while no application has run a blocking checkpoint lately
 FAST_PROBE_SECONDS = 600.0  # after yielding to a checkpointer, probe fast for this long
+BARRIER_READS = 8  # a daemon checkpoint reads at most this many passes (READ_BATCH_BYTES each) under its barrier
 
 
 class PinPolicy:
@@ -170,7 +171,10 @@ class PinPolicy:
                 self.pin.acquire(self.shm)
         elif read_now:
             self.pin.acquire(self.shm)
-        if self.checkpoint_frames and caught_up and hdr.max_frame - hdr.backfilled >= self.checkpoint_frames:
+        if self.checkpoint_frames and hdr.max_frame - hdr.backfilled >= self.checkpoint_frames:
+            # Caught up or not: the barrier below stops the writer and reads to the end first.
+            # (Waiting for a pass that ends caught up let a writer committing every few ms grow
+            # the WAL several times past checkpoint_frames: its commits land during our passes.)
             self._daemon_checkpoint()
 
     def _wal_too_big(self, hdr: ShmHeader) -> bool:
@@ -215,7 +219,13 @@ class PinPolicy:
         except apsw.BusyError:
             return  # the app is writing; try again after its commit
         try:
-            self.shipper.tick()
+            for _ in range(BARRIER_READS):  # (a pass reads at most READ_BATCH_BYTES)
+                self.shipper.tick()
+                hdr = self.shm.header()
+                if hdr is not None and self.caught_up(hdr):
+                    break
+            else:
+                return  # not read to the end: a checkpoint now could let the WAL reset over unread frames
             self.pin.release()
             _log_frames, done = checkpointer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # never waits
             if done > 0:
