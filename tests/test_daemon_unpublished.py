@@ -11,6 +11,7 @@ next transaction must never inherit the earlier time (it would be an extra trans
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 import threading
@@ -22,6 +23,7 @@ from harness import (
     read_log,
     run_writer,
 )
+from walrewind.engine.daemon import clock
 from walrewind.engine.daemon.observer import UNKNOWN_CHANGE, Observations, Observer
 from walrewind.engine.daemon.stats import ReplicatorStats
 from walrewind.engine.sqlite.shm import SHM_HEADER_BYTES, commit_fields
@@ -156,3 +158,75 @@ def test_stamps_of_a_fully_synced_writer_fall_inside_their_commits(tmp_path):
     assert points.commits[-1] == 40  # (a commit that changed nothing has no record)
     # none long after its COMMIT returned (a loaded box may delay a few: they are flagged and counted)
     assert points.worst_lag_us(txns) < 200_000 or daemon.stats.uncertain_stamps, points.worst_lag_us(txns)
+
+
+class _ShmHeaderOnly:
+    """The wal-index as the reader's look sees it: the published header, nothing else."""
+
+    def __init__(self, header) -> None:
+        self._header = header
+
+    def header(self):
+        return self._header
+
+
+def _reader_seeing(wal_path: str, txns: list, observations: Observations):
+    """A Reader whose look (Reader.observe) finds the last of ``txns`` published; observe() uses
+    only the wal-index header, the -wal, the observations and the stats."""
+    from walrewind.engine.daemon.reader import Reader
+    from walrewind.engine.sqlite.shm import ShmHeader
+
+    end = txns[-1].end
+    salts = struct.pack(">II", end.salt1, end.salt2)
+    header = ShmHeader(len(txns), end.frame, 0, salts, 0, (), 4096)
+    return Reader(None, None, ReplicatorStats(), None, _ShmHeaderOnly(header), WalFile(wal_path), None,
+                  observations, lambda: False), end
+
+
+def test_a_read_pass_lets_the_event_driven_observer_stamp_a_commit_it_saw_first(tmp_path):
+    """The reader's look came first (the observer, woken by the same WAL write, waited for the
+    GIL): the observer's look, a moment later, stamps the commit, certain.  Without an observer
+    looking within the grace, the reader's own stamp is flagged late, as it always was."""
+    wal_path, txns, conn = _wal_with_commits(tmp_path, [1, 1])
+    try:
+        seen = Observations()
+        seen.event_driven, seen.looked_us = True, clock.now_us() - 60_000  # a quiet spell before this commit
+        reader, end = _reader_seeing(wal_path, txns, seen)
+        asked = threading.Event()
+        last_write = reader.wal.last_write_us
+        reader.wal.last_write_us = lambda: (asked.set(), last_write())[1]
+        salts = struct.pack(">II", end.salt1, end.salt2)
+        observer = threading.Thread(target=lambda: asked.wait(10) and seen.add(salts, end.frame, clock.now_us(), len(txns)))
+        observer.start()
+        reader.observe()
+        observer.join()
+        assert reader.stats.observer_waits == 1
+        at, late = seen.stamp(end.salt1, end.salt2, end.frame, 1 << 62, end.cksum)
+        assert not late and at < 1 << 62
+
+        alone = Observations()
+        alone.event_driven, alone.looked_us = True, clock.now_us() - 60_000
+        reader, end = _reader_seeing(wal_path, txns, alone)
+        reader.observe()  # nobody looks within the grace: a starved observer
+        assert reader.stats.observer_waits == 0
+        assert alone.stamp(end.salt1, end.salt2, end.frame, 1 << 62, end.cksum)[1] is True
+    finally:
+        conn.close()
+
+
+def test_a_read_pass_does_not_wait_for_a_commit_written_long_ago(tmp_path):
+    """The -wal was last written longer ago than the stamp slack: whoever looks now is late, so
+    the reader stamps it at once, flagged (no grace: the observer would stamp it just as late)."""
+    wal_path, txns, conn = _wal_with_commits(tmp_path, [1, 1])
+    try:
+        long_ago = clock.now_us() - 2_000_000
+        os.utime(wal_path, ns=(long_ago * 1000, long_ago * 1000))
+        seen = Observations()
+        seen.event_driven, seen.looked_us = True, long_ago
+        reader, end = _reader_seeing(wal_path, txns, seen)
+        reader.observe()
+        assert reader.stats.observer_waits == 0
+        at, late = seen.stamp(end.salt1, end.salt2, end.frame, 1 << 62, end.cksum)
+        assert late and at < 1 << 62
+    finally:
+        conn.close()

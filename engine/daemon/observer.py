@@ -50,6 +50,9 @@ class Observations:
         self._seen: deque[tuple[int, int, int, int, bool, tuple[int, int] | None]] = deque()
         self.added = 0  # observations ever added (mark_uncertain counts from it)
         self.looked_us = 0  # when the observer last read the header (the reader's looks compare)
+        # The observer is running on file events: every WAL write wakes it, so a commit the reader
+        # sees first is about to be stamped by it (Reader.observe waits a moment for that).
+        self.event_driven = False
         self._limit = limit
         self._lock = threading.Lock()  # the observer thread adds, the reader stamps
 
@@ -75,6 +78,12 @@ class Observations:
             self.added += 1
             if len(seen) > self._limit:
                 seen.popleft()
+
+    def knows(self, salts: bytes, max_frame: int) -> bool:
+        """A published commit boundary at or past ``max_frame`` of this generation is recorded."""
+        seen = self._seen
+        last = seen[-1] if seen else None  # (one atomic read: the observer only appends)
+        return last is not None and last[0] == int.from_bytes(salts, "big") and last[1] >= max_frame and last[5] is None
 
     def mark_uncertain(self, since_added: int) -> None:
         """Every observation added after the count was ``since_added`` came after a gap."""
@@ -217,7 +226,7 @@ class Observer:
             return
         self._missed_events += 1
         if self._missed_events >= MISSED_EVENTS_MAX:
-            self.inotify = False
+            self.inotify = self.observations.event_driven = False
             log.warning("%d commits in a row were found by a timed look, not announced by a file event: inotify "
                         "does not deliver this database's events; polling it every %.0f ms from now on",
                         self._missed_events, self.idle_poll * 1000)
@@ -297,6 +306,13 @@ class Observer:
         return cur[1] - upto[2]
 
     def run(self, stop: threading.Event) -> None:
+        self.observations.event_driven = self.inotify
+        try:
+            self._event_loop(stop)
+        finally:
+            self.observations.event_driven = False
+
+    def _event_loop(self, stop: threading.Event) -> None:
         """Wake at each WAL write and stamp its commit; probe locks while pinned.
 
         Per commit at a steady rate this is one wake-up: the WAL write (inotify).  Its look finds

@@ -39,6 +39,7 @@ READ_BATCH_BYTES = 8 << 20  # per read pass: bounds the memory of a pass and the
 UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this long force a reconcile
 HOLD_OFF_SECONDS = 0.05  # after a release that lets the WAL reset, at most this long unpinned ...
 HOLD_OFF_FRAMES = 256  # ... and at most this many frames of the same WAL generation
+OBSERVER_GRACE = 0.005  # how long a read pass waits for the observer to stamp a commit it saw first
 
 
 class Reader:
@@ -82,11 +83,36 @@ class Reader:
         hdr = self.shm.header()
         if hdr is not None:
             now = clock.now_us()
-            # A commit the observer has not seen yet: it was starved (or polling) and the commit
-            # may be as old as its last look.  A commit it has seen is not added again.
-            late = now - self.observations.looked_us > STAMP_SLACK_US
-            self.observations.add(hdr.salts, hdr.max_frame, now, hdr.change, uncertain=late)
+            obs = self.observations
+            # A commit the observer has not seen yet, long after its last look: the commit may be
+            # as old as that look.  A commit it has seen is not added again.
+            late = now - obs.looked_us > STAMP_SLACK_US
+            if late and obs.event_driven and not obs.knows(hdr.salts, hdr.max_frame) and self._observer_stamps(hdr, now):
+                return hdr
+            obs.add(hdr.salts, hdr.max_frame, now, hdr.change, uncertain=late)
         return hdr
+
+    def _observer_stamps(self, hdr: ShmHeader, now_us: int) -> bool:
+        """Give an event-driven observer a moment to record a commit we saw first.
+
+        When the -wal was written just now, its write has just woken the observer, which may
+        only be waiting for the GIL this thread holds (a switch comes every 5 ms) or for a
+        core: its look comes within OBSERVER_GRACE and stamps the commit as it should.
+        Stamping it here instead flagged it late by the whole quiet spell before it (a commit
+        after a pause).  A -wal last written longer ago than STAMP_SLACK_US, or an observer
+        that does not look within the grace, is a starved observer: then we stamp the commit,
+        uncertain (the observer's event path cannot tell how long its wake-up took).
+        """
+        written = self.wal.last_write_us()
+        if written is None or now_us - written > STAMP_SLACK_US:
+            return False
+        deadline = time.monotonic() + OBSERVER_GRACE
+        while time.monotonic() < deadline:
+            time.sleep(OBSERVER_GRACE / 10)  # (releases the GIL)
+            if self.observations.knows(hdr.salts, hdr.max_frame):
+                self.stats.observer_waits += 1
+                return True
+        return False
 
     def read_pass(self) -> int:
         """One wake-up: read under a pin, or note that SQLite published nothing new.

@@ -40,6 +40,7 @@ class ReplicatorStats:
     wake_looks: int = 0
     wake_timeouts: int = 0
     unpublished_stamps: int = 0  # commits first seen written, before SQLite published them (observer.py)
+    observer_waits: int = 0  # read passes that saw a commit first and let the observer stamp it
     uncertain_stamps: int = 0  # commits whose stamp may be late by more than 5 ms (see observer.py)
     max_stamp_gap_us: int = 0  # the largest such bound
     # Commits first seen by a timed wake-up (no file change woke us in time): their stamps may be

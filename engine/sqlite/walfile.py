@@ -250,6 +250,13 @@ class WalFile:
             self._ino = os.fstat(self._fd).st_ino
         return self._fd
 
+    def last_write_us(self) -> int | None:
+        """When the -wal was last written (its mtime, µs), or None without one."""
+        try:
+            return os.stat(self.path).st_mtime_ns // 1000
+        except FileNotFoundError:
+            return None
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
