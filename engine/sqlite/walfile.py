@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -174,21 +175,26 @@ def _coefficients(nwords: int) -> "tuple[np.ndarray, tuple[int, int, int, int]]"
     return coeff, a
 
 
-SMALL_CHECKSUM_FRAMES = 8  # up to this many frames the chain is walked in plain Python
+SMALL_CHECKSUM_FRAMES = 8  # up to this many frames the chain is walked in plain Python ...
+PYTHON_CHECKSUM_FRAMES = 256  # ... and up to this many while numpy is not imported yet
 
 
 def frame_checksums(frames: bytes, page_size: int, big_endian: bool, start: tuple[int, int]) -> list[tuple[int, int]]:
     """Running checksum after each frame of a contiguous run of frames, chained from ``start``.
 
-    A few frames (a short old tail after a WAL restart, the usual case) are walked in plain
-    Python (~75 us per 4 KiB frame): importing numpy costs ~0.3 s of CPU, and while it
-    happened the new WAL generation could overwrite the rest of the old tail.
+    A few frames are walked in plain Python (~125-145 us per 4 KiB frame), and so are up to
+    PYTHON_CHECKSUM_FRAMES (<= ~35 ms) until something needs numpy: importing it costs ~0.3 s
+    of CPU (while it happened the new WAL generation could overwrite the rest of an old tail)
+    and ~15 MB of RSS for the rest of the process.  The usual unvouched run is the old tail
+    after a WAL restart: the commits between our pin's release and the restart (9 frames seen
+    at 100 txn/s, bounded by the reader's hold-off, HOLD_OFF_FRAMES = 256); importing numpy
+    for it was a 12-15 MB step in a steady daemon's RSS half a minute after start.
     """
     frame_size = FRAME_HEADER_SIZE + page_size
     count = len(frames) // frame_size
     if count == 0:
         return []
-    if count <= SMALL_CHECKSUM_FRAMES:
+    if count <= SMALL_CHECKSUM_FRAMES or (count <= PYTHON_CHECKSUM_FRAMES and "numpy" not in sys.modules):
         fmt = f"{'>' if big_endian else '<'}{frame_size // 4}I"
         out = []
         state = start
