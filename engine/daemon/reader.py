@@ -57,6 +57,7 @@ class Reader:
         self.letting_go = letting_go  # the pin policy reads unpinned on purpose (a WAL too big)
         self.unverified: list = []  # (WalTransaction, stamp, stamp only a bound) read but not yet vouched for
         self.last_commit_mono = time.monotonic()
+        self.commit_gap = 0.0  # seconds between the last two passes that read commits
         self.spooled_through_us = 0  # everything committed before this was spooled
         self._hold: tuple[int, int, int, float] | None = None  # see hold_off()
 
@@ -169,7 +170,8 @@ class Reader:
         self.observe()  # commits published while we read get a stamp now, not after spooling
         ts = clock.now_us()
         if result.transactions:
-            self.last_commit_mono = time.monotonic()
+            now = time.monotonic()
+            self.commit_gap, self.last_commit_mono = now - self.last_commit_mono, now
         for txn in result.transactions:
             end = txn.end
             self.unverified.append((txn, *self.observations.stamp(end.salt1, end.salt2, end.frame, ts, end.cksum)))

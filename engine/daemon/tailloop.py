@@ -98,6 +98,8 @@ def tail_loop(d: Replicator) -> None:
         except SpoolFull as exc:
             d._enter_overflow(exc)
             continue
+        if d._prober is not None and d.pin.active:
+            d._prober.nudge(ob)  # probed while we sleep pinned (a pin taken quietly: Replicator._share_prober)
         with ob.cond:
             if ob.checkpointer or d._stop.is_set():
                 continue
