@@ -111,7 +111,7 @@ class Reader:
                 return 0
             if hdr is not None and self._holding_off(hdr):
                 return 0
-            self.pin.acquire(self.shm)
+            self.pin.acquire(self.shm, hdr)
         return self.tick()
 
     def hold_off(self) -> None:
@@ -167,7 +167,8 @@ class Reader:
             self.unverified = []
             self.rs.pos = self.rs.verified_pos
             result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
-        self.observe()  # commits published while we read get a stamp now, not after spooling
+        checked_us = clock.now_us()
+        after = self.observe()  # commits published while we read get a stamp now, not after spooling
         ts = clock.now_us()
         if result.transactions:
             now = time.monotonic()
@@ -179,8 +180,6 @@ class Reader:
         if result.position is not None and result.position.cksum is not None:
             if result.transactions or result.generation != "empty":
                 self.rs.pos = result.position
-        checked_us = clock.now_us()
-        after = self.shm.header()
         # The header read *after* the WAL usually matches where we stopped; the one read before
         # always names a commit boundary we have read past (unless the WAL was reset meanwhile).
         if not self._verify(after) and not self._verify(before):

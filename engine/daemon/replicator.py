@@ -343,6 +343,10 @@ class Replicator:
         """starting | spooling | behind | fenced | replicating (engine/daemon/lag.py)."""
         return self._lag.phase()
 
+    def phase_with(self, lag: float | None) -> str:
+        """``phase`` given ``lag_seconds()`` just taken (a health sample: the lag is not computed twice)."""
+        return self._lag.phase(lag)
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
         """Replicate until stop() (or SIGTERM/SIGINT via install_signal_handlers)."""

@@ -38,7 +38,7 @@ def _fenced(error: BaseException | None) -> bool:
     return False
 
 
-_MAINTENANCE_TTL = 10.0  # drills and prunes run hourly at most: their results are read this often
+_MAINTENANCE_TTL = 60.0  # drills and prunes run hourly at most: their results are read this often
 _maintenance_seen: "weakref.WeakKeyDictionary[Any, tuple[float, tuple]]" = weakref.WeakKeyDictionary()
 
 
@@ -94,7 +94,8 @@ def member_sample(member: Any, now_us: int | None = None) -> DatabaseSample:
     elif member.state in ("stopping", "stopped", "waiting"):
         sample.state = {"waiting": "starting"}.get(member.state, "stopped")
     elif r is not None:
-        sample.state = r.phase
+        lag = sample.lag_seconds = r.lag_seconds(now_us)  # once: the phase depends on it
+        sample.state = r.phase_with(lag)
     if member.error is not None and sample.state != "replicating":
         sample.error = brief(member.error)
     if r is None:
@@ -102,7 +103,8 @@ def member_sample(member: Any, now_us: int | None = None) -> DatabaseSample:
     stats = r.stats
     if stats.last_error and sample.state in ("spooling", "behind") and sample.error is None:
         sample.error = stats.last_error
-    sample.lag_seconds = r.lag_seconds(now_us)
+    if member.state in ("retrying", "failed", "stopping", "stopped", "waiting"):
+        sample.lag_seconds = r.lag_seconds(now_us)  # (the branch above took it otherwise)
     sample.last_upload_us = stats.last_upload_us or None
     sample.backlog_bytes = stats.backlog_bytes
     sample.backlog_transactions = stats.backlog_txns

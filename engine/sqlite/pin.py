@@ -64,18 +64,18 @@ class ReadPin:
             raise PinError("no read transaction is held")
         return self._conn(self._active)
 
-    def acquire(self, shm: ShmObserver) -> ShmHeader | None:
+    def acquire(self, shm: ShmObserver, before: ShmHeader | None = None) -> ShmHeader | None:
         """Open a new read transaction, then end the previous one.
 
         Returns the wal-index header the new transaction sees.  It is read before and after the
         transaction starts; only when both agree (no commit in between) do we know exactly which
-        snapshot we hold.
+        snapshot we hold.  ``before``: a header the caller read just now (the first attempt's).
         """
         idle = 0 if self._active is None else 1 - self._active
         conn = self._conn(idle)
         snapshot = None
         for _ in range(100):
-            before = shm.header()
+            before = before or shm.header()
             conn.execute("BEGIN")
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             after = shm.header()
@@ -83,6 +83,7 @@ class ReadPin:
                 snapshot = after
                 break
             conn.execute("COMMIT")
+            before = None
         else:
             raise PinError("could not open a read transaction with a stable snapshot (100 attempts)")
         was_active = self._active is not None
