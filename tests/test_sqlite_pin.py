@@ -72,6 +72,31 @@ def test_a_shed_pin_keeps_one_connection_and_sees_the_next_commit(tmp_path):
         app.close()
 
 
+def test_a_pin_taken_and_released_without_hand_overs_leaves_its_spare_unused(tmp_path):
+    """A slow writer's pin in a process serving many databases is taken and released in one pass
+    per commit, never handed over: always the same connection.  The other one's last use is
+    what the read loop sheds it by (tailloop.PIN_SHED_SECONDS), not the last release."""
+    db = str(tmp_path / "app.db")
+    app = _writer(db)
+    shm = ShmObserver(db + "-shm")
+    pin = ReadPin(db)
+    try:
+        opened = pin.spare_used_mono
+        for i in range(3):
+            _commit(app, 1, f"c{i}")
+            pin.acquire(shm)
+            pin.release()
+        assert pin.released_mono > opened and pin.spare_used_mono == opened
+        pin.acquire(shm)
+        pin.acquire(shm)  # a hand-over: both connections in use
+        pin.release()
+        assert pin.spare_used_mono > opened
+    finally:
+        pin.close()
+        shm.close()
+        app.close()
+
+
 def test_a_daemon_whose_pin_sheds_between_commits_restores_every_moment(tmp_path, monkeypatch):
     """Groups of commits with quiet gaps; the pin is shed in every gap (threshold 0 here, 20 s in
     production).  Each moment between groups restores to exactly the rows committed before it."""

@@ -45,6 +45,7 @@ class ReadPin:
         self._conns: list[apsw.Connection | None] = [open_readonly(db_path), open_readonly(db_path)]
         self._active: int | None = None
         self.released_mono = time.monotonic()  # when the last read transaction ended (or none was held)
+        self._ended = [self.released_mono] * 2  # when each connection's last read transaction ended
         self._last = 0  # the connection of the newest read transaction (kept open by shed)
         self.sheds = 0
         self.header: ShmHeader | None = None  # the wal-index header the read transaction sees
@@ -89,6 +90,7 @@ class ReadPin:
         was_active = self._active is not None
         if was_active:
             self._conns[self._active].execute("COMMIT")
+            self._ended[self._active] = time.monotonic()
         self._active = self._last = idle
         self.header = snapshot
         self.since = time.monotonic()
@@ -99,9 +101,9 @@ class ReadPin:
     def release(self) -> None:
         if self._active is not None:
             self._conns[self._active].execute("COMMIT")
+            self._ended[self._active] = self.released_mono = time.monotonic()
             self._active = None
             self.header = None
-            self.released_mono = time.monotonic()
             if self.on_change is not None:
                 self.on_change(False)
 
@@ -114,6 +116,14 @@ class ReadPin:
     def pragma(self, name: str) -> int:
         conn = self._conn(self._active if self._active is not None else 0)
         return int(conn.execute(f"PRAGMA {name}").fetchall()[0][0])
+
+    @property
+    def spare_used_mono(self) -> float:
+        """When the connection ``shed`` would close last ended a read transaction: a database
+        whose pin is taken and released in one pass per commit (a slow writer in a process
+        serving many) uses one connection only, and sheds the other although never unpinned
+        for long."""
+        return self._ended[1 - self._last]
 
     def shed(self) -> bool:
         """Close the connection the last read transaction did not use, while none is held (the
