@@ -118,6 +118,10 @@ class ReadPin:
         return int(conn.execute(f"PRAGMA {name}").fetchall()[0][0])
 
     @property
+    def open_connections(self) -> int:
+        return sum(conn is not None for conn in self._conns)
+
+    @property
     def spare_used_mono(self) -> float:
         """When the connection ``shed`` would close last ended a read transaction: a database
         whose pin is taken and released in one pass per commit (a slow writer in a process
