@@ -2,7 +2,7 @@
 """One `walrewind replicate` for a sqld data directory with many namespaces (issue 12's scale figure).
 
     .venv/bin/python benchmarks/many_namespaces.py --namespaces 1000 [--written 100] [--seconds 30]
-        [--targets 4] [--sampled 3] [--profile FILE] [--json FILE] [--keep]
+        [--targets 4] [--sampled 3] [--profile FILE] [--cprofile FILE] [--json FILE] [--keep]
 
 Layout: ``DATA/dbs/nsNNNN/data`` made with plain SQLite in WAL mode (``_many_writer.py create``:
 tests/writer.py's table t) plus the ``stats.json`` id sqld would write; no sqld runs (issue 12: "files
@@ -15,7 +15,9 @@ is written at 1 txn/s (5 rows x 200 B each, staggered over the second) by ONE wr
 * idle cost (namespaces replicating, nothing written) and cost while writing: CPU % of a core
   (process CPU seconds / wall seconds, from /proc), RSS now and peak (VmHWM), threads, open fds;
 * the busiest threads while writing (/proc/PID/task/*/stat: CPU seconds each), and with
-  ``--profile FILE`` a py-spy raw profile of the write window (``py-spy record -f raw``);
+  ``--profile FILE`` a py-spy raw profile of the write window (``py-spy record -f raw``; it cannot
+  keep up with 2,000 threads), or ``--cprofile FILE``: every thread under cProfile with a thread-CPU
+  timer, the write window's CPU per function and kind of thread (benchmarks/_many_profile.py);
 * after SIGTERM (its final sync; time to exit): ``--targets`` random restore targets in
   ``--sampled`` written namespaces plus their latest state, judged row by row against the writer's
   log (benchmarks/_oracle.py, as compare.py does): exact / wrong / missing / extra.
@@ -226,7 +228,8 @@ def run(a: argparse.Namespace) -> dict:
         env["XDG_STATE_HOME"] = os.path.join(base, "xdg")
         logf = LogFile(os.path.join(base, "daemon.log"))
         with open(logf.path, "wb") as err:
-            proc = subprocess.Popen(WALREWIND + ["--config", cfg, "replicate"], cwd=base, env=env,
+            cmd = ([sys.executable, os.path.join(HERE, "_many_profile.py"), a.cprofile] if a.cprofile else WALREWIND)
+            proc = subprocess.Popen(cmd + ["--config", cfg, "replicate"], cwd=base, env=env,
                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
         started = time.monotonic()
         try:
@@ -244,6 +247,8 @@ def run(a: argparse.Namespace) -> dict:
             writer = subprocess.Popen([sys.executable, os.path.join(HERE, "_many_writer.py"), json.dumps(
                 {"dbs": paths, "write": written, "rate": a.rate, "duration": a.seconds, "seed": seed, "logdir": logdir})])
             w0 = Snapshot(proc.pid)
+            if a.cprofile:
+                proc.send_signal(signal.SIGUSR1)
             spy = None
             if a.profile:
                 spy = subprocess.Popen([PY_SPY, "record", "-p", str(proc.pid), "-f", "raw", "-o", a.profile, "-d",
@@ -254,6 +259,8 @@ def run(a: argparse.Namespace) -> dict:
                 time.sleep(1.0)
                 mid.append(Snapshot(proc.pid))
             w1 = Snapshot(proc.pid)
+            if a.cprofile:
+                proc.send_signal(signal.SIGUSR2)
             kinds = thread_kinds(proc.pid)
             if kinds:
                 res["writing_cpu_pct_by_thread"] = cpu_by_kind(w0, w1, kinds)
@@ -263,7 +270,11 @@ def run(a: argparse.Namespace) -> dict:
             if writer.returncode != 0:
                 raise SystemExit(f"the writer failed ({writer.returncode})")
             if spy is not None:
-                spy.wait(120)
+                try:
+                    spy.wait(120)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
                 if os.path.exists(a.profile):
                     res["profile_pct"] = profile_summary(a.profile)
                     log(f"py-spy, share of sampled CPU by stage: {res['profile_pct']}")
@@ -339,6 +350,7 @@ def main() -> None:
     ap.add_argument("--ready-timeout", type=float, default=900.0)
     ap.add_argument("--stop-timeout", type=float, default=300.0)
     ap.add_argument("--profile", help="py-spy raw profile of the write window into this file")
+    ap.add_argument("--cprofile", help="cProfile every thread; the write window by function and thread into this file")
     ap.add_argument("--profile-rate", type=int, default=50, help="py-spy samples per second")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--json", help="append the result as one JSON line to this file")

@@ -250,3 +250,43 @@ def test_the_log_is_compacted_into_a_new_base_once_it_is_as_large(tmp_path, monk
     loaded = StateDir(state.path).load_hashes()
     assert loaded.hashes == hashes.hashes and loaded.checksum == hashes.checksum
 
+
+
+def test_the_log_is_flushed_before_a_spool_file_goes_not_at_every_upload(tmp_path, monkeypatch):
+    """An upload appends its point without an fdatasync (docs/DESIGN.md §5): a point lost in an
+    OS crash only means an older one whose spool records are still there.  So the log is made
+    durable before a spool file is removed (its records are then no longer on disk anywhere but
+    the replica), when it is closed, and when a start reads it (a killed daemon's appends)."""
+    events: list[tuple[str, str]] = []
+    real_sync, real_unlink = os.fdatasync, os.unlink
+
+    def fdatasync(fd: int) -> None:
+        events.append(("sync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_sync(fd)
+
+    def unlink(path, *args, **kwargs) -> None:
+        events.append(("unlink", os.path.basename(path)))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    state = StateDir(str(tmp_path))
+    log = hashlog.log_name(hashlog.base_name(1))
+    _hashes, snapshots = save_uploads(state, 7, 10, point=lambda txid: {"uploaded_ts_us": txid})
+    assert ("sync", log) not in events  # ten uploads, no flush of the log
+    hashes = PageHashes(PAGE)
+    pages, db_pages = random_txns(8, 1)[0]
+    changes = new_changes()
+    checksum = hashes.apply(pages, db_pages, changes)
+    state.append([SpooledTxn(TxnRecord(32, 32, db_pages, 0, checksum, pages), None, 32, None, changes)])
+    state.seal(close=True)
+    (piece,) = state.sealed_files()
+    spool_file = os.path.basename(piece.path)
+    events.clear()
+    state.remove(piece)
+    assert events == [("sync", log), ("unlink", spool_file)]
+    events.clear()
+    again = StateDir(state.path)  # a start after a kill: what it reads is made durable first
+    assert again.load_state()["uploaded_txid"] == 31
+    assert again.load_hashes().hashes == snapshots[31].hashes
+    assert ("sync", log) in events

@@ -282,6 +282,30 @@ def test_the_shared_prober_lets_app_checkpoints_through_at_once(tmp_path, many):
     _check_targets(replica, log, tmp_path, 6, 900)
 
 
+@pytest.mark.slow
+def test_a_slow_writers_pin_is_released_in_the_pass_that_read_it(tmp_path, many):
+    """A many process, a writer committing every ~0.7 s (sqld tenants written once a second): each
+    commit is pinned, read and released in one read pass, so no pin is held between its commits
+    for the shared prober to probe 50 times a second; every commit still ships, exact."""
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    prober = CheckpointProber.shared()
+    with DaemonThread(db, replica, str(tmp_path / "state")) as shipper:
+        wait_until(lambda: not shipper.pin.active, 10, "the start-up pin's release")
+        probes, pinned, samples = prober.probes, 0, 0
+        w = start_writer({"db": db, "log": log, "checksums": True, "rate": 1.5, "txns": 6, "seed": 5})
+        while w.poll() is None:
+            pinned += shipper.pin.active
+            samples += 1
+            time.sleep(0.005)
+        assert w.returncode == 0, w.communicate()[1]
+        wait_until(lambda: shipper.stats.uploaded_txid >= shipper.stats.last_txid >= 6, 30, "the uploads")
+    assert pinned <= samples * 0.1, f"pinned in {pinned} of {samples} samples"
+    assert prober.probes - probes <= 10
+    assert shipper.stats.resyncs == 0
+    _check_targets(replica, log, tmp_path, 3, 905)
+
+
 def _switches(tids: list[int]) -> int:
     total = 0
     for tid in tids:
@@ -393,3 +417,43 @@ def test_the_pool_runs_each_stage_when_it_is_due_and_when_signalled():
     for m, s in zip(members, stages):
         m.join(30)
         assert m.done and s.steps == 3
+
+
+def test_one_pool_worker_sleeps_until_the_next_step_the_others_until_called():
+    """Four workers, 40 stages stepping every 200 ms and signalled in between (as readers kick
+    the uploaders): a due step wakes one worker, not all of them (they all slept until the same
+    earliest time: ~4 sleeps per step here before)."""
+    import random
+
+    from walrewind.engine.daemon.uploadloop import Signal
+
+    class Stage:
+        def __init__(self, at: float) -> None:
+            self.kick, self.soon = Signal(), Signal()
+            self.at = at
+            self.steps = 0
+
+        def begin(self) -> None:
+            pass
+
+        def due(self) -> float:
+            return self.at
+
+        def step(self) -> bool:
+            self.kick.clear()
+            self.steps += 1
+            self.at = time.monotonic() + 0.2
+            return True
+
+    pool = UploadPool(min_workers=4)
+    start = time.monotonic() + 0.05
+    stages = [Stage(start + 0.005 * i) for i in range(40)]
+    for i, s in enumerate(stages):
+        pool.add(s, f"db{i}")
+    rng = random.Random(7)
+    while min(s.steps for s in stages) < 5:
+        rng.choice(stages).kick.set()
+        time.sleep(0.002)
+    steps, waits = pool.steps, pool.waits
+    # two sleeps per step: a follower takes the lead, the worker that took the step follows after it
+    assert waits <= 2.5 * steps, f"{waits} waits for {steps} steps"

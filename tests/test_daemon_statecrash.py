@@ -135,3 +135,36 @@ def test_crash_after_uploads_whose_log_records_were_lost(tmp_path, monkeypatch):
     second.stop()
     check_history(tmp_path, replica, [str(tmp_path / "log1"), str(tmp_path / "log2")])
     assert len(os.listdir(os.path.join(state, "spool"))) <= 1  # the leftovers were uploaded again and removed
+
+
+def test_an_os_crash_that_loses_unflushed_log_records_uploads_them_again_as_one_covering_segment(tmp_path):
+    """The hashes log is not flushed per upload, only before a spool file is deleted (and at a
+    close): an OS crash can take the uploaded point back over several uploads.  Their records are
+    still in the spool file, so the restart uploads it again from the older point on as one
+    segment that covers those already in the replica; readers take the covering one, and the
+    history stays one record per commit, restorable exactly."""
+    db, replica, state = (str(tmp_path / n) for n in ("app.db", "replica", "state"))
+    create_db(db)
+    first = start(db, replica, state)
+    write(db, str(tmp_path / "log1"), 45, 40)
+    wait_for(lambda: caught_up(first), what="the first run to upload")
+    first.stop()
+    before = segment_ranges(replica)
+    assert len(before) >= 4
+    base = json.loads(open(os.path.join(state, "state.json")).read())["hashes"]
+    log = os.path.join(state, hashlog.log_name(base))
+    data = open(log, "rb").read()
+    first_end = 8 + struct.unpack_from("<I", data, 0)[0]
+    with open(log, "wb") as f:  # what an OS crash leaves of appends never flushed: the first one only
+        f.write(data[:first_end])
+    point = load_state_file(state)["uploaded_txid"]
+    assert point < before[-1][1]
+    second = start(db, replica, state)
+    wait_for(lambda: caught_up(second), what="the spool uploaded again")
+    covering = [s for s in Replica(open_storage(replica, create=False)).generations[0].segments
+                if s.first_txid == point + 1]
+    assert covering and covering[0].last_txid >= before[-1][1], (point, before)
+    write(db, str(tmp_path / "log2"), 46, 20, id_base=10**6)
+    wait_for(lambda: caught_up(second), what="the second run to upload")
+    second.stop()
+    check_history(tmp_path, replica, [str(tmp_path / "log1"), str(tmp_path / "log2")])

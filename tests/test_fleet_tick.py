@@ -83,3 +83,52 @@ def test_the_prober_probes_databases_on_one_grid():
         prober.unwatch(w, wait=True)
     assert prober.probes >= 200
     assert prober.rounds <= prober.probes / 20 + 3, (prober.rounds, prober.probes)
+
+
+def test_a_quiet_members_health_entry_is_reused_until_something_changes(monkeypatch):
+    """The health file of 1,000 namespaces: a member with nothing owed to the replica keeps its
+    entry until a commit is seen or read, an upload, an error or a state change (or a minute);
+    one that owes something is sampled every time (its lag grows)."""
+    from types import SimpleNamespace
+
+    from walrewind.engine.daemon import samples
+    from walrewind.engine.daemon.stats import ReplicatorStats
+
+    built = []
+    lag = [0.0]
+    monkeypatch.setattr(samples, "member_sample", lambda m: built.append(m) or SimpleNamespace(
+        to_json=lambda: {"lag_seconds": lag[0]}))
+    ready = threading.Event()
+    ready.set()
+    r = SimpleNamespace(stats=ReplicatorStats(), fatal=None, overflow=None, pending_snapshot=None, ready=ready,
+                        startup_done=True, observations=[])
+
+    class Member:
+        worker = SimpleNamespace(replicator=r)
+        state, error, state_since_us, failures, failures_total = "replicating", None, 1, 0, 0
+
+        def health(self) -> dict:
+            return {"name": "a", "state": self.state}
+
+    m, cache = Member(), {}
+    first = samples.health_entry(m, cache, 0.0)
+    assert samples.health_entry(m, cache, 1.0) is first and len(built) == 1
+    r.observations.append(1)  # a commit seen, not read yet
+    samples.health_entry(m, cache, 2.0)
+    r.stats.transactions += 1  # ... read (and its observation dropped): spooled, not uploaded
+    r.observations.clear()
+    lag[0] = 0.4
+    samples.health_entry(m, cache, 3.0)
+    assert len(built) == 3
+    samples.health_entry(m, cache, 4.0)  # something owed: sampled every time (the lag grows)
+    samples.health_entry(m, cache, 5.0)
+    assert len(built) == 5
+    lag[0] = 0.0
+    r.stats.uploaded_txid += 1
+    again = samples.health_entry(m, cache, 6.0)
+    assert samples.health_entry(m, cache, 7.0) is again and len(built) == 6
+    assert samples.health_entry(m, cache, 6.0 + samples.REUSE_SECONDS) is not again  # at least once a minute
+    m.state = "retrying"
+    samples.health_entry(m, cache, 70.0)
+    samples.health_entry(m, cache, 71.0)
+    assert len(built) == 9

@@ -72,9 +72,36 @@ def test_a_shed_pin_keeps_one_connection_and_sees_the_next_commit(tmp_path):
         app.close()
 
 
+def test_a_pin_taken_and_released_without_hand_overs_leaves_its_spare_unused(tmp_path):
+    """A slow writer's pin in a process serving many databases is taken and released in one pass
+    per commit, never handed over: always the same connection.  The other one's last use is
+    what the read loop sheds it by (tailloop.PIN_SHED_SECONDS), not the last release."""
+    db = str(tmp_path / "app.db")
+    app = _writer(db)
+    shm = ShmObserver(db + "-shm")
+    pin = ReadPin(db)
+    try:
+        opened = pin.spare_used_mono
+        for i in range(3):
+            _commit(app, 1, f"c{i}")
+            pin.acquire(shm)
+            pin.release()
+        assert pin.released_mono > opened and pin.spare_used_mono == opened
+        pin.acquire(shm)
+        pin.acquire(shm)  # a hand-over: both connections in use
+        pin.release()
+        assert pin.spare_used_mono > opened
+    finally:
+        pin.close()
+        shm.close()
+        app.close()
+
+
 def test_a_daemon_whose_pin_sheds_between_commits_restores_every_moment(tmp_path, monkeypatch):
-    """Groups of commits with quiet gaps; the pin is shed in every gap (threshold 0 here, 20 s in
-    production).  Each moment between groups restores to exactly the rows committed before it."""
+    """Groups of commits with quiet gaps; every gap ends with one connection open (threshold 0
+    here, 20 s in production): the spare shed, or never opened again (a group read in one pass
+    at the pin's own snapshot needs no hand-over).  Each moment between groups restores to
+    exactly the rows committed before it."""
     monkeypatch.setattr(tailloop, "PIN_SHED_SECONDS", 0.0)
     monkeypatch.setattr(tailloop, "IDLE_WAIT_INOTIFY", 0.2)  # the unpinned pass that sheds, sooner
     db = str(tmp_path / "app.db")
@@ -83,13 +110,15 @@ def test_a_daemon_whose_pin_sheds_between_commits_restores_every_moment(tmp_path
     moments: list[tuple[int, int]] = []  # (time, rows committed before it)
     with DaemonThread(db, str(tmp_path / "replica"), str(tmp_path / "state")) as shipper:
         for group in range(3):
+            read = shipper.stats.transactions
             _commit(app, 4, f"g{group}")
-            sheds = shipper.pin.sheds
             deadline = time.monotonic() + 30
-            while shipper.pin.sheds == sheds:  # idle release after 1 s, then the next pass sheds
-                assert time.monotonic() < deadline, "the pin was never shed"
+            # read, then the idle release after 1 s, and one connection left open
+            while shipper.stats.transactions < read + 4 or shipper.pin.active or shipper.pin.open_connections != 1:
+                assert time.monotonic() < deadline, "the pin was never released and shed"
                 time.sleep(0.02)
             moments.append((now_us(), 4 * (group + 1)))
+        assert shipper.pin.sheds >= 1
     app.close()
     storage = open_storage(f"file://{tmp_path / 'replica'}")
     for i, (target, rows) in enumerate(moments):

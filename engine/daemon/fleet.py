@@ -50,7 +50,7 @@ from .members import Member, ThreadWorker, build, state_dir_of  # noqa: F401  (b
 from .metrics import DEFAULT_LAG_BUDGET_SECONDS, DatabaseSample, MetricsServer
 from .namespaces import NamespaceWatcher
 from .replicator import SHORT_GIL_SWITCH, Replicator
-from .samples import member_sample
+from .samples import health_entry, member_sample
 
 log = logging.getLogger("walrewind.fleet")
 
@@ -129,6 +129,7 @@ class Fleet:
         self._started_us = time.time_ns() // 1000
         self.lag_budget = lag_budget
         self._published = 0.0
+        self._entries: dict = {}  # member -> its last health entry, while quiet (samples.health_entry)
         self._watch_cursor = 0
         if not retry:
             for db in databases:
@@ -378,6 +379,7 @@ class Fleet:
                     f"{how}; its replica {m.db.replica_display} is kept")
         self._ended.append(Outcome(m.db.name, None, m.transactions, m.uploaded_txid, "deleted"))
         del self._members[m.db.path]
+        self._entries.pop(m, None)
         if m.successor is not None and not self._stop.is_set():
             new = Member(m.successor)
             self._members[new.db.path] = new
@@ -466,7 +468,8 @@ class Fleet:
         """The health file: each member's state and sample (every SAMPLE_SECONDS, and on changes)."""
         self._published = time.monotonic()
         try:
-            entries = [dict(m.health(), sample=member_sample(m).to_json()) for m in list(self._members.values())]
+            now = time.monotonic()
+            entries = [health_entry(m, self._entries, now) for m in list(self._members.values())]
             self.health.write(entries, self._started_us, lag_budget=self.lag_budget)
         except OSError as exc:  # reporting must never stop replication
             log.warning("cannot write the fleet's health file %s: %s", self.health.path, exc)

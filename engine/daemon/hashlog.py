@@ -121,14 +121,15 @@ def encode(first_txid: int, last_txid: int, db_pages: int, checksum: int, change
     return _REC.pack(len(body), zlib.crc32(body)) + body
 
 
-def write(fd: int, record: bytes) -> int:
-    """Append one record to the open log and fdatasync it (an append's new size is data that
-    fdatasync flushes); returns the log's size after it."""
+def write(fd: int, record: bytes, sync: bool = True) -> None:
+    """Append one record to the open log and (``sync``) fdatasync it: an append's new size is
+    data that fdatasync flushes.  The daemon appends without it and syncs before anything relies
+    on the record being durable (statefile.UploadedPoint.sync_log, docs/DESIGN.md §5)."""
     view = memoryview(record)
     while view:
         view = view[os.write(fd, view) :]
-    os.fdatasync(fd)
-    return os.fstat(fd).st_size
+    if sync:
+        os.fdatasync(fd)
 
 
 def _records(data: bytes, base_txid: int, saved_txid: int):

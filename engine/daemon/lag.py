@@ -87,7 +87,8 @@ class LagProbe:
             return 0.0
         return max(0.0, ((now_us or clock.now_us()) - oldest) / 1e6)
 
-    def phase(self) -> str:
+    def phase(self, lag: float | None = None) -> str:
+        """``lag``: ``seconds()`` if the caller has it (a health sample computes it anyway)."""
         d = self.daemon
         fatal = d.fatal
         if fatal is not None and (isinstance(fatal, LeaseError) or isinstance(fatal.__cause__, LeaseError)):
@@ -100,7 +101,7 @@ class LagProbe:
             return "behind"
         if d.pending_snapshot is not None:
             return "starting"
-        lag = self.seconds()
+        lag = self.seconds() if lag is None else lag
         if lag is not None and lag > BEHIND_SECONDS + 3 * d.upload_interval:
             return "behind"
         return "replicating"

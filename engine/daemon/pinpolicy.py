@@ -48,6 +48,9 @@ class PinHost(Protocol):
     @property
     def last_commit_mono(self) -> float: ...
 
+    @property
+    def commit_gap(self) -> float: ...
+
     def caught_up(self, hdr: ShmHeader) -> bool: ...
 
     def tick(self) -> int: ...
@@ -60,6 +63,9 @@ log = logging.getLogger("walrewind.shipper")
 
 RELEASE_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 IDLE_RELEASE_SECONDS = 1.0
+# A process serving many databases (quick_release_gap): a pass that read commits the writer made
+# at least this long after the ones before releases at once when caught up (see after_read).
+QUICK_RELEASE_GAP_SECONDS = 0.5
 CATCH_UP_SECONDS = 0.02  # quick extra reads to catch up with a busy writer when the WAL could reset
 YIELD_MAX_SECONDS = 10.0
 MAX_WAL_BYTES = defaults.MAX_WAL_MB << 20  # past this, a daemon that cannot keep up stops holding the WAL back
@@ -79,6 +85,7 @@ class PinPolicy:
         self.max_wal_bytes = max_wal_bytes  # 0: never let go
         self._checkpoint_conn: list[apsw.Connection] | None = None
         self._let_go = False
+        self.quick_release_gap = 0.0  # > 0: release a slow writer's pin at once (docs/DESIGN.md §15)
         self.last_yield_mono = 0.0  # when we last stepped aside for a blocking checkpoint
 
     @property
@@ -143,6 +150,8 @@ class PinPolicy:
             # unpinned moment is a moment a checkpoint could race an unread commit.
             app_caught_up = snap.max_frame > 0 and hdr.salts == snap.salts and hdr.backfilled >= snap.max_frame
             idle = time.monotonic() - self.shipper.last_commit_mono > IDLE_RELEASE_SECONDS
+            if self.quick_release_gap and self.shipper.commit_gap >= self.quick_release_gap:
+                idle = True  # a slow writer: holding the pin till its next commit only costs probes
             resettable = app_caught_up and hdr.max_frame >= RELEASE_FRAMES
             if resettable and not caught_up:
                 # A busy writer commits while we read: keep reading the last few commits for up to
@@ -159,7 +168,7 @@ class PinPolicy:
                 self.stats.releases += resettable  # idle releases recur at every poll: not counted
                 if resettable:
                     self.shipper.hold_off()  # let the app's next checkpoint reset the WAL
-            elif read_now and (caught_up or (hdr.salts, hdr.max_frame) != (snap.salts, snap.max_frame)):
+            elif read_now and (hdr.salts, hdr.max_frame) != (snap.salts, snap.max_frame):
                 # Hand over after every read, caught up or not, so the app's checkpoints can
                 # backfill what we read (else, under a busy writer, the WAL only grows).  Behind,
                 # only if something was committed since the old pin: the new read transaction
@@ -167,7 +176,9 @@ class PinPolicy:
                 # mark (a slot-0 pin blocks backfill altogether), so the WAL is then not fully
                 # backfilled and the new pin gets a slot >= 1, which keeps the WAL from
                 # restarting over frames we have not read.  (With nothing new since the old pin
-                # and everything backfilled, the new pin could get slot 0: no hand-over then.)
+                # and everything backfilled, the new pin could get slot 0: no hand-over then.
+                # Nor when the pin already holds the snapshot we caught up with: the new one
+                # would be the same.)
                 self.pin.acquire(self.shm)
         elif read_now:
             self.pin.acquire(self.shm)

@@ -60,15 +60,31 @@ class CheckpointProber(ProcessWide):
         self._cond = threading.Condition()
         self._probing = threading.Lock()  # held while a round of probes runs (see unwatch)
         self._due: dict[Probed, float] = {}  # watched -> next probe (monotonic)
+        self._wake_at = 0.0  # when the thread wakes next (0: it is running a round)
         self.probes = 0
         self.rounds = 0
         self._thread = threading.Thread(target=self._run, name="walrewind-prober", daemon=True)
         self._thread.start()
 
-    def watch(self, observer: Probed) -> None:
+    def watch(self, observer: Probed, wake: bool = True) -> None:
+        """Probe ``observer`` from the next round on its grid.  ``wake=False``: without waking
+        this thread for it, if it sleeps past that round, until ``nudge``; a pin's read pass
+        probes before it ends (pinpolicy.PinPolicy.after_read), and a database whose writer is
+        slow releases its pin in that same pass (quick_release_gap): waking this thread for each
+        such pin (100 a second with 100 such databases) would buy nothing."""
         with self._cond:
-            self._due[observer] = 0.0  # at once: the checkpointer may already be waiting
-            self._cond.notify()
+            at = next_on_grid(time.monotonic(), observer.probe_interval())
+            self._due[observer] = at
+            if wake and at < self._wake_at:
+                self._cond.notify()
+
+    def nudge(self, observer: Probed) -> None:
+        """Make sure a watched ``observer``'s next probe is made when due (its reader, before it
+        sleeps with the pin held)."""
+        with self._cond:
+            at = self._due.get(observer)
+            if at is not None and at < self._wake_at:
+                self._cond.notify()
 
     def unwatch(self, observer: Probed, wait: bool = False) -> None:
         """Probe ``observer`` no more; ``wait``: also for a round that took it before (its
@@ -91,8 +107,10 @@ class CheckpointProber(ProcessWide):
                 now = time.monotonic()
                 nxt = min(self._due.values(), default=now + MAX_SLEEP)
                 if nxt > now:
+                    self._wake_at = nxt
                     self._cond.wait(nxt - now)
                     continue
+                self._wake_at = 0.0
                 due = [ob for ob, at in self._due.items() if at <= now + BATCH_SECONDS]
             self.rounds += 1
             probed = []

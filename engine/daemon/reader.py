@@ -58,6 +58,7 @@ class Reader:
         self.letting_go = letting_go  # the pin policy reads unpinned on purpose (a WAL too big)
         self.unverified: list = []  # (WalTransaction, stamp, stamp only a bound) read but not yet vouched for
         self.last_commit_mono = time.monotonic()
+        self.commit_gap = 0.0  # seconds between the last two passes that read commits
         self.spooled_through_us = 0  # everything committed before this was spooled
         self._hold: tuple[int, int, int, float] | None = None  # see hold_off()
 
@@ -136,7 +137,7 @@ class Reader:
                 return 0
             if hdr is not None and self._holding_off(hdr):
                 return 0
-            self.pin.acquire(self.shm)
+            self.pin.acquire(self.shm, hdr)
         return self.tick()
 
     def hold_off(self) -> None:
@@ -192,10 +193,12 @@ class Reader:
             self.unverified = []
             self.rs.pos = self.rs.verified_pos
             result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
-        self.observe()  # commits published while we read get a stamp now, not after spooling
+        checked_us = clock.now_us()
+        after = self.observe()  # commits published while we read get a stamp now, not after spooling
         ts = clock.now_us()
         if result.transactions:
-            self.last_commit_mono = time.monotonic()
+            now = time.monotonic()
+            self.commit_gap, self.last_commit_mono = now - self.last_commit_mono, now
         for txn in result.transactions:
             end = txn.end
             self.unverified.append((txn, *self.observations.stamp(end.salt1, end.salt2, end.frame, ts, end.cksum)))
@@ -203,8 +206,6 @@ class Reader:
         if result.position is not None and result.position.cksum is not None:
             if result.transactions or result.generation != "empty":
                 self.rs.pos = result.position
-        checked_us = clock.now_us()
-        after = self.shm.header()
         # The header read *after* the WAL usually matches where we stopped; the one read before
         # always names a commit boundary we have read past (unless the WAL was reset meanwhile).
         if not self._verify(after) and not self._verify(before):

@@ -37,7 +37,7 @@ from .lag import LagProbe
 from .maintenancepool import MaintenancePool, PooledMaintenance
 from .observer import Observations, Observer
 from .overflow import enter_overflow, leave_overflow
-from .pinpolicy import MAX_WAL_BYTES, PinPolicy
+from .pinpolicy import MAX_WAL_BYTES, QUICK_RELEASE_GAP_SECONDS, PinPolicy
 from .prober import CheckpointProber
 from .reader import Reader
 from .spool import DEFAULT_MIN_FREE, DEFAULT_SPOOL_LIMIT, SpoolFull, StateDir
@@ -121,6 +121,8 @@ class Replicator:
             )
         self.lease = Lease(storage, self.state.path, self.db_path, lease_seconds)
         self.pin_policy = PinPolicy(self, checkpoint_frames, max_wal_bytes)
+        if self.many:  # a slow writer's pin is released at once: not probed 50 times a second (§15)
+            self.pin_policy.quick_release_gap = QUICK_RELEASE_GAP_SECONDS
         # Snapshots, retention, compaction, drills (engine/maintenance/scheduler.py) on their own thread once
         # the daemon is up; its status is saved as maintenance.json in the state directory.
         self.maintenance = maintenance
@@ -272,7 +274,9 @@ class Replicator:
         observer then sleeps until the -wal changes, instead of waking every 5-20 ms to probe."""
         prober = self._prober = CheckpointProber.shared()
         observer.self_probe = False
-        self.pin.on_change = lambda pinned: prober.watch(observer) if pinned else prober.unwatch(observer)
+        # Watched quietly: the read loop nudges the prober only when it sleeps with the pin held
+        # (tailloop.py); a pin taken and released within one read pass costs the prober nothing.
+        self.pin.on_change = lambda pinned: prober.watch(observer, wake=False) if pinned else prober.unwatch(observer)
         if self.pin.active:
             prober.watch(observer)
 
@@ -301,6 +305,7 @@ class Replicator:
     unverified = _through("reader", "unverified")
     spooled_through_us = _through("reader", "spooled_through_us")
     last_commit_mono = _through("reader", "last_commit_mono")
+    commit_gap = _through("reader", "commit_gap")
 
     def caught_up(self, hdr: ShmHeader) -> bool:
         return self.reader.caught_up(hdr)
@@ -337,6 +342,10 @@ class Replicator:
     def phase(self) -> str:
         """starting | spooling | behind | fenced | replicating (engine/daemon/lag.py)."""
         return self._lag.phase()
+
+    def phase_with(self, lag: float | None) -> str:
+        """``phase`` given ``lag_seconds()`` just taken (a health sample: the lag is not computed twice)."""
+        return self._lag.phase(lag)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:

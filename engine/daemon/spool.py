@@ -393,6 +393,7 @@ class StateDir(UploadedPoint):
             done = (self._current is None or self._current[0] != piece.path) and not any(
                 p.path == piece.path for p in self._pieces)
         if done:
+            self.sync_log()  # the uploaded point past this file's records is durable first
             os.unlink(piece.path)
         # No directory fsync: a file that comes back after a crash holds only txids at or
         # below the uploaded point, which replay and upload skip (and then remove).

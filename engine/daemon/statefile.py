@@ -60,6 +60,7 @@ class UploadedPoint:
         self._hash_base_bytes = 0
         self._hash_log_bytes = 0
         self._hash_log: int | None = None  # the base's log, open for appends
+        self._log_dirty = False  # appended since its last fdatasync (see sync_log)
         self._saved_fixed: dict | None = None  # state.json's keys other than the point, as on disk
 
     def load_state(self) -> dict | None:
@@ -87,7 +88,9 @@ class UploadedPoint:
         if (changes is not None and base is not None and first_txid is not None
                 and self._hash_log_bytes < max(hashlog.MIN_COMPACT_BYTES, self._hash_base_bytes)):
             record = hashlog.encode(first_txid, txid, hashes.db_pages, hashes.checksum, changes, state)
-            self._hash_log_bytes = hashlog.write(self._log_fd(base), record)
+            hashlog.write(self._log_fd(base), record, sync=False)  # fdatasync: sync_log
+            self._hash_log_bytes += len(record)
+            self._log_dirty = True
             fixed = _fixed(state)
             if fixed != self._saved_fixed:
                 atomic_write(os.path.join(self.path, "state.json"), _state_json(dict(state, hashes=base)))
@@ -126,10 +129,22 @@ class UploadedPoint:
         self._hash_log = fd
         return fd
 
+    def sync_log(self) -> None:
+        """Make the points appended to the hashes log durable.  Not per upload: a point lost in
+        an operating-system crash only takes the uploaded point back to an older one whose spool
+        records are still on disk (fsynced before their upload; a spool file is deleted only
+        after this ran), and uploading them again gives a segment that covers the ones already
+        there, with the same records (docs/DESIGN.md §5, "Crash windows")."""
+        if self._log_dirty and self._hash_log is not None:
+            os.fdatasync(self._hash_log)
+        self._log_dirty = False
+
     def _close_log(self) -> None:
         if self._hash_log is not None:
+            self.sync_log()
             os.close(self._hash_log)
             self._hash_log = None
+        self._log_dirty = False
 
     def load_hashes(self) -> PageHashes:
         """The page hashes at the uploaded point: its base file plus the base's log."""
@@ -143,10 +158,14 @@ class UploadedPoint:
         self._close_log()
         base_txid = hashlog.base_txid(name)
         if base_txid is not None:
-            log_bytes = hashlog.replay(os.path.join(self.path, hashlog.log_name(name)), hashes, base_txid,
-                                       state.get("uploaded_txid", base_txid),
+            log = os.path.join(self.path, hashlog.log_name(name))
+            log_bytes = hashlog.replay(log, hashes, base_txid, state.get("uploaded_txid", base_txid),
                                        saved.get("uploaded_txid", base_txid))
             self._hash_base = name
+            if os.path.exists(log):  # a killed daemon's appends may not be durable yet: they are made
+                self._log_fd(name)  # durable before this point lets anything (spool files) be removed
+                self._log_dirty = True
+                self.sync_log()
         else:
             self._hash_base = None  # a single hashes.bin (before logs): the next save writes a base
         self._hash_base_bytes, self._hash_log_bytes = len(blob), log_bytes

@@ -36,7 +36,8 @@ READER_QUIET_SECONDS = 30.0
 BURST_UPLOAD_BYTES = 1 << 20  # spooled since the last upload: a burst (a steady 100 txn/s spools ~0.5 MB/s)
 QUIET_US = 50_000  # ... once the writer has been quiet this long, uploaded at once (noticed within this)
 FINAL_SYNC_SECONDS = 30.0  # at stop, how long to keep reading a WAL we are behind on
-# Unpinned this long, the pin's spare SQLite connection is closed until the next hand-over
+# Unused this long (unpinned, or pinned and released without a hand-over: a slow writer in a
+# process serving many databases), the pin's spare SQLite connection is closed until the next hand-over
 # (ReadPin.shed; one always stays open): a quiet database holds one connection's page cache, not
 # two (1,000 sqld namespaces).  A database with no commit since the daemon started sheds it as
 # soon as its start-up pin ends.
@@ -82,7 +83,7 @@ def tail_loop(d: Replicator) -> None:
                 last_read = now
                 read_now = d.read_pass()
                 d.pin_policy.after_read(read_now)
-                if not d.pin.active and (now - d.pin.released_mono >= PIN_SHED_SECONDS or not d.stats.transactions):
+                if not d.pin.active and (now - d.pin.spare_used_mono >= PIN_SHED_SECONDS or not d.stats.transactions):
                     d.pin.shed()  # (nothing committed since the start: 1,000 namespaces started together peaked here)
                 pos = d.rs.pos
                 ob.read_upto = (pos.salt1, pos.salt2, pos.frame) if pos is not None else None
@@ -98,6 +99,8 @@ def tail_loop(d: Replicator) -> None:
         except SpoolFull as exc:
             d._enter_overflow(exc)
             continue
+        if d._prober is not None and d.pin.active:
+            d._prober.nudge(ob)  # probed while we sleep pinned (a pin taken quietly: Replicator._share_prober)
         with ob.cond:
             if ob.checkpointer or d._stop.is_set():
                 continue

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -249,6 +250,25 @@ class SnapshotWriter:
         return size
 
 
+_COMPRESSORS = threading.local()
+
+
+def _take_compressor(level: int) -> zstandard.ZstdCompressor:
+    """A compressor for ``level``, this thread's spare if it has one (a ZstdCompressor allocates
+    its context, hundreds of KiB, when made, and the daemon makes a segment per upload: 100 a
+    second with 100 written sqld namespaces).  Reuse changes no byte: each compressobj() starts
+    a new frame.  Taken, not shared: a second writer on the thread meanwhile makes its own."""
+    spare = getattr(_COMPRESSORS, "spare", None)
+    if spare is not None and spare[0] == level:
+        _COMPRESSORS.spare = None
+        return spare[1]
+    return zstandard.ZstdCompressor(level=level)
+
+
+def _give_back(level: int, compressor: zstandard.ZstdCompressor) -> None:
+    _COMPRESSORS.spare = (level, compressor)
+
+
 class SegmentWriter:
     """Stream encoded transaction records into a segment file in bounded memory.
 
@@ -263,7 +283,8 @@ class SegmentWriter:
         self.path = path
         self._payload_path = path + ".payload" if path is not None else None
         self._payload = open(self._payload_path, "w+b") if self._payload_path else io.BytesIO()
-        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
+        self._level, self._zstd = level, _take_compressor(level)
+        self._compressor = self._zstd.compressobj()
         self.raw_length = 0
         self.count = 0
         self._pending: list[bytes] = []
@@ -291,6 +312,7 @@ class SegmentWriter:
             self._pending_bytes = 0
 
     def abort(self) -> None:
+        _give_back(self._level, self._zstd)  # (its next compressobj() starts afresh)
         self._payload.close()
         if self._payload_path:
             os.unlink(self._payload_path)
@@ -299,6 +321,7 @@ class SegmentWriter:
         """The whole segment object, built in memory (a writer made with ``path`` None)."""
         self._compress_pending()
         self._payload.write(self._compressor.flush())
+        _give_back(self._level, self._zstd)
         full = dict(header, raw_length=self.raw_length, txn_count=self.count)
         return _envelope(SEGMENT_MAGIC, full, self._payload.getvalue())
 
@@ -307,6 +330,7 @@ class SegmentWriter:
         whose source stays on disk until it is uploaded); returns its size."""
         self._compress_pending()
         self._payload.write(self._compressor.flush())
+        _give_back(self._level, self._zstd)
         payload_len = self._payload.tell()
         self._payload.seek(0)
         full = dict(header, raw_length=self.raw_length, txn_count=self.count)

@@ -45,6 +45,7 @@ class ReadPin:
         self._conns: list[apsw.Connection | None] = [open_readonly(db_path), open_readonly(db_path)]
         self._active: int | None = None
         self.released_mono = time.monotonic()  # when the last read transaction ended (or none was held)
+        self._ended = [self.released_mono] * 2  # when each connection's last read transaction ended
         self._last = 0  # the connection of the newest read transaction (kept open by shed)
         self.sheds = 0
         self.header: ShmHeader | None = None  # the wal-index header the read transaction sees
@@ -64,18 +65,18 @@ class ReadPin:
             raise PinError("no read transaction is held")
         return self._conn(self._active)
 
-    def acquire(self, shm: ShmObserver) -> ShmHeader | None:
+    def acquire(self, shm: ShmObserver, before: ShmHeader | None = None) -> ShmHeader | None:
         """Open a new read transaction, then end the previous one.
 
         Returns the wal-index header the new transaction sees.  It is read before and after the
         transaction starts; only when both agree (no commit in between) do we know exactly which
-        snapshot we hold.
+        snapshot we hold.  ``before``: a header the caller read just now (the first attempt's).
         """
         idle = 0 if self._active is None else 1 - self._active
         conn = self._conn(idle)
         snapshot = None
         for _ in range(100):
-            before = shm.header()
+            before = before or shm.header()
             conn.execute("BEGIN")
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             after = shm.header()
@@ -83,11 +84,13 @@ class ReadPin:
                 snapshot = after
                 break
             conn.execute("COMMIT")
+            before = None
         else:
             raise PinError("could not open a read transaction with a stable snapshot (100 attempts)")
         was_active = self._active is not None
         if was_active:
             self._conns[self._active].execute("COMMIT")
+            self._ended[self._active] = time.monotonic()
         self._active = self._last = idle
         self.header = snapshot
         self.since = time.monotonic()
@@ -98,9 +101,9 @@ class ReadPin:
     def release(self) -> None:
         if self._active is not None:
             self._conns[self._active].execute("COMMIT")
+            self._ended[self._active] = self.released_mono = time.monotonic()
             self._active = None
             self.header = None
-            self.released_mono = time.monotonic()
             if self.on_change is not None:
                 self.on_change(False)
 
@@ -113,6 +116,18 @@ class ReadPin:
     def pragma(self, name: str) -> int:
         conn = self._conn(self._active if self._active is not None else 0)
         return int(conn.execute(f"PRAGMA {name}").fetchall()[0][0])
+
+    @property
+    def open_connections(self) -> int:
+        return sum(conn is not None for conn in self._conns)
+
+    @property
+    def spare_used_mono(self) -> float:
+        """When the connection ``shed`` would close last ended a read transaction: a database
+        whose pin is taken and released in one pass per commit (a slow writer in a process
+        serving many) uses one connection only, and sheds the other although never unpinned
+        for long."""
+        return self._ended[1 - self._last]
 
     def shed(self) -> bool:
         """Close the connection the last read transaction did not use, while none is held (the

@@ -115,6 +115,8 @@ class DatabaseConfig:
 
 
 def redact_url(url: str) -> str:
+    if "@" not in url:  # (no credentials: the health file samples every database's replica often)
+        return url
     parsed = urlparse(url)
     if parsed.scheme and "@" in parsed.netloc:
         return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
