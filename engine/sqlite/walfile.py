@@ -182,13 +182,9 @@ PYTHON_CHECKSUM_FRAMES = 256  # ... and up to this many while numpy is not impor
 def frame_checksums(frames: bytes, page_size: int, big_endian: bool, start: tuple[int, int]) -> list[tuple[int, int]]:
     """Running checksum after each frame of a contiguous run of frames, chained from ``start``.
 
-    A few frames are walked in plain Python (~125-145 us per 4 KiB frame), and so are up to
-    PYTHON_CHECKSUM_FRAMES (<= ~35 ms) until something needs numpy: importing it costs ~0.3 s
-    of CPU (while it happened the new WAL generation could overwrite the rest of an old tail)
-    and ~15 MB of RSS for the rest of the process.  The usual unvouched run is the old tail
-    after a WAL restart: the commits between our pin's release and the restart (9 frames seen
-    at 100 txn/s, bounded by the reader's hold-off, HOLD_OFF_FRAMES = 256); importing numpy
-    for it was a 12-15 MB step in a steady daemon's RSS half a minute after start.
+    A few frames are walked in plain Python (~125-145 us per 4 KiB frame), up to
+    PYTHON_CHECKSUM_FRAMES until numpy is imported anyway: its import costs ~0.3 s of CPU and
+    ~15 MB of RSS for good; the usual unvouched run, an old tail after a WAL restart, is short.
     """
     frame_size = FRAME_HEADER_SIZE + page_size
     count = len(frames) // frame_size
@@ -293,10 +289,8 @@ class WalFile:
         written now.  A header torn by the concurrent write, or a commit whose writer died before
         publishing it (the next writer then reuses the frames), is caught later: the caller
         records the frame's running checksum and the reader only accepts this evidence for the
-        transaction ending at exactly that frame with exactly that running checksum.  When the
-        frame after ``max_frame`` carries other salts, the file's header tells whether the writer
-        restarted the WAL (then frames are looked for from frame 1).
-
+        transaction ending at exactly that frame with exactly that running checksum.  Other salts
+        after ``max_frame``: the file's header tells whether the WAL restarted (look from frame 1).
         Returns ``(salts, frame, running checksum)``, or else how many frames of a transaction
         were found written with no commit frame among them: 0 (nothing written past the end),
         fewer than ``limit`` (a transaction still being written: its next write comes after this
