@@ -64,13 +64,19 @@ def write(db: str, log: str, seed: int, txns: int, id_base: int = 0) -> None:
     run_writer({"db": db, "log": log, "checksums": True, "rate": 100, "txns": txns, "seed": seed, "id_base": id_base})
 
 
-def test_restart_resumes_from_the_log_when_state_json_is_older(tmp_path):
+def first_run(tmp_path, seed: int):
+    """A daemon's first run over 40 commits, uploaded and stopped: (db, replica, state dir, daemon)."""
     db, replica, state = (str(tmp_path / n) for n in ("app.db", "replica", "state"))
     create_db(db)
     first = start(db, replica, state)
-    write(db, str(tmp_path / "log1"), 41, 40)
+    write(db, str(tmp_path / "log1"), seed, 40)
     wait_for(lambda: caught_up(first), what="the first run to upload")
     first.stop()
+    return db, replica, state, first
+
+
+def test_restart_resumes_from_the_log_when_state_json_is_older(tmp_path):
+    db, replica, state, first = first_run(tmp_path, 41)
     uploaded = first.shipper.stats.uploaded_txid  # the final sync may have uploaded one more
     on_disk = json.loads(open(os.path.join(state, "state.json")).read())
     assert on_disk["uploaded_txid"] < uploaded  # state.json was written at the base only
@@ -143,12 +149,7 @@ def test_an_os_crash_that_loses_unflushed_log_records_uploads_them_again_as_one_
     still in the spool file, so the restart uploads it again from the older point on as one
     segment that covers those already in the replica; readers take the covering one, and the
     history stays one record per commit, restorable exactly."""
-    db, replica, state = (str(tmp_path / n) for n in ("app.db", "replica", "state"))
-    create_db(db)
-    first = start(db, replica, state)
-    write(db, str(tmp_path / "log1"), 45, 40)
-    wait_for(lambda: caught_up(first), what="the first run to upload")
-    first.stop()
+    db, replica, state, first = first_run(tmp_path, 45)
     before = segment_ranges(replica)
     assert len(before) >= 4
     base = json.loads(open(os.path.join(state, "state.json")).read())["hashes"]
