@@ -72,7 +72,7 @@ class Observations:
         key = int.from_bytes(salts, "big")
         with self._lock:
             seen = self._seen
-            if seen and seen[-1][0] == key and seen[-1][1] >= max_frame and (cksum is not None or seen[-1][5] is None):
+            if seen and _covers(seen[-1], key, max_frame, cksum is not None):
                 return  # nothing new since the last observation
             seen.append((key, max_frame, at_us, change, uncertain, cksum))
             self.added += 1
@@ -83,7 +83,7 @@ class Observations:
         """A published commit boundary at or past ``max_frame`` of this generation is recorded."""
         seen = self._seen
         last = seen[-1] if seen else None  # (one atomic read: the observer only appends)
-        return last is not None and last[0] == int.from_bytes(salts, "big") and last[1] >= max_frame and last[5] is None
+        return last is not None and _covers(last, int.from_bytes(salts, "big"), max_frame, False)
 
     def mark_uncertain(self, since_added: int) -> None:
         """Every observation added after the count was ``since_added`` came after a gap."""
@@ -142,6 +142,12 @@ class Observations:
     def clear(self) -> None:
         with self._lock:
             self._seen.clear()
+
+
+def _covers(last: tuple, key: int, max_frame: int, unpublished: bool) -> bool:
+    """Observation ``last`` already shows commit boundary ``max_frame`` of generation ``key``: a
+    published one shows it either way, a frame seen written but unpublished only to its kind."""
+    return last[0] == key and last[1] >= max_frame and (unpublished or last[5] is None)
 
 
 class WalIndex(Protocol):

@@ -89,12 +89,12 @@ def member_sample(member: Any, now_us: int | None = None) -> DatabaseSample:
         checkpoints_yielded=totals.get("yields", 0),
         state_since_us=member.state_since_us,
     )
+    lag = r.lag_seconds(now_us) if r is not None else None  # once: the phase depends on it too
     if member.state in ("retrying", "failed"):
         sample.state = "fenced" if _fenced(member.error) else member.state
     elif member.state in ("stopping", "stopped", "waiting"):
         sample.state = {"waiting": "starting"}.get(member.state, "stopped")
     elif r is not None:
-        lag = sample.lag_seconds = r.lag_seconds(now_us)  # once: the phase depends on it
         sample.state = r.phase_with(lag)
     if member.error is not None and sample.state != "replicating":
         sample.error = brief(member.error)
@@ -103,8 +103,7 @@ def member_sample(member: Any, now_us: int | None = None) -> DatabaseSample:
     stats = r.stats
     if stats.last_error and sample.state in ("spooling", "behind") and sample.error is None:
         sample.error = stats.last_error
-    if member.state in ("retrying", "failed", "stopping", "stopped", "waiting"):
-        sample.lag_seconds = r.lag_seconds(now_us)  # (the branch above took it otherwise)
+    sample.lag_seconds = lag
     sample.last_upload_us = stats.last_upload_us or None
     sample.backlog_bytes = stats.backlog_bytes
     sample.backlog_transactions = stats.backlog_txns

@@ -144,7 +144,6 @@ class UploadedPoint:
             self.sync_log()
             os.close(self._hash_log)
             self._hash_log = None
-        self._log_dirty = False
 
     def load_hashes(self) -> PageHashes:
         """The page hashes at the uploaded point: its base file plus the base's log."""
@@ -163,9 +162,7 @@ class UploadedPoint:
                                        saved.get("uploaded_txid", base_txid))
             self._hash_base = name
             if os.path.exists(log):  # a killed daemon's appends may not be durable yet: they are made
-                self._log_fd(name)  # durable before this point lets anything (spool files) be removed
-                self._log_dirty = True
-                self.sync_log()
+                os.fdatasync(self._log_fd(name))  # durable before this point lets a spool file go
         else:
             self._hash_base = None  # a single hashes.bin (before logs): the next save writes a base
         self._hash_base_bytes, self._hash_log_bytes = len(blob), log_bytes

@@ -52,22 +52,22 @@ class ShmHeader(NamedTuple):
 
 _FIRST_COPY = struct.Struct("=8xIBxHII8x8s")  # iChange, isInit, szPage, mxFrame, nPage, (cksum), salts
 _BACKFILL_MARKS = struct.Struct("=6I")  # nBackfill, aReadMark[5] at offset 96
+_N_PAGE = struct.Struct("=I")  # nPage at offset 20
 
 
 def parse_shm_header(buf: bytes) -> ShmHeader | None:
     """Decode a consistent wal-index header; None when the two copies disagree or it is not built."""
-    if len(buf) < SHM_HEADER_BYTES or buf[0:48] != buf[48:96]:
+    fields = commit_fields(buf)
+    if fields is None:
         return None
-    change, is_init, sz, max_frame, n_page, salts = _FIRST_COPY.unpack_from(buf, 0)
-    if not is_init:
-        return None
+    change, max_frame, salts, page_size = fields
     backfilled, *marks = _BACKFILL_MARKS.unpack_from(buf, 96)
-    page_size = (sz & 0xFF00) | ((sz & 1) << 16)
-    return ShmHeader(change, max_frame, n_page, salts, backfilled, tuple(marks), page_size or 65536)
+    return ShmHeader(change, max_frame, _N_PAGE.unpack_from(buf, 20)[0], salts, backfilled, tuple(marks), page_size)
 
 
 def commit_fields(buf: bytes) -> tuple[int, int, bytes, int] | None:
-    """``(iChange, mxFrame, salts, page size)`` of a consistent header, or None (see parse_shm_header).
+    """``(iChange, mxFrame, salts, page size)`` of a consistent header, or None when the two
+    copies disagree or it is not built.
 
     The observer's parse, once per commit it sees: only what it records, no ShmHeader built.
     """
