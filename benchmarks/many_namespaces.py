@@ -119,16 +119,18 @@ def threads_and_fds(pid: int) -> tuple[int, int]:
 
 
 def task_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of ``pid`` (utime + stime)."""
+    """CPU seconds of each thread of ``pid``: /proc/PID/task/TID/schedstat's time on a CPU (ns).
+
+    Not stat's utime + stime: those are whole clock ticks per thread, and over 2,000 threads
+    that each run a few ms a second the sum came out ~3 % of a core below the process's total
+    (measured: process 26.4 %, threads by ticks 23.4 %, by schedstat 26.4 %)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                raw = f.read()
-        except OSError:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
             continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return out
 
 

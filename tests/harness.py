@@ -357,3 +357,11 @@ def check_restore_window_edges(replicated: dict, out_dir: str) -> None:
     result = restore(storage, first, target_us=earliest)
     assert f"{checksum_file(first, result.page_size):016x}" == txns[0]["checksum"]
     assert exact_or_stamped_late(result) and result.quick_check == "ok", result
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    """Poll ``condition`` until true; fail the test after ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

@@ -28,6 +28,7 @@ from harness import (
     now_us,
     read_log,
     start_writer,
+    wait_until,
 )
 from walrewind.engine.daemon import fleet
 from walrewind.engine.daemon import replicator as replicator_module
@@ -56,13 +57,6 @@ def inotify_fds() -> int:
         except OSError:
             pass
     return n
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_a_few_databases_keep_their_own_waker_and_many_share_the_hub(tmp_path):
@@ -352,7 +346,7 @@ def test_an_idle_uploader_sees_a_stop_at_once(runner, when):
     its next heartbeat once: SIGTERM of 1,000 namespaces took 85 s).  On its own thread and in
     the shared pool (uploadloop.py)."""
     host = SimpleNamespace(pending_snapshot=None, state=SimpleNamespace(pending=0), heartbeat_interval=60.0,
-                           upload_interval=1.0, stopping=False)
+                           upload_interval=1.0, stopping=False, storage=None)
     up = Uploader(host)
 
     def stop() -> None:
@@ -386,6 +380,7 @@ def test_the_pool_runs_each_stage_when_it_is_due_and_when_signalled():
             from walrewind.engine.daemon.uploadloop import Signal
 
             self.kick, self.soon = Signal(), Signal()
+            self.groupable = False  # (uploadround.py: a round is for uploads to a file replica)
             self.steps = 0
             self.at = 0.0
             self.done = threading.Event()
@@ -430,6 +425,7 @@ def test_one_pool_worker_sleeps_until_the_next_step_the_others_until_called():
     class Stage:
         def __init__(self, at: float) -> None:
             self.kick, self.soon = Signal(), Signal()
+            self.groupable = False
             self.at = at
             self.steps = 0
 

@@ -384,3 +384,29 @@ def test_renumber_moves_every_record_and_keeps_everything_else(tmp_path):
                 a.changes) == (b.record.pages, b.record.db_checksum, b.record.commit_ts_us, b.position,
                                b.through_ts_us, b.change, b.changes)
     assert state.pending == state.pending_bytes() and not [n for n in os.listdir(state.spool_dir) if n.endswith(".tmp")]
+
+
+def test_a_small_piece_keeps_its_records_in_memory_and_they_match_the_file(tmp_path, monkeypatch):
+    """A piece up to MEMORY_PIECE_BYTES is uploaded from the bytes this process appended (no
+    read back); they are exactly the file's records.  A bigger one, and every piece found at
+    start, is read from the file."""
+    from walrewind.engine.daemon import spool as spool_module
+
+    state = StateDir(str(tmp_path / "s"))
+    for n in range(3):
+        state.append(make_items(80 + n, 1, first_txid=1 + n), sync=False)
+    state.seal()
+    small = state.sealed_files()[-1]
+    assert small.memory is not None
+    from_memory = [(r.batch, r.raw) for r in small.records()]
+    from_file = [(r.batch, r.raw) for r in StateDir.iter_raw(small.path, start=small.start, end=small.end)]
+    assert len(from_memory) == 3 and from_memory == from_file
+
+    monkeypatch.setattr(spool_module, "MEMORY_PIECE_BYTES", 1)
+    state.append(make_items(90, 2, first_txid=4), sync=False)
+    state.seal()
+    assert state.sealed_files()[-1].memory is None
+    assert [p.memory for p in StateDir(str(tmp_path / "s2")).sealed_files()] == []
+    state.unlock()
+    again = StateDir(str(tmp_path / "s"))
+    assert again.sealed_files() and all(p.memory is None for p in again.sealed_files())

@@ -26,7 +26,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..replica.format import PGNO, TXN
+from ..replica.format import PGNO, TXN, TxnRecord
 from ..sqlite.pagehash import PageChanges
 from ..sqlite.walfile import WalPosition
 
@@ -123,3 +123,38 @@ def txn_spans(txns: bytes, page_size: int) -> Iterator[tuple[int, int, int, int]
         end = off + TXN.size + count * (PGNO.size + page_size)
         yield txid, ts, off, end
         off = end
+
+
+@dataclass
+class RawSpooled:
+    """A spool record with its transactions still encoded (``TxnRecord.encode()`` bytes)."""
+
+    batch: Batch
+    raw: bytes
+
+    @property
+    def txid(self) -> int:
+        return self.batch.first_txid
+
+    @property
+    def last_txid(self) -> int:
+        return self.batch.first_txid + self.batch.count - 1
+
+    def after(self, txid: int, page_size: int) -> "RawSpooled":
+        """The part of this batch after ``txid`` (which falls inside it), without net page
+        changes (they describe the whole batch).  Uploads end at file boundaries, so this is only
+        a defence."""
+        spans = [sp for sp in txn_spans(self.raw, page_size) if sp[0] > txid]
+        b = self.batch
+        part = Batch(b.position, b.through_ts_us, b.change, None, spans[0][0], len(spans), spans[0][1], b.last_ts_us,
+                     b.db_pages, b.db_checksum)
+        return RawSpooled(part, self.raw[spans[0][2] :])
+
+
+@dataclass
+class SpooledTxn:
+    record: TxnRecord
+    position: WalPosition | None
+    through_ts_us: int
+    change: int | None = None  # SQLite's commit counter after this record, when it was verified
+    changes: PageChanges | None = None  # the page hashes it set, as PageHashes.apply recorded them

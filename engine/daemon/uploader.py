@@ -14,73 +14,27 @@ import os
 import threading
 import time
 from array import array
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import (
     DaemonError,
     LeaseError,
     ObjectConflict,
-    ObjectCorrupt,
     StoreUnreachable,
 )
 from ..logs import brief
 from ..replica import layout
-from ..replica.format import SegmentWriter, decode_segment, decode_txns
+from ..replica.format import SegmentWriter, decode_txns
 from ..storage import put_file_immutable
 from ..timeparse import format_us
-from . import clock
+from . import clock, segmentput
 from .outage import Outage
-from .spool import Piece, StateDir
+from .spool import Piece
 from .spoolrecord import txn_spans
 from .stats import LAG_SAMPLES
+from .uploadhost import UploadHost
 from .uploadloop import Signal, run_on_own_thread
-
-
-class UploadHost(Protocol):
-    """What the uploader is given (the daemon provides it; no import of the daemon here)."""
-
-    state: StateDir
-    storage: Any
-    stats: Any
-    lease: Any
-    ready: threading.Event
-    overflow: Any
-    fatal: BaseException | None
-    pending_snapshot: tuple[str, str] | None
-    upload_interval: float
-    heartbeat_interval: float
-
-    @property
-    def generation(self) -> str: ...
-
-    @property
-    def db_id(self) -> str: ...
-
-    @property
-    def page_size(self) -> int: ...
-
-    @property
-    def uploaded_hashes(self) -> Any: ...
-
-    @property
-    def spooled_through_us(self) -> int: ...
-
-    @property
-    def startup_done(self) -> bool: ...
-
-    def complete_startup(self) -> bool: ...
-
-    def save_state(self, txid: int, ts: int, position: Any, change: int | None, changes: Any = None,
-                   first_txid: int | None = None) -> None: ...
-
-    def ensure_lease(self) -> None: ...
-
-    def refresh_tail(self) -> None: ...
-
-    @property
-    def stopping(self) -> bool: ...
-
-    def stop(self) -> None: ...
 
 log = logging.getLogger("walrewind.shipper")
 
@@ -89,6 +43,24 @@ IN_MEMORY_BYTES = 4 << 20  # spool files up to this size become a segment in mem
 SEGMENT_ZSTD_LEVEL = 1
 FSYNC_SECONDS = 1.0  # spool records are fsynced at least this often (by this thread: see _wait)
 UPLOAD_BACKOFF_MAX = 5.0  # seconds between upload attempts the replica refused although it answered
+
+
+@dataclass(eq=False)
+class Segment:
+    """A sealed piece of the spool made a segment, before and while it is uploaded."""
+
+    piece: Piece
+    key: str
+    first_txid: int
+    last_txid: int
+    last_ts: int
+    position: Any
+    change: int | None
+    stamps: array
+    batches: list
+    body: bytes | None = None  # in memory, or
+    tmp: str | None = None  # ... in a staging file (a big piece)
+    size: int = 0
 
 
 class Uploader:
@@ -166,7 +138,22 @@ class Uploader:
         log.info("base snapshot %s uploaded", key)
 
     def _upload_file(self, piece: Piece) -> bool:
-        """Stream one sealed piece of the spool into a segment, upload it, advance the saved point.
+        """Upload one sealed piece of the spool as a segment and advance the saved point."""
+        seg = self.segment(piece)
+        if seg is None:
+            return False
+        if seg.tmp is None:
+            self.put_segment(seg.key, seg.body)
+        else:
+            try:
+                self.put_segment_file(seg.key, seg.tmp)
+            finally:
+                os.unlink(seg.tmp)
+        self.uploaded(seg)
+        return True
+
+    def segment(self, piece: Piece) -> Segment | None:
+        """Stream one sealed piece of the spool into a segment (None: nothing left in it to upload).
 
         One sequential pass over the file and one record (a read pass's batch) in memory at a
         time: its transactions are already encoded as a segment payload holds them, so they go
@@ -222,7 +209,7 @@ class Uploader:
         if first_txid is None or last_txid is None:
             writer.abort()
             sh.state.remove(piece)
-            return False
+            return None
         sh.ensure_lease()
         key = layout.SegmentKey(sh.generation, first_txid, last_txid, first_ts, last_ts)
         header = {
@@ -234,31 +221,31 @@ class Uploader:
             "through_ts_us": through,
             "lease_epoch": sh.lease.epoch,
         }
+        seg = Segment(piece, key.key, first_txid, last_txid, last_ts, position, change, stamps, batches)
         if tmp is None:
-            body = writer.finish_bytes(header)
-            self.put_segment(key.key, body)
-            size = len(body)
+            seg.body = writer.finish_bytes(header)
+            seg.size = len(seg.body)
         else:
             writer.finish(header, fsync=False)  # a staging copy: the spool file stays until uploaded
-            try:
-                self.put_segment_file(key.key, tmp)
-                size = os.path.getsize(tmp)
-            finally:
-                os.unlink(tmp)
+            seg.tmp, seg.size = tmp, os.path.getsize(tmp)
+        return seg
+
+    def uploaded(self, seg: Segment) -> None:
+        """The segment is durable in the replica: advance the hashes, the saved point, the stats."""
+        sh = self.shipper
         now = clock.now_us()
-        sh.stats.uploaded_transactions += len(stamps)
-        sh.stats.uploaded_bytes += size
+        sh.stats.uploaded_transactions += len(seg.stamps)
+        sh.stats.uploaded_bytes += seg.size
         sh.stats.last_upload_us = now
-        net = self._advance_hashes(path, batches)
-        sh.stats.lag_samples_us.extend(now - ts for ts in stamps[-LAG_SAMPLES:])
-        sh.save_state(last_txid, last_ts, position, change, net, first_txid)
-        sh.state.remove(piece)
-        sh.stats.uploaded_txid = last_txid
-        sh.stats.uploaded_commit_us = last_ts
+        net = self._advance_hashes(seg.piece.path, seg.batches)
+        sh.stats.lag_samples_us.extend(now - ts for ts in seg.stamps[-LAG_SAMPLES:])
+        sh.save_state(seg.last_txid, seg.last_ts, seg.position, seg.change, net, seg.first_txid)
+        sh.state.remove(seg.piece)
+        sh.stats.uploaded_txid = seg.last_txid
+        sh.stats.uploaded_commit_us = seg.last_ts
         sh.stats.segments += 1
         sh.stats.backlog_bytes = sh.state.pending
         self._last_upload_mono = time.monotonic()
-        return True
 
     def _advance_hashes(self, path: str, batches: list):
         """Move the uploaded hashes to the segment's end; returns its net page changes (None when
@@ -283,38 +270,10 @@ class Uploader:
         return None if rehashed else hashes.net_changes(touched)
 
     def put_segment_file(self, key: str, path: str) -> None:
-        """Create-only upload from a file; an existing object must hold the same history."""
-        if self.shipper.storage.put_file_if_absent(key, path):
-            return
-        with open(path, "rb") as f:  # rare: a retry, or a restart re-uploading a spool file
-            self.put_segment(key, f.read(), already_tried=True)
+        segmentput.put_segment_file(self.shipper.storage, key, path)
 
     def put_segment(self, key: str, blob: bytes, already_tried: bool = False) -> None:
-        """Create-only upload; an existing object must hold the same history.
-
-        Identical bytes: a retry whose first answer was lost.  Same header and records but another
-        ``lease_epoch``: the same spool file uploaded before a restart or a lease re-acquisition.
-        Anything else is another writer's history under our key: ObjectConflict (never overwrite).
-        """
-        if not already_tried and self.shipper.storage.put_if_absent(key, blob):
-            return
-        existing = self.shipper.storage.get(key)
-        if existing == blob:
-            return
-        try:
-            old_header, old_records = decode_segment(existing, key)
-            new_header, new_records = decode_segment(blob, key)
-        except ObjectCorrupt as exc:
-            raise ObjectConflict(f"{self.shipper.storage.url}: object {key} already exists and is unreadable ({exc}); refusing to overwrite history") from None
-        old_header.pop("lease_epoch", None)
-        new_header.pop("lease_epoch", None)
-        if old_header == new_header and old_records == new_records:
-            log.info("segment %s was already uploaded (under another lease epoch)", key)
-            return
-        raise ObjectConflict(
-            f"{self.shipper.storage.url}: object {key} already exists with a different history "
-            f"(written under lease epoch {decode_segment(existing, key)[0].get('lease_epoch')}); refusing to overwrite it"
-        )
+        segmentput.put_segment(self.shipper.storage, key, blob, already_tried)
 
     def write_heartbeat(self) -> None:
         """Renew the lease and, when the daemon can vouch for it, tell restores how complete the
@@ -428,7 +387,15 @@ class Uploader:
             self.upload_pending(drain=self.outage is not None)
             if beat:
                 self.write_heartbeat()
-        except (LeaseError, ObjectConflict, DaemonError) as exc:
+        except Exception as exc:
+            return self.round_failed(exc)
+        self.upload_ok()
+        return True
+
+    def round_failed(self, exc: Exception) -> bool:
+        """An upload round failed; False when this stage must stop."""
+        sh = self.shipper
+        if isinstance(exc, (LeaseError, ObjectConflict, DaemonError)):
             # Someone else writes this replica path (or our spool is inconsistent): uploading
             # more could interleave two histories.  Stop; the spool keeps what was not uploaded.
             sh.fatal = exc
@@ -436,13 +403,30 @@ class Uploader:
             log.error("stopping: %s", exc, extra={"event": "fenced" if isinstance(exc, LeaseError) else "stopping"})
             sh.stop()
             return False
-        except Exception as exc:  # keep spooling; retried once the replica answers
-            self._failed(exc)
-            self._hold_until = time.monotonic() + self.outage.probe_interval() if self.outage is not None else None
-        else:
-            self.upload_ok()
-            self._hold_until = None
+        self._failed(exc)  # keep spooling; retried once the replica answers
+        self._hold_until = time.monotonic() + self.outage.probe_interval() if self.outage is not None else None
         return True
+
+    def round_ready(self, now: float) -> bool:
+        """True when the next step is nothing but the upload of what was spooled since the last
+        one, to a store that lets the caller group its flushes (a round of many databases:
+        uploadround.py).  Read without locks: the round checks again under them."""
+        sh = self.shipper
+        return (self._hold_until is None and self.outage is None and not sh.stopping and sh.startup_done
+                and sh.pending_snapshot is None and sh.state.pending > 0 and not sh.state.has_pieces
+                and now - self.last_beat_mono < sh.heartbeat_interval
+                and (self.soon.is_set() or now >= self._last_attempt_mono + sh.upload_interval))
+
+    @property
+    def groupable(self) -> bool:
+        """Its uploads can join a round of many databases (a store that stages puts)."""
+        return hasattr(self.shipper.storage, "stage_if_absent")
+
+    def round_started(self) -> None:
+        """A round took this stage's upload (what ``step`` would have done)."""
+        self.soon.clear()
+        self.kick.clear()
+        self._last_attempt_mono = self._last_flush_mono = time.monotonic()
 
     def _has_work(self) -> bool:
         sh = self.shipper
@@ -469,6 +453,7 @@ class Uploader:
         self._next_attempt = time.monotonic() + self._backoff
 
     def upload_ok(self) -> None:
+        self._hold_until = None
         self._backoff = 0.0
         self._next_attempt = 0.0
         if self.outage is not None:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from typing import Callable, Protocol
 
 from .. import logs
 from .processwide import ProcessWide
+from .uploadround import ROUND_GRID, ROUND_MIN, run_round
 
 log = logging.getLogger("walrewind.shipper")
 
@@ -67,6 +69,11 @@ class Steps(Protocol):
 
     def step(self) -> bool: ...
 
+    @property
+    def groupable(self) -> bool: ...
+
+    def round_ready(self, now: float) -> bool: ...
+
 
 def run_on_own_thread(stage: Steps) -> None:
     """Run ``stage``'s steps on this thread until it is done."""
@@ -99,6 +106,7 @@ class Pooled:
         self.running = False
         self.rerun = False  # signalled while a step ran: look again right after it
         self.done = False
+        self.groupable = stage.groupable  # its uploads can join a round (uploadround.py)
 
     def join(self, timeout: float | None = None) -> None:
         with self.pool.cond:
@@ -131,6 +139,7 @@ class UploadPool(ProcessWide):
         self._threads: list[threading.Thread] = []
         self.steps = 0
         self.waits = 0
+        self.rounds = 0
         self._min_workers = min_workers
         with self.cond:
             self._grow()
@@ -154,7 +163,11 @@ class UploadPool(ProcessWide):
         return member
 
     def _schedule(self, member: Pooled, at: float) -> None:
-        """(Lock held.)  Run ``member``'s next step at ``at``; replaces its earlier entry."""
+        """(Lock held.)  Run ``member``'s next step at ``at`` (on the round grid, when it can
+        join one: databases written at a slow rate come due together); replaces its earlier
+        entry."""
+        if at > 0 and member.groupable:
+            at = math.ceil(at / ROUND_GRID) * ROUND_GRID
         member.seq = next(self._order)
         member.at = at
         heapq.heappush(self._heap, (at, member.seq, member))
@@ -199,26 +212,61 @@ class UploadPool(ProcessWide):
             finally:
                 self._leading = False
 
+    def _due_together(self, first: Pooled) -> list[Pooled]:
+        """(Lock held.)  ``first``, and when its step is a plain upload that can join a round,
+        every other member due now whose step is one too."""
+        now = time.monotonic()
+        if not (first.groupable and first.stage.round_ready(now)):
+            return [first]
+        together, others = [first], []
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)
+            member = entry[2]
+            if member.seq != entry[1]:
+                continue
+            if member.groupable and member.stage.round_ready(now):
+                member.seq = -1
+                together.append(member)
+            else:
+                others.append(entry)
+        for entry in others:
+            heapq.heappush(self._heap, entry)
+        return together
+
     def _run(self) -> None:
         while True:
             with self.cond:
-                member = self._next()
-                member.running = True
-                member.rerun = False
-            self.steps += 1
-            logs.bind(member.name)
-            try:
-                more = member.stage.step()
-            except Exception:  # a bug: that database's uploads stop, the others go on
-                log.exception("upload step failed")
-                more = False
-            finally:
-                logs.bind(None)
+                members = self._due_together(self._next())
+                for member in members:
+                    member.running = True
+                    member.rerun = False
+            if len(members) >= ROUND_MIN:
+                self.rounds += 1
+                self.steps += len(members)
+                try:
+                    results = run_round([(m.stage, m.name) for m in members])
+                except Exception:  # a bug: these databases' uploads stop, the others go on
+                    log.exception("upload round failed")
+                    results = [False] * len(members)
+            else:
+                results = [self._step(member) for member in members]
             with self.cond:
-                member.running = False
-                if not more:
-                    member.done = True
-                    self._members -= 1
-                    self.cond.notify_all()
-                else:
-                    self._schedule(member, 0.0 if member.rerun else member.stage.due())
+                for member, more in zip(members, results):
+                    member.running = False
+                    if not more:
+                        member.done = True
+                        self._members -= 1
+                        self.cond.notify_all()
+                    else:
+                        self._schedule(member, 0.0 if member.rerun else member.stage.due())
+
+    def _step(self, member: Pooled) -> bool:
+        self.steps += 1
+        logs.bind(member.name)
+        try:
+            return member.stage.step()
+        except Exception:  # a bug: that database's uploads stop, the others go on
+            log.exception("upload step failed")
+            return False
+        finally:
+            logs.bind(None)

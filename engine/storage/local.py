@@ -110,6 +110,34 @@ class LocalStorage(Storage):
         finally:
             os.close(dfd)
 
+    def stage_if_absent(self, key: str, data: bytes) -> "StagedPut | None":
+        """The first half of ``put_if_absent`` for a caller that flushes many objects together
+        (an upload round, engine/daemon/uploadround.py): the bytes in an unnamed file, *not*
+        flushed; None where unnamed files are not available (then ``put_if_absent`` as usual).
+
+        The caller makes ``fd``'s data durable, then calls ``link()``, then makes ``dfd`` (the
+        directory) durable: the same order as ``_create_unnamed``, with the flushes its own."""
+        if not self._unnamed:
+            return None
+        final = self._path(key)
+        directory, name = os.path.split(final)
+        dfd = self._in_directory(directory, lambda: os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+        fd = -1
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=dfd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            os.close(dfd)
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self._unnamed = False
+                return None
+            raise
+        return StagedPut(self, key, data, directory, name, fd, dfd)
+
     def _write_temp(self, final: str, data: bytes | None, source: str | None) -> str:
         directory = os.path.dirname(final)
         fd, tmp = self._in_directory(directory, lambda: tempfile.mkstemp(prefix=".tmp-", dir=directory))
@@ -218,3 +246,31 @@ class LocalStorage(Storage):
                 return
             self._dirs.discard(directory)
             directory = os.path.dirname(directory)
+
+
+class StagedPut:
+    """A create-only put written but not yet flushed nor named (``LocalStorage.stage_if_absent``)."""
+
+    def __init__(self, store: LocalStorage, key: str, data: bytes, directory: str, name: str, fd: int,
+                 dfd: int) -> None:
+        self.store, self.key, self.data = store, key, data
+        self.directory, self.name = directory, name
+        self.fd, self.dfd = fd, dfd  # the unnamed file (flush before link), its directory (after)
+
+    def link(self) -> bool:
+        """Name the (flushed) file: True created, False the key exists.  A directory removed
+        meanwhile: an ordinary ``put_if_absent``, flushed by itself."""
+        try:
+            os.link(f"/proc/self/fd/{self.fd}", self.name, dst_dir_fd=self.dfd)  # linkat(AT_SYMLINK_FOLLOW)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            self.store._dirs.discard(self.directory)
+            return self.store.put_if_absent(self.key, self.data)
+        return True
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dfd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.dfd = -1

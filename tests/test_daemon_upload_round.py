@@ -1,0 +1,197 @@
+"""Upload rounds: many databases' uploads to a file replica share their flushes (uploadround.py).
+
+A process serving many databases runs their upload steps on a grid, and the plain uploads due
+together go as one round: every spool sealed and every segment written unflushed, one sync,
+every segment named, one sync, then every hashes log.  These tests pin down: rounds happen and
+lose nothing (every commit restorable, exact at random targets); a failed sync fails only the
+uploads that depended on it, which then go through the ordinary steps (nothing lost, the spool
+flushed again); an existing identical segment (a re-upload after a crash) is accepted and a
+different one stops that database only; the pieces a round stands on (SyncGroup, the staged put).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from harness import (
+    DaemonThread,
+    create_db,
+    exact_or_stamped_late,
+    judge,
+    now_us,
+    read_log,
+    start_writer,
+    wait_until,
+)
+from walrewind.engine.daemon import syncgroup, uploadround
+from walrewind.engine.daemon.replicator import Replicator
+from walrewind.engine.daemon.syncgroup import SyncGroup
+from walrewind.engine.daemon.uploadloop import UploadPool
+from walrewind.engine.restore.restorer import restore
+from walrewind.engine.storage import open_storage
+from walrewind.engine.storage.local import LocalStorage
+
+
+@pytest.fixture
+def many(monkeypatch):
+    """This test process serves "many" databases (what Fleet.run decides for sqld or > 8)."""
+    monkeypatch.setattr(Replicator, "many_databases", True)
+    monkeypatch.setattr(Replicator, "gil_switch_interval", None)
+
+
+def _databases(tmp_path, n: int, rate: float, txns: int, seed: int):
+    dbs = [str(tmp_path / f"db{i}" / "data") for i in range(n)]
+    for db in dbs:
+        os.makedirs(os.path.dirname(db))
+        create_db(db)
+    configs = [{"db": db, "log": db + ".log", "checksums": True, "rate": rate, "txns": txns, "seed": seed + i}
+               for i, db in enumerate(dbs)]
+    daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}"), upload_interval=0.3)
+               for i, db in enumerate(dbs)]
+    return configs, daemons
+
+
+def _write_all(configs: list[dict]) -> None:
+    writers = [start_writer(c) for c in configs]
+    for w in writers:
+        _out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+
+
+def _check(replica: str, log: str, tmp_path, targets: int, seed: int) -> None:
+    """The latest restore holds the last commit; random targets are exact (or flagged late)."""
+    txns, _ = read_log(log)
+    storage = open_storage(replica)
+    out = str(tmp_path / f"latest{seed}.db")
+    result = restore(storage, out)
+    assert judge(out, result.page_size, txns, txns[0]["checksum"], now_us() + 10**7).restored_index == txns[-1]["i"]
+    rng = random.Random(seed)
+    for n in range(targets):
+        target = rng.randint(txns[1]["begin"], txns[-1]["end"])
+        out = str(tmp_path / f"t{seed}-{n}.db")
+        result = restore(storage, out, target_us=target)
+        v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
+        assert v.exact or exact_or_stamped_late(result), f"{log}: target {target}: got {v.restored_index}, allowed {v.allowed}"
+
+
+def _run(daemons, configs):
+    shippers = []
+    try:
+        shippers = [d.__enter__() for d in daemons]
+        _write_all(configs)
+        for s, c in zip(shippers, configs):
+            wait_until(lambda s=s, c=c: s.stats.uploaded_txid >= s.stats.last_txid >= c["txns"], 30, "the uploads")
+    finally:
+        for d in daemons:
+            d.stop()
+    return shippers
+
+
+@pytest.mark.slow
+def test_slow_writers_uploads_go_in_rounds_and_lose_nothing(tmp_path, many):
+    """Six databases written at ~3 txn/s each: their uploads come due on the same grid and go in
+    rounds; every commit is in its replica, restores exact."""
+    configs, daemons = _databases(tmp_path, 6, rate=3, txns=12, seed=41)
+    pool = UploadPool.shared()
+    rounds = pool.rounds
+    shippers = _run(daemons, configs)
+    assert pool.rounds > rounds, "no upload round ran"
+    for i, s in enumerate(shippers):
+        assert s.stats.upload_errors == 0 and s.stats.resyncs == 0
+        _check(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 3, 50 + i)
+
+
+@pytest.mark.slow
+def test_a_failed_sync_fails_the_round_and_the_uploads_go_on(tmp_path, many, monkeypatch):
+    """The first round's first sync fails (EIO from syncfs): its uploads count as failed, the
+    spool files it would have flushed are flushed again by the ordinary steps that retry, and
+    every commit still reaches its replica."""
+    failures = []
+    real = SyncGroup.sync
+
+    def failing_sync(self):
+        if not failures:
+            failures.append(1)
+            self.close()
+            raise OSError(5, "syncfs: Input/output error (injected)")
+        real(self)
+
+    monkeypatch.setattr(SyncGroup, "sync", failing_sync)
+    configs, daemons = _databases(tmp_path, 4, rate=3, txns=9, seed=61)
+    shippers = _run(daemons, configs)
+    assert failures, "no round ran"
+    assert sum(s.stats.upload_errors for s in shippers) >= uploadround.ROUND_MIN
+    for i, s in enumerate(shippers):
+        assert s.stats.resyncs == 0
+        _check(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 2, 70 + i)
+
+
+def test_a_sync_group_flushes_each_file_system_once(tmp_path, monkeypatch):
+    """Two files and their directory on one file system: one syncfs; without syncfs, an fsync of
+    each (what the group promises either way); undo runs when the flush did not happen."""
+    paths = [tmp_path / "a", tmp_path / "b"]
+    fds = [os.open(p, os.O_WRONLY | os.O_CREAT) for p in paths]
+    try:
+        calls = []
+        monkeypatch.setattr(syncgroup, "_SYNCFS", lambda fd: calls.append(fd) or 0)
+        group = SyncGroup()
+        for fd in fds:
+            group.add(fd)
+        group.add_path(str(tmp_path))
+        group.sync()
+        assert len(calls) == 1 and group.files == 3
+
+        fsyncs = []
+        monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+        group = SyncGroup(use_syncfs=False)
+        for fd in fds:
+            group.add(fd)
+        group.sync()
+        assert len(fsyncs) == 2
+
+        undone = []
+        group = SyncGroup()
+        group.add(fds[0])
+        group.undo.append(lambda: undone.append(1))
+        group.close()
+        assert undone == [1]
+        monkeypatch.setattr(syncgroup, "_SYNCFS", lambda fd: -1)
+        group = SyncGroup()
+        group.add(fds[0])
+        group.undo.append(lambda: undone.append(2))
+        with pytest.raises(OSError):
+            group.sync()
+        assert undone == [1, 2]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_staged_put_is_create_only_and_named_only_by_link(tmp_path):
+    """stage_if_absent writes an unnamed file: nothing is visible until link(); link refuses an
+    existing key (False); a directory removed meanwhile is made again by an ordinary put."""
+    store = LocalStorage(str(tmp_path / "r"))
+    staged = store.stage_if_absent("g/seg1", b"one")
+    assert staged is not None
+    try:
+        assert list(store.list("g/")) == []
+        assert staged.link()
+    finally:
+        staged.close()
+    assert store.get("g/seg1") == b"one"
+    again = store.stage_if_absent("g/seg1", b"two")
+    try:
+        assert not again.link()
+    finally:
+        again.close()
+    assert store.get("g/seg1") == b"one"
+    gone = store.stage_if_absent("h/seg", b"three")
+    store.delete("g/seg1")
+    os.rmdir(tmp_path / "r" / "h")
+    try:
+        assert gone.link()
+    finally:
+        gone.close()
+    assert store.get("h/seg") == b"three"
