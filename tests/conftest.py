@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import settings
 from seaweed_server import seaweed_s3  # noqa: F401  (session fixture, re-exported for pytest)
 
@@ -28,11 +29,18 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("WALREWIND_HYPOTHESIS", "seeded"))
 
 
+@pytest.fixture
+def many(monkeypatch):
+    """This test process serves "many" databases (what Fleet.run decides for sqld or > 8)."""
+    from walrewind.engine.daemon.replicator import Replicator
+
+    monkeypatch.setattr(Replicator, "many_databases", True)
+    monkeypatch.setattr(Replicator, "gil_switch_interval", None)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that start a real server (SeaweedFS, sqld) belong to the full suite, not the fast loop:
     starting either costs seconds.  The fast loop keeps a local-replica test of every area."""
-    import pytest
-
     for item in items:
         module = os.path.basename(str(item.fspath))
         if ("seaweed_s3" in getattr(item, "fixturenames", ()) or module.startswith("test_s3_")

@@ -365,3 +365,49 @@ def wait_until(condition, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def check_latest(replica: str, log: str, out: str) -> None:
+    """The latest restore of ``replica`` holds the writer's last commit (``log``)."""
+    txns, _ = read_log(log)
+    result = restore(open_storage(replica), out)
+    assert judge(out, result.page_size, txns, txns[0]["checksum"], now_us() + 10**7).restored_index == txns[-1]["i"]
+
+
+def check_restores(replica: str, log: str, tmp_path, targets: int, seed: int) -> None:
+    """``check_latest``, and restores at ``targets`` random moments of the writer's run are exact
+    (or flagged as stamped late)."""
+    import random
+
+    tmp_path = tmp_path / f"restores{seed}"
+    tmp_path.mkdir()
+    check_latest(replica, log, str(tmp_path / "latest.db"))
+    txns, _ = read_log(log)
+    storage = open_storage(replica)
+    rng = random.Random(seed)
+    for n in range(targets):
+        target = rng.randint(txns[1]["begin"], txns[-1]["end"])
+        out = str(tmp_path / f"t{n}.db")
+        result = restore(storage, out, target_us=target)
+        v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
+        assert v.exact or exact_or_stamped_late(result), \
+            f"{log}: target {target}: got txn {v.restored_index}, allowed {v.allowed}"
+
+
+def written_databases(tmp_path, n: int, seed: int, **writer) -> tuple[list[str], list[dict]]:
+    """``n`` new databases (``db<i>/data``, sqld's layout) and a writer config for each
+    (``writer``: rate, duration or txns ...), logging with checksums next to its database."""
+    dbs = [str(tmp_path / f"db{i}" / "data") for i in range(n)]
+    for db in dbs:
+        os.makedirs(os.path.dirname(db))
+        create_db(db)
+    return dbs, [{"db": db, "log": db + ".log", "checksums": True, "seed": seed + i, **writer}
+                 for i, db in enumerate(dbs)]
+
+
+def write_all(configs: list[dict]) -> None:
+    """Run every writer at once (each its own process) and wait for all of them."""
+    writers = [start_writer(c) for c in configs]
+    for w in writers:
+        _out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err

@@ -22,13 +22,14 @@ from types import SimpleNamespace
 import pytest
 from harness import (
     DaemonThread,
+    check_latest,
+    check_restores,
     create_db,
-    exact_or_stamped_late,
-    judge,
-    now_us,
     read_log,
     start_writer,
     wait_until,
+    write_all,
+    written_databases,
 )
 from walrewind.engine.daemon import fleet
 from walrewind.engine.daemon import replicator as replicator_module
@@ -38,15 +39,7 @@ from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.uploader import Uploader
 from walrewind.engine.daemon.uploadloop import UploadPool
 from walrewind.engine.daemon.waker import Waker
-from walrewind.engine.restore.restorer import restore
 from walrewind.engine.storage import open_storage
-
-
-@pytest.fixture
-def many(monkeypatch):
-    """This test process serves "many" databases (what Fleet.run decides for sqld or > 8)."""
-    monkeypatch.setattr(Replicator, "many_databases", True)
-    monkeypatch.setattr(Replicator, "gil_switch_interval", None)
 
 
 def inotify_fds() -> int:
@@ -148,72 +141,33 @@ def test_wake_interrupts_and_changes_false_sleeps_through_writes(tmp_path, kind)
         w.close()
 
 
-def _write_all(configs: list[dict]) -> None:
-    """Run every writer at once (each its own process) and wait for all of them."""
-    writers = [start_writer(c) for c in configs]
-    for w in writers:
-        _out, err = w.communicate(timeout=120)
-        assert w.returncode == 0, err
-
-
-def _written(tmp_path, n: int, rate: float, duration: float, seed: int):
-    dbs = [str(tmp_path / f"db{i}" / "data") for i in range(n)]
-    for db in dbs:
-        os.makedirs(os.path.dirname(db))
-        create_db(db)
-    return dbs, [{"db": db, "log": db + ".log", "checksums": True, "rate": rate, "duration": duration,
-                  "seed": seed + i} for i, db in enumerate(dbs)]
-
-
-def _check_latest(replica: str, log: str, out: str) -> None:
-    txns, _ = read_log(log)
-    result = restore(open_storage(replica), out)
-    assert judge(out, result.page_size, txns, txns[0]["checksum"], now_us() + 10**7).restored_index == txns[-1]["i"]
-
-
-def _check_targets(replica: str, log: str, tmp_path, targets: int, seed: int) -> None:
-    tmp_path = tmp_path / f"restores{seed}"
-    tmp_path.mkdir()
-    _check_latest(replica, log, str(tmp_path / "latest.db"))
-    txns, _ = read_log(log)
-    storage = open_storage(replica)
-    rng = random.Random(seed)
-    for n in range(targets):
-        target = rng.randint(txns[1]["begin"], txns[-1]["end"])
-        out = str(tmp_path / f"t{n}.db")
-        result = restore(storage, out, target_us=target)
-        v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
-        assert v.exact or exact_or_stamped_late(result), \
-            f"{log}: target {target}: got txn {v.restored_index}, allowed {v.allowed}"
-
-
 @pytest.mark.slow
 def test_many_databases_share_one_inotify_instance_and_are_stamped_promptly(tmp_path, many):
     """Eight databases tailed in a many process, all written at once: one inotify descriptor in
     the process; every database's commits are stamped by file events (no timed look found one),
     and restores at random targets are exact in each."""
     n = 8
-    dbs, configs = _written(tmp_path, n, rate=20, duration=3.0, seed=500)
+    dbs, configs = written_databases(tmp_path, n, 500, rate=20, duration=3.0)
     before = inotify_fds()
     daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}")) for i, db in enumerate(dbs)]
     try:
         shippers = [d.__enter__() for d in daemons]
         assert inotify_fds() - before <= 1, "one inotify instance for the process, not one per database"
         assert all(s.observer.inotify and isinstance(s._waker, HubWaker) and not s.observer.self_probe for s in shippers)
-        _write_all(configs)
+        write_all(configs)
     finally:
         for d in daemons:
             d.stop()
     for i, s in enumerate(shippers):
         assert s.stats.polled_stamps == 0, f"db{i}: a commit was found by a timed look, not by its file event"
-        _check_targets(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 4, 600 + i)
+        check_restores(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 4, 600 + i)
 
 
 @pytest.mark.slow
 def test_a_database_without_a_watch_replicates_by_polling(tmp_path, monkeypatch, many):
     """The watch cannot be set (max_user_watches reached, a file system without events): that
     database polls, and every commit is still shipped; the others keep their file events."""
-    dbs, configs = _written(tmp_path, 2, rate=20, duration=2.0, seed=700)
+    dbs, configs = written_databases(tmp_path, 2, 700, rate=20, duration=2.0)
     real_add = InotifyHub.add
     monkeypatch.setattr(InotifyHub, "add", lambda hub, waker, path: False if path == dbs[0] else real_add(hub, waker, path))
     daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}")) for i, db in enumerate(dbs)]
@@ -221,12 +175,12 @@ def test_a_database_without_a_watch_replicates_by_polling(tmp_path, monkeypatch,
         polled, watched = (d.__enter__() for d in daemons)
         assert not polled.observer.inotify
         assert watched.observer.inotify
-        _write_all(configs)
+        write_all(configs)
     finally:
         for d in daemons:
             d.stop()
     for i in range(2):
-        _check_latest(str(tmp_path / f"replica{i}"), configs[i]["log"], str(tmp_path / f"latest{i}.db"))
+        check_latest(str(tmp_path / f"replica{i}"), configs[i]["log"], str(tmp_path / f"latest{i}.db"))
     assert polled.stats.polled_stamps > 0
 
 
@@ -243,14 +197,14 @@ def test_events_that_never_arrive_switch_the_database_to_polling(tmp_path, monke
     else:
         real_drain = Waker._drain
         monkeypatch.setattr(Waker, "_drain", lambda self: real_drain(self) and False)
-    dbs, configs = _written(tmp_path, 1, rate=20, duration=2.0, seed=800)
+    dbs, configs = written_databases(tmp_path, 1, 800, rate=20, duration=2.0)
     with DaemonThread(dbs[0], str(tmp_path / "replica"), str(tmp_path / "state")) as shipper:
         assert shipper.observer.inotify
         w = start_writer(configs[0])
         out, err = w.communicate(timeout=120)
         assert w.returncode == 0, err
         assert not shipper.observer.inotify, "should have switched to polling"
-    _check_latest(str(tmp_path / "replica"), configs[0]["log"], str(tmp_path / "latest.db"))
+    check_latest(str(tmp_path / "replica"), configs[0]["log"], str(tmp_path / "latest.db"))
 
 
 @pytest.mark.slow
@@ -273,7 +227,7 @@ def test_the_shared_prober_lets_app_checkpoints_through_at_once(tmp_path, many):
     assert max(c["dur_us"] for c in ckpts) <= 100_000, ckpts
     assert shipper.stats.yields >= 1 and shipper.stats.resyncs == 0
     assert CheckpointProber.shared().probes > probes
-    _check_targets(replica, log, tmp_path, 6, 900)
+    check_restores(replica, log, tmp_path, 6, 900)
 
 
 @pytest.mark.slow
@@ -297,7 +251,7 @@ def test_a_slow_writers_pin_is_released_in_the_pass_that_read_it(tmp_path, many)
     assert pinned <= samples * 0.1, f"pinned in {pinned} of {samples} samples"
     assert prober.probes - probes <= 10
     assert shipper.stats.resyncs == 0
-    _check_targets(replica, log, tmp_path, 3, 905)
+    check_restores(replica, log, tmp_path, 3, 905)
 
 
 def _switches(tids: list[int]) -> int:
@@ -418,7 +372,6 @@ def test_one_pool_worker_sleeps_until_the_next_step_the_others_until_called():
     """Four workers, 40 stages stepping every 200 ms and signalled in between (as readers kick
     the uploaders): a due step wakes one worker, not all of them (they all slept until the same
     earliest time: ~4 sleeps per step here before)."""
-    import random
 
     from walrewind.engine.daemon.uploadloop import Signal
 

@@ -12,75 +12,33 @@ different one stops that database only; the pieces a round stands on (SyncGroup,
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 from harness import (
     DaemonThread,
-    create_db,
-    exact_or_stamped_late,
-    judge,
-    now_us,
-    read_log,
-    start_writer,
+    check_restores,
     wait_until,
+    write_all,
+    written_databases,
 )
 from walrewind.engine.daemon import syncgroup, uploadround
-from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.syncgroup import SyncGroup
 from walrewind.engine.daemon.uploadloop import UploadPool
-from walrewind.engine.restore.restorer import restore
-from walrewind.engine.storage import open_storage
 from walrewind.engine.storage.local import LocalStorage
 
 
-@pytest.fixture
-def many(monkeypatch):
-    """This test process serves "many" databases (what Fleet.run decides for sqld or > 8)."""
-    monkeypatch.setattr(Replicator, "many_databases", True)
-    monkeypatch.setattr(Replicator, "gil_switch_interval", None)
-
-
 def _databases(tmp_path, n: int, rate: float, txns: int, seed: int):
-    dbs = [str(tmp_path / f"db{i}" / "data") for i in range(n)]
-    for db in dbs:
-        os.makedirs(os.path.dirname(db))
-        create_db(db)
-    configs = [{"db": db, "log": db + ".log", "checksums": True, "rate": rate, "txns": txns, "seed": seed + i}
-               for i, db in enumerate(dbs)]
+    dbs, configs = written_databases(tmp_path, n, seed, rate=rate, txns=txns)
     daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}"), upload_interval=0.3)
                for i, db in enumerate(dbs)]
     return configs, daemons
-
-
-def _write_all(configs: list[dict]) -> None:
-    writers = [start_writer(c) for c in configs]
-    for w in writers:
-        _out, err = w.communicate(timeout=120)
-        assert w.returncode == 0, err
-
-
-def _check(replica: str, log: str, tmp_path, targets: int, seed: int) -> None:
-    """The latest restore holds the last commit; random targets are exact (or flagged late)."""
-    txns, _ = read_log(log)
-    storage = open_storage(replica)
-    out = str(tmp_path / f"latest{seed}.db")
-    result = restore(storage, out)
-    assert judge(out, result.page_size, txns, txns[0]["checksum"], now_us() + 10**7).restored_index == txns[-1]["i"]
-    rng = random.Random(seed)
-    for n in range(targets):
-        target = rng.randint(txns[1]["begin"], txns[-1]["end"])
-        out = str(tmp_path / f"t{seed}-{n}.db")
-        result = restore(storage, out, target_us=target)
-        v = judge(out, result.page_size, txns, txns[0]["checksum"], target)
-        assert v.exact or exact_or_stamped_late(result), f"{log}: target {target}: got {v.restored_index}, allowed {v.allowed}"
 
 
 def _run(daemons, configs):
     shippers = []
     try:
         shippers = [d.__enter__() for d in daemons]
-        _write_all(configs)
+        write_all(configs)
         for s, c in zip(shippers, configs):
             wait_until(lambda s=s, c=c: s.stats.uploaded_txid >= s.stats.last_txid >= c["txns"], 30, "the uploads")
     finally:
@@ -100,7 +58,7 @@ def test_slow_writers_uploads_go_in_rounds_and_lose_nothing(tmp_path, many):
     assert pool.rounds > rounds, "no upload round ran"
     for i, s in enumerate(shippers):
         assert s.stats.upload_errors == 0 and s.stats.resyncs == 0
-        _check(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 3, 50 + i)
+        check_restores(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 3, 50 + i)
 
 
 @pytest.mark.slow
@@ -125,7 +83,7 @@ def test_a_failed_sync_fails_the_round_and_the_uploads_go_on(tmp_path, many, mon
     assert sum(s.stats.upload_errors for s in shippers) >= uploadround.ROUND_MIN
     for i, s in enumerate(shippers):
         assert s.stats.resyncs == 0
-        _check(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 2, 70 + i)
+        check_restores(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 2, 70 + i)
 
 
 def test_a_sync_group_flushes_each_file_system_once(tmp_path, monkeypatch):
