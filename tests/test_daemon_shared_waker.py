@@ -191,6 +191,7 @@ def test_events_that_never_arrive_switch_the_database_to_polling(tmp_path, monke
     commits; after a few in a row the database is polled like one without inotify, and every
     commit is shipped."""
     monkeypatch.setattr(replicator_module, "IDLE_WAIT_INOTIFY", 0.05)
+    monkeypatch.setattr(replicator_module, "MANY_SAFETY_SECONDS", 0.05)
     if kind == "hub":
         monkeypatch.setattr(Replicator, "many_databases", True)
         monkeypatch.setattr(HubWaker, "_changed_now", lambda self: None)  # the kernel's events are lost

@@ -35,7 +35,7 @@ from ..storage import Storage
 from .inotifyhub import HubWaker
 from .lag import LagProbe
 from .maintenancepool import MaintenancePool, PooledMaintenance
-from .observer import Observations, Observer
+from .observer import MANY_SAFETY_SECONDS, Observations, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, QUICK_RELEASE_GAP_SECONDS, PinPolicy
 from .prober import CheckpointProber
@@ -364,7 +364,7 @@ class Replicator:
             inotify = self._waker.watch(self.db_path)
             if not inotify:
                 log.warning("inotify is not available; falling back to polling every %.0f ms", IDLE_POLL * 1000)
-            safety = IDLE_WAIT_INOTIFY * (1.0 + self.phase_fraction) if self.many else IDLE_WAIT_INOTIFY
+            safety = MANY_SAFETY_SECONDS * (1.0 + self.phase_fraction) if self.many else IDLE_WAIT_INOTIFY
             self.observer = Observer(self.shm, self._waker, self.stats, lambda: self.pin.active, self.pin_policy.probe_interval,
                                      IDLE_POLL, inotify, self.observations, safety_poll=safety,
                                      peek=self.peek_wal.peek_commit)
