@@ -205,7 +205,10 @@ class Reader:
             self.rs.pos = self.rs.verified_pos
             result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
         checked_us = clock.now_us()
-        after = self.observe()  # commits published while we read get a stamp now, not after spooling
+        # A second look, after the read: commits published while we read get a stamp now, not
+        # after spooling; it is what verifies a scan that went past ``before``'s boundary (a WAL
+        # restarted meanwhile is read from its frame 1) and what spooled_through_us relies on.
+        after = self.observe()
         ts = clock.now_us()
         if result.transactions:
             now = time.monotonic()
