@@ -13,7 +13,8 @@ something (``Reader.read_pass`` returning > 0):
   which inflate it);
 * ``--count``: the reader thread's calls of os.pread/os.stat/os.fstat/fcntl.fcntl made from Python
   and of ShmObserver.header, Reader.observe, Reader.caught_up, WalFile.read_at, ReadPin.acquire;
-* ``--strace``: every system call of the reader thread (``strace -c -p TID``), SQLite's included.
+* ``--strace``: every system call of the reader thread (``strace -c -p TID``), SQLite's included
+  (``STRACE_ARGS="-e trace=pread64,fcntl"``: each call listed instead, in the run's strace.txt).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main() -> None:
     thread.join(60)
     reading = p1[1] - p0[1]
     print(f"read passes: {p1[0] - p0[0]} ({reading} read commits); "
-          f"transactions: {daemon.stats.transactions}; releases: {daemon.pin.sheds} sheds")
+          f"transactions: {daemon.stats.transactions}")
     if reading:
         cpu = cpu1 - cpu0
         print(f"reader thread CPU: {cpu * 1e3:.1f} ms, {cpu / reading * 1e6:.0f} us per reading pass"
