@@ -392,6 +392,33 @@ def test_resume_after_each_transaction(real_wal, real_txns):
         wal.close()
 
 
+def test_a_read_checks_the_files_identity_once_and_parses_an_unchanged_header_once(real_wal, real_txns, scratch,
+                                                                                  monkeypatch):
+    """One ``stat`` of the -wal per read (it used to be one per pread: three per read pass), the
+    rest read through the descriptor it checked; the WAL header is parsed and verified again only
+    when its bytes change; a file replaced between two reads is followed at the next."""
+    path = scratch / "app.db-wal"
+    shutil.copy(real_wal.wal, path)
+    stats: list[str] = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
+    parses: list[bytes] = []
+    real_parse = walfile.parse_header
+    monkeypatch.setattr(walfile, "parse_header", lambda buf: parses.append(buf) or real_parse(buf))
+    wal = WalFile(str(path))
+    try:
+        for k in (1, 2, 3):
+            got = wal.read(real_txns[k - 1].end)
+            assert got.generation == "same" and same_txns(got.transactions, real_txns[k:])
+        assert len(stats) == 3 and len(parses) == 1
+        path.unlink()
+        path.write_bytes(make_header(real_txns[0].end.page_size))  # another file: a new, empty WAL
+        got = wal.read(real_txns[-1].end)
+        assert got.generation == "new" and got.transactions == [] and len(parses) == 2
+    finally:
+        wal.close()
+
+
 def test_vouched_frames_read_the_same_without_the_checksum_walk(real_wal, real_txns, monkeypatch):
     """Frames the wal-index vouches for give the same transactions and positions (the running
     checksum taken from each frame's header equals the chain), stop at the published mxFrame,

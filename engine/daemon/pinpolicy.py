@@ -53,6 +53,8 @@ class PinHost(Protocol):
 
     def caught_up(self, hdr: ShmHeader) -> bool: ...
 
+    def observe(self) -> ShmHeader | None: ...
+
     def tick(self) -> int: ...
 
     def read_pass(self) -> int: ...
@@ -130,7 +132,10 @@ class PinPolicy:
         if self.pin.active and self.shm.checkpointer_waiting():
             self.yield_to_checkpointer()
             return
-        hdr = self.shm.header()
+        # A fresh look, after the pass (and its spooling) and after the probe: it decides the
+        # release, so it is not replaced by the pass's own looks.  The read stage records it
+        # (stamps what was published while the pass spooled, when the observer has not yet).
+        hdr = self.shipper.observe()
         if hdr is None:
             return
         caught_up = self.caught_up(hdr)
@@ -178,10 +183,12 @@ class PinPolicy:
                 # restarting over frames we have not read.  (With nothing new since the old pin
                 # and everything backfilled, the new pin could get slot 0: no hand-over then.
                 # Nor when the pin already holds the snapshot we caught up with: the new one
-                # would be the same.)
-                self.pin.acquire(self.shm)
+                # would be the same.)  ``hdr`` was read before the new read transaction
+                # begins: acquire() reads the header after it begins and takes the pin only
+                # when the two agree.
+                self.pin.acquire(self.shm, hdr)
         elif read_now:
-            self.pin.acquire(self.shm)
+            self.pin.acquire(self.shm, hdr)
         if self.checkpoint_frames and hdr.max_frame - hdr.backfilled >= self.checkpoint_frames:
             # Caught up or not: the barrier below stops the writer and reads to the end first.
             # (Waiting for a pass that ends caught up let a writer committing every few ms grow

@@ -75,20 +75,27 @@ class Reader:
             return True
         return hdr.max_frame == 0 and self.rs.anchor is not None and not self.unverified and hdr.change == self.rs.anchor
 
-    def observe(self) -> ShmHeader | None:
+    def observe(self, hdr: ShmHeader | None = None) -> ShmHeader | None:
         """Read the wal-index header and remember when each commit boundary was first seen.
 
         The time is taken *after* the header is read, so every commit the header shows had
-        happened by then: a stamp never precedes its commit.
+        happened by then: a stamp never precedes its commit.  ``hdr``: a header this thread
+        has just read (the pin's, read after its read transaction began), recorded instead of
+        reading another.
         """
-        hdr = self.shm.header()
+        if hdr is None:
+            hdr = self.shm.header()
         if hdr is not None:
-            now = clock.now_us()
             obs = self.observations
+            # A commit the observer has already recorded is not added again (checked here
+            # without the observations' lock: add() checks again under it).
+            if obs.knows(hdr.salts, hdr.max_frame):
+                return hdr
+            now = clock.now_us()
             # A commit the observer has not seen yet, long after its last look: the commit may be
-            # as old as that look.  A commit it has seen is not added again.
+            # as old as that look.
             late = now - obs.looked_us > STAMP_SLACK_US
-            if late and obs.event_driven and not obs.knows(hdr.salts, hdr.max_frame) and self._observer_stamps(hdr, now):
+            if late and obs.event_driven and self._observer_stamps(hdr, now):
                 return hdr
             obs.add(hdr.salts, hdr.max_frame, now, hdr.change, uncertain=late)
         return hdr
@@ -137,7 +144,9 @@ class Reader:
                 return 0
             if hdr is not None and self._holding_off(hdr):
                 return 0
-            self.pin.acquire(self.shm, hdr)
+            # The pin's header was read after its read transaction began: it is the pass's
+            # header from before the read (tick() would only read the same again).
+            return self.tick(self.pin.acquire(self.shm, hdr))
         return self.tick()
 
     def hold_off(self) -> None:
@@ -175,12 +184,14 @@ class Reader:
         self._hold = None
         return False
 
-    def tick(self) -> int:
+    def tick(self, pinned_at: ShmHeader | None = None) -> int:
         """One read pass: read new commits, then spool those SQLite's commit counter vouches for.
 
-        Returns how many transactions were read.
+        ``pinned_at``: the header ReadPin.acquire read just now, *after* the read transaction
+        began (so it may stand for the header read before the WAL; one read before the pin
+        may not: what it shows was not protected yet).  Returns how many transactions were read.
         """
-        before = self.observe()
+        before = self.observe(pinned_at)
         published = (before.salts, before.max_frame) if before is not None else None
         # Pinned (before was read after the pin was taken), the wal-index vouches for the frames
         # up to its mxFrame: no checksum walk for them (engine/sqlite/walfile.py, read()).
@@ -194,7 +205,10 @@ class Reader:
             self.rs.pos = self.rs.verified_pos
             result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
         checked_us = clock.now_us()
-        after = self.observe()  # commits published while we read get a stamp now, not after spooling
+        # A second look, after the read: commits published while we read get a stamp now, not
+        # after spooling; it is what verifies a scan that went past ``before``'s boundary (a WAL
+        # restarted meanwhile is read from its frame 1) and what spooled_through_us relies on.
+        after = self.observe()
         ts = clock.now_us()
         if result.transactions:
             now = time.monotonic()
@@ -246,8 +260,9 @@ class Reader:
                            hdr.change if n == count - 1 else None)
                 for n, (txn, seen, bound) in enumerate(batch)
             ]
+            # (No look at the wal-index here: the pin policy's look right after the pass,
+            # PinPolicy.after_read, stamps what was published while this spooled.)
             self.spool(items, changes=self._net(items))
-            self.observe()
             self.rs.verified_pos = batch[-1][0].end
         self.rs.anchor = hdr.change
         return True

@@ -64,22 +64,23 @@ def tail_loop(d: Replicator) -> None:
             d._stop.wait(IDLE_POLL)
             d._leave_overflow()
             continue
-        with ob.cond:
-            urgent, ob.checkpointer = ob.checkpointer, False
-            pending, backlog = ob.new_commits, ob.backlog
         pinned = d.pin.active
         now = time.monotonic()
         burst = d._burst or d.state.current_bytes() >= BURST_UPLOAD_BYTES  # see its end within QUIET_US
         period = QUIET_US / 1e6 if burst else quiet_seconds(d, pinned, last_read)
         due = last_read + (min(READ_DEFER_SECONDS, d.upload_interval / 2, period) if pinned else 0.0)
+        with ob.cond:  # (once per pass: what the observer reported, taken as this pass's)
+            urgent, ob.checkpointer = ob.checkpointer, False
+            pending, backlog = ob.new_commits, ob.backlog
+            read = not (urgent and pinned) and ((pending and (now >= due or backlog)) or now - last_read >= period)
+            if read:
+                ob.new_commits = ob.backlog = False
         try:
             if urgent and pinned:
                 d.pin_policy.yield_to_checkpointer()
                 last_read = time.monotonic()
                 continue
-            if (pending and (now >= due or backlog)) or now - last_read >= period:
-                with ob.cond:
-                    ob.new_commits = ob.backlog = False
+            if read:
                 last_read = now
                 read_now = d.read_pass()
                 d.pin_policy.after_read(read_now)

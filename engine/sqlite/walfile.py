@@ -239,6 +239,7 @@ class WalFile:
         self._ino: int | None = None
         self._published: tuple[bytes, int] | None = None  # of the read() in progress
         self._vouched = False  # ... and whether its frames up to mxFrame need no chain walk
+        self._head: tuple[bytes, WalHeader | None] = (b"", None)  # the WAL header read() last read
 
     def _ensure_open(self) -> int | None:
         try:
@@ -269,10 +270,6 @@ class WalFile:
         if fd is None:
             return b""
         return os.pread(fd, size, offset)
-
-    def size(self) -> int:
-        fd = self._ensure_open()
-        return 0 if fd is None else os.fstat(fd).st_size
 
     def header(self) -> WalHeader | None:
         return parse_header(self.read_at(0, WAL_HEADER_SIZE))
@@ -343,7 +340,11 @@ class WalFile:
         """
         self._published = published
         self._vouched = vouched and published is not None
-        header = self.header()
+        fd = self._ensure_open()  # the file's identity: checked once per read, not at every pread
+        raw = b"" if fd is None else os.pread(fd, WAL_HEADER_SIZE, 0)
+        if raw != self._head[0]:  # (the same bytes are not parsed and verified again)
+            self._head = (raw, parse_header(raw))
+        header = self._head[1]
         result = ReadResult(header=header, position=pos)
         if header is None:
             result.generation = "empty"
@@ -394,18 +395,16 @@ class WalFile:
         if pos.frame == 0 or pos.cksum is None:
             return True
         off = WAL_HEADER_SIZE + (pos.frame - 1) * (FRAME_HEADER_SIZE + pos.page_size)
-        hdr = self.read_at(off, FRAME_HEADER_SIZE)
+        hdr = os.pread(self._fd, FRAME_HEADER_SIZE, off)  # (read(): the descriptor it checked)
         if len(hdr) < FRAME_HEADER_SIZE:
             return False
         _pgno, _commit, s1, s2, c1, c2 = struct.unpack(">6I", hdr)
         return (s1, s2) == (pos.salt1, pos.salt2) and (c1, c2) == pos.cksum
 
     def _scan(self, salts: bytes, pos: WalPosition, result: ReadResult, max_bytes: int | None) -> bool:
-        """Append committed transactions after ``pos`` whose frames carry ``salts``.
-
-        Returns True when it stopped at ``max_bytes`` (there may be more), False at the end of
-        the valid frames.
-        """
+        """Append committed transactions after ``pos`` whose frames carry ``salts`` (for read(),
+        through the descriptor it checked).  True when it stopped at ``max_bytes`` (there may
+        be more), False at the end of the valid frames."""
         if pos.cksum is None:
             return False
         page_size = pos.page_size
@@ -437,7 +436,7 @@ class WalFile:
                 want = min(want, (limit - frame) * frame_size)
             offset = WAL_HEADER_SIZE + frame * frame_size
             asked = want
-            buf = self.read_at(offset, want)
+            buf = os.pread(self._fd, want, offset)
             want = min(max_want, want * 2)
             count = len(buf) // frame_size
             if count == 0:
