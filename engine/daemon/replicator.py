@@ -255,7 +255,7 @@ class Replicator:
 
     def refresh_tail(self) -> None:
         """One read pass on the reading thread now (the uploader's, before a heartbeat): in a
-        many-database process a quiet reader sleeps 30-60 s, and a heartbeat vouches only for
+        many-database process a quiet reader sleeps 2-4 minutes, and a heartbeat vouches only for
         what the last pass checked.  Nothing to do for a few databases (a pass every 5 s)."""
         if not self.many:
             return
