@@ -34,6 +34,14 @@ class Switchable(LocalStorage):
         self._check()
         return super().put_file_if_absent(key, path)
 
+    def put_marker(self, key):
+        self._check()
+        return super().put_marker(key)
+
+    def stage_if_absent(self, key, data):
+        self._check()
+        return super().stage_if_absent(key, data)
+
     def get(self, key):
         self._check()
         return super().get(key)

@@ -86,6 +86,14 @@ def test_put_if_absent_never_overwrites(storage: Storage) -> None:
     assert storage.get("seg/0001") == b"first"
 
 
+def test_a_marker_is_an_empty_create_only_object(storage: Storage) -> None:
+    """Heartbeats and lease renewals: an empty object, created once, listed with size 0."""
+    assert storage.put_marker("hb/0001-0005") is True
+    assert storage.put_marker("hb/0001-0005") is False
+    assert storage.get("hb/0001-0005") == b""
+    assert [(o.key, o.size) for o in storage.list("hb/")] == [("hb/0001-0005", 0)]
+
+
 def test_put_immutable_identical_is_noop_and_different_conflicts(storage: Storage) -> None:
     assert put_immutable(storage, "gen/1/seg", b"payload") is True
     assert put_immutable(storage, "gen/1/seg", b"payload") is False

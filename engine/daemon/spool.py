@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from .syncgroup import SyncGroup
 
 
-
 DEFAULT_SPOOL_LIMIT = defaults.SPOOL_LIMIT_BYTES
 DEFAULT_MIN_FREE = defaults.SPOOL_MIN_FREE_BYTES
 
@@ -187,6 +186,8 @@ class StateDir(UploadedPoint):
                 self._unnamed = name  # its directory entry: fsynced by the next seal()
             name, fd = self._current
             start = os.fstat(fd).st_size
+            if start != self._current_size:
+                self._tail = None  # bytes we did not append (never expected): the piece is read from the file
             try:
                 view = memoryview(blob)
                 while view:

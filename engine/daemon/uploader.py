@@ -299,7 +299,7 @@ class Uploader:
             )
             if healthy:
                 key = layout.HeartbeatKey(self.shipper.generation, through, self.shipper.stats.uploaded_txid).key
-                self.shipper.storage.put_if_absent(key, b"")
+                self.shipper.storage.put_marker(key)
                 if self._last_heartbeat_key and self._last_heartbeat_key != key:
                     self.shipper.storage.delete(self._last_heartbeat_key)
                 self._last_heartbeat_key = key

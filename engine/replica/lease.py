@@ -288,7 +288,7 @@ class Lease:
         assert self.epoch is not None
         ts = now_us()
         key = renewal_key(self.epoch, ts)
-        self.storage.put_if_absent(key, b"")
+        self.storage.put_marker(key)
         if self._renewal:
             self._delete_quietly(self._renewal)
         self._renewal = key

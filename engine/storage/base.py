@@ -47,6 +47,12 @@ class Storage(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
 
+    def put_marker(self, key: str) -> bool:
+        """Create-only put of an empty object whose name is all it says (a heartbeat, a lease
+        renewal); False when it exists.  Backends may skip flushing it: a marker lost in a crash
+        only says less (the objects it vouches for were made durable before it was written)."""
+        return self.put_if_absent(key, b"")
+
     def put_file(self, key: str, path: str) -> None:
         """Replace ``key`` with a local file's content, atomically for readers (``walrewind rekey``
         only: everything else is create-only).  Backends override this to stream large files."""

@@ -189,6 +189,19 @@ class LocalStorage(Storage):
     def put_file_if_absent(self, key: str, path: str) -> bool:
         return self._put_absent(key, None, path)
 
+    def put_marker(self, key: str) -> bool:
+        """An empty file made under its final name, not flushed: there are no bytes to tear, and
+        a name lost in a crash only says less (base.Storage.put_marker).  A heartbeat a minute per
+        database cost two fsyncs, an unnamed file and a link: 1,000 namespaces, 2 % of a core."""
+        final = self._path(key)
+        directory = os.path.dirname(final)
+        try:
+            fd = self._in_directory(directory, lambda: os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
+
     def get(self, key: str) -> bytes:
         try:
             with open(self._path(key), "rb") as f:
