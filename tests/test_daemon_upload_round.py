@@ -24,6 +24,7 @@ from harness import (
 from walrewind.engine.daemon import syncgroup, uploadround
 from walrewind.engine.daemon.syncgroup import SyncGroup
 from walrewind.engine.daemon.uploadloop import UploadPool
+from walrewind.engine.storage import open_storage
 from walrewind.engine.storage.local import LocalStorage
 
 
@@ -98,8 +99,11 @@ def test_a_sync_group_flushes_each_file_system_once(tmp_path, monkeypatch):
         for fd in fds:
             group.add(fd)
         group.add_path(str(tmp_path))
+        kept = []
+        group.undo.append(lambda: kept.append("undone"))
         group.sync()
-        assert len(calls) == 1 and group.files == 3
+        group.close()  # (what a round's end does): a flushed group takes nothing back
+        assert len(calls) == 1 and group.files == 3 and kept == []
 
         fsyncs = []
         monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
@@ -153,3 +157,23 @@ def test_a_staged_put_is_create_only_and_named_only_by_link(tmp_path):
     finally:
         gone.close()
     assert store.get("h/seg") == b"three"
+
+
+def test_wrappers_never_stage_through_their_inner_store(tmp_path):
+    """An encrypting (or counting) wrapper over a file replica offers no staged puts: its inner
+    store's, reached through the wrapper's attribute forwarding, would write plaintext.  Its
+    uploads never join a round."""
+    import base64
+    from types import SimpleNamespace
+
+    from walrewind.engine.daemon.uploader import Uploader
+    from walrewind.engine.storage.counting import CountingStorage
+    from walrewind.engine.storage.keys import Keyring, parse_key
+
+    ring = Keyring((parse_key(base64.b64encode(bytes([1]) * 32).decode(), "test"),))
+    encrypted = open_storage(str(tmp_path / "e"), keyring=ring)
+    counted = CountingStorage(LocalStorage(str(tmp_path / "c")))
+    for store in (encrypted, counted):
+        assert not store.stages_puts and store.stage_if_absent("g/seg", b"plaintext") is None
+        assert not Uploader(SimpleNamespace(storage=store)).groupable
+    assert Uploader(SimpleNamespace(storage=LocalStorage(str(tmp_path / "p")))).groupable

@@ -81,6 +81,7 @@ class SyncGroup:
         finally:
             for fd in fds:
                 os.close(fd)
+        self.undo = []  # flushed: nothing to take back
 
     def close(self) -> None:
         """Drop what was added without flushing (a round that failed before its sync): whoever

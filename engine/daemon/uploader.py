@@ -420,7 +420,7 @@ class Uploader:
     @property
     def groupable(self) -> bool:
         """Its uploads can join a round of many databases (a store that stages puts)."""
-        return hasattr(self.shipper.storage, "stage_if_absent")
+        return getattr(self.shipper.storage, "stages_puts", False)
 
     def round_started(self) -> None:
         """A round took this stage's upload (what ``step`` would have done)."""

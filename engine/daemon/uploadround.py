@@ -32,7 +32,7 @@ replica); an S3 PUT is durable when it returns and gains nothing from a round.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import threading
 from typing import Any, Protocol
@@ -41,8 +41,6 @@ from .. import logs
 from ..errors import WalrewindError
 from . import segmentput
 from .syncgroup import SyncGroup
-
-log = logging.getLogger("walrewind.shipper")
 
 ROUND_GRID = 0.1  # seconds: a many-database process's uploads fall due on this grid
 ROUND_MIN = 3  # fewer databases due together upload one by one (their own flushes)
@@ -89,7 +87,7 @@ def run_round(stages: list[tuple[RoundStage, str]]) -> list[bool]:
     live: list[_Entry] = []
     try:
         for e in entries:
-            if _guard(e, _prepare, e, spools_and_data):
+            if _guard(e, _prepare, e, spools_and_data) and e.locked:  # (not locked: nothing to upload)
                 live.append(e)
         live = _sync_or_fail(live, spools_and_data)
         for e in live:
@@ -193,6 +191,9 @@ def _release(e: _Entry) -> None:
     if e.staged is not None:
         e.staged.close()
         e.staged = None
+    if e.segment is not None and e.segment.tmp is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(e.segment.tmp)  # a big piece's staging copy, when the round ended before _name
     if e.locked:
         e.locked = False
         e.stage.lock.release()

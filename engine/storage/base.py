@@ -47,6 +47,18 @@ class Storage(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
 
+    # Puts whose flushes a caller groups with others' (engine/daemon/uploadround.py): only a
+    # backend that writes the object itself offers them (LocalStorage).  Declared here, so that a
+    # wrapper (encryption, request counting) answers "no" itself instead of handing its inner
+    # store's method out through __getattr__: a staged put through the inner store of an
+    # encrypting wrapper would write plaintext.
+    stages_puts = False
+
+    def stage_if_absent(self, key: str, data: bytes):
+        """The bytes of a create-only put written but neither flushed nor named (an object with
+        ``fd``, ``dfd``, ``link()``, ``close()``: local.StagedPut); None when not offered."""
+        return None
+
     def put_marker(self, key: str) -> bool:
         """Create-only put of an empty object whose name is all it says (a heartbeat, a lease
         renewal); False when it exists.  Backends may skip flushing it: a marker lost in a crash

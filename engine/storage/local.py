@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 
 class LocalStorage(Storage):
+    stages_puts = True
     def __init__(self, root: str, create: bool = True) -> None:
         self.root = os.path.abspath(root)
         self.url = "file://" + self.root
