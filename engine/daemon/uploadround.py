@@ -26,8 +26,9 @@ identical-object check of ``segmentput``), as after a crash in the middle of a s
 
 One database's failure in a phase fails only that database's upload (it retries through its
 ordinary steps); a failed sync fails every upload that depended on it, and the spools it would
-have flushed are marked unflushed again.  Only stores that can stage a put take part (the file
-replica); an S3 PUT is durable when it returns and gains nothing from a round.
+have flushed are marked unflushed again.  Only stores that can stage a put take part (a plain
+file replica: ``Storage.stages_puts``); an S3 PUT is durable when it returns and gains nothing
+from a round, and an encrypted replica seals every object through its wrapper.
 """
 
 from __future__ import annotations
