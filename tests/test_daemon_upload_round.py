@@ -21,21 +21,28 @@ from harness import (
     write_all,
     written_databases,
 )
-from walrewind.engine.daemon import syncgroup, uploadround
+from walrewind.engine.daemon import syncgroup, uploadloop, uploadround
 from walrewind.engine.daemon.syncgroup import SyncGroup
 from walrewind.engine.daemon.uploadloop import UploadPool
 from walrewind.engine.storage import open_storage
 from walrewind.engine.storage.local import LocalStorage
 
 
-def _databases(tmp_path, n: int, rate: float, txns: int, seed: int):
-    dbs, configs = written_databases(tmp_path, n, seed, rate=rate, txns=txns)
-    daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}"), upload_interval=0.3)
-               for i, db in enumerate(dbs)]
+def _databases(tmp_path, n: int, upload_interval: float, seed: int, **writer):
+    dbs, configs = written_databases(tmp_path, n, seed, **writer)
+    daemons = [DaemonThread(db, str(tmp_path / f"replica{i}"), str(tmp_path / f"state{i}"),
+                            upload_interval=upload_interval) for i, db in enumerate(dbs)]
     return configs, daemons
 
 
-def _run(daemons, configs):
+@pytest.mark.slow
+def test_the_pool_uploads_in_rounds_and_loses_nothing(tmp_path, many, monkeypatch):
+    """Six databases written at ~3 txn/s, every plain upload a round (ROUND_MIN 1 here: how many
+    come due together is up to the clock): every commit is in its replica, restores exact."""
+    monkeypatch.setattr(uploadloop, "ROUND_MIN", 1)
+    configs, daemons = _databases(tmp_path, 6, 0.3, 41, rate=3, txns=12)
+    pool = UploadPool.shared()
+    rounds = pool.rounds
     shippers = []
     try:
         shippers = [d.__enter__() for d in daemons]
@@ -45,17 +52,6 @@ def _run(daemons, configs):
     finally:
         for d in daemons:
             d.stop()
-    return shippers
-
-
-@pytest.mark.slow
-def test_slow_writers_uploads_go_in_rounds_and_lose_nothing(tmp_path, many):
-    """Six databases written at ~3 txn/s each: their uploads come due on the same grid and go in
-    rounds; every commit is in its replica, restores exact."""
-    configs, daemons = _databases(tmp_path, 6, rate=3, txns=12, seed=41)
-    pool = UploadPool.shared()
-    rounds = pool.rounds
-    shippers = _run(daemons, configs)
     assert pool.rounds > rounds, "no upload round ran"
     for i, s in enumerate(shippers):
         assert s.stats.upload_errors == 0 and s.stats.resyncs == 0
@@ -63,27 +59,43 @@ def test_slow_writers_uploads_go_in_rounds_and_lose_nothing(tmp_path, many):
 
 
 @pytest.mark.slow
-def test_a_failed_sync_fails_the_round_and_the_uploads_go_on(tmp_path, many, monkeypatch):
-    """The first round's first sync fails (EIO from syncfs): its uploads count as failed, the
-    spool files it would have flushed are flushed again by the ordinary steps that retry, and
-    every commit still reaches its replica."""
-    failures = []
-    real = SyncGroup.sync
+@pytest.mark.parametrize("sync_fails", [False, True])
+def test_one_round_for_four_databases(tmp_path, many, monkeypatch, sync_fails):
+    """Four databases' spooled commits (uploads an hour apart: only the round uploads) go in one
+    round: each is uploaded and its spool left flushed.  When the round's first sync fails
+    (EIO from syncfs), nothing is uploaded, each counts the failure, its spool is marked
+    unflushed again, and the final sync at stop uploads everything; restores exact either way."""
+    if sync_fails:
+        real = SyncGroup.sync
 
-    def failing_sync(self):
-        if not failures:
-            failures.append(1)
+        def failing_sync(self):
+            monkeypatch.setattr(SyncGroup, "sync", real)  # once
             self.close()
             raise OSError(5, "syncfs: Input/output error (injected)")
-        real(self)
 
-    monkeypatch.setattr(SyncGroup, "sync", failing_sync)
-    configs, daemons = _databases(tmp_path, 4, rate=3, txns=9, seed=61)
-    shippers = _run(daemons, configs)
-    assert failures, "no round ran"
-    assert sum(s.stats.upload_errors for s in shippers) >= uploadround.ROUND_MIN
+        monkeypatch.setattr(SyncGroup, "sync", failing_sync)
+    configs, daemons = _databases(tmp_path, 4, 3600.0, 61, rate=50, txns=6)
+    shippers = []
+    try:
+        shippers = [d.__enter__() for d in daemons]
+        write_all(configs)
+        for s in shippers:
+            # every commit read and spooled (the writers are done): nothing is appended after the seal
+            wait_until(lambda s=s: s.stats.last_txid >= 6 and s.reader.caught_up(s.shm.header())
+                       and not s.reader.unverified and s.state.pending > 0, 30, "the commits spooled")
+        before = [s.stats.uploaded_txid for s in shippers]
+        assert uploadround.run_round([(s.uploader, s.name) for s in shippers]) == [True] * 4
+        for s, old in zip(shippers, before):
+            if sync_fails:
+                assert s.stats.uploaded_txid == old and s.stats.upload_errors == 1 and s.state._dirty
+            else:
+                assert s.stats.uploaded_txid == s.stats.last_txid and s.stats.upload_errors == 0
+                assert not s.state._dirty and s.state.pending == 0
+    finally:
+        for d in daemons:
+            d.stop()
     for i, s in enumerate(shippers):
-        assert s.stats.resyncs == 0
+        assert s.stats.uploaded_txid == s.stats.last_txid and s.stats.resyncs == 0
         check_restores(str(tmp_path / f"replica{i}"), configs[i]["log"], tmp_path, 2, 70 + i)
 
 

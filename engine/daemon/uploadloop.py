@@ -212,12 +212,12 @@ class UploadPool(ProcessWide):
             finally:
                 self._leading = False
 
-    def _due_together(self, first: Pooled) -> list[Pooled]:
-        """(Lock held.)  ``first``, and when its step is a plain upload that can join a round,
-        every other member due now whose step is one too."""
+    def _due_together(self, first: Pooled) -> tuple[list[Pooled], bool]:
+        """(Lock held.)  ``first``, and when its step is a plain upload that can join a round
+        (then True), every other member due now whose step is one too."""
         now = time.monotonic()
         if not (first.groupable and first.stage.round_ready(now)):
-            return [first]
+            return [first], False
         together, others = [first], []
         while self._heap and self._heap[0][0] <= now:
             entry = heapq.heappop(self._heap)
@@ -231,16 +231,16 @@ class UploadPool(ProcessWide):
                 others.append(entry)
         for entry in others:
             heapq.heappush(self._heap, entry)
-        return together
+        return together, True
 
     def _run(self) -> None:
         while True:
             with self.cond:
-                members = self._due_together(self._next())
+                members, plain = self._due_together(self._next())
                 for member in members:
                     member.running = True
                     member.rerun = False
-            if len(members) >= ROUND_MIN:
+            if plain and len(members) >= ROUND_MIN:
                 self.rounds += 1
                 self.steps += len(members)
                 try:
