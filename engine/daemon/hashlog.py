@@ -42,13 +42,12 @@ from __future__ import annotations
 import os
 import struct
 import sys
-import zlib
 from array import array
 
 from ..errors import DaemonError
 from ..sqlite.pagehash import PageChanges, PageHashes
+from .spoolfile import bodies, frame
 
-_REC = struct.Struct("<II")
 _HEAD = struct.Struct("<QQIQI")
 _POINT = struct.Struct("<BBqq")
 _POS = struct.Struct("<IIqIIIB")
@@ -118,7 +117,7 @@ def encode(first_txid: int, last_txid: int, db_pages: int, checksum: int, change
     body = _HEAD.pack(first_txid, last_txid, db_pages, checksum, len(pgnos)) + pgnos.tobytes() + hashes.tobytes()
     if point is not None:
         body += encode_point(point)
-    return _REC.pack(len(body), zlib.crc32(body)) + body
+    return frame(body)
 
 
 def write(fd: int, record: bytes, sync: bool = True) -> None:
@@ -136,17 +135,12 @@ def _records(data: bytes, base_txid: int, saved_txid: int):
     """The log's acceptable records in order: intact (CRC), continuing the txids from
     ``base_txid``, and either carrying a point or not past ``saved_txid`` (state.json's point).
     Yields (offset after it, first, last, db_pages, checksum, n, body, point or None)."""
-    off, at = 0, base_txid
-    while off + _REC.size <= len(data):
-        length, crc = _REC.unpack_from(data, off)
-        body = data[off + _REC.size : off + _REC.size + length]
-        if len(body) != length or length < _HEAD.size or zlib.crc32(body) != crc:
-            return
+    at = base_txid
+    for off, body in bodies(data, 0, _HEAD.size):
         first, last, db_pages, checksum, n = _HEAD.unpack_from(body, 0)
-        point = decode_point(body[_HEAD.size + 12 * n :]) if length > _HEAD.size + 12 * n else None
+        point = decode_point(body[_HEAD.size + 12 * n :]) if len(body) > _HEAD.size + 12 * n else None
         if first != at + 1 or last < first or (point is None and last > saved_txid):
             return
-        off += _REC.size + length
         at = last
         yield off, first, last, db_pages, checksum, n, body, point
 

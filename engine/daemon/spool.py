@@ -444,5 +444,4 @@ class StateDir(UploadedPoint):
         return spoolfile.frame(body)
 
     iter_raw = staticmethod(spoolfile.iter_raw)
-    iter_records = staticmethod(spoolfile.iter_records)
     read_file = staticmethod(spoolfile.read_file)

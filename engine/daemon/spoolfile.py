@@ -1,4 +1,5 @@
-"""Spool files on disk: records framed as ``length u32 | crc32 u32 | body`` (spool.py).
+"""Spool files on disk: records framed as ``length u32 | crc32 u32 | body`` (spool.py; the
+hashes log, hashlog.py, frames its records the same way).
 
 A kill -9 can leave a torn last record; readers stop at the first record whose length or CRC
 does not hold and (when asked to repair) cut the file there, so nothing after a tear is ever
@@ -23,12 +24,16 @@ def frame(body: bytes) -> bytes:
     return _REC.pack(len(body), zlib.crc32(body)) + body
 
 
-def _bodies(data: bytes, off: int) -> Iterator[tuple[int, bytes]]:
+def _intact(length: int, crc: int, body: bytes, min_body: int) -> bool:
+    return length >= min_body and len(body) == length and zlib.crc32(body) == crc
+
+
+def bodies(data: bytes, off: int, min_body: int = _MIN_BODY) -> Iterator[tuple[int, bytes]]:
     """(offset after it, body) of each intact record of ``data`` from ``off``, up to a tear."""
     while off + _REC.size <= len(data):
         length, crc = _REC.unpack_from(data, off)
         body = data[off + _REC.size : off + _REC.size + length]
-        if length < _MIN_BODY or len(body) != length or zlib.crc32(body) != crc:
+        if not _intact(length, crc, body, min_body):
             return  # a torn or zero-filled tail (the file grew but the data never landed)
         off += _REC.size + length
         yield off, body
@@ -36,7 +41,7 @@ def _bodies(data: bytes, off: int) -> Iterator[tuple[int, bytes]]:
 
 def iter_records(data: bytes) -> Iterator[RawSpooled]:
     """The records of a piece kept in memory (spool.Piece), as ``iter_raw`` yields them."""
-    for _off, body in _bodies(data, 0):
+    for _off, body in bodies(data, 0):
         yield RawSpooled(*decode_body(body))
 
 
@@ -68,7 +73,7 @@ def iter_raw(path: str, repair: bool = True, start: int = 0, end: int | None = N
             if off + _REC.size + length > end:
                 break
             body = f.read(length)
-            if length < _MIN_BODY or len(body) != length or zlib.crc32(body) != crc:
+            if not _intact(length, crc, body, _MIN_BODY):
                 break
             batch, raw = decode_body(body)
             yield RawSpooled(batch, raw)
@@ -87,7 +92,7 @@ def read_file(path: str, page_size: int, repair: bool = True, start: int = 0,
         data = f.read() if end is None else f.read(end)
     out: list[SpooledTxn] = []
     off = start
-    for off, body in _bodies(data, start):  # off: where the intact records end
+    for off, body in bodies(data, start):  # off: where the intact records end
         batch, raw = decode_body(body)
         records = list(decode_txns(raw, page_size, path))
         for record in records[:-1]:
