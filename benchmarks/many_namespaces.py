@@ -45,6 +45,8 @@ sys.path.insert(0, HERE)
 from _common import log, read_log  # noqa: E402  (puts tests/ on sys.path too)
 from _oracle import InsertOnly, digest_file, random_targets  # noqa: E402
 from _procwatch import cpu_seconds, memory_mb  # noqa: E402
+from walrewind.engine.replica.format import FLAG_STAMP_LATE  # noqa: E402
+from walrewind.engine.replica.index import Replica  # noqa: E402
 from walrewind.engine.restore.restorer import restore  # noqa: E402
 from walrewind.engine.storage import open_storage  # noqa: E402
 
@@ -336,7 +338,24 @@ def judge(a: argparse.Namespace, written: list[int], replica: str, logdir: str, 
     log(f"targets: {exact}/{checked} exact in namespaces {', '.join(f'ns{i:04d}' for i in picks)}")
     for v in bad:
         log(f"  NOT EXACT: {v}")
-    return {"targets_exact": exact, "targets_checked": checked, "not_exact": bad}
+    late, shipped = late_stamps(replica, written)
+    log(f"stamps: {late} of {shipped} shipped commits of the written namespaces flagged late (FLAG_STAMP_LATE)")
+    return {"targets_exact": exact, "targets_checked": checked, "not_exact": bad, "late_stamps": late,
+            "commits_shipped": shipped}
+
+
+def late_stamps(replica: str, written: list[int]) -> tuple[int, int]:
+    """Commits whose stamp is only an upper bound (seen late: a starved or busy observer), of all
+    shipped by the written namespaces: what honesty about stamps costs under this load."""
+    late = shipped = 0
+    for i in written:
+        index = Replica(open_storage(f"file://{replica}/ns{i:04d}"))
+        for gen in index.generations:
+            for seg in gen.segments:
+                for rec in index.load_segment(seg)[1]:
+                    shipped += 1
+                    late += bool(rec.flags & FLAG_STAMP_LATE)
+    return late, shipped
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from harness import read_log, run_writer, wait_for
 from test_daemon_outage import switchable_daemon
 from test_daemon_spool import PAGE, make_items
 from walrewind.engine.daemon.lag import LagProbe
-from walrewind.engine.daemon.observer import Observations
+from walrewind.engine.daemon.observations import Observations
 from walrewind.engine.daemon.spool import StateDir
 from walrewind.engine.daemon.stats import ReplicatorStats
 

@@ -194,7 +194,7 @@ def test_events_that_never_arrive_switch_the_database_to_polling(tmp_path, monke
     monkeypatch.setattr(replicator_module, "MANY_SAFETY_SECONDS", 0.05)
     if kind == "hub":
         monkeypatch.setattr(Replicator, "many_databases", True)
-        monkeypatch.setattr(HubWaker, "_changed_now", lambda self: None)  # the kernel's events are lost
+        monkeypatch.setattr(InotifyHub, "_dispatch", lambda self, buf, woken_us=0: None)  # the kernel's events are lost
     else:
         real_drain = Waker._drain
         monkeypatch.setattr(Waker, "_drain", lambda self: real_drain(self) and False)
@@ -280,13 +280,15 @@ def test_an_idle_database_does_not_wake_its_threads(tmp_path, monkeypatch, kind)
         uploaders = ([t for t in threading.enumerate() if t.name == "walrewind-uploader"] if kind == "own"
                      else UploadPool.shared()._threads)  # many: the shared pool runs its upload steps
         tids = [t.native_id for t in threading.enumerate() if t.name == "walrewind-observer"]
+        # (many: the hub's dispatcher runs the observer's looks, hubobserver.py: no thread of its own)
+        assert len(tids) == (1 if kind == "own" else 0)
         tids += [t.native_id for t in uploaders] + [daemon.thread.native_id]
-        assert len(tids) == 2 + len(uploaders) and len(uploaders) >= 1
+        assert len(uploaders) >= 1
         before = _switches(tids)
         per = [_switches([t]) for t in tids]
         time.sleep(2.0)
         woke = _switches(tids) - before
-        per = [_switches([t]) - p for t, p in zip(tids, per)]  # observer, uploader(s), reader
+        per = [_switches([t]) - p for t, p in zip(tids, per)]  # (observer), uploader(s), reader
         assert woke <= (3 if kind == "own" else 2), f"{woke} wake-ups of an idle database's threads in 2 s (were ~40): {per}"
         txid = shipper.stats.uploaded_txid
         start_writer({"db": db, "log": os.devnull, "txns": 1}).communicate(timeout=60)

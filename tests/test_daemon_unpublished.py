@@ -24,7 +24,8 @@ from harness import (
     run_writer,
 )
 from walrewind.engine.daemon import clock
-from walrewind.engine.daemon.observer import UNKNOWN_CHANGE, Observations, Observer
+from walrewind.engine.daemon.observations import UNKNOWN_CHANGE, Observations
+from walrewind.engine.daemon.observer import Observer
 from walrewind.engine.daemon.stats import ReplicatorStats
 from walrewind.engine.sqlite.shm import SHM_HEADER_BYTES, commit_fields
 from walrewind.engine.sqlite.walfile import PEEK_FRAMES, WalFile

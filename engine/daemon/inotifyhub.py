@@ -5,12 +5,13 @@ instance per database (engine/daemon/waker.Waker) it ran out at ``fs.inotify.max
 (128 by default): every database past it silently polled every 250 ms, each poll a thread
 wake-up.  So a "many" process (engine/daemon/fleet.prepare_process: sqld, or more than
 FEW_DATABASES) holds ONE inotify instance (``InotifyHub``, made through watchdog's ctypes bindings,
-without watchdog's observer threads) and one dispatcher thread blocked in ``read()`` on it, which
+without watchdog's observer threads) and one dispatcher thread waiting on it in ``epoll``, which
 routes each event to the ``HubWaker`` of the database it concerns.  A ``HubWaker`` is a flag pair
-under a condition variable, no descriptor of its own; it offers the observer what a ``Waker``
-does.  The hop through the dispatcher costs tens of microseconds per commit, well inside the stamp
-budget (5 ms), but it is a thread switch per commit that a single database does not pay: a
-process with a few databases keeps ``Waker``.
+under a condition variable, no descriptor of its own; it offers an observer thread what a
+``Waker`` does, or, with a ``driven`` observer (engine/daemon/hubobserver.py), the dispatcher
+makes that database's look itself, and runs its timed looks at the deadlines it schedules here
+(``schedule``: a heap the ``epoll`` wait's timeout comes from).  A process with a few databases
+keeps ``Waker`` and a thread per observer: no hop through a dispatcher.
 
 Where inotify cannot be had (no instance, the watch limit ``max_user_watches`` reached, a file
 system without events) ``watch`` returns False and the observer polls instead.
@@ -18,10 +19,17 @@ system without events) ``watch`` returns False and the observer polls instead.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
+import select
 import struct
 import threading
+import time
+from typing import Protocol
+
+from . import clock
 
 log = logging.getLogger("walrewind.waker")
 
@@ -34,6 +42,17 @@ IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
 DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_TO
 APPEARED = IN_CREATE | IN_MOVED_TO
+FULL_READ = 32768  # a read of events this long may have left more queued: read again
+COMPACT_MIN = 4096  # deadline heap entries before the ones no longer counting are dropped
+
+
+class Driven(Protocol):
+    """A database whose observer the dispatcher runs itself (engine/daemon/hubobserver.py)."""
+
+    deadline: float  # when its next on_deadline() is due (monotonic; 0: none)
+
+    def on_change(self, woken_us: int) -> None: ...  # its -wal changed (``woken_us``: when we learnt of it)
+    def on_deadline(self) -> None: ...  # the time it asked for (``InotifyHub.schedule``) came
 
 
 class InotifyHub:
@@ -68,7 +87,22 @@ class InotifyHub:
         fd = inotify_init()
         if fd < 0:
             raise OSError("inotify_init failed (fs.inotify.max_user_instances reached?)")
+        os.set_blocking(fd, False)
         self.fd = fd
+        self._bell = os.eventfd(0, os.EFD_NONBLOCK)  # rung when a new deadline is earlier than the dispatcher's sleep
+        self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._epoll.register(self._bell, select.EPOLLIN)
+        # Deadlines of driven observers: (monotonic, sequence, driven), the driven's own ``deadline``
+        # deciding whether an entry still counts (rescheduling leaves the old entry behind).
+        self._timers: list[tuple[float, int, Driven]] = []
+        self._compact_at = COMPACT_MIN
+        self._timer_lock = threading.Lock()
+        self._sleep_until = 0.0  # when the dispatcher's current wait ends (0: it is not waiting)
+        self._seq = itertools.count()
+        # Held while the dispatcher runs observers' steps: ``unschedule`` waits for it, so a
+        # database's descriptors can be closed once its driven observer left.
+        self.stepping = threading.Lock()
         self._lock = threading.Lock()
         self._wal: dict[int, set[HubWaker]] = {}  # wd of a -wal -> wakers watching it
         self._dir: dict[int, dict[bytes, set[HubWaker]]] = {}  # wd of a directory -> file name -> wakers
@@ -134,22 +168,91 @@ class InotifyHub:
                     self._rm(self.fd, waker._dir_wd)
             waker._wal_wd = waker._dir_wd = -1
 
+    # ------------------------------------------------------------------ driven observers' deadlines
+    def schedule(self, driven: Driven, at: float) -> None:
+        """Call ``driven.on_deadline()`` on the dispatcher thread at monotonic time ``at`` (replacing
+        any earlier deadline of it)."""
+        driven.deadline = at
+        with self._timer_lock:
+            timers = self._timers
+            heapq.heappush(timers, (at, next(self._seq), driven))
+            if len(timers) > self._compact_at:  # entries left behind by rescheduling (one per commit)
+                timers[:] = [entry for entry in timers if entry[2].deadline == entry[0]]
+                heapq.heapify(timers)
+                self._compact_at = max(COMPACT_MIN, 4 * len(timers))
+            ring = at < self._sleep_until and threading.current_thread() is not self._thread
+        if ring:
+            os.eventfd_write(self._bell, 1)
+
+    def unschedule(self, driven: Driven) -> None:
+        """No more deadlines of ``driven``; returns once no step of it runs (its descriptors may
+        close).  Not from the dispatcher thread."""
+        driven.deadline = 0.0
+        with self.stepping:
+            pass
+
+    def _due(self, now: float) -> list[Driven]:
+        """The driven observers whose deadline came, in deadline order.  Locked."""
+        timers, due = self._timers, []
+        while timers and timers[0][0] <= now:
+            at, _seq, driven = heapq.heappop(timers)
+            if driven.deadline == at:
+                driven.deadline = 0.0
+                due.append(driven)
+        return due
+
     # ------------------------------------------------------------------ the dispatcher thread
     def _run(self) -> None:
+        poll, monotonic, now_us = self._epoll.poll, time.monotonic, clock.now_us
         while True:
+            with self._timer_lock:
+                now = monotonic()
+                due = self._due(now)
+                if due:
+                    timeout = 0.0
+                else:
+                    self._sleep_until = self._timers[0][0] if self._timers else float("inf")
+                    timeout = self._sleep_until - now if self._timers else -1
+            if due:
+                self._step_due(due)
+                continue
             try:
-                buf = os.read(self.fd, 65536)  # blocks without the GIL until events arrive
+                ready = poll(timeout)  # without the GIL until events arrive or a deadline comes
             except InterruptedError:
                 continue
-            except OSError as exc:  # never expected; the observers' safety looks find MISSED_EVENTS_MAX
-                log.error("reading inotify events failed (%s): databases fall back to polling", exc)
-                return
-            try:
-                self._dispatch(buf)
-            except Exception:  # a bug here must not silence every database's wake-ups
-                log.exception("dispatching inotify events failed")
+            self._sleep_until = 0.0
+            woken_us = now_us()
+            for fd, _ev in ready:
+                if fd == self._bell:
+                    os.eventfd_read(self._bell)
+                    continue
+                try:
+                    buf = chunk = os.read(self.fd, 65536)
+                    while len(chunk) >= FULL_READ:  # (a full read may have left more queued)
+                        try:
+                            chunk = os.read(self.fd, 65536)
+                        except BlockingIOError:
+                            break
+                        buf += chunk
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:  # never expected; the observers' safety looks find MISSED_EVENTS_MAX
+                    log.error("reading inotify events failed (%s): databases fall back to polling", exc)
+                    return
+                try:
+                    self._dispatch(buf, woken_us)
+                except Exception:  # a bug here must not silence every database's wake-ups
+                    log.exception("dispatching inotify events failed")
 
-    def _dispatch(self, buf: bytes) -> None:
+    def _step_due(self, due: list[Driven]) -> None:
+        with self.stepping:
+            for driven in due:
+                try:
+                    driven.on_deadline()
+                except Exception:  # one database's bug must not stop the others' looks
+                    log.exception("a timed look failed")
+
+    def _dispatch(self, buf: bytes, woken_us: int = 0) -> None:
         woken: set[HubWaker] = set()
         off = 0
         with self._lock:
@@ -180,8 +283,20 @@ class InotifyHub:
                     woken.add(w)
                     if name == w._names[1] and mask & APPEARED:
                         self._watch_wal(w)  # a new -wal file: watch it
+        driven = [w for w in woken if w.driven is not None]
         for w in woken:
-            w._changed_now()
+            if w.driven is None:
+                w._changed_now()
+        if driven:
+            with self.stepping:
+                for w in driven:
+                    w._changed = True  # (the observer's drain() and pending() take it, on this thread)
+                    d = w.driven
+                    if d is not None:
+                        try:
+                            d.on_change(woken_us)
+                        except Exception:  # one database's bug must not stop the others' looks
+                            log.exception("a look at a WAL write failed")
 
 
 class HubWaker:
@@ -197,6 +312,14 @@ class HubWaker:
         self._dir_wd = self._wal_wd = -1
         self._names: tuple[bytes, ...] = ()
         self._wal_path = ""
+        # Set while the hub's dispatcher runs this database's observer itself (hubobserver.py):
+        # file changes then go to it, not to a waiting thread.
+        self.driven: Driven | None = None
+
+    @property
+    def hub(self) -> InotifyHub | None:
+        """The hub this waker watches through (None: not watching)."""
+        return self._hub
 
     @property
     def watching(self) -> bool:

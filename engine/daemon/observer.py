@@ -1,18 +1,11 @@
-"""When each commit was first seen, independent of when its frames are read.
+"""The observe stage: when each commit was first seen, independent of when its frames are read.
 
-The wal-index header (salts, mxFrame) changes with every commit.  Each time the daemon looks at it
-(every inotify wake-up, every read pass) it records ``(generation salts, mxFrame, time)``, the
-time taken *after* the header was read.  A transaction read later, perhaps seconds later under a
-burst, takes the time of the first observation whose mxFrame had reached its commit frame in the
-same generation: the commit had happened by then (the stamp never precedes it), and it was seen
-within one wake-up of happening.  Without a matching observation the reader's own time is used,
-which is later still, so a lost observation makes a stamp late, never early.  A look may also
-find a commit frame written but not yet published (``synchronous=FULL`` fsyncs in between): that
-observation carries the frame's running checksum and stamps only the transaction ending there
-with that checksum (see ``Observer.run``).
-
-Memory is bounded: observations older than the last stamped commit are dropped, and at most
-``MAX_OBSERVATIONS`` are kept (the oldest go first; their commits fall back to a later stamp).
+It looks at the wal-index (and the frame headers past its end) at every write to the -wal and
+records what it saw in ``Observations`` (engine/daemon/observations.py), which the reader stamps
+transactions with.  The looks are a state machine (``Observer.plan``/``Observer.step``) with two
+drivers: a thread of its own waiting on the database's waker (``Observer.run``: a process with a
+few databases), or the process's inotify dispatcher, which runs every database's steps itself
+(engine/daemon/hubobserver.py: a process serving many).
 """
 
 from __future__ import annotations
@@ -20,19 +13,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from typing import Callable, Protocol
 
 from ..sqlite.shm import commit_fields
 from ..sqlite.walfile import PEEK_FRAMES
 from . import clock
+from .observations import STAMP_SLACK_US, UNKNOWN_CHANGE, Observations
 
 log = logging.getLogger("walrewind.observer")
 
-MAX_OBSERVATIONS = 1 << 16
 EXPECT_POLL = 0.002  # after a WAL write, how often to look for the commit in the wal-index
 EXPECT_SECONDS = 0.05  # ... and for how long (a big transaction writes frames long before COMMIT)
-STAMP_SLACK_US = 5_000  # a commit first seen more than this after the previous look: stamp uncertain
 UNCERTAIN_LOG_SECONDS = 60.0  # at most one warning about uncertain stamps per minute
 MISSED_EVENTS_MAX = 3  # commits in a row found by a timed look with no file event: inotify is not
 # delivering this database's events (a bind mount, a network file system): poll it from then on
@@ -45,114 +36,6 @@ FIRST_LOOK_RETRY = 32  # ... but made again after this many skips, in case the w
 # polling).  Every 5-10 s it was 130 looks a second for 1,000 quiet namespaces: 2 % of a core.
 MANY_SAFETY_SECONDS = 30.0
 PUBLISH_POLL = 0.02  # a commit seen written but not yet published: when to look again, unless a file event comes first
-UNKNOWN_CHANGE = -1  # the commit counter of an observation made before the commit was published
-
-
-class Observations:
-    def __init__(self, limit: int = MAX_OBSERVATIONS) -> None:
-        # (salts as one key, mxFrame, time, iChange, uncertain, running checksum if seen unpublished):
-        # one per commit boundary first seen, in time order
-        self._seen: deque[tuple[int, int, int, int, bool, tuple[int, int] | None]] = deque()
-        self.added = 0  # observations ever added (mark_uncertain counts from it)
-        self.looked_us = 0  # when the observer last read the header (the reader's looks compare)
-        # The observer is running on file events: every WAL write wakes it, so a commit the reader
-        # sees first is about to be stamped by it (Reader.observe waits a moment for that).
-        self.event_driven = False
-        self._limit = limit
-        self._lock = threading.Lock()  # the observer thread adds, the reader stamps
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def add(self, salts: bytes, max_frame: int, at_us: int, change: int, uncertain: bool = False,
-            cksum: tuple[int, int] | None = None) -> None:
-        """Record a look that showed commit boundary ``max_frame``; ``uncertain``: the look came
-        more than STAMP_SLACK_US after the one before it, so the commit may be that much older.
-
-        ``cksum``: the look saw commit frame ``max_frame`` *written* but not yet published (see
-        WalFile.peek_commit); its running checksum then identifies the transaction, and the
-        observation stamps only the one ending at exactly that frame with exactly that checksum.
-        ``change`` is UNKNOWN_CHANGE for those (SQLite counts the commit when it publishes it).
-        """
-        key = int.from_bytes(salts, "big")
-        with self._lock:
-            seen = self._seen
-            if seen and _covers(seen[-1], key, max_frame, cksum is not None):
-                return  # nothing new since the last observation
-            seen.append((key, max_frame, at_us, change, uncertain, cksum))
-            self.added += 1
-            if len(seen) > self._limit:
-                seen.popleft()
-
-    def knows(self, salts: bytes, max_frame: int) -> bool:
-        """A published commit boundary at or past ``max_frame`` of this generation is recorded."""
-        seen = self._seen
-        last = seen[-1] if seen else None  # (one atomic read: the observer only appends)
-        return last is not None and _covers(last, int.from_bytes(salts, "big"), max_frame, False)
-
-    def mark_uncertain(self, since_added: int) -> None:
-        """Every observation added after the count was ``since_added`` came after a gap."""
-        with self._lock:
-            seen = self._seen
-            for i in range(1, min(self.added - since_added, len(seen)) + 1):
-                key, max_frame, at_us, change, _uncertain, cksum = seen[-i]
-                seen[-i] = (key, max_frame, at_us, change, True, cksum)
-
-    def stamp(self, salt1: int, salt2: int, frame: int, fallback_us: int,
-              cksum: tuple[int, int] | None = None) -> tuple[int, bool]:
-        """When commit ``frame`` of generation (salt1, salt2) was first seen, and whether that
-        time is only an upper bound (the look came after a gap; or no look showed it: the
-        reader's time ``fallback_us``, late by an unknown amount).  ``cksum``: the running
-        checksum after the transaction's commit frame (what a look at an unpublished commit
-        frame must match)."""
-        key = (salt1 << 32) | salt2
-        with self._lock:
-            seen = self._seen
-            for i, (k, max_frame, at_us, _change, uncertain, seen_cksum) in enumerate(seen):
-                if k != key or max_frame < frame:
-                    continue
-                if seen_cksum is not None and (max_frame != frame or seen_cksum != cksum):
-                    continue  # a commit frame seen before it was published: evidence for that transaction only
-                for _ in range(i):  # older ones only served commits already stamped
-                    seen.popleft()
-                return (at_us, uncertain) if at_us <= fallback_us else (fallback_us, True)
-        return fallback_us, True
-
-    def change_at(self, salt1: int, salt2: int, frame: int) -> int | None:
-        """SQLite's commit counter when the wal-index ended exactly at this commit, if observed.
-
-        Lets the reader account for a batch that ended short of the current end (a burst): the
-        commits read up to an observed boundary must equal the counter's advance up to it.
-        """
-        key = (salt1 << 32) | salt2
-        with self._lock:
-            for k, max_frame, _at, change, _uncertain, _cksum in reversed(self._seen):
-                if change == UNKNOWN_CHANGE:
-                    continue
-                if k == key and max_frame == frame:
-                    return change
-                if k == key and max_frame < frame:
-                    return None
-        return None
-
-    def first_seen_after(self, change: int) -> int | None:
-        """When a commit SQLite counted after counter value ``change`` was first seen (µs), if any
-        observation shows one: the age of the oldest commit not yet read and spooled."""
-        with self._lock:
-            for _key, _max_frame, at_us, seen_change, _uncertain, _cksum in self._seen:
-                if seen_change != UNKNOWN_CHANGE and 0 < ((seen_change - change) & 0xFFFFFFFF) < 0x80000000:  # ahead, modulo wrap-around
-                    return at_us
-        return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._seen.clear()
-
-
-def _covers(last: tuple, key: int, max_frame: int, unpublished: bool) -> bool:
-    """Observation ``last`` already shows commit boundary ``max_frame`` of generation ``key``: a
-    published one shows it either way, a frame seen written but unpublished only to its kind."""
-    return last[0] == key and last[1] >= max_frame and (unpublished or last[5] is None)
 
 
 class WalIndex(Protocol):
@@ -221,6 +104,16 @@ class Observer:
         self._raw = b""  # the wal-index header bytes _cur was read from
         self._last_uncertain_log = 0.0
         self.uncertain_since_log = 0
+        # The looks' state between steps (plan() and step() run on one thread at a time: the
+        # observer's own, or the hub's dispatcher).
+        self._expect_until = 0.0  # the WAL was written but no commit seen yet: look again every EXPECT_POLL
+        self._publish_at = 0.0  # a commit seen written (stamped) but not published: look then, unless an event comes first
+        self._next_probe = 0.0
+        self._hits, self._skipped = 1.0, 0  # how often a look at a WAL write finds something (moving average); looks skipped
+        self._last_peek: tuple | None = None  # the last commit frame seen written before it was published
+        self._started = self._timeout = 0.0  # when plan() planned the wait, and for how long
+        self._changes = True  # ... whether a change of the -wal ends it
+        self._expecting = self._last_look = False
 
     def _idle_timeout(self) -> float:
         if self.self_probe and self.pinned():
@@ -317,14 +210,82 @@ class Observer:
         return cur[1] - upto[2]
 
     def run(self, stop: threading.Event) -> None:
+        """The observer's own thread (a process with a few databases): wait as ``plan()`` says,
+        then ``step()``, until ``stop``."""
         self.observations.event_driven = self.inotify
+        wait = self.waker.wait
         try:
-            self._event_loop(stop)
+            while not stop.is_set():
+                timeout, changes = self.plan()
+                if changes:
+                    woke = wait(timeout)
+                else:
+                    if timeout:
+                        wait(timeout, False)
+                    woke = False
+                if not woke and stop.is_set():
+                    break
+                self.step(woke)
         finally:
             self.observations.event_driven = False
 
-    def _event_loop(self, stop: threading.Event) -> None:
-        """Wake at each WAL write and stamp its commit; probe locks while pinned.
+    def plan(self) -> tuple[float, bool]:
+        """The wait before the next look: how long, and whether a change of the -wal ends it.
+
+        Waiting for changes: the timed wake-up is the safety look (or, pinned without the shared
+        prober, the lock probe), or the look for a commit stamped written but not yet published
+        (``PUBLISH_POLL``).  Not waiting for them: a look ``EXPECT_POLL`` after a WAL write whose
+        commit was not found (the rest of that write's events are taken by the look's drain), or
+        0 seconds: look now.
+        """
+        started = self._started = time.monotonic()
+        self._last_look = False
+        if not self._expect_until:
+            timeout = self._idle_timeout()
+            if self._publish_at:
+                timeout = max(0.0, min(timeout, self._publish_at - started))
+            self._timeout, self._changes = timeout, True
+            return timeout, True
+        expecting = self._expect_until > started
+        if not expecting:
+            # Still no commit after EXPECT_SECONDS: while the writer holds the write lock (a
+            # slow fsync under load, a big transaction) its commit is still to come; keep
+            # looking rather than wait for a timed look (its file events were drained).
+            # Otherwise look once more now: it may have committed since the last look.
+            expecting = self.wal_index.writer_active()
+            self._expect_until = started + EXPECT_SECONDS if expecting else 0.0
+            self._last_look = not expecting
+        self._expecting = expecting
+        self._timeout, self._changes = (0.0 if self._last_look else EXPECT_POLL), False
+        return self._timeout, False
+
+    def step(self, woke: bool, woken_us: int = 0) -> None:
+        """The look the wait ``plan()`` asked for ended in: ``woke``, by a change of the -wal.
+
+        ``woken_us``: when the driver learnt of that change (the dispatcher, engine/daemon/
+        hubobserver.py); a look made more than STAMP_SLACK_US later (the dispatcher busy with
+        other databases) stamps what it finds uncertain, by that much.
+        """
+        stats = self.stats
+        if self._changes:
+            if woke:
+                self._publish_at = 0.0
+                self._on_wal_write(woken_us)
+                return
+            expecting = bool(self._publish_at) and time.monotonic() >= self._publish_at  # a look for a commit stamped already
+            self._publish_at = 0.0
+            if expecting:
+                stats.wake_looks += 1
+            else:
+                stats.wake_timeouts += 1
+        else:
+            expecting = self._expecting
+            if not self._last_look:
+                stats.wake_looks += 1
+        self._timed_look(expecting)
+
+    def _on_wal_write(self, woken_us: int) -> None:
+        """The event path: a WAL write, nothing expected; stamp its commit.
 
         Per commit at a steady rate this is one wake-up: the WAL write (inotify).  Its look finds
         the commit published (``synchronous=NORMAL``: SQLite publishes right after writing) or
@@ -336,114 +297,74 @@ class Observer:
         it is published, at the next WAL write or ``PUBLISH_POLL`` later.
 
         A wake-up costs ~100-200 us of CPU on a small VM with a writer running (a cross-CPU wake,
-        cold caches: every Python operation after it costs several times its warm cost), so the
-        event path below does only this: one inotify read (in the wait), one header pread
-        compared as raw bytes with the last one (parsed only when they differ), one pread of
-        the frame headers past the published end, the reader's notification only when a commit
-        was published and the reader does not know of new commits yet.  No lock probe: the
-        events are drained *before* the look and the peek sees every frame written before that,
-        so a transaction still being written (or not begun) writes the WAL again after the
-        drain, and wakes us again.  Only a transaction longer than the peek (or a look without
-        one) needs the timed looks every ``EXPECT_POLL`` while the writer holds the write lock.
-        Nor a checkpointer probe: a blocking checkpointer holds the write lock while it waits,
-        so no WAL write wakes us then, and the timed wake-up (``probe_interval()`` at most
-        after the last event) probes.  ``clock.now_us`` is bound when the thread starts.
+        cold caches: every Python operation after it costs several times its warm cost), so this
+        does only this: one header pread compared as raw bytes with the last one (parsed only
+        when they differ), one pread of the frame headers past the published end, the reader's
+        notification only when a commit was published and the reader does not know of new
+        commits yet.  No lock probe: the events were drained *before* the look and the peek
+        sees every frame written before that, so a transaction still being written (or not
+        begun) writes the WAL again after the drain, and wakes us again.  Only a transaction
+        longer than the peek (or a look without one) needs the timed looks every
+        ``EXPECT_POLL`` while the writer holds the write lock.  Nor a checkpointer probe: a
+        blocking checkpointer holds the write lock while it waits, so no WAL write wakes us
+        then, and the timed wake-up (``probe_interval()`` at most after the last event) probes.
         """
-        wait, read_header, peek, writer_active = self.waker.wait, self.wal_index.read_header, self.peek, self.wal_index.writer_active
-        stats, obs, pinned, now_us, monotonic = self.stats, self.observations, self.pinned, clock.now_us, time.monotonic
-        last_peek: tuple | None = None  # the last commit frame seen written before it was published
-        expect_until = 0.0  # the WAL was written but no commit seen yet: look again every EXPECT_POLL
-        publish_at = 0.0  # a commit seen written (stamped) but not published: look then, unless an event comes first
-        next_probe = 0.0
-        hits, skipped = 1.0, 0  # how often a look at a WAL write finds something (moving average); looks skipped
-        while not stop.is_set():
-            started = monotonic()
-            last_look = False
-            if not expect_until:
-                timeout = self.probe_interval() if self.self_probe and pinned() else (
-                    self.safety_poll if self.inotify else self.idle_poll)
-                if publish_at:
-                    timeout = max(0.0, min(timeout, publish_at - started))
-                if wait(timeout):
-                    # ---- the event path: a WAL write, nothing expected
-                    stats.wake_changes += 1
-                    publish_at = 0.0
-                    if hits < FIRST_LOOK_MIN and skipped < FIRST_LOOK_RETRY:
-                        # A writer whose looks at its WAL writes keep finding nothing: look
-                        # EXPECT_POLL later instead.
-                        skipped += 1
-                        obs.looked_us = now_us()
-                        expect_until = monotonic() + EXPECT_SECONDS
-                        continue
-                    raw = read_header()
-                    obs.looked_us = looked = now_us()
-                    changed = raw != self._raw and self._header(raw, looked)
-                    cur = self._cur
-                    found = peek(cur[2], cur[1], cur[3]) if cur is not None and peek is not None else None
-                    if found.__class__ is tuple:
-                        if found != last_peek:
-                            last_peek = found
-                            obs.add(found[0], found[1], now_us(), UNKNOWN_CHANGE, cksum=found[2])
-                            stats.unpublished_stamps += 1
-                            publish_at = monotonic() + PUBLISH_POLL
-                        elif not changed:  # stamped already, still not published
-                            publish_at = monotonic() + PUBLISH_POLL
-                        hit = True
-                    elif found is None or found == PEEK_FRAMES:  # no peek, or too long to tell: look again
-                        hit = changed
-                        if not changed or writer_active():
-                            expect_until = monotonic() + EXPECT_SECONDS
-                        else:  # no writer now: one more look, for a commit published since ours
-                            raw = read_header()
-                            if raw != self._raw and self._header(raw, now_us()):
-                                expect_until = monotonic() + EXPECT_SECONDS  # (and yet another: keep looking)
-                    else:
-                        hit = changed or found > 0  # a transaction under way: its next write wakes us
-                    hits += ((1.0 if hit else 0.0) - hits) / 8
-                    skipped = 0
-                    if changed:
-                        self._missed_events = 0
-                        # The reader knows of new commits already and defers: only a backlog is news.
-                        # (Read without the lock: the reader clears new_commits before it reads the
-                        # wal-index, so a commit published before our look is read either way.)
-                        if not self.new_commits or self.reader_waiting_for_commits or (
-                                not self.backlog and self._behind() >= self.backlog_frames):
-                            self._notify()
-                    continue
-                expecting = bool(publish_at) and monotonic() >= publish_at  # a look for a commit stamped already
-                publish_at = 0.0
-                if expecting:
-                    stats.wake_looks += 1
-                else:
-                    stats.wake_timeouts += 1
-            else:
-                expecting = expect_until > started
-                if not expecting:
-                    # Still no commit after EXPECT_SECONDS: while the writer holds the write lock (a
-                    # slow fsync under load, a big transaction) its commit is still to come; keep
-                    # looking rather than wait for a timed look (its file events were drained).
-                    # Otherwise look once more now: it may have committed since the last look.
-                    expecting = writer_active()
-                    expect_until = started + EXPECT_SECONDS if expecting else 0.0
-                    last_look = not expecting
-                if last_look:
-                    timeout = 0.0
-                else:
-                    timeout = EXPECT_POLL
-                    wait(timeout, False)
-                    stats.wake_looks += 1
-            if stop.is_set():
-                break
-            expect_until, next_probe = self._timed_look(started, timeout, expecting, last_look, expect_until, next_probe)
+        stats, obs, now_us, monotonic = self.stats, self.observations, clock.now_us, time.monotonic
+        stats.wake_changes += 1
+        if self._hits < FIRST_LOOK_MIN and self._skipped < FIRST_LOOK_RETRY:
+            # A writer whose looks at its WAL writes keep finding nothing: look EXPECT_POLL later instead.
+            self._skipped += 1
+            obs.looked_us = now_us()
+            self._expect_until = monotonic() + EXPECT_SECONDS
+            return
+        added_before = obs.added
+        raw = self.wal_index.read_header()
+        obs.looked_us = looked = now_us()
+        changed = raw != self._raw and self._header(raw, looked)
+        cur, peek = self._cur, self.peek
+        found = peek(cur[2], cur[1], cur[3]) if cur is not None and peek is not None else None
+        if found.__class__ is tuple:
+            if found != self._last_peek:
+                self._last_peek = found
+                obs.add(found[0], found[1], now_us(), UNKNOWN_CHANGE, cksum=found[2])
+                stats.unpublished_stamps += 1
+                self._publish_at = monotonic() + PUBLISH_POLL
+            elif not changed:  # stamped already, still not published
+                self._publish_at = monotonic() + PUBLISH_POLL
+            hit = True
+        elif found is None or found == PEEK_FRAMES:  # no peek, or too long to tell: look again
+            hit = changed
+            if not changed or self.wal_index.writer_active():
+                self._expect_until = monotonic() + EXPECT_SECONDS
+            else:  # no writer now: one more look, for a commit published since ours
+                raw = self.wal_index.read_header()
+                if raw != self._raw and self._header(raw, now_us()):
+                    self._expect_until = monotonic() + EXPECT_SECONDS  # (and yet another: keep looking)
+        else:
+            hit = changed or found > 0  # a transaction under way: its next write wakes us
+        self._hits += ((1.0 if hit else 0.0) - self._hits) / 8
+        self._skipped = 0
+        if woken_us and obs.added != added_before:
+            late_us = now_us() - woken_us
+            if late_us > STAMP_SLACK_US:
+                self._uncertain(late_us, added_before)
+        if changed:
+            self._missed_events = 0
+            # The reader knows of new commits already and defers: only a backlog is news.
+            # (Read without the lock: the reader clears new_commits before it reads the
+            # wal-index, so a commit published before our look is read either way.)
+            if not self.new_commits or self.reader_waiting_for_commits or (
+                    not self.backlog and self._behind() >= self.backlog_frames):
+                self._notify()
 
-    def _timed_look(self, started: float, timeout: float, expecting: bool, last_look: bool, expect_until: float,
-                    next_probe: float) -> tuple[float, float]:
+    def _timed_look(self, expecting: bool) -> None:
         """A look no file event asked for: EXPECT_POLL after one, or a timed (safety) look.
 
-        Returns the new ``expect_until`` and ``next_probe``.  A commit this finds that no event
-        announced is counted and flagged (its stamp is late by up to the timeout); so is one
-        found after the thread overslept its timeout by more than STAMP_SLACK_US.
+        A commit this finds that no event announced is counted and flagged (its stamp is late
+        by up to the timeout); so is one found after the wait overslept its timeout by more
+        than STAMP_SLACK_US.
         """
+        started, timeout, last_look, expect_until = self._started, self._timeout, self._last_look, self._expect_until
         obs, stats = self.observations, self.stats
         now = time.monotonic()
         added_before = obs.added
@@ -484,8 +405,8 @@ class Observer:
             expect_until = now + EXPECT_SECONDS  # (a stamped commit still unpublished)
         elif not self.inotify:
             self._notify()  # polling only: let the reader look for itself
-        if self.self_probe and now >= next_probe and self.pinned():
-            next_probe = now + self.probe_interval() - 0.001  # a timed wake-up always probes
+        if self.self_probe and now >= self._next_probe and self.pinned():
+            self._next_probe = now + self.probe_interval() - 0.001  # a timed wake-up always probes
             if self.wal_index.checkpointer_waiting():
                 self._notify(checkpointer=True)
         if self.uncertain_since_log and time.monotonic() - self._last_uncertain_log > UNCERTAIN_LOG_SECONDS:
@@ -496,4 +417,4 @@ class Observer:
             )
             self.uncertain_since_log = 0
             self._last_uncertain_log = time.monotonic()
-        return expect_until, next_probe
+        self._expect_until = expect_until

@@ -28,7 +28,7 @@ from ..sqlite.pin import ReadPin
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import MASK, WalFile, WalPosition
 from . import clock
-from .observer import STAMP_SLACK_US, Observations
+from .observations import STAMP_SLACK_US, Observations
 from .spool import SpooledTxn, StateDir
 from .state import ReplicationState
 from .stats import ReplicatorStats

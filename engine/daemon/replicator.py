@@ -32,10 +32,12 @@ from ..sqlite.pin import ReadPin, open_readonly
 from ..sqlite.shm import ShmHeader, ShmObserver
 from ..sqlite.walfile import WalFile, WalPosition
 from ..storage import Storage
+from .hubobserver import HubObserving
 from .inotifyhub import HubWaker
 from .lag import LagProbe
 from .maintenancepool import MaintenancePool, PooledMaintenance
-from .observer import MANY_SAFETY_SECONDS, Observations, Observer
+from .observations import Observations
+from .observer import MANY_SAFETY_SECONDS, Observer
 from .overflow import enter_overflow, leave_overflow
 from .pinpolicy import MAX_WAL_BYTES, QUICK_RELEASE_GAP_SECONDS, PinPolicy
 from .prober import CheckpointProber
@@ -372,8 +374,7 @@ class Replicator:
                 self._share_prober(self.observer)
             if self.pin_policy.checkpoint_frames:  # daemon checkpoints run after read passes: read sooner
                 self.observer.backlog_frames = min(self.observer.backlog_frames, self.pin_policy.checkpoint_frames)
-            observer = threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
-                                        name="walrewind-observer", daemon=True)
+            observer = self._observe()
             # Observing starts before the base snapshot: the commits made while a big database is
             # captured (seconds) are read after it, and keep the times they were first seen.
             observer.start()
@@ -446,6 +447,15 @@ class Replicator:
                 observer.join()
             self._close_waker()
             self._close()
+
+    def _observe(self) -> threading.Thread | HubObserving:
+        """The observer's driver: the inotify hub's dispatcher when this waker watches through it
+        (a many process: no thread per database, hubobserver.py), else a thread of its own."""
+        hub = self._waker.hub if isinstance(self._waker, HubWaker) else None
+        if hub is not None and self.observer.inotify:
+            return HubObserving(hub, self._waker, self.observer, self.name)
+        return threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
+                                name="walrewind-observer", daemon=True)
 
     def _tail_loop(self) -> None:
         tail_loop(self)  # engine/daemon/tailloop.py
