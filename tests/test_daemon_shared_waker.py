@@ -251,8 +251,41 @@ def test_a_slow_writers_pin_is_released_in_the_pass_that_read_it(tmp_path, many)
         wait_until(lambda: shipper.stats.uploaded_txid >= shipper.stats.last_txid >= 6, 30, "the uploads")
     assert pinned <= samples * 0.1, f"pinned in {pinned} of {samples} samples"
     assert prober.probes - probes <= 10
+    # its commits after the first are read without a pin at all (Reader.tick's ``unpinned``)
+    assert shipper.stats.unpinned_reads >= 3 and shipper.stats.unpinned_retries == 0
     assert shipper.stats.resyncs == 0
     check_restores(replica, log, tmp_path, 3, 905)
+
+
+@pytest.mark.slow
+def test_an_unpinned_read_that_sees_the_wal_restart_reads_again_pinned(tmp_path, many):
+    """The header after an unpinned read names another generation (a checkpoint restarted the WAL
+    and a writer may have overwritten what was read): nothing read is kept, the pass reads again
+    under a pin, and every commit still ships, exact."""
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    with DaemonThread(db, replica, str(tmp_path / "state")) as shipper:
+        wait_until(lambda: not shipper.pin.active, 10, "the start-up pin's release")
+        reader, real_tick, forged = shipper.reader, shipper.reader.tick, []
+
+        def tick(pinned_at=None, unpinned=False):
+            if unpinned and not forged:  # (the reading thread: the only one reading whole headers)
+                real_header = reader.shm.header
+
+                def header(*args):
+                    reader.shm.header = real_header  # once
+                    hdr = real_header(*args)
+                    forged.append(hdr)
+                    return hdr._replace(salts=bytes(8))  # another generation's salts
+                reader.shm.header = header
+            return real_tick(pinned_at, unpinned)
+
+        reader.tick = tick
+        start_writer({"db": db, "log": log, "checksums": True, "rate": 1.5, "txns": 5, "seed": 6}).communicate(timeout=60)
+        wait_until(lambda: shipper.stats.uploaded_txid >= shipper.stats.last_txid >= 5, 30, "the uploads")
+    assert len(forged) == 1 and shipper.stats.unpinned_retries == 1
+    assert shipper.stats.resyncs == 0
+    check_restores(replica, log, tmp_path, 3, 906)
 
 
 def _switches(tids: list[int]) -> int:

@@ -128,6 +128,14 @@ class PinPolicy:
         """True while we deliberately read without a pin (see ``_wal_too_big``)."""
         return self._let_go
 
+    @property
+    def reads_unpinned(self) -> bool:
+        """A slow writer in a process serving many databases (its last commits came at least
+        ``quick_release_gap`` after the ones before): read its commits without a pin at all
+        (Reader.tick's ``unpinned``), instead of taking one and releasing it in the same pass."""
+        gap = self.quick_release_gap
+        return bool(gap) and not self._let_go and self.shipper.commit_gap >= gap
+
     def after_read(self, read_now: int) -> None:
         if self.pin.active and self.shm.checkpointer_waiting():
             self.yield_to_checkpointer()
@@ -187,7 +195,7 @@ class PinPolicy:
                 # begins: acquire() reads the header after it begins and takes the pin only
                 # when the two agree.
                 self.pin.acquire(self.shm, hdr)
-        elif read_now:
+        elif read_now and not self.reads_unpinned:  # (a writer that sped up is pinned from now on)
             self.pin.acquire(self.shm, hdr)
         if self.checkpoint_frames and hdr.max_frame - hdr.backfilled >= self.checkpoint_frames:
             # Caught up or not: the barrier below stops the writer and reads to the end first.

@@ -45,7 +45,8 @@ OBSERVER_GRACE = 0.005  # how long a read pass waits for the observer to stamp a
 class Reader:
     def __init__(self, rs: ReplicationState, spool_dir: StateDir, stats: ReplicatorStats, pin: ReadPin,
                  shm: ShmObserver, wal: WalFile, pinned_reader: PinnedReader, observations: Observations,
-                 letting_go: Callable[[], bool], on_spooled: Callable[[], None] | None = None) -> None:
+                 letting_go: Callable[[], bool], on_spooled: Callable[[], None] | None = None,
+                 reads_unpinned: Callable[[], bool] | None = None) -> None:
         self.rs = rs
         self.state = spool_dir
         self.stats = stats
@@ -56,6 +57,7 @@ class Reader:
         self.observations = observations
         self.on_spooled = on_spooled  # wakes the uploader, which sleeps while the spool is empty
         self.letting_go = letting_go  # the pin policy reads unpinned on purpose (a WAL too big)
+        self.reads_unpinned = reads_unpinned or (lambda: False)  # ... or a slow writer's commits (see tick)
         self.unverified: list = []  # (WalTransaction, stamp, stamp only a bound) read but not yet vouched for
         self.last_commit_mono = time.monotonic()
         self.commit_gap = 0.0  # seconds between the last two passes that read commits
@@ -144,6 +146,13 @@ class Reader:
                 return 0
             if hdr is not None and self._holding_off(hdr):
                 return 0
+            if hdr is not None and self.reads_unpinned():
+                self.stats.unpinned_reads += 1
+                read = self.tick(hdr, unpinned=True)
+                if read is not None:
+                    return read
+                self.stats.unpinned_retries += 1
+                hdr = None  # the WAL restarted while we read: read it the usual way, pinned
             # The pin's header was read after its read transaction began: it is the pass's
             # header from before the read (tick() would only read the same again).
             return self.tick(self.pin.acquire(self.shm, hdr))
@@ -184,31 +193,51 @@ class Reader:
         self._hold = None
         return False
 
-    def tick(self, pinned_at: ShmHeader | None = None) -> int:
+    def tick(self, pinned_at: ShmHeader | None = None, unpinned: bool = False) -> int | None:
         """One read pass: read new commits, then spool those SQLite's commit counter vouches for.
 
         ``pinned_at``: the header ReadPin.acquire read just now, *after* the read transaction
         began (so it may stand for the header read before the WAL; one read before the pin
         may not: what it shows was not protected yet).  Returns how many transactions were read.
+
+        ``unpinned``: a slow writer's commits in a process serving many databases
+        (PinPolicy.reads_unpinned), read without a read transaction; ``pinned_at`` is then the
+        header read just before, unpinned.  Its frames up to its mxFrame are committed, and
+        nothing overwrites them but a writer after a WAL restart, which writes the new salts
+        into the wal-index header *before* its first frame (walRestartHdr): so a header read
+        after the frames that still names their generation vouches for them as a pin would
+        (no checksum walk).  One that names another returns None with nothing changed (what was
+        read may be torn): the caller reads again, pinned.  The pin bought no more than that:
+        a slow writer's pin was taken for one pass and released in it (pinpolicy.py), and a
+        commit checkpointed away before the pass is lost either way (and reconciled, visibly).
         """
         before = self.observe(pinned_at)
         published = (before.salts, before.max_frame) if before is not None else None
         # Pinned (before was read after the pin was taken), the wal-index vouches for the frames
         # up to its mxFrame: no checksum walk for them (engine/sqlite/walfile.py, read()).
-        vouched = self.pin.active
+        vouched = self.pin.active or unpinned
         result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
-        if result.generation == "new" and self.unverified and self.rs.verified_pos is not None:
-            # What we read past the last verified commit is gone from the WAL: SQLite never
-            # published it (a writer died between writing its commit frame and updating the
-            # wal-index) and the next writer reused those frames.  Forget it; read again.
-            self.unverified = []
-            self.rs.pos = self.rs.verified_pos
-            result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
-        checked_us = clock.now_us()
-        # A second look, after the read: commits published while we read get a stamp now, not
-        # after spooling; it is what verifies a scan that went past ``before``'s boundary (a WAL
-        # restarted meanwhile is read from its frame 1) and what spooled_through_us relies on.
-        after = self.observe()
+        if unpinned:
+            checked_us = clock.now_us()
+            # The look after the read: the generation the frames were read in still stands.
+            after = self.shm.header()
+            if (before is None or after is None or after.salts != before.salts
+                    or (result.generation == "new" and self.unverified)):  # (the rarer case below: pinned)
+                return None
+            self.observe(after)
+        else:
+            if result.generation == "new" and self.unverified and self.rs.verified_pos is not None:
+                # What we read past the last verified commit is gone from the WAL: SQLite never
+                # published it (a writer died between writing its commit frame and updating the
+                # wal-index) and the next writer reused those frames.  Forget it; read again.
+                self.unverified = []
+                self.rs.pos = self.rs.verified_pos
+                result = self.wal.read(self.rs.pos, max_bytes=READ_BATCH_BYTES, published=published, vouched=vouched)
+            checked_us = clock.now_us()
+            # A second look, after the read: commits published while we read get a stamp now, not
+            # after spooling; it is what verifies a scan that went past ``before``'s boundary (a WAL
+            # restarted meanwhile is read from its frame 1) and what spooled_through_us relies on.
+            after = self.observe()
         ts = clock.now_us()
         if result.transactions:
             now = time.monotonic()

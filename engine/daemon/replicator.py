@@ -177,7 +177,8 @@ class Replicator:
         self.wal, self.peek_wal = WalFile(self.db_path + "-wal"), WalFile(self.db_path + "-wal")  # (observer's own)
         self.pinned_reader = PinnedReader(self.pin, self.shm, self.wal, self.db_fd, self.stats)
         self.reader = Reader(self.rs, self.state, self.stats, self.pin, self.shm, self.wal, self.pinned_reader,
-                             self.observations, lambda: self.pin_policy.letting_go, on_spooled=self.uploader.kick.set)
+                             self.observations, lambda: self.pin_policy.letting_go, on_spooled=self.uploader.kick.set,
+                             reads_unpinned=lambda: self.pin_policy.reads_unpinned)
 
     def _close(self) -> None:
         if self._prober is not None and self.observer is not None:
