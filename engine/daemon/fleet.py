@@ -12,7 +12,7 @@ shared pipeline replaces only that class: everything else here talks to a worker
   it has run for a minute) and reported: an event line, and the fleet's health file
   (engine/daemon/health.py) that ``db show`` reads.  The others keep shipping.  With
   ``retry=False`` (``replicate DB_PATH URL``) the run ends instead.
-* With ``[sqld]`` a ``NamespaceWatcher`` lists ``dbs/`` every couple of seconds: a new namespace
+* With ``[sqld]`` a ``NamespaceWatcher`` looks at ``dbs/`` every couple of seconds: a new namespace
   joins as soon as sqld has made it a WAL database, a deleted one is stopped (its final sync may
   not be able to read the deleted files: reported as such, no traceback), and one deleted and
   re-created under the same name is a new database (its state directory follows the namespace id,
