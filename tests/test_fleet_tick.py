@@ -16,38 +16,61 @@ def _fleet(tmp_path, n: int) -> tuple[Fleet, list]:
            for i in range(n)]
     f = Fleet(dbs, retry=True, health=None)
     stepped: list = []
-    f._step = lambda m, now, watch=False: stepped.append((m.db.name, watch)) or False
+    f._step = lambda m, now, watch=0: stepped.append((m.db.name, watch)) or False
     for m in f._members.values():
         m.state = "replicating"
     return f, stepped
 
 
+def _settled(f: Fleet, stepped: list) -> None:
+    """A full tick (a worker ended: everyone is looked at) settles who needs stepping."""
+    f._tick(0.0, full=True)
+    stepped.clear()
+
+
 def test_a_quiet_tick_steps_only_the_slice_of_files_due(tmp_path):
     n = 1000
     f, stepped = _fleet(tmp_path, n)
+    _settled(f, stepped)
     period = max(fleet_module.WATCH_SECONDS, n / fleet_module.WATCHES_PER_SECOND)  # 5 s at 1,000
     ticks = int(round(period / fleet_module.TICK))
-    seen: dict[str, int] = {}
+    files: dict[str, int] = {}
+    requests: dict[str, int] = {}
     for _ in range(ticks):
         stepped.clear()
         f._tick(0.0, full=False)
-        assert len(stepped) <= -(-n // ticks) and all(watch for _name, watch in stepped)
-        for name, _watch in stepped:
-            seen[name] = seen.get(name, 0) + 1
-    assert len(seen) == n and set(seen.values()) == {1}, "every file checked once per period"
+        assert all(watch for _name, watch in stepped)
+        assert sum(bool(watch & fleet_module.WATCH_FILE) for _name, watch in stepped) <= -(-n // ticks)
+        for name, watch in stepped:
+            if watch & fleet_module.WATCH_FILE:
+                files[name] = files.get(name, 0) + 1
+            if watch & fleet_module.WATCH_REQUEST:
+                requests[name] = requests.get(name, 0) + 1
+    assert len(files) == n and set(files.values()) == {1}, "every file checked once per period"
+    per_period = n * period / max(fleet_module.WATCH_SECONDS, n / fleet_module.REQUESTS_PER_SECOND)
+    assert len(requests) == per_period and set(requests.values()) == {1}, "reseed requests: a slower round"
+    stepped.clear()
+    f._tick(0.0, full=False, requests=True)  # `walrewind reseed` poked the fleet: every request at once
+    assert len({name for name, watch in stepped if watch & fleet_module.WATCH_REQUEST}) == n
 
 
 def test_a_member_that_is_not_simply_replicating_is_stepped_every_tick(tmp_path):
     f, stepped = _fleet(tmp_path, 300)
     members = list(f._members.values())
-    members[7].state = "starting"
-    members[9].state = "retrying"
-    members[11].offline = True
+    members[11].offline = True  # started without its replica: announced as spooling
+    _settled(f, stepped)
+    members[7].set_state("starting")
+    members[9].set_state("retrying")
     for _ in range(3):
         stepped.clear()
         f._tick(0.0, full=False)
         names = {name for name, _watch in stepped}
         assert {"db7", "db9", "db11"} <= names and len(names) < 300
+    members[9].set_state("replicating")  # its retry started and is ready: stepped once more, then not
+    f._tick(0.0, full=False)
+    stepped.clear()
+    f._tick(0.0, full=False)
+    assert "db9" not in {name for name, watch in stepped if not watch}
     stepped.clear()
     f._tick(0.0, full=True)  # a worker ended (or stop): everyone
     assert len(stepped) == 300

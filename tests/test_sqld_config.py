@@ -338,3 +338,64 @@ def test_watcher_rechecks_known_namespaces_in_slices(tmp_path, monkeypatch):
     assert replaced == ["id-5b"]
     assert set(looked) == {f"n{i:02d}" for i in range(20)} | {"new"}
     assert len(looked) <= 21 + 5, f"{len(looked)} looks in 5 scans (each of 21 every scan: 105)"
+
+
+def test_watcher_lists_dbs_again_only_when_it_changed(tmp_path, monkeypatch):
+    """1,000 quiet namespaces: a scan is one stat of dbs/ and a slow slice of re-checks (each
+    namespace within QUIET_RECHECK_SECONDS), not a listing and 200 probes every 2 s; a directory
+    made in dbs/ is listed at the next scan, and then every namespace re-checked within
+    RECHECK_SECONDS (sqld re-creates a namespace by removing and making its directory)."""
+    from walrewind.engine.daemon import namespaces
+
+    monkeypatch.setattr(namespaces, "RACY_NS", 0)  # this test's dbs/ changed just now: trust its stat
+    config = write_config(tmp_path, '[sqld]\ndata_dir = "sqld"\nreplica = "r"\n')
+    dbs = tmp_path / "sqld" / "dbs"
+    for i in range(20):
+        _fake_namespace(dbs, f"n{i:02d}", f"id-{i}")
+    listings: list[int] = []
+    real_names = namespaces.namespace_names
+    monkeypatch.setattr(namespaces, "namespace_names", lambda d: listings.append(1) or real_names(d))
+    watcher = NamespaceWatcher(config.sqld, interval=2.0)
+    assert len(watcher.scan(0.0).appeared) == 20 and len(listings) == 1
+    looked: list[str] = []
+    real = watcher._probe
+    monkeypatch.setattr(watcher, "_probe", lambda name: looked.append(name) or real(name))
+    t = 0.0
+    while t < namespaces.RECHECK_SECONDS:  # dbs/ was listed at 0: every namespace re-checked by now
+        t += 2.0
+        assert not watcher.scan(t)
+    assert len(listings) == 1 and set(looked) == {f"n{i:02d}" for i in range(20)}
+    looked.clear()
+    (dbs / "n07" / "stats.json").write_text(json.dumps({"id": "id-7b"}))  # re-created in place: no dbs/ change
+    replaced, scans = [], 0
+    while not replaced:
+        t += 2.0
+        scans += 1
+        replaced = watcher.scan(t).replaced
+    assert [n.id for n in replaced] == ["id-7b"] and scans <= namespaces.QUIET_RECHECK_SECONDS / 2.0
+    # one probe a scan, not 4 (the changed one is probed twice: the look, then the full scan)
+    assert len(listings) == 1 and len(looked) <= scans * -(-20 * 2 // 60) + 1
+    _fake_namespace(dbs, "new", "id-new")
+    assert [n.name for n in watcher.scan(t + 2.0).appeared] == ["new"] and len(listings) == 2
+    (dbs / "n03" / "data").unlink()  # its directory stays: only a look at n03 itself shows it
+    watcher.recheck("n03")  # the fleet's file check found the data file gone
+    assert watcher.due(t + 4.1)
+    assert watcher.scan(t + 4.1).gone == ["n03"]
+
+
+def test_a_fleets_reseed_poke_is_taken_once(tmp_path):
+    """`walrewind reseed` pokes the fleet beside its health file; the fleet takes the poke once
+    and then looks for every database's request (a big fleet opens 20 request files a second
+    otherwise)."""
+    from walrewind.engine.daemon.health import HealthFile, poke_reseed
+
+    health = HealthFile(str(tmp_path / "fleets"))
+    health.write([{"name": "app", "path": "/x"}, b'{"name":"b","path":"/y"}'], 1)
+    assert not health.take_reseed_poke()
+    poke_reseed(os.getpid(), health.directory)
+    assert health.take_reseed_poke() and not health.take_reseed_poke()
+    doc = json.loads((tmp_path / "fleets" / f"{os.getpid()}.json").read_text())
+    assert [d["name"] for d in doc["databases"]] == ["app", "b"] and doc["started_us"] == 1
+    poke_reseed(os.getpid(), health.directory)
+    health.remove()
+    assert not os.listdir(health.directory)

@@ -12,7 +12,7 @@ shared pipeline replaces only that class: everything else here talks to a worker
   it has run for a minute) and reported: an event line, and the fleet's health file
   (engine/daemon/health.py) that ``db show`` reads.  The others keep shipping.  With
   ``retry=False`` (``replicate DB_PATH URL``) the run ends instead.
-* With ``[sqld]`` a ``NamespaceWatcher`` lists ``dbs/`` every couple of seconds: a new namespace
+* With ``[sqld]`` a ``NamespaceWatcher`` looks at ``dbs/`` every couple of seconds: a new namespace
   joins as soon as sqld has made it a WAL database, a deleted one is stopped (its final sync may
   not be able to read the deleted files: reported as such, no traceback), and one deleted and
   re-created under the same name is a new database (its state directory follows the namespace id,
@@ -34,21 +34,19 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from .. import logs
-from ..errors import ConfigError, WalrewindError
+from ..errors import WalrewindError
 from ..sqlite.dbinfo import check_replicable
 from ..workspace.config import DatabaseConfig, SqldConfig
-from ..workspace.sqld import namespace_id
 from . import memory
 from .child import ChildApp
-from .dbwatch import FileIdentity, replaced, take_reseed_request
+from .dbwatch import FileIdentity, changed, same_file, take_reseed_request
 from .health import HealthFile
-from .members import Member, ThreadWorker, build, state_dir_of  # noqa: F401  (build: part of this module's interface)
+from .members import Member, Outcome, ThreadWorker, build, next_slice, state_dir_of  # noqa: F401  (build, Outcome: this module's interface)
 from .metrics import DEFAULT_LAG_BUDGET_SECONDS, DatabaseSample, MetricsServer
-from .namespaces import NamespaceWatcher
+from .namespaces import NamespaceWatcher, data_dir_problem, namespace_gone
 from .replicator import SHORT_GIL_SWITCH, Replicator
 from .samples import health_entry, member_sample
 
@@ -60,25 +58,12 @@ RETRY_MAX = 60.0  # ... doubling up to this
 STABLE_AFTER = 60.0  # a database that ran this long before failing starts its backoff again
 WATCH_SECONDS = 1.0  # how often each database file's identity and reseed requests are checked (dbwatch.py) ...
 WATCHES_PER_SECOND = 200  # ... at most this many a second (1,000 sqld namespaces: each every 5 s), spread over ticks
+REQUESTS_PER_SECOND = 20  # reseed requests looked for without a poke (health.poke_reseed): at most this many a second
 SAMPLE_SECONDS = 2.0  # the health file (walrewind status) is rewritten this often ...
 SAMPLES_PER_SECOND = 200  # ... or less often for a big fleet (a sample costs ~50 us: 1,000 namespaces every 5 s)
+WATCH_FILE, WATCH_REQUEST = 1, 2  # what _watch_file looks at: the file's identity, a reseed request
 BIG_FLEET = 100  # above this many databases, changes are published at most once a second
 FEW_DATABASES = 8  # up to this many (and no sqld), the stages get a 0.5 ms GIL switch interval
-
-
-@dataclass
-class Outcome:
-    """How one database's daemon ended."""
-
-    name: str
-    error: BaseException | None
-    transactions: int
-    uploaded_txid: int
-    state: str = "stopped"  # stopped | failed | deleted
-
-    def describe(self) -> str:
-        state = f"FAILED: {self.error}" if self.state == "failed" else self.state
-        return f"{self.name}: {state}; {self.transactions} transactions shipped, last txid {self.uploaded_txid}"
 
 
 def prepare_process(many: bool) -> None:
@@ -129,15 +114,19 @@ class Fleet:
         self._started_us = time.time_ns() // 1000
         self.lag_budget = lag_budget
         self._published = 0.0
+        self._dirty = False  # a state changed since the health file was written
         self._entries: dict = {}  # member -> its last health entry, while quiet (samples.health_entry)
         self._watch_cursor = 0
+        self._request_cursor = 0
+        self._order: list[Member] | None = None  # the members in a list (slices of file checks); None: rebuild
+        self._attention: set[Member] = set()  # members not simply replicating: stepped every tick (_tick)
         if not retry:
             for db in databases:
                 check_replicable(db.path)  # one database: refuse at once, as before
         # Bound now: a port in use is refused before anything starts.
         self.metrics = MetricsServer(metrics_addr, self.samples, lag_budget) if metrics_addr else None
         for db in databases:
-            self._members[db.path] = Member(db)
+            self._join(db)
 
     # ------------------------------------------------------------------ public
     @property
@@ -190,12 +179,12 @@ class Fleet:
                 now = time.monotonic()
                 if self.watcher is not None and self.watcher.due(now):
                     full |= self._scan(now)
-                changed = self._tick(now, full)
+                self._dirty |= self._tick(now, full, requests=self.health.take_reseed_poke())
                 n = len(self._members)
                 since = now - self._published
-                if (changed and (n <= BIG_FLEET or since >= 1.0)) or since >= max(SAMPLE_SECONDS, n / SAMPLES_PER_SECOND):
+                if (self._dirty and (n <= BIG_FLEET or since >= 1.0)) or since >= max(SAMPLE_SECONDS, n / SAMPLES_PER_SECOND):
                     self._publish()
-                if not self.retry and any(m.state == "failed" for m in self._members.values()):
+                if not self.retry and any(m.state == "failed" for m in self._attention):
                     break
                 if self.child is not None and self._child_step():
                     break
@@ -220,29 +209,69 @@ class Fleet:
                 signal.signal(s, handler)
         return self._ended + [self._outcome(m) for m in self._members.values()]
 
-    def _tick(self, now: float, full: bool) -> bool:
+    def _tick(self, now: float, full: bool, requests: bool = False) -> bool:
         """Advance the members that need it; True when a state changed.
 
         A member simply replicating needs nothing until its worker ends (which wakes the loop:
         ``full``) or its file is due for a check: each tick checks the next slice of the members,
         so every file is checked every WATCH_SECONDS, or every ``n / WATCHES_PER_SECOND`` seconds
-        in a big fleet.  With 1,000 sqld namespaces, visiting every member four times a second
-        and checking every file every second cost ~8 % of a core on its own."""
-        members = list(self._members.values())
+        in a big fleet, and every reseed request looked for every ``n / REQUESTS_PER_SECOND``
+        seconds (``requests``: a poke came, every member's now).  Only the members in
+        ``_attention`` (not simply replicating) are visited besides: with 1,000 sqld namespaces,
+        visiting every member four times a second and checking every file every second cost ~8 %
+        of a core on its own, and a loop over every member each tick ~0.1 %."""
+        members = self._ordered()
         n = len(members)
-        watch: set[int] = set()
-        if n:
-            period = max(WATCH_SECONDS, n / WATCHES_PER_SECOND)
-            count = min(n, -(-int(n * TICK * 1000) // int(period * 1000)))  # ceil(n * TICK / period)
-            start = self._watch_cursor % n
-            watch = {(start + k) % n for k in range(count)}
-            self._watch_cursor = start + count
+        if not n:
+            return False
+        checks = dict.fromkeys(self._slice(members, "_watch_cursor", WATCHES_PER_SECOND), WATCH_FILE)
+        for m in members if requests else self._slice(members, "_request_cursor", REQUESTS_PER_SECOND):
+            checks[m] = checks.get(m, 0) | WATCH_REQUEST
         changed = False
-        for i, m in enumerate(members):
-            due = i in watch
-            if full or due or m.state != "replicating" or m.offline:
-                changed |= self._step(m, now, due)
+        attention = self._attention
+        for m, what in checks.items():
+            if what == WATCH_FILE and m not in attention and same_file(m.identity, m.db.path):
+                continue  # the usual case, without the steps below (200 a second at 1,000 namespaces)
+            if self._step(m, now, what):
+                changed = True
+                self._settle(m)
+            elif m in attention:
+                self._settle(m)
+        for m in members if full else list(attention):
+            if m not in checks:
+                changed |= self._step(m, now)
+                self._settle(m)
         return changed
+
+    def _slice(self, members: list[Member], cursor: str, per_second: int) -> list[Member]:
+        """The next members due for a check each gets every max(WATCH_SECONDS, n / per_second) s."""
+        out, position = next_slice(members, getattr(self, cursor), TICK / max(WATCH_SECONDS, len(members) / per_second))
+        setattr(self, cursor, position)
+        return out
+
+    def _ordered(self) -> list[Member]:
+        if self._order is None:
+            self._order = list(self._members.values())
+        return self._order
+
+    def _settle(self, m: Member) -> None:
+        """Out of ``_attention`` once simply replicating (``Member.on_state`` puts it back)."""
+        if m.state == "replicating" and not m.offline:
+            self._attention.discard(m)
+        elif self._members.get(m.db.path) is m:
+            self._attention.add(m)
+
+    def _attend(self, m: Member) -> None:
+        if self._members.get(m.db.path) is m:
+            self._attention.add(m)
+
+    def _join(self, db: DatabaseConfig) -> Member:
+        m = Member(db)
+        m.on_state = self._attend
+        self._members[db.path] = m
+        self._attention.add(m)
+        self._order = None
+        return m
 
     def _child_step(self) -> bool:
         """Start the --exec child once every database replicates; True once it has exited."""
@@ -270,17 +299,28 @@ class Fleet:
         m.set_state("starting")
         m.worker.start()
 
-    def _watch_file(self, m: Member) -> bool:
+    def _watch_file(self, m: Member, what: int = WATCH_FILE | WATCH_REQUEST) -> bool:
         """Restart ``m`` on a new generation when its file is no longer the one its worker opened
         (replaced, deleted, truncated: the worker would ship nothing more, silently) or when
-        `walrewind reseed` asked for it.  True when a restart began."""
+        `walrewind reseed` asked for it.  True when a restart began.  One ``stat`` of the file
+        (WATCH_FILE); a namespace's file gone is the watcher's to report (deleted), made due."""
         if m.worker is None or m.state not in ("starting", "replicating") or m.restart_reason:
             return False
-        why = None if m.db.namespace is not None and not os.path.exists(m.db.path) else replaced(m.identity, m.db.path)
+        why = None
+        if what & WATCH_FILE:
+            try:
+                st: os.stat_result | None = os.stat(m.db.path)
+            except FileNotFoundError:
+                st = None
+            if st is None and m.db.namespace is not None:
+                if self.watcher is not None:
+                    self.watcher.recheck(m.db.namespace)
+            else:
+                why = changed(m.identity, st, m.db.path)
         if why is not None:
             why += ": the daemon's open files are the old database's"
         else:
-            why = take_reseed_request(state_dir_of(m.db))
+            why = take_reseed_request(state_dir_of(m.db)) if what & WATCH_REQUEST else None
             if why is None:
                 return False
         m.restart_reason = why
@@ -290,10 +330,10 @@ class Fleet:
         m.worker.stop()
         return True
 
-    def _step(self, m: Member, now: float, watch: bool = False) -> bool:
-        """Advance one member (``watch``: check its file too); True when its state changed."""
+    def _step(self, m: Member, now: float, watch: int = 0) -> bool:
+        """Advance one member (``watch``: check its file too, _watch_file); True when its state changed."""
         w = m.worker
-        if w is not None and not w.done and watch and self._watch_file(m):
+        if w is not None and not w.done and watch and self._watch_file(m, watch):
             return True
         if w is not None and m.state == "starting" and w.ready:
             m.set_state("replicating")
@@ -334,7 +374,7 @@ class Fleet:
         assert w is not None
         m.worker = None
         m.finished(w)
-        if m.db.namespace is not None and not m.deleted and self._namespace_gone(m.db):
+        if m.db.namespace is not None and not m.deleted and namespace_gone(m.db):
             m.deleted = True
         if m.deleted:
             self._leave(m, w.error)
@@ -380,29 +420,15 @@ class Fleet:
         self._ended.append(Outcome(m.db.name, None, m.transactions, m.uploaded_txid, "deleted"))
         del self._members[m.db.path]
         self._entries.pop(m, None)
+        self._attention.discard(m)
+        self._order = None
         if m.successor is not None and not self._stop.is_set():
-            new = Member(m.successor)
-            self._members[new.db.path] = new
-            self._start(new)
+            self._start(self._join(m.successor))
 
     def _check_data_dir(self, sqld: SqldConfig) -> None:
-        if not os.path.isdir(sqld.data_dir):
-            raise ConfigError(f"[sqld] data_dir {sqld.data_dir} does not exist (it is sqld's --db-path)")
-        if os.path.basename(os.path.normpath(sqld.data_dir)) == "dbs" and not os.path.isdir(sqld.dbs_dir):
-            raise ConfigError(f"[sqld] data_dir {sqld.data_dir} looks like sqld's dbs/ directory itself; give its "
-                              f"parent (sqld's --db-path)")
-        if not os.path.isdir(sqld.dbs_dir):
-            marks = [m for m in (".version", "metastore") if os.path.exists(os.path.join(sqld.data_dir, m))]
-            self._event("sqld_waiting", None, f"{sqld.dbs_dir} does not exist yet" + (
-                " (sqld makes it with its first namespace)" if marks else
-                f": {sqld.data_dir} does not look like a sqld data directory (no .version, metastore or dbs/); "
-                "waiting for namespaces anyway"))
-
-    def _namespace_gone(self, db: DatabaseConfig) -> bool:
-        if not os.path.isfile(db.path):
-            return True
-        current = namespace_id(os.path.dirname(db.path))
-        return current is not None and current != db.namespace_id
+        waiting = data_dir_problem(sqld)  # ConfigError when it cannot be sqld's
+        if waiting is not None:
+            self._event("sqld_waiting", None, waiting)
 
     # ------------------------------------------------------------------ namespaces
     def _scan(self, now: float) -> bool:
@@ -423,9 +449,7 @@ class Fleet:
                 old.successor = db
                 continue
             self._event("namespace_found", ns.name, f"namespace {ns.name}: found (id {ns.id})")
-            m = Member(db)
-            self._members[db.path] = m
-            self._start(m)
+            self._start(self._join(db))
         if changes:
             self._publish()
         return bool(changes)
@@ -436,9 +460,7 @@ class Fleet:
         if m is None:
             # Already gone: its file check saw the new file first and the member left as deleted.
             if successor is not None and not self._stop.is_set():
-                new = Member(successor)
-                self._members[new.db.path] = new
-                self._start(new)
+                self._start(self._join(successor))
             return
         m.deleted = True
         m.successor = successor
@@ -467,6 +489,7 @@ class Fleet:
     def _publish(self) -> None:
         """The health file: each member's state and sample (every SAMPLE_SECONDS, and on changes)."""
         self._published = time.monotonic()
+        self._dirty = False
         try:
             now = time.monotonic()
             entries = [health_entry(m, self._entries, now) for m in list(self._members.values())]

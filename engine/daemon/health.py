@@ -47,23 +47,50 @@ class HealthFile:
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory or fleets_dir()
         self.path = os.path.join(self.directory, f"{os.getpid()}.json")
+        self.poke_path = reseed_poke_path(os.getpid(), self.directory)
 
-    def write(self, databases: list[dict], started_us: int, lag_budget: float = DEFAULT_LAG_BUDGET_SECONDS) -> None:
+    def take_reseed_poke(self) -> bool:
+        """True (once) when `walrewind reseed` left a request for one of this fleet's databases
+        since the last call: the fleet then looks for every database's request at once, instead
+        of opening each database's request file every second (engine/daemon/dbwatch.py)."""
+        try:
+            os.unlink(self.poke_path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def write(self, databases: list[dict | bytes], started_us: int,
+              lag_budget: float = DEFAULT_LAG_BUDGET_SECONDS) -> None:
         """Replace the file (rename of a complete temporary file; no fsync: it describes this
-        process only while it runs, and is rewritten every couple of seconds)."""
+        process only while it runs, and is rewritten every couple of seconds).  An entry may come
+        encoded already (``samples.health_entry``: a quiet database's entry is reused as bytes)."""
         os.makedirs(self.directory, exist_ok=True)
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "started_us": started_us,
-               "written_us": time.time_ns() // 1000, "lag_budget_s": lag_budget, "databases": databases}
+               "written_us": time.time_ns() // 1000, "lag_budget_s": lag_budget}
+        head = json.dumps(doc, separators=(",", ":")).encode()
+        body = b",".join(e if isinstance(e, bytes) else json.dumps(e, separators=(",", ":")).encode()
+                         for e in databases)
         tmp = f"{self.path}.tmp"
         with open(tmp, "wb") as f:
-            f.write(json.dumps(doc, separators=(",", ":")).encode())
+            f.write(head[:-1] + b',"databases":[' + body + b"]}")
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        for path in (self.path, self.poke_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def reseed_poke_path(pid: int, directory: str | None = None) -> str:
+    return os.path.join(directory or fleets_dir(), f"{pid}.reseed")
+
+
+def poke_reseed(pid: int, directory: str | None = None) -> None:
+    """Tell the fleet of process ``pid`` that a reseed request waits (after it was written)."""
+    with open(reseed_poke_path(pid, directory), "wb"):
+        pass
 
 
 def running_fleets(directory: str | None = None) -> list[dict]:

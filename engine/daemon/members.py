@@ -10,9 +10,11 @@ own thread.  The fleet talks to a worker only through ``start``, ``stop``, ``joi
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from .. import defaults, logs
@@ -29,6 +31,15 @@ from .samples import carry
 
 def state_dir_of(db: DatabaseConfig) -> str:
     return db.state_dir or defaults.state_dir_for(db.path)
+
+
+def next_slice(members: list, start: int, share: float) -> tuple[list, int]:
+    """The ``ceil(n * share)`` members from ``start`` on (wrapping), and where the next slice
+    starts: a tick's share of a round of checks over every member."""
+    n = len(members)
+    count = min(n, math.ceil(n * share - 1e-9))
+    start %= n
+    return members[start:start + count] + members[:max(0, start + count - n)], start + count
 
 
 def build(db: DatabaseConfig, takeover: bool = False, new_generation_reason: str | None = None) -> Replicator:
@@ -54,6 +65,21 @@ def build(db: DatabaseConfig, takeover: bool = False, new_generation_reason: str
         encryption_check=functools.partial(check_replica_encryption, storage, keyring),
         new_generation_reason=new_generation_reason,
     )
+
+
+@dataclass
+class Outcome:
+    """How one database's daemon ended."""
+
+    name: str
+    error: BaseException | None
+    transactions: int
+    uploaded_txid: int
+    state: str = "stopped"  # stopped | failed | deleted
+
+    def describe(self) -> str:
+        state = f"FAILED: {self.error}" if self.state == "failed" else self.state
+        return f"{self.name}: {state}; {self.transactions} transactions shipped, last txid {self.uploaded_txid}"
 
 
 class ThreadWorker:
@@ -149,11 +175,14 @@ class Member:
         self.offline = False  # announced as spooling (started without the replica), not yet as replicating
         self.identity: FileIdentity | None = None  # the database file its worker opened (dbwatch.py)
         self.restart_reason: str | None = None  # stopping to start a new generation: the file changed, or reseed
+        self.on_state: Callable[["Member"], None] | None = None  # the fleet: this member needs stepping
 
     def set_state(self, state: str) -> None:
         if state != self.state:
             self.state = state
             self.state_since_us = time.time_ns() // 1000
+            if self.on_state is not None:
+                self.on_state(self)
 
     def finished(self, worker: "ThreadWorker") -> None:
         """Account for an attempt that ended."""

@@ -1,7 +1,8 @@
 """Watching a sqld data directory: which namespaces exist, are ready, appeared or went away.
 
-sqld has no list endpoint and no change feed for namespaces, so the watcher lists ``dbs/`` every
-``interval`` seconds (the fleet calls ``scan`` when ``due``).  ``diff`` is the pure part: given the
+sqld has no list endpoint and no change feed for namespaces, so the watcher looks at ``dbs/`` every
+``interval`` seconds (the fleet calls ``scan`` when ``due``): one ``stat``, and a listing only when
+that changed (a namespace created, deleted or re-created adds or removes its directory there).  ``diff`` is the pure part: given the
 namespaces being replicated (name -> sqld's id) and what is on disk now, it says what appeared
 (ready for the first time), what went away (directory or data file gone) and what was deleted and
 re-created under the same name (a new id in stats.json: a new database, see
@@ -22,13 +23,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from ..errors import StateLocked
+from ..errors import ConfigError, StateLocked
 from ..fsutil import atomic_write
-from ..workspace.config import SqldConfig
-from ..workspace.sqld import Namespace, namespace_names, probe
+from ..workspace.config import DatabaseConfig, SqldConfig
+from ..workspace.sqld import Namespace, namespace_id, namespace_names, probe
 
-SCAN_INTERVAL = 2.0  # seconds between two listings of dbs/: a new namespace is picked up within ~this
-RECHECK_SECONDS = 10.0  # a ready namespace is probed again (re-created under its name?) at least this often
+SCAN_INTERVAL = 2.0  # seconds between two looks at dbs/: a new namespace is picked up within ~this
+RECHECK_SECONDS = 10.0  # after dbs/ changed, every ready namespace is probed again (re-created?) within this ...
+QUIET_RECHECK_SECONDS = 60.0  # ... and at least this often while it does not change
+RACY_NS = 2_000_000_000  # a directory changed this recently may change again within its mtime's granule
 IDENTITY_FILE = "namespace.json"  # in a namespace's state directory: which namespace (id) it belongs to
 
 
@@ -82,9 +85,20 @@ class NamespaceWatcher:
         self._cache: dict[str, tuple[tuple, Namespace]] = {}
         self._next = 0.0
         self._cursor = 0  # where the next slice of re-checks starts (found)
+        self._names: list[str] = []  # dbs/ at the last listing
+        self._listed: tuple | None = None  # dbs/'s stat before that listing (None: list it again)
+        self._fast_left = 0  # re-checks still to make at the RECHECK_SECONDS pace (dbs/ changed)
+        self._forced: set[str] = set()  # probed at the next scan whatever the cache says (recheck)
+        self._seen: list[str] = []  # the listed names that are cached (ready), in listing order
 
     def due(self, now: float) -> bool:
         return now >= self._next
+
+    def recheck(self, name: str) -> None:
+        """Probe ``name`` at the next scan, and make that scan due: its data file was found missing
+        (the fleet's file check) while dbs/ itself did not change."""
+        self._forced.add(name)
+        self._next = 0.0
 
     def _probe(self, name: str) -> Namespace:
         """``probe``, skipped for a ready namespace whose stats.json and data file did not change."""
@@ -105,29 +119,64 @@ class NamespaceWatcher:
             self._cache.pop(name, None)
         return ns
 
-    def found(self) -> dict[str, Namespace]:
-        """Every namespace on disk now.  A new name is probed at once; a ready one seen before is
-        looked at again (its stats.json and data file: re-created under the same name?) in
-        slices, each every RECHECK_SECONDS: 1,000 namespaces probed every 2 s were 1,000 pairs of
-        stat calls a second, ~2 % of a core.  A deleted one is gone from the listing at once."""
-        names = namespace_names(self.sqld.dbs_dir)
-        for gone in set(self._cache) - set(names):
-            del self._cache[gone]
-        seen = [name for name in names if name in self._cache]
-        recheck: set[str] = set()
+    def _listing(self) -> tuple[list[str], bool]:
+        """dbs/'s directory names, and whether they were listed anew.  One ``stat`` of dbs/ when
+        it did not change since the last listing (its mtime, ctime and link count move with every
+        directory made, removed or renamed in it); a change within the same timestamp granule as
+        that stat would not show, so a listing of a directory changed less than RACY_NS before is
+        not trusted at the next scan (git's "racy" entries)."""
+        try:
+            st = os.stat(self.sqld.dbs_dir)
+            key: tuple | None = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_size)
+            racy = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS
+        except OSError:
+            key, racy = None, True
+        if key is not None and key == self._listed:
+            return self._names, False
+        self._names = namespace_names(self.sqld.dbs_dir)
+        self._listed = None if racy else key
+        self._fast_left = len(self._names)
+        return self._names, True
+
+    def found(self) -> dict[str, Namespace] | None:
+        """Every namespace on disk now, or None when nothing can have changed since the last scan.
+
+        dbs/ is listed again only when it changed (``_listing``).  A name not ready yet is probed
+        at every scan; a ready one seen before is looked at again (its stats.json and data file:
+        re-created under the same name?) in slices: each within RECHECK_SECONDS after dbs/ changed
+        (sqld deletes a namespace's directory, and makes it anew), else every
+        QUIET_RECHECK_SECONDS.  1,000 namespaces listed and 200 of them probed every 2 s were
+        ~0.2 % of a core while nothing happened."""
+        names, listed = self._listing()
+        if listed:
+            for gone in set(self._cache) - set(names):
+                del self._cache[gone]
+        if listed or len(self._seen) != len(self._cache):
+            self._seen = [name for name in names if name in self._cache]
+        seen = self._seen
+        recheck = set(self._forced)
+        self._forced.clear()
         if seen:
-            count = min(len(seen), -(-len(seen) * int(self.interval * 1000) // int(RECHECK_SECONDS * 1000)))
+            period = RECHECK_SECONDS if self._fast_left > 0 else QUIET_RECHECK_SECONDS
+            count = min(len(seen), -(-len(seen) * int(self.interval * 1000) // int(period * 1000)))
+            self._fast_left -= count
             start = self._cursor % len(seen)
-            recheck = {seen[(start + k) % len(seen)] for k in range(count)}
+            recheck.update(seen[(start + k) % len(seen)] for k in range(count))
             self._cursor = start + count
+        if not listed and len(seen) == len(names) == len(self._cache):
+            # every name ready and cached, dbs/ unchanged: only the re-checks can show a change
+            if all(name in self._cache and self._cache[name][1] is self._probe(name) for name in recheck):
+                return None
         return {name: self._cache[name][1] if name in self._cache and name not in recheck else self._probe(name)
                 for name in names}
 
     def scan(self, now: float | None = None) -> Changes:
-        """List dbs/ once; ``known`` is updated to match what is reported."""
+        """Look at dbs/ once (``found``); ``known`` is updated to match what is reported."""
         now = time.monotonic() if now is None else now
         self._next = now + self.interval
         found = self.found()
+        if found is None:
+            return Changes()
         changes = diff(self.known, found, self._told_waiting)
         for name in changes.gone:
             del self.known[name]
@@ -138,6 +187,30 @@ class NamespaceWatcher:
         for name in set(self._told_waiting) - set(found):
             del self._told_waiting[name]
         return changes
+
+
+def data_dir_problem(sqld: SqldConfig) -> str | None:
+    """ConfigError when ``sqld.data_dir`` cannot be sqld's; a message when its dbs/ is not there yet."""
+    if not os.path.isdir(sqld.data_dir):
+        raise ConfigError(f"[sqld] data_dir {sqld.data_dir} does not exist (it is sqld's --db-path)")
+    if os.path.basename(os.path.normpath(sqld.data_dir)) == "dbs" and not os.path.isdir(sqld.dbs_dir):
+        raise ConfigError(f"[sqld] data_dir {sqld.data_dir} looks like sqld's dbs/ directory itself; give its "
+                          f"parent (sqld's --db-path)")
+    if os.path.isdir(sqld.dbs_dir):
+        return None
+    marks = [m for m in (".version", "metastore") if os.path.exists(os.path.join(sqld.data_dir, m))]
+    return f"{sqld.dbs_dir} does not exist yet" + (
+        " (sqld makes it with its first namespace)" if marks else
+        f": {sqld.data_dir} does not look like a sqld data directory (no .version, metastore or dbs/); "
+        "waiting for namespaces anyway")
+
+
+def namespace_gone(db: DatabaseConfig) -> bool:
+    """The namespace of ``db`` was deleted (its file is gone, or another id is in its place)."""
+    if not os.path.isfile(db.path):
+        return True
+    current = namespace_id(os.path.dirname(db.path))
+    return current is not None and current != db.namespace_id
 
 
 # --------------------------------------------------------------------------------- identity

@@ -10,6 +10,8 @@ process started (Prometheus counters must not go back when a failing database is
 
 from __future__ import annotations
 
+import json
+import operator
 import os
 import time
 import weakref
@@ -123,6 +125,11 @@ def member_sample(member: Any, now_us: int | None = None) -> DatabaseSample:
 REUSE_SECONDS = 60.0  # a quiet member's health entry is rebuilt at least this often
 
 
+_QUIET_STATS = operator.attrgetter(
+    "transactions", "uploaded_txid", "last_upload_us", "backlog_bytes", "upload_errors", "resyncs", "yields",
+    "spool_full_events", "replica_unreachable_since_us", "last_error")
+
+
 def quiet_key(member: Any) -> tuple | None:
     """Everything a replicating member's sample depends on while nothing is owed to the replica
     (lag 0), or None when it is not simply replicating.  Equal keys, lag 0: the same entry again
@@ -131,26 +138,27 @@ def quiet_key(member: Any) -> tuple | None:
     r = worker.replicator if worker is not None else None
     if r is None or member.state != "replicating" or member.error is not None:
         return None
-    s = r.stats
-    return (member.state_since_us, member.failures, member.failures_total, s.transactions, s.uploaded_txid,
-            s.last_upload_us, s.backlog_bytes, s.upload_errors, s.resyncs, s.yields, s.spool_full_events,
-            s.replica_unreachable_since_us, s.last_error, r.fatal is None, r.overflow is None,
-            r.pending_snapshot is None, r.ready.is_set(), r.startup_done, len(r.observations))
+    return (member.state_since_us, member.failures, member.failures_total, _QUIET_STATS(r.stats),
+            r.fatal is None, r.overflow is None, r.pending_snapshot is None, r.ready.is_set(), r.startup_done,
+            len(r.observations))
 
 
-def health_entry(member: Any, cache: dict, now: float) -> dict:
-    """``member.health()`` with its sample, reused from ``cache`` (member -> (key, time, entry))
-    while its quiet_key is unchanged, its lag was 0 and it is younger than REUSE_SECONDS."""
+def health_entry(member: Any, cache: dict, now: float) -> bytes:
+    """``member.health()`` with its sample, as the health file's JSON, reused from ``cache``
+    (member -> (key, time, encoded entry)) while its quiet_key is unchanged, its lag was 0 and it
+    is younger than REUSE_SECONDS.  Encoded once: the file of 1,000 quiet namespaces is then a
+    join of bytes (``json.dumps`` of every entry was a third of a publication)."""
     key = quiet_key(member)
     cached = cache.get(member)
     if key is not None and cached is not None and cached[0] == key and now - cached[1] < REUSE_SECONDS:
         return cached[2]
     entry = dict(member.health(), sample=member_sample(member).to_json())
+    encoded = json.dumps(entry, separators=(",", ":")).encode()
     if key is not None and entry["sample"].get("lag_seconds") == 0:
-        cache[member] = (key, now, entry)
+        cache[member] = (key, now, encoded)
     else:
         cache.pop(member, None)
-    return entry
+    return encoded
 
 
 def now_us() -> int:

@@ -4,7 +4,8 @@ Why a user wants it: the database was changed behind the daemon's back in a way 
 (a file copied in while the daemon was stopped, a `VACUUM INTO` swapped in), or they simply want a
 fresh base snapshot at a known point.  The history before stays in the replica, restorable.
 
-How: a request file in the daemon's state directory (engine/daemon/dbwatch.py).  A running
+How: a request file in the daemon's state directory (engine/daemon/dbwatch.py), and a poke file
+beside the running fleet's health file (engine/daemon/health.py).  A running
 `walrewind replicate` takes it within a second, does the final sync of what it read, and starts
 the database again on a new generation; with no daemon running, the next start does.  The
 command waits until the new generation's base snapshot is in the replica, so a script can go on
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..daemon.dbwatch import RESEED_REQUEST, request_reseed
+from ..daemon.health import poke_reseed
 from ..errors import DaemonError
 from ..replica.index import Replica
 from ..storage import Storage
@@ -55,6 +57,10 @@ def reseed(source: Source, config: Config | None, *, reason: str = "walrewind re
     request = request_reseed(live.state_dir, reason)
     if live.daemon_pid is None:
         return Reseeded(live.path, None, old, None)
+    try:
+        poke_reseed(live.daemon_pid)  # a big fleet looks at once; else within its slow round of requests
+    except OSError:
+        pass
     if waiting is not None:
         waiting(f"asked walrewind daemon pid {live.daemon_pid} to start a new generation of {live.path} ...")
     deadline = time.monotonic() + timeout
