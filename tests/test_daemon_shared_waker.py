@@ -257,6 +257,28 @@ def test_a_slow_writers_pin_is_released_in_the_pass_that_read_it(tmp_path, many)
     check_restores(replica, log, tmp_path, 3, 905)
 
 
+def test_only_a_few_new_frames_of_our_generation_are_read_unpinned():
+    """A slow writer's commit (a few frames past our position, same WAL generation) is read
+    without a pin; a burst, a restarted WAL or an unknown chain is read under one."""
+    from walrewind.engine.daemon.reader import UNPINNED_MAX_FRAMES, Reader
+    from walrewind.engine.sqlite.shm import ShmHeader
+    from walrewind.engine.sqlite.walfile import WalPosition
+
+    rs = SimpleNamespace(pos=WalPosition(7, 9, 100, (1, 2), 4096, False))
+    reader = Reader(rs, None, None, None, None, None, None, None, lambda: False)
+
+    def header(salt1: int, max_frame: int) -> ShmHeader:
+        return ShmHeader(5, max_frame, 10, salt1.to_bytes(4, "big") + (9).to_bytes(4, "big"), 0, (), 4096)
+
+    assert reader._few_new_frames(header(7, 103))
+    assert reader._few_new_frames(header(7, 100 + UNPINNED_MAX_FRAMES))
+    assert not reader._few_new_frames(header(7, 101 + UNPINNED_MAX_FRAMES))  # a burst
+    assert not reader._few_new_frames(header(8, 3))  # the WAL restarted
+    assert not reader._few_new_frames(header(7, 100))  # nothing new
+    rs.pos = WalPosition(7, 9, 100, None, 4096, False)
+    assert not reader._few_new_frames(header(7, 103))  # the chain is not known (resumed from a snapshot)
+
+
 @pytest.mark.slow
 def test_an_unpinned_read_that_sees_the_wal_restart_reads_again_pinned(tmp_path, many):
     """The header after an unpinned read names another generation (a checkpoint restarted the WAL

@@ -40,6 +40,7 @@ UNVERIFIED_MAX_US = 5_000_000  # commits SQLite could not vouch for within this 
 HOLD_OFF_SECONDS = 0.05  # after a release that lets the WAL reset, at most this long unpinned ...
 HOLD_OFF_FRAMES = 256  # ... and at most this many frames of the same WAL generation
 OBSERVER_GRACE = 0.005  # how long a read pass waits for the observer to stamp a commit it saw first
+UNPINNED_MAX_FRAMES = 64  # a slow writer's new frames read without a pin at most (~0.3 ms of reading)
 
 
 class Reader:
@@ -146,7 +147,7 @@ class Reader:
                 return 0
             if hdr is not None and self._holding_off(hdr):
                 return 0
-            if hdr is not None and self.reads_unpinned():
+            if hdr is not None and self.reads_unpinned() and self._few_new_frames(hdr):
                 self.stats.unpinned_reads += 1
                 read = self.tick(hdr, unpinned=True)
                 if read is not None:
@@ -157,6 +158,15 @@ class Reader:
             # header from before the read (tick() would only read the same again).
             return self.tick(self.pin.acquire(self.shm, hdr))
         return self.tick()
+
+    def _few_new_frames(self, hdr: ShmHeader) -> bool:
+        """At most UNPINNED_MAX_FRAMES published past our position, in our generation: a read
+        short enough to make unpinned (a slow writer's commit; see tick).  A burst is read under a
+        pin: reading first lost commits to a fast writer that filled, checkpointed and restarted
+        the WAL while a long read went on (docs/DESIGN.md §2)."""
+        pos = self.rs.pos
+        return (pos is not None and pos.cksum is not None and hdr.salt1 == pos.salt1 and hdr.salt2 == pos.salt2
+                and 0 < hdr.max_frame - pos.frame <= UNPINNED_MAX_FRAMES)
 
     def hold_off(self) -> None:
         """Called when the pin is released so the WAL can reset (pinpolicy.py: caught up, the
