@@ -5,7 +5,7 @@ write's event, and its timed looks (a ``synchronous=FULL`` commit's publication,
 are deadlines on the hub's heap (engine/daemon/hubobserver.py).  These tests pin down: commits
 are stamped at their write event and the reader hears of their publication; after ``join()`` no
 look of that database runs; a look the dispatcher made late after reading its event (busy with
-other databases) stamps what it found uncertain by that much; one database's failing look never
+other databases) stamps a commit it found published uncertain by that much; one database's failing look never
 stops the others'.
 """
 

@@ -14,7 +14,8 @@ look's ``drain()``, as the waker would), and the timed wake-ups are deadlines on
 Stamping stays honest: a stamp is still the time taken after the look that saw the commit, never
 before it.  What changes is what can delay the look: not a thread's wake-up but the dispatcher's
 other work since it read the event (other databases' looks in the same batch); a look made more
-than ``STAMP_SLACK_US`` after the read marks what it found uncertain by that much
+than ``STAMP_SLACK_US`` after the read marks a commit it found published uncertain by that much
+(one it finds written and not yet published is stamped while committing: exact)
 (``Observer.step``'s ``woken_us``), which a thread per database could not see (its wake-up
 waited for the GIL unmeasured).  A timed look that comes late (the dispatcher busy) is flagged
 by its oversleep, as before.  A look never blocks: preads of the page cache, an ``F_OFD_GETLK``,

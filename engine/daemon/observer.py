@@ -264,7 +264,7 @@ class Observer:
 
         ``woken_us``: when the driver learnt of that change (the dispatcher, engine/daemon/
         hubobserver.py); a look made more than STAMP_SLACK_US later (the dispatcher busy with
-        other databases) stamps what it finds uncertain, by that much.
+        other databases) stamps a commit it finds published uncertain, by that much.
         """
         stats = self.stats
         if self._changes:
@@ -321,6 +321,11 @@ class Observer:
         raw = self.wal_index.read_header()
         obs.looked_us = looked = now_us()
         changed = raw != self._raw and self._header(raw, looked)
+        if changed and woken_us and looked - woken_us > STAMP_SLACK_US:
+            # Published before our look, perhaps as long before as we took to get to it since
+            # the event was read (the dispatcher's other looks): only an upper bound.  (A commit
+            # the peek below finds still unpublished is stamped while committing: exact.)
+            self._uncertain(looked - woken_us, added_before)
         cur, peek = self._cur, self.peek
         found = peek(cur[2], cur[1], cur[3]) if cur is not None and peek is not None else None
         if found.__class__ is tuple:
@@ -344,10 +349,6 @@ class Observer:
             hit = changed or found > 0  # a transaction under way: its next write wakes us
         self._hits += ((1.0 if hit else 0.0) - self._hits) / 8
         self._skipped = 0
-        if woken_us and obs.added != added_before:
-            late_us = now_us() - woken_us
-            if late_us > STAMP_SLACK_US:
-                self._uncertain(late_us, added_before)
         if changed:
             self._missed_events = 0
             # The reader knows of new commits already and defers: only a backlog is news.
