@@ -73,6 +73,31 @@ def test_peek_finds_the_next_commit_frame_written_past_the_published_end(tmp_pat
         conn.close()
 
 
+def test_peek_checks_for_a_replaced_file_unless_told_the_look_just_saw_a_commit(tmp_path):
+    """A look that just saw a commit published skips the peek's stat of the -wal's path (the next
+    look checks); one that saw nothing new looks in a replaced file at once."""
+    wal_path, txns, conn = _wal_with_commits(tmp_path, [1])
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_wal, other_txns, other_conn = _wal_with_commits(other_dir, [1, 1])
+    try:
+        wal = WalFile(wal_path)
+        salts, end = wal.header().salts, txns[-1].end.frame
+        assert wal.peek_commit(salts, end, 4096) == 0  # (opens the descriptor: nothing past the end)
+        with open(other_wal, "rb") as src, open(wal_path + ".new", "wb") as dst:
+            dst.write(src.read())
+        os.replace(wal_path + ".new", wal_path)  # the -wal replaced by one with more commits
+        new_salts = WalFile(wal_path).header().salts
+        first = other_txns[1].end  # the new file's first commit after its CREATE TABLE
+        stale = wal.peek_commit(new_salts, other_txns[0].end.frame, 4096, recheck=False)  # the old file still:
+        assert stale == 0 or stale[0] != new_salts  # evidence for no transaction of the new file
+        assert wal.peek_commit(new_salts, other_txns[0].end.frame, 4096) == (new_salts, first.frame, first.cksum)
+        wal.close()
+    finally:
+        conn.close()
+        other_conn.close()
+
+
 def test_an_unpublished_observation_stamps_only_its_own_transaction():
     seen = Observations()
     salts = struct.pack(">II", 7, 9)

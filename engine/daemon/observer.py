@@ -76,7 +76,7 @@ class Observer:
     def __init__(self, wal_index: WalIndex, waker: FileWaker, stats, pinned: Callable[[], bool],
                  probe_interval: Callable[[], float], idle_poll: float, inotify: bool,
                  observations: Observations | None = None, safety_poll: float | None = None,
-                 peek: Callable[[bytes, int, int], tuple[bytes, int, tuple[int, int]] | int] | None = None) -> None:
+                 peek: Callable[..., tuple[bytes, int, tuple[int, int]] | int] | None = None) -> None:
         self.wal_index = wal_index
         self.peek = peek  # WalFile.peek_commit of the -wal, on a descriptor of this thread's own
         self.waker = waker
@@ -327,7 +327,7 @@ class Observer:
             # the peek below finds still unpublished is stamped while committing: exact.)
             self._uncertain(looked - woken_us, added_before)
         cur, peek = self._cur, self.peek
-        found = peek(cur[2], cur[1], cur[3]) if cur is not None and peek is not None else None
+        found = peek(cur[2], cur[1], cur[3], recheck=not changed) if cur is not None and peek is not None else None
         if found.__class__ is tuple:
             if found != self._last_peek:
                 self._last_peek = found

@@ -275,7 +275,7 @@ class WalFile:
         return parse_header(self.read_at(0, WAL_HEADER_SIZE))
 
     def peek_commit(self, salts: bytes, max_frame: int, page_size: int,
-                    limit: int = PEEK_FRAMES) -> tuple[bytes, int, tuple[int, int]] | int:
+                    limit: int = PEEK_FRAMES, recheck: bool = True) -> tuple[bytes, int, tuple[int, int]] | int:
         """The first commit frame already *written* past published frame ``max_frame``.
 
         A writer appends its frames, then (``synchronous=FULL``) fsyncs, and only then publishes
@@ -292,7 +292,13 @@ class WalFile:
         were found written with no commit frame among them: 0 (nothing written past the end),
         fewer than ``limit`` (a transaction still being written: its next write comes after this
         look, so its file event will come too) or ``limit`` (too long to tell).  Called at every
-        WAL write: the descriptor is checked against a replaced file only when nothing was found.
+        WAL write: the descriptor is checked against a replaced file only when nothing was found,
+        and not even then with ``recheck`` False (the caller's look just saw a commit published
+        in the wal-index, which a replaced -wal could not show; the next look checks; under load
+        most looks find the commit published already, and the ``stat`` was a fourth of a look's
+        system calls).  The WAL's header is read either way: a writer may have restarted the
+        WAL since the caller's look (and written its next commit there within the same batch of
+        file events).
         """
         fd = self._fd if self._fd is not None else self._ensure_open()
         if fd is None:
@@ -306,12 +312,13 @@ class WalFile:
             fh = buf[at : at + FRAME_HEADER_SIZE]
             if len(fh) < FRAME_HEADER_SIZE or fh[8:16] != salts or fh[0:4] == b"\0\0\0\0":
                 if i == 0:  # nothing written yet, a restarted WAL, or a replaced file
-                    ino = self._ino
-                    fd = self._ensure_open()  # reopens a replaced file
-                    if fd is None:
-                        return 0
-                    if self._ino != ino:
-                        return self.peek_commit(salts, max_frame, page_size, limit)  # look in the live file
+                    if recheck:
+                        ino = self._ino
+                        fd = self._ensure_open()  # reopens a replaced file
+                        if fd is None:
+                            return 0
+                        if self._ino != ino:
+                            return self.peek_commit(salts, max_frame, page_size, limit)  # look in the live file
                     head = os.pread(fd, WAL_HEADER_SIZE, 0)
                     if len(head) == WAL_HEADER_SIZE and head[16:24] != salts:
                         return self.peek_commit(head[16:24], 0, page_size, limit)  # a restarted WAL
