@@ -140,6 +140,8 @@ class PinPolicy:
         if self.pin.active and self.shm.checkpointer_waiting():
             self.yield_to_checkpointer()
             return
+        if not self.pin.active and not self.checkpoint_frames and self.reads_unpinned:
+            return  # a slow writer read unpinned: no pin to release or take (the look below decides only that)
         # A fresh look, after the pass (and its spooling) and after the probe: it decides the
         # release, so it is not replaced by the pass's own looks.  The read stage records it
         # (stamps what was published while the pass spooled, when the observer has not yet).
