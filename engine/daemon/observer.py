@@ -370,21 +370,26 @@ class Observer:
         now = time.monotonic()
         added_before = obs.added
         overslept_us = int((now - started - timeout) * 1e6)
+        drained = False
         if expecting or last_look:
             obs.looked_us = clock.now_us()  # attentive: a commit published from now on is seen within EXPECT_POLL
             # The file changes so far belong to the commit we are looking for (or to one
             # already under way, whose writer holds the write lock: see below).
-            if self.waker.drain() and last_look:
+            drained = self.waker.drain()
+            if drained and last_look:
                 expect_until = now + EXPECT_SECONDS  # a transaction began after the probe
         first_look = self._last_seen is None  # the state at start: no commit just seen, no gap
         raw = self.wal_index.read_header()
         obs.looked_us = looked = clock.now_us()
         if raw != self._raw and self._header(raw, looked):
+            active = False
             # Another write transaction already under way: keep looking for its commit (its
             # file events may have been drained above).  No writer now: look once more, for
             # a commit published between our look and the probe (its events were drained
-            # too); any later one writes the WAL after the drain and wakes us.
-            while True:
+            # too); any later one writes the WAL after the drain and wakes us.  Nothing
+            # drained (the publication look after a commit stamped unpublished, a safety look),
+            # every later write's event is still to come and wakes us: no probe, no second look.
+            while drained or not self.inotify:
                 active = self.wal_index.writer_active()
                 if active:
                     break
