@@ -5,9 +5,8 @@ next to SQLite connections in the same process).  Only frames whose salts match 
 checksum chain verifies are trusted, and only up to the last *commit* frame: anything after it is a
 transaction still being written (or rolled back) and may be rewritten in place.
 
-Checksums use SQLite's linear recurrence in closed form: per page size we precompute how every input
-word and the incoming (s0, s1) contribute to the outgoing pair, so a batch of frames costs one
-integer matrix product instead of a Python loop over every word (~30x faster).
+Checksums use SQLite's linear recurrence in closed form (per page size, how every input word and the
+incoming (s0, s1) reach the outgoing pair): a batch of frames costs one integer matrix product.
 """
 
 from __future__ import annotations
@@ -292,13 +291,9 @@ class WalFile:
         were found written with no commit frame among them: 0 (nothing written past the end),
         fewer than ``limit`` (a transaction still being written: its next write comes after this
         look, so its file event will come too) or ``limit`` (too long to tell).  Called at every
-        WAL write: the descriptor is checked against a replaced file only when nothing was found,
-        and not even then with ``recheck`` False (the caller's look just saw a commit published
-        in the wal-index, which a replaced -wal could not show; the next look checks; under load
-        most looks find the commit published already, and the ``stat`` was a fourth of a look's
-        system calls).  The WAL's header is read either way: a writer may have restarted the
-        WAL since the caller's look (and written its next commit there within the same batch of
-        file events).
+        WAL write: the descriptor is checked against a replaced file only when nothing was found
+        and ``recheck`` (False: the caller's look just saw a commit published, the usual case
+        under load; its next look checks).  The WAL header is read either way (a restart).
         """
         fd = self._fd if self._fd is not None else self._ensure_open()
         if fd is None:
@@ -312,13 +307,12 @@ class WalFile:
             fh = buf[at : at + FRAME_HEADER_SIZE]
             if len(fh) < FRAME_HEADER_SIZE or fh[8:16] != salts or fh[0:4] == b"\0\0\0\0":
                 if i == 0:  # nothing written yet, a restarted WAL, or a replaced file
-                    if recheck:
-                        ino = self._ino
-                        fd = self._ensure_open()  # reopens a replaced file
-                        if fd is None:
-                            return 0
-                        if self._ino != ino:
-                            return self.peek_commit(salts, max_frame, page_size, limit)  # look in the live file
+                    ino = self._ino
+                    fd = self._ensure_open() if recheck else fd  # reopens a replaced file
+                    if fd is None:
+                        return 0
+                    if self._ino != ino:
+                        return self.peek_commit(salts, max_frame, page_size, limit)  # look in the live file
                     head = os.pread(fd, WAL_HEADER_SIZE, 0)
                     if len(head) == WAL_HEADER_SIZE and head[16:24] != salts:
                         return self.peek_commit(head[16:24], 0, page_size, limit)  # a restarted WAL
