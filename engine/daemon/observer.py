@@ -57,7 +57,8 @@ class FileWaker(Protocol):
 
 
 class Observer:
-    """The observe stage: its own thread, waking at every change of the WAL.
+    """The observe stage: a look at every change of the WAL, made by its own thread (``run``) or by
+    the inotify hub's dispatcher (engine/daemon/hubobserver.py), through ``plan``/``step``.
 
     It only looks (wal-index header, frame headers, lock bytes) and records; it never reads pages.  So commits
     are stamped within a wake-up of being published however busy the reader is (a burst, a
