@@ -94,6 +94,28 @@ def test_a_marker_is_an_empty_create_only_object(storage: Storage) -> None:
     assert [(o.key, o.size) for o in storage.list("hb/")] == [("hb/0001-0005", 0)]
 
 
+def test_replace_marker_leaves_the_new_marker_only(storage: Storage) -> None:
+    """A heartbeat replaces the previous one (restores read the newest): afterwards the new name
+    holds an empty object and the old name nothing, in one directory or across two (a new
+    generation); an old marker already gone, or none, just makes the new one."""
+    assert storage.put_marker("g1/hb/0001-0005") is True
+    storage.replace_marker("g1/hb/0001-0005", "g1/hb/0002-0005")
+    assert [(o.key, o.size) for o in storage.list("g1/")] == [("g1/hb/0002-0005", 0)]
+    storage.replace_marker("g1/hb/0002-0005", "g2/hb/0003-0006")
+    assert [o.key for o in storage.list("g")] == ["g2/hb/0003-0006"]
+    storage.replace_marker("g2/hb/0000-0000", "g2/hb/0004-0007")  # the old one was pruned
+    storage.replace_marker(None, "g2/hb/0005-0007")  # a daemon's first
+    assert [o.key for o in storage.list("g")] == ["g2/hb/0003-0006", "g2/hb/0004-0007", "g2/hb/0005-0007"]
+    assert storage.get("g2/hb/0005-0007") == b""
+
+
+def test_get_if_present_answers_none_for_a_missing_object(storage: Storage) -> None:
+    """The lease check with every heartbeat: usually nothing there."""
+    assert storage.get_if_present("lease/0000000000000002") is None
+    assert storage.put_if_absent("lease/0000000000000002", b"holder")
+    assert storage.get_if_present("lease/0000000000000002") == b"holder"
+
+
 def test_put_immutable_identical_is_noop_and_different_conflicts(storage: Storage) -> None:
     assert put_immutable(storage, "gen/1/seg", b"payload") is True
     assert put_immutable(storage, "gen/1/seg", b"payload") is False

@@ -58,6 +58,7 @@ from .tailloop import (  # noqa: F401  (the loop's timings, importable from here
 )
 from .uploader import Uploader
 from .uploadloop import Pooled, UploadPool
+from .vouch import refresh_tail
 from .waker import Waker
 
 if TYPE_CHECKING:  # the daemon runs maintenance only when given one: imported lazily
@@ -256,21 +257,12 @@ class Replicator:
                 return False
         return True
 
-    def refresh_tail(self) -> None:
-        """One read pass on the reading thread now (the uploader's, before a heartbeat): in a
-        many-database process a quiet reader sleeps 2-4 minutes, and a heartbeat vouches only for
-        what the last pass checked.  Nothing to do for a few databases (a pass every 5 s)."""
-        if not self.many:
-            return
-
-        def job() -> None:
-            if self.overflow is None and self.reader is not None:
-                try:
-                    self.pin_policy.after_read(self.read_pass())  # as one pass of tailloop.py's loop
-                except SpoolFull as exc:
-                    self._enter_overflow(exc)
-
-        self.in_reader(job)
+    def refresh_tail(self) -> int:
+        """Before a heartbeat (the uploader's thread): in a many-database process a quiet reader
+        sleeps 2-4 minutes, and a heartbeat vouches only for what was checked.  Returns a time the
+        next seal may vouch for beyond the reader's own, or 0 (vouch.py: a look from this thread,
+        else a read pass on the reading thread)."""
+        return refresh_tail(self)
 
     def _share_prober(self, observer: Observer) -> None:
         """Let the process's one prober thread probe our lock bytes while pinned (prober.py): the

@@ -269,9 +269,8 @@ class Lease:
         """One GET: does ``lease/<epoch + 1>`` exist?  Then another daemon took over (LeaseLost)."""
         assert self.epoch is not None
         key = epoch_key(self.epoch + 1)
-        try:
-            blob = self.storage.get(key)
-        except ObjectNotFound:
+        blob = self.storage.get_if_present(key)
+        if blob is None:
             return
         other = Holder.from_bytes(blob, key)
         raise LeaseLost(

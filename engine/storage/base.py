@@ -65,6 +65,22 @@ class Storage(abc.ABC):
         only says less (the objects it vouches for were made durable before it was written)."""
         return self.put_if_absent(key, b"")
 
+    def replace_marker(self, old: str | None, key: str) -> None:
+        """Marker ``key`` made and marker ``old`` (the previous heartbeat) deleted: a reader of
+        the store may see both for a moment, never neither.  Create-only for ``key`` as
+        put_marker; ``old`` missing is not an error.  Backends may do it in one step."""
+        self.put_marker(key)
+        if old is not None and old != key:
+            self.delete(old)
+
+    def get_if_present(self, key: str) -> bytes | None:
+        """The whole object, or None when there is none (a lookup that usually misses: the lease
+        check with every heartbeat).  Backends may look more cheaply than a failed GET."""
+        try:
+            return self.get(key)
+        except ObjectNotFound:
+            return None
+
     def put_file(self, key: str, path: str) -> None:
         """Replace ``key`` with a local file's content, atomically for readers (``walrewind rekey``
         only: everything else is create-only).  Backends override this to stream large files."""
