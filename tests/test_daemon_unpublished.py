@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
+import time
 
 from harness import (
     DaemonThread,
@@ -62,6 +65,9 @@ def test_peek_finds_the_next_commit_frame_written_past_the_published_end(tmp_pat
         other = struct.pack(">II", 1, 2)
         assert wal.peek_commit(other, big.frame, 4096)[1] == txns[0].end.frame
         wal.close()
+        # no WAL written when the wal-index was built (zero salts, and its page size says 65536): the
+        # file's own header gives the generation and the page size (the first commit after a start)
+        assert wal.peek_commit(bytes(8), 0, 65536) == (salts, txns[0].end.frame, txns[0].end.cksum)
         # a transaction still being written (two of its frames so far): its next write is still to come
         partial = wal_path + ".partial"
         with open(wal_path, "rb") as src, open(partial, "wb") as dst:
@@ -258,3 +264,24 @@ def test_a_read_pass_does_not_wait_for_a_commit_written_long_ago(tmp_path):
         assert late and at < 1 << 62
     finally:
         conn.close()
+
+
+def test_the_first_commit_after_a_start_on_an_unwritten_wal_is_seen_at_its_write(tmp_path):
+    """The daemon started on a database whose -wal was never written (the wal-index names no
+    generation, and its page size reads 65536): the first commit's write event must find its
+    commit frame (the WAL file's own header gives salts and page size), not leave it to the safety
+    look seconds later (it once read the frames at a 64 KiB stride and took the commit frame for a
+    transaction still being written)."""
+    db = str(tmp_path / "app.db")
+    create_db(db)
+    with DaemonThread(db, str(tmp_path / "replica"), str(tmp_path / "state")) as daemon:
+        stats = daemon.stats
+        # a commit of two frames (a new table: the schema page and the table's), in another process
+        code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+                "c.execute('BEGIN'); c.execute('CREATE TABLE t2(v)'); c.execute('INSERT INTO t2 VALUES (1)'); "
+                "c.execute('COMMIT'); c.close()")
+        subprocess.run([sys.executable, "-c", code, db], check=True)
+        deadline = time.monotonic() + 3.0  # the safety look of a few databases comes after 5 s
+        while stats.transactions < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stats.transactions == 1 and stats.polled_stamps == 0 and stats.uncertain_stamps == 0

@@ -290,10 +290,9 @@ class WalFile:
         Returns ``(salts, frame, running checksum)``, or else how many frames of a transaction
         were found written with no commit frame among them: 0 (nothing written past the end),
         fewer than ``limit`` (a transaction still being written: its next write comes after this
-        look, so its file event will come too) or ``limit`` (too long to tell).  Called at every
-        WAL write: the descriptor is checked against a replaced file only when nothing was found
-        and ``recheck`` (False: the caller's look just saw a commit published, the usual case
-        under load; its next look checks).  The WAL header is read either way (a restart).
+        look, so its file event will come too) or ``limit`` (too long to tell).  At every WAL write:
+        the descriptor is checked against a replaced file only when nothing was found and
+        ``recheck`` (False: the caller's look just saw a commit published; its next look checks).
         """
         fd = self._fd if self._fd is not None else self._ensure_open()
         if fd is None:
@@ -314,8 +313,9 @@ class WalFile:
                     if self._ino != ino:
                         return self.peek_commit(salts, max_frame, page_size, limit)  # look in the live file
                     head = os.pread(fd, WAL_HEADER_SIZE, 0)
-                    if len(head) == WAL_HEADER_SIZE and head[16:24] != salts:
-                        return self.peek_commit(head[16:24], 0, page_size, limit)  # a restarted WAL
+                    if len(head) == WAL_HEADER_SIZE and head[16:24] != salts:  # a restarted WAL, or a new one:
+                        # its page size from its own header (the wal-index of a WAL not yet written says 65536)
+                        return self.peek_commit(head[16:24], 0, int.from_bytes(head[8:12], "big") or page_size, limit)
                 return i  # (frames of this generation found: the descriptor is the live file's)
             if fh[4:8] != b"\0\0\0\0":
                 return salts, max_frame + 1 + i, struct.unpack_from(">2I", fh, 16)
