@@ -204,3 +204,14 @@ def busy_cpu_fraction(seconds: float = 1.0) -> float:
     time.sleep(seconds)
     t1, i1 = snap()
     return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def profile_table(profile) -> dict:
+    """(calls, inline, cumulative) per function so far of a ``cProfile.Profile`` (tables diffed
+    between two moments: the measured window only; benchmarks/_many_profile.py does the same)."""
+    out = {}
+    for e in profile.getstats():
+        code = e.code
+        key = code if isinstance(code, str) else f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+        out[key] = (e.callcount, e.inlinetime, e.totaltime)
+    return out

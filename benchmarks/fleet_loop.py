@@ -34,6 +34,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from _procwatch import profile_table as table  # noqa: E402
 from walrewind.engine.daemon import fleet as fleet_module  # noqa: E402
 from walrewind.engine.daemon import members as members_module  # noqa: E402
 from walrewind.engine.daemon.health import HealthFile  # noqa: E402
@@ -164,16 +165,6 @@ def one_run(a: argparse.Namespace, base: str, profile: bool) -> tuple[float, flo
     fleet.stop()
     t.join()
     return out["idle"], out["writing"], rows
-
-
-def table(profile: cProfile.Profile) -> dict:
-    """(calls, inline, cumulative) per function so far (benchmarks/_many_profile.py)."""
-    out = {}
-    for e in profile.getstats():
-        code = e.code
-        key = code if isinstance(code, str) else f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
-        out[key] = (e.callcount, e.inlinetime, e.totaltime)
-    return out
 
 
 def main() -> None:

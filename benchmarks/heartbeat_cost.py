@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 
+from _procwatch import profile_table as table
 from walrewind.engine.daemon import fleet
 from walrewind.engine.daemon.replicator import Replicator
 from walrewind.engine.daemon.uploadloop import UploadPool
@@ -41,15 +42,6 @@ def thread_cpu(threads) -> float:
 
 
 ON_WINDOW: list = []  # callables run as the measured window starts (a wrapper's counters reset)
-
-
-def table(profile: cProfile.Profile) -> dict:
-    out = {}
-    for e in profile.getstats():
-        code = e.code
-        key = code if isinstance(code, str) else f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
-        out[key] = (e.callcount, e.inlinetime, e.totaltime)
-    return out
 
 
 def diff(before: list[dict], after: list[dict]) -> dict:
