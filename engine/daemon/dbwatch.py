@@ -39,28 +39,19 @@ class FileIdentity:
         return cls(st.st_dev, st.st_ino, st.st_size)
 
 
-def replaced(before: FileIdentity | None, path: str) -> str | None:
-    """Why ``path`` is not the file the daemon opened (``before``), or None when it still is."""
-    try:
-        st: os.stat_result | None = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    return changed(before, st, path)
-
-
 def same_file(before: FileIdentity | None, path: str) -> bool:
     """``path`` is surely the file the daemon opened (one ``stat``, no object made: a big fleet
-    checks 200 files a second); False: ask ``replaced`` why not (None: it may still be)."""
+    checks 200 files a second); False: ask ``changed`` why not (None: it may still be)."""
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return (before is not None and st.st_ino == before.inode and st.st_dev == before.device
-            and (st.st_size >= SQLITE_HEADER or before.size < SQLITE_HEADER))
+    return before is not None and changed(before, st, path) is None
 
 
 def changed(before: FileIdentity | None, st: os.stat_result | None, path: str) -> str | None:
-    """``replaced`` given the file's ``os.stat`` (None: it does not exist), taken by the caller."""
+    """Why ``path`` (its ``os.stat``, taken by the caller; None: it does not exist) is not the file
+    the daemon opened (``before``), or None when it still is."""
     if before is None:
         return None
     if st is None:

@@ -258,8 +258,8 @@ class Fleet:
         """Out of ``_attention`` once simply replicating (``Member.on_state`` puts it back)."""
         if m.state == "replicating" and not m.offline:
             self._attention.discard(m)
-        elif self._members.get(m.db.path) is m:
-            self._attention.add(m)
+        else:
+            self._attend(m)
 
     def _attend(self, m: Member) -> None:
         if self._members.get(m.db.path) is m:

@@ -283,10 +283,12 @@ class InotifyHub:
                     woken.add(w)
                     if name == w._names[1] and mask & APPEARED:
                         self._watch_wal(w)  # a new -wal file: watch it
-        driven = [w for w in woken if w.driven is not None]
+        driven = []
         for w in woken:
             if w.driven is None:
                 w._changed_now()
+            else:
+                driven.append(w)
         if driven:
             with self.stepping:
                 for w in driven:
