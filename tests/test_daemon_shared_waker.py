@@ -257,6 +257,27 @@ def test_a_slow_writers_pin_is_released_in_the_pass_that_read_it(tmp_path, many)
     check_restores(replica, log, tmp_path, 3, 905)
 
 
+@pytest.mark.slow
+def test_a_slow_writers_commits_are_read_by_the_dispatcher_without_waking_the_reader(tmp_path, many):
+    """A many process, a writer committing every ~0.7 s: the inotify dispatcher's look that sees a
+    commit published also reads and spools it (tailloop.read_beside), so the database's reading
+    thread sleeps through the commits; every commit still ships, exact."""
+    db, replica, log = str(tmp_path / "app.db"), str(tmp_path / "replica"), str(tmp_path / "log")
+    create_db(db)
+    with DaemonThread(db, replica, str(tmp_path / "state")) as shipper:
+        wait_until(lambda: not shipper.pin.active, 10, "the start-up pin's release")
+        reader_tid = next(t.native_id for t in threading.enumerate() if t.ident == shipper._reader_ident)
+        switches = _switches([reader_tid])
+        # (its first commits are read by the reading thread: a slow writer is known by its pace)
+        start_writer({"db": db, "log": log, "checksums": True, "rate": 1.5, "txns": 8, "seed": 7}).communicate(timeout=60)
+        wait_until(lambda: shipper.stats.uploaded_txid >= shipper.stats.last_txid >= 8, 30, "the uploads")
+        woke = _switches([reader_tid]) - switches
+    assert shipper.stats.reads_beside >= 5, shipper.stats
+    assert woke <= 8 - shipper.stats.reads_beside + 2, f"the reading thread woke {woke} times for 8 slow commits"
+    assert shipper.stats.unpinned_retries == 0 and shipper.stats.resyncs == 0
+    check_restores(replica, log, tmp_path, 3, 907)
+
+
 def test_only_a_few_new_frames_of_our_generation_are_read_unpinned():
     """A slow writer's commit (a few frames past our position, same WAL generation) is read
     without a pin; a burst, a restarted WAL or an unknown chain is read under one."""
@@ -290,8 +311,8 @@ def test_an_unpinned_read_that_sees_the_wal_restart_reads_again_pinned(tmp_path,
         wait_until(lambda: not shipper.pin.active, 10, "the start-up pin's release")
         reader, real_tick, forged = shipper.reader, shipper.reader.tick, []
 
-        def tick(pinned_at=None, unpinned=False):
-            if unpinned and not forged:  # (the reading thread: the only one reading whole headers)
+        def tick(pinned_at=None, unpinned=False, clean=False):
+            if unpinned and not forged:  # (the dispatcher's read or the reading thread's)
                 real_header = reader.shm.header
 
                 def header(*args):
@@ -300,7 +321,7 @@ def test_an_unpinned_read_that_sees_the_wal_restart_reads_again_pinned(tmp_path,
                     forged.append(hdr)
                     return hdr._replace(salts=bytes(8))  # another generation's salts
                 reader.shm.header = header
-            return real_tick(pinned_at, unpinned)
+            return real_tick(pinned_at, unpinned, clean)
 
         reader.tick = tick
         start_writer({"db": db, "log": log, "checksums": True, "rate": 1.5, "txns": 5, "seed": 6}).communicate(timeout=60)

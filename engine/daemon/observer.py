@@ -94,6 +94,9 @@ class Observer:
         self.new_commits = False  # a commit boundary observed that the reader has not taken
         self.checkpointer = False  # a blocking checkpoint waits for our read transaction
         self.reader_waiting_for_commits = True  # the reader wants to hear of every new commit
+        # Reads what a look saw published, on the looking thread, instead of telling the reader;
+        # False: it could not (tailloop.read_beside: the inotify dispatcher's looks).
+        self.read_here: Callable[[], bool] | None = None
         # The reader's position (salt1, salt2, frame), set after each of its passes; a commit this
         # many frames past it (or in another generation) is a backlog: the reader is woken even
         # while it defers, so a busy writer is read in batches of ~1 MB, not every 250 ms.
@@ -189,6 +192,8 @@ class Observer:
         self.uncertain_since_log += 1
 
     def _notify(self, checkpointer: bool = False) -> None:
+        if not checkpointer and self.read_here is not None and self.read_here():
+            return
         with self.cond:
             if checkpointer:
                 self.checkpointer = True

@@ -64,6 +64,7 @@ class Reader:
         self.commit_gap = 0.0  # seconds between the last two passes that read commits
         self.spooled_through_us = 0  # everything committed before this was spooled
         self._hold: tuple[int, int, int, float] | None = None  # see hold_off()
+        self._beside = False  # read_slow_commit() runs (on the thread whose looks stamp commits)
 
     def caught_up(self, hdr: ShmHeader) -> bool:
         """No commit SQLite counted that we have not read.
@@ -114,6 +115,8 @@ class Reader:
         that does not look within the grace, is a starved observer: then we stamp the commit,
         uncertain (the observer's event path cannot tell how long its wake-up took).
         """
+        if self._beside:
+            return False  # (the observer's looks run on this very thread: waiting cannot help)
         written = self.wal.last_write_us()
         if written is None or now_us - written > STAMP_SLACK_US:
             return False
@@ -159,6 +162,30 @@ class Reader:
             return self.tick(self.pin.acquire(self.shm, hdr))
         return self.tick()
 
+    def read_slow_commit(self) -> int | None:
+        """A slow writer's new commits, read unpinned off the reading thread (by the inotify
+        dispatcher right after its look saw them: tailloop.read_beside); None: the reading thread
+        must.  Only what ``read_pass`` reads unpinned anyway, with no pin, hold-off or unverified
+        commit, and only if SQLite's counter accounts for every commit read (``clean``): it never
+        leaves work behind nor reconciles (pinning, comparing the database: the reader's job)."""
+        if self.pin.active or self.unverified or self._hold is not None or self.letting_go() or not self.reads_unpinned():
+            return None
+        hdr = self.shm.header()
+        if hdr is None:
+            return None
+        if self.caught_up(hdr):
+            return 0
+        if not self._few_new_frames(hdr):
+            return None
+        self._beside = True
+        try:
+            read = self.tick(hdr, unpinned=True, clean=True)
+        finally:
+            self._beside = False
+        self.stats.unpinned_reads += 1
+        self.stats.unpinned_retries += read is None
+        return read
+
     def _few_new_frames(self, hdr: ShmHeader) -> bool:
         """At most UNPINNED_MAX_FRAMES published past our position, in our generation: a read
         short enough to make unpinned (a slow writer's commit; see tick).  A burst is read under a
@@ -203,7 +230,7 @@ class Reader:
         self._hold = None
         return False
 
-    def tick(self, pinned_at: ShmHeader | None = None, unpinned: bool = False) -> int | None:
+    def tick(self, pinned_at: ShmHeader | None = None, unpinned: bool = False, clean: bool = False) -> int | None:
         """One read pass: read new commits, then spool those SQLite's commit counter vouches for.
 
         ``pinned_at``: the header ReadPin.acquire read just now, *after* the read transaction
@@ -220,6 +247,8 @@ class Reader:
         read may be torn): the caller reads again, pinned.  The pin bought no more than that:
         a slow writer's pin was taken for one pass and released in it (pinpolicy.py), and a
         commit checkpointed away before the pass is lost either way (and reconciled, visibly).
+        ``clean`` (unpinned only): None too unless the commits read are exactly those SQLite's
+        counter accounts for up to a header's boundary (all of them are spooled now).
         """
         before = self.observe(pinned_at)
         published = (before.salts, before.max_frame) if before is not None else None
@@ -232,7 +261,8 @@ class Reader:
             # The look after the read: the generation the frames were read in still stands.
             after = self.shm.header()
             if (before is None or after is None or after.salts != before.salts
-                    or (result.generation == "new" and self.unverified)):  # (the rarer case below: pinned)
+                    or (result.generation == "new" and self.unverified)  # (the rarer case below: pinned)
+                    or (clean and not self._accounts_for(result.transactions, after, before))):
                 return None
             self.observe(after)
         else:
@@ -271,6 +301,16 @@ class Reader:
             # committed before checked_us is in the spool (what heartbeats vouch for).
             self.spooled_through_us = checked_us
         return len(result.transactions)
+
+    def _accounts_for(self, txns: list, *hdrs: ShmHeader) -> bool:
+        """``txns`` (read past our position, nothing unverified) end at one of ``hdrs``' commit
+        boundaries, and SQLite's commit counter advanced there by exactly their number: _verify
+        will spool them all, none is missing."""
+        anchor = self.rs.anchor
+        if anchor is None or not txns or self.unverified:
+            return False
+        end = txns[-1].end
+        return any(self._matches(hdr, end) and ((hdr.change - anchor) & MASK) == len(txns) for hdr in hdrs)
 
     def _verify(self, hdr: ShmHeader | None) -> bool:
         """Spool the read transactions up to ``hdr``'s commit boundary if the counts agree.

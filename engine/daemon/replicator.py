@@ -54,6 +54,7 @@ from .tailloop import (  # noqa: F401  (the loop's timings, importable from here
     IDLE_WAIT_INOTIFY,
     READ_DEFER_SECONDS,
     final_read,
+    read_beside,
     tail_loop,
 )
 from .uploader import Uploader
@@ -146,6 +147,11 @@ class Replicator:
         self.startup: Startup | None = None  # from run(): lease, identity, generation (with or without the store)
         self._reader_ident: int | None = None
         self._jobs: list = []  # work the uploader hands to the reading thread (startup.py)
+        # Held by the reading thread while it is not waiting; taken (never waited for) by the
+        # dispatcher's read of a slow writer's commit (tailloop.read_beside), whose failure is
+        # kept here for the reading thread to raise.
+        self.reading = threading.Lock()
+        self.beside_error: BaseException | None = None
         self._burst = False  # a burst was being uploaded in short pieces (engine/daemon/tailloop.py)
         self._housekeeper: threading.Thread | PooledMaintenance | None = None
         self.fatal: BaseException | None = None  # set by the uploader: stop, do not upload more
@@ -446,6 +452,7 @@ class Replicator:
         (a many process: no thread per database, hubobserver.py), else a thread of its own."""
         hub = self._waker.hub if isinstance(self._waker, HubWaker) else None
         if hub is not None and self.observer.inotify:
+            self.observer.read_here = lambda: read_beside(self)
             return HubObserving(hub, self._waker, self.observer, self.name)
         return threading.Thread(target=logs.bound_to(self.name, self.observer.run), args=(self._stop,),
                                 name="walrewind-observer", daemon=True)

@@ -20,6 +20,7 @@ class ReplicatorStats:
     wal_cap_releases: int = 0  # times we let go of the WAL because we could not keep up (max_wal_bytes)
     unpinned_reads: int = 0  # read passes of a slow writer's commits without a pin (reader.py, tick)
     unpinned_retries: int = 0  # ... that found the WAL restarted meanwhile and read again, pinned
+    reads_beside: int = 0  # ... made by the inotify dispatcher right after its look (tailloop.read_beside)
     last_txid: int = 0
     last_commit_us: int = 0
     uploaded_txid: int = 0
